@@ -1,0 +1,85 @@
+"""Heatmap stage: tile probabilities stitched onto the stride grid.
+
+Coordinates: level-0 pixels of the slide in the frame QuPath draws in, i.e. relative to
+OpenSlide's ``bounds-x/-y`` origin when the slide has one (0 otherwise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    """IDC probability on a regular grid of cells (one cell = ``stride_px`` model pixels).
+
+    Attributes:
+        prob: float32 rows×cols; NaN where the cell is outside tissue (not evaluated).
+        origin_level0_px: (x, y) of the top-left corner of cell (0, 0), level-0 px.
+        cell_level0_px: (width, height) of one cell in level-0 px.
+        slide_mpp: µm per level-0 pixel of the slide.
+        model_mpp: µm per model pixel.
+        stride_px: cell side in model pixels (the tile stride).
+        patch_px: tile side in model pixels.
+    """
+
+    prob: np.ndarray
+    origin_level0_px: tuple[float, float]
+    cell_level0_px: tuple[float, float]
+    slide_mpp: float
+    model_mpp: float
+    stride_px: int
+    patch_px: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.prob.shape  # type: ignore[return-value]
+
+    @property
+    def tissue(self) -> np.ndarray:
+        """bool rows×cols: cells that were evaluated."""
+        return ~np.isnan(self.prob)
+
+    @property
+    def cell_area_um2(self) -> float:
+        return self.cell_level0_px[0] * self.cell_level0_px[1] * self.slide_mpp**2
+
+    def cell_bounds_level0(self, row: int, col: int) -> tuple[float, float, float, float]:
+        """(x0, y0, x1, y1) of one cell in level-0 px."""
+        ox, oy = self.origin_level0_px
+        cw, ch = self.cell_level0_px
+        return (ox + col * cw, oy + row * ch, ox + (col + 1) * cw, oy + (row + 1) * ch)
+
+
+def stitch(
+    tile_prob: np.ndarray,
+    tile_valid: np.ndarray,
+    cells_per_tile: int,
+) -> np.ndarray:
+    """Average overlapping tiles onto the stride grid.
+
+    Args:
+        tile_prob: float rows_t×cols_t, probability of the tile whose top-left cell is (r, c).
+        tile_valid: bool rows_t×cols_t, tiles that were evaluated (in tissue).
+        cells_per_tile: tile side in cells (``patch_px / stride_px``, an integer ≥ 1).
+
+    Returns:
+        float32 (rows_t + k - 1)×(cols_t + k - 1) with ``k = cells_per_tile``: the mean of every
+        evaluated tile covering the cell, NaN where no evaluated tile covers it.
+    """
+    k = int(cells_per_tile)
+    rows, cols = tile_prob.shape
+    total = np.zeros((rows + k - 1, cols + k - 1), dtype=np.float64)
+    count = np.zeros_like(total)
+    p = np.where(tile_valid, tile_prob, 0.0)
+    v = tile_valid.astype(np.float64)
+    for dy in range(k):
+        for dx in range(k):
+            total[dy : dy + rows, dx : dx + cols] += p
+            count[dy : dy + rows, dx : dx + cols] += v
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = total / count
+    out[count == 0] = np.nan
+    return out.astype(np.float32)
