@@ -1,0 +1,269 @@
+"""The Python API: one slide in, heatmap + IDC regions out.
+
+slide → tissue → tiles → model → heatmap → regions → export, each stage in its own module.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import IDCMapError, OutputError, UsageError
+from .export import heatmap_npz, heatmap_png, mask_png, regions_to_geojson, write_json
+from .heatmap import Heatmap, stitch
+from .infer import predict_grid
+from .model import IDCModel, load_model
+from .regions import Region, idc_mask, mask_to_regions
+from .slide import SlideInfo, open_slide
+from .tiles import make_grid
+from .tissue import TissueMask, detect_tissue
+
+#: Files of one slide's output folder; the folder is complete when it exists under its final name.
+OUTPUT_FILES = ("{stem}.geojson", "heatmap.npz", "heatmap.png", "mask.png", "summary.json")
+
+
+@dataclass(frozen=True)
+class Params:
+    """Every knob of one run, with its unit. ``None`` means "the model's default"."""
+
+    stride_px: int | None = None  # model px; default = patch size
+    threshold: float | None = None  # IDC probability; default = the model's
+    mpp: float | None = None  # µm per level-0 px, overrides the slide's metadata
+    backend: str = "auto"
+    device: str = "auto"
+    batch_size: int = 512
+    workers: int = 2  # background reader threads
+    min_tissue: float = 0.2  # tissue fraction a tile needs to be evaluated
+    tissue_mpp: float = 16.0  # µm/px of the tissue mask
+    min_region_um2: float = 40_000.0  # IDC regions smaller than this are dropped
+    min_hole_um2: float = 40_000.0  # holes smaller than this are filled
+    simplify_um: float = 2.0  # polygon simplification tolerance
+    force_rgb: bool = False  # process non-brightfield images anyway
+
+    def validate(self) -> None:
+        if self.stride_px is not None and (not isinstance(self.stride_px, int) or self.stride_px <= 0):
+            raise UsageError(f"--stride must be a positive integer (model px), got {self.stride_px}")
+        if self.threshold is not None and not (0.0 <= self.threshold <= 1.0):
+            raise UsageError(f"--threshold must lie in [0, 1] (an IDC probability), got {self.threshold}")
+        if self.mpp is not None and not (math.isfinite(self.mpp) and 0.01 <= self.mpp <= 100):
+            raise UsageError(f"--mpp must be µm per pixel between 0.01 and 100 (0.25 for 40x), got {self.mpp}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be ≥ 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise UsageError(f"--workers must be ≥ 0, got {self.workers}")
+        for name in ("min_region_um2", "min_hole_um2", "simplify_um", "tissue_mpp"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise UsageError(f"--{name.replace('_', '-')} must be a number ≥ 0, got {v}")
+        if not 0.0 <= self.min_tissue <= 1.0:
+            raise UsageError(f"--min-tissue must lie in [0, 1], got {self.min_tissue}")
+
+
+@dataclass
+class SlideResult:
+    """Everything idcmap found on one slide.
+
+    Attributes:
+        slide: what the reader saw (backend, levels, µm/px, bounds).
+        heatmap: IDC probability per grid cell (NaN outside tissue).
+        mask: bool IDC mask on the heatmap grid (after clean-up).
+        regions: IDC regions as shapely polygons in level-0 px (QuPath frame).
+        tissue: the tissue mask and thumbnail.
+        summary: areas, counts, model, parameters, timings (written as summary.json).
+    """
+
+    slide: SlideInfo
+    heatmap: Heatmap
+    mask: np.ndarray
+    regions: list[Region]
+    tissue: TissueMask
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stem(self) -> str:
+        return slide_stem(self.slide.path)
+
+    def to_geojson(self, tiles: bool = False) -> dict[str, Any]:
+        """QuPath FeatureCollection of the IDC regions (and the tiles, with ``tiles=True``)."""
+        return regions_to_geojson(self.regions, tiles=self.heatmap if tiles else None)
+
+    def save(self, out_dir: str | Path, *, tiles_geojson: bool = False, overwrite: bool = True) -> Path:
+        """Write the outputs to ``out_dir/<stem>/`` atomically: everything goes to a temporary
+        folder first, which is renamed once complete. Returns the final folder."""
+        out_dir = Path(out_dir)
+        final = out_dir / self.stem
+        tmp = out_dir / f".{self.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
+            t0 = time.perf_counter()
+            self._write(tmp, tiles_geojson)
+            self.summary.setdefault("timings_s", {})["export"] = round(time.perf_counter() - t0, 4)
+            write_json(self.summary, tmp / "summary.json")
+            _fsync_dir(tmp)
+            if final.exists():
+                if not overwrite:
+                    raise OutputError(f"{final} exists; pass --overwrite to replace it")
+                old = out_dir / f".{self.stem}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                final.rename(old)
+                tmp.rename(final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(final)
+            _fsync_dir(out_dir)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OutputError(
+                f"cannot write outputs to {out_dir}: {e.strerror or e}; check that the folder is "
+                "writable and the disk has space"
+            ) from e
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final
+
+    def _write(self, folder: Path, tiles_geojson: bool) -> None:
+        write_json(self.to_geojson(), folder / f"{self.stem}.geojson")
+        if tiles_geojson:
+            write_json(regions_to_geojson([], tiles=self.heatmap), folder / f"{self.stem}.tiles.geojson")
+        heatmap_npz(self.heatmap, folder / "heatmap.npz")
+        heatmap_png(self.heatmap, self.tissue.thumbnail, self.tissue.origin_level0_px,
+                    self.tissue.px_level0, folder / "heatmap.png")
+        mask_png(self.mask, folder / "mask.png")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def slide_stem(path: str | Path) -> str:
+    """Output-folder name of a slide: its file name without the extension(s) (``a.ome.tiff`` → ``a``)."""
+    name = Path(path).name
+    for ext in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return Path(name).stem if Path(name).suffix else name
+
+
+def segment_slide(
+    path: str | Path,
+    *,
+    model: IDCModel | str | Path | None = None,
+    device: str = "auto",
+    stride: int | None = None,
+    threshold: float | None = None,
+    mpp: float | None = None,
+    progress: bool = True,
+    params: Params | None = None,
+) -> SlideResult:
+    """Find the IDC regions of one whole slide.
+
+    Args:
+        path: slide file (any format OpenSlide or tiffslide reads, or a PNG/JPEG with ``mpp``).
+        model: a loaded :class:`IDCModel`, a model ``.json`` path, or ``None`` for the bundled one.
+        device: ``auto`` (cuda, then mps, then cpu), ``cpu``, ``cuda``, ``mps``.
+        stride: tile step in model px (default: the patch size, 50 px = 200 µm); must divide it.
+        threshold: IDC probability threshold (default: the model's, chosen on validation patients).
+        mpp: µm per level-0 px, overriding the slide's metadata (required when it has none).
+        progress: show a tqdm bar over the tiles.
+        params: every other knob (:class:`Params`); the keyword arguments above override it.
+
+    Raises:
+        SlideError, ResolutionError, UnsupportedImageError, ModelError, UsageError.
+    """
+    p = params or Params()
+    kw = {"device": device, "stride_px": stride, "threshold": threshold, "mpp": mpp}
+    p = Params(**{**asdict(p), **{k: v for k, v in kw.items() if v is not None and v != "auto"}})
+    p.validate()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    net = model if isinstance(model, IDCModel) else load_model(model, device=p.device)
+    cfg = net.config
+    stride_px = p.stride_px or cfg.patch_px
+    thr = cfg.threshold if p.threshold is None else p.threshold
+    timings["load_model"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    with open_slide(path, backend=p.backend, mpp=p.mpp, allow_non_rgb=p.force_rgb) as slide:
+        timings["open"] = time.perf_counter() - t
+        t = time.perf_counter()
+        tissue = detect_tissue(slide, target_mpp=p.tissue_mpp)
+        timings["tissue"] = time.perf_counter() - t
+        t = time.perf_counter()
+        grid = make_grid(slide, tissue, model_mpp=cfg.mpp, patch_px=cfg.patch_px,
+                         stride_px=stride_px, min_tissue=p.min_tissue)
+        timings["grid"] = time.perf_counter() - t
+        tile_prob, stats = predict_grid(slide, grid, net, batch_size=p.batch_size,
+                                        workers=p.workers, progress=progress,
+                                        desc=slide_stem(path))
+        timings["tiles_wall"] = stats.wall_s
+        info = slide.info
+    t = time.perf_counter()
+    heatmap = Heatmap(
+        prob=stitch(tile_prob, grid.keep, grid.cells_per_tile),
+        origin_level0_px=(0.0, 0.0),  # QuPath frame: the bounds origin
+        cell_level0_px=grid.cell_level0_px,
+        slide_mpp=info.mpp,
+        model_mpp=cfg.mpp,
+        stride_px=stride_px,
+        patch_px=cfg.patch_px,
+    )
+    timings["stitch"] = time.perf_counter() - t
+    t = time.perf_counter()
+    mask = idc_mask(heatmap, thr, min_region_um2=p.min_region_um2, min_hole_um2=p.min_hole_um2)
+    regions = mask_to_regions(mask, heatmap, simplify_um=p.simplify_um)
+    timings["regions"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+
+    tissue_mm2 = float(heatmap.tissue.sum() * heatmap.cell_area_um2 / 1e6)
+    idc_mm2 = float(mask.sum() * heatmap.cell_area_um2 / 1e6)
+    summary: dict[str, Any] = {
+        "idcmap_version": __version__,
+        "slide": {**info.to_dict(), "level_read": stats.level, "level_read_mpp": stats.level_mpp},
+        "model": {"name": cfg.name, "version": cfg.version, "architecture": cfg.architecture,
+                  "sha256": cfg.weights_sha256, "path": str(net.path) if net.path else None,
+                  "mpp": cfg.mpp, "patch_px": cfg.patch_px, "device": str(net.device)},
+        "parameters": {**asdict(p), "stride_px": stride_px, "threshold": thr},
+        "coordinates": "level-0 px relative to the slide bounds origin (QuPath's frame)",
+        "tissue_area_mm2": round(tissue_mm2, 4),
+        "idc_area_mm2": round(idc_mm2, 4),
+        "idc_fraction_of_tissue": round(idc_mm2 / tissue_mm2, 4) if tissue_mm2 > 0 else 0.0,
+        "regions": len(regions),
+        "tiles": {"evaluated": stats.tiles, "grid": list(grid.shape), "blocks": stats.blocks,
+                  "dense_blocks": stats.dense_blocks},
+        "timings_s": {
+            **{k: round(v, 4) for k, v in timings.items()},
+            "read_busy": round(stats.read_s, 4),
+            "resize_busy": round(stats.resize_s, 4),
+            "model": round(stats.model_s, 4),
+            "model_waited_for_pixels": round(stats.wait_s, 4),
+        },
+    }
+    return SlideResult(slide=info, heatmap=heatmap, mask=mask, regions=regions, tissue=tissue,
+                       summary=summary)
+
+
+def is_done(out_dir: str | Path, slide_path: str | Path) -> bool:
+    """True when ``out_dir/<stem>/summary.json`` exists (a finished, renamed output folder)."""
+    return (Path(out_dir) / slide_stem(slide_path) / "summary.json").is_file()
+
+
+__all__ = ["IDCMapError", "Params", "SlideResult", "is_done", "segment_slide", "slide_stem"]
