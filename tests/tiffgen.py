@@ -1,0 +1,223 @@
+"""Writers of small slide files for tests (tifffile, PIL): pyramidal, SVS-like, OME, striped, odd.
+
+Every writer takes the level-0 image as a numpy array (rows × cols [× samples]) and a
+resolution in µm per level-0 pixel (``mpp``), and returns the path it wrote. The pyramids are
+"generic tiled TIFF" as OpenSlide 4 reads them (tiled level 0 as the first page, reduced levels
+as further tiled pages marked ``NewSubfileType = 1``), which tifffile / tiffslide read as one
+series with levels, so both backends open the same file.
+
+Also :func:`synthetic_he`, a deterministic H&E-like RGB image (white glass, pink stroma,
+purple nuclei-dense blobs) for tests that need tissue without shipping an image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+__all__ = [
+    "downsample_image",
+    "synthetic_he",
+    "write_image",
+    "write_ome_tiff",
+    "write_pyramid_tiff",
+    "write_striped_tiff",
+    "write_svs_like",
+]
+
+GLASS_RGB = (243, 241, 246)
+
+
+def synthetic_he(height: int, width: int, *, seed: int = 0, tissue: float = 0.5) -> np.ndarray:
+    """uint8 height×width×3: glass with smooth H&E-coloured tissue blobs covering ~``tissue``."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    field = np.zeros((height, width), np.float32)
+    scale = max(height, width)
+    for _ in range(6):
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        r = rng.uniform(0.1, 0.3) * scale
+        field += np.exp(-(((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r)))
+    thr = np.quantile(field, 1.0 - tissue) if 0 < tissue < 1 else (-1 if tissue >= 1 else 1e9)
+    in_tissue = field > thr
+    img = np.empty((height, width, 3), np.float32)
+    img[:] = GLASS_RGB
+    stroma = np.array([232, 150, 190], np.float32)
+    nuclei = np.array([110, 60, 150], np.float32)
+    texture = rng.random((height, width)).astype(np.float32)
+    dense = (np.sin(xx / 7.0) * np.cos(yy / 9.0) + texture) > 1.0
+    colour = np.where(dense[..., None], nuclei, stroma)
+    colour = colour + rng.normal(0, 8, (height, width, 3)).astype(np.float32)
+    img[in_tissue] = colour[in_tissue]
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def downsample_image(arr: np.ndarray, factor: float) -> np.ndarray:
+    """arr resized by 1/factor (rounded size, ≥ 1 px), antialiased, same dtype."""
+    h, w = arr.shape[:2]
+    size = (max(1, round(w / factor)), max(1, round(h / factor)))
+    if factor == 1:
+        return arr
+    if arr.dtype == np.uint8 and (arr.ndim == 2 or arr.shape[2] in (3, 4)):
+        return np.asarray(Image.fromarray(arr).resize(size, Image.Resampling.BOX))
+    from skimage.transform import resize
+
+    out_shape = (size[1], size[0], *arr.shape[2:])
+    res = resize(arr, out_shape, order=1, anti_aliasing=True, preserve_range=True)
+    return res.round().astype(arr.dtype)
+
+
+def _resolution_kw(mpp: float | None, resolution_unit: str | None, dpi: float | None) -> dict:
+    """tifffile resolution keywords: µm/px → px per cm / inch; dpi → 72-dpi style tags."""
+    if dpi is not None:
+        return {"resolution": (dpi, dpi), "resolutionunit": "INCH"}
+    if mpp is None or resolution_unit is None:
+        return {"resolution": (1, 1), "resolutionunit": "NONE"}
+    per_unit = {"cm": 1e4, "centimeter": 1e4, "inch": 25400.0}[resolution_unit.lower()]
+    unit = "INCH" if resolution_unit.lower() == "inch" else "CENTIMETER"
+    return {"resolution": (per_unit / mpp, per_unit / mpp), "resolutionunit": unit}
+
+
+def _photometric(arr: np.ndarray) -> str:
+    return "rgb" if arr.ndim == 3 and arr.shape[2] in (3, 4) else "minisblack"
+
+
+def write_pyramid_tiff(
+    path: str | Path,
+    image: np.ndarray,
+    mpp: float | None,
+    downsamples: Sequence[float] = (1, 4, 16),
+    tile: int = 256,
+    compression: str | None = "jpeg",
+    resolution_unit: str | None = "cm",
+    *,
+    dpi: float | None = None,
+    description: str | None = None,
+    subifds: bool = False,
+    bigtiff: bool = False,
+) -> Path:
+    """A tiled pyramidal TIFF: level ``i`` is ``image`` downsampled by ``downsamples[i]``.
+
+    Args:
+        image: level 0, rows×cols (gray), rows×cols×3 RGB or rows×cols×C; any dtype (JPEG
+            only for uint8 with 1 or 3 samples; pass ``compression="zlib"`` otherwise).
+        mpp: µm per level-0 pixel written as resolution tags (None: unit NONE, 1 px/unit).
+        downsamples: per level, the first must be 1; non-integers allowed (sizes are rounded).
+        resolution_unit: "cm", "inch" or None (no usable unit).
+        dpi: if given, write 72-dpi-style INCH tags instead (meaningless for µm/px).
+        description: ImageDescription of level 0 (e.g. an Aperio header).
+        subifds: store reduced levels as SubIFDs of page 0 (OpenSlide generic-tiff ignores them)
+            instead of as further pages.
+    """
+    path = Path(path)
+    if downsamples[0] != 1:
+        raise ValueError("downsamples[0] must be 1")
+    levels = [downsample_image(image, d) for d in downsamples]
+    if compression == "jpeg" and image.dtype != np.uint8:
+        raise ValueError("JPEG needs uint8; use compression='zlib'")
+    res = _resolution_kw(mpp, resolution_unit, dpi)
+    phot = _photometric(image)
+    common = {"tile": (tile, tile), "compression": compression, "photometric": phot, **res}
+    if compression == "jpeg" and phot == "rgb":
+        common["compressionargs"] = {"level": 90}
+    with tifffile.TiffWriter(path, bigtiff=bigtiff) as tif:
+        if subifds:
+            tif.write(levels[0], subifds=len(levels) - 1, description=description,
+                      metadata=None, **common)
+            for lvl in levels[1:]:
+                tif.write(lvl, subfiletype=1, metadata=None, **common)
+        else:
+            tif.write(levels[0], description=description, metadata=None, **common)
+            for lvl in levels[1:]:
+                tif.write(lvl, subfiletype=1, metadata=None, **common)
+    return path
+
+
+def write_svs_like(
+    path: str | Path,
+    rgb: np.ndarray,
+    mpp: float = 0.499,
+    downsamples: Sequence[float] = (1, 4),
+    app_mag: float = 20,
+    tile: int = 256,
+) -> Path:
+    """An Aperio-SVS-like TIFF (ImageDescription 'Aperio Image Library ...|MPP = ...').
+
+    OpenSlide's aperio driver reads µm/px and objective power from the description.
+    """
+    h, w = rgb.shape[:2]
+    desc = (
+        f"Aperio Image Library v10.0.51\r\n{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) JPEG/RGB Q=90"
+        f"|AppMag = {app_mag:g}|MPP = {mpp:g}"
+    )
+    path = Path(path)
+    levels = [downsample_image(rgb, d) for d in downsamples]
+    with tifffile.TiffWriter(path) as tif:
+        for i, lvl in enumerate(levels):
+            lh, lw = lvl.shape[:2]
+            d = desc if i == 0 else desc.replace(f"{w}x{h} [", f"{w}x{h} -> {lw}x{lh} [", 1)
+            tif.write(lvl, tile=(tile, tile), compression="jpeg", photometric="rgb",
+                      description=d, subfiletype=0 if i == 0 else 1, metadata=None)
+    return path
+
+
+def write_ome_tiff(
+    path: str | Path,
+    image: np.ndarray,
+    mpp: float,
+    downsamples: Sequence[float] = (1, 4),
+    tile: int = 256,
+    axes: str | None = None,
+    compression: str | None = "zlib",
+) -> Path:
+    """An OME-TIFF pyramid (levels as SubIFDs) with PhysicalSizeX/Y = ``mpp`` µm.
+
+    ``image``: rows×cols×3 uint8 RGB (axes "YXS") or channels×rows×cols (axes "CYX",
+    e.g. fluorescence).
+    """
+    path = Path(path)
+    if axes is None:
+        axes = "YXS" if image.ndim == 3 and image.shape[2] in (3, 4) else (
+            "CYX" if image.ndim == 3 else "YX")
+    if axes == "CYX":
+        levels = [np.stack([downsample_image(c, d) for c in image]) for d in downsamples]
+    else:
+        levels = [downsample_image(image, d) for d in downsamples]
+    phot = "rgb" if axes == "YXS" else "minisblack"
+    meta = {"axes": axes, "PhysicalSizeX": mpp, "PhysicalSizeY": mpp,
+            "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"}
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(levels[0], subifds=len(levels) - 1, tile=(tile, tile), photometric=phot,
+                  compression=compression, metadata=meta,
+                  resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+        for lvl in levels[1:]:
+            tif.write(lvl, subfiletype=1, tile=(tile, tile), photometric=phot,
+                      compression=compression, metadata=None)
+    return path
+
+
+def write_striped_tiff(
+    path: str | Path,
+    image: np.ndarray,
+    mpp: float | None,
+    resolution_unit: str | None = "cm",
+    rowsperstrip: int = 16,
+    compression: str | None = None,
+) -> Path:
+    """A single-level striped (untiled) TIFF, as scanners' exports and image tools write."""
+    path = Path(path)
+    tifffile.imwrite(path, image, photometric=_photometric(image), compression=compression,
+                     rowsperstrip=rowsperstrip, metadata=None,
+                     **_resolution_kw(mpp, resolution_unit, None))
+    return path
+
+
+def write_image(path: str | Path, rgb: np.ndarray, **pil_kw: object) -> Path:
+    """A plain PNG / JPEG (format from the suffix) via PIL."""
+    path = Path(path)
+    Image.fromarray(rgb).save(path, **pil_kw)  # type: ignore[arg-type]
+    return path
