@@ -1,0 +1,638 @@
+"""Export stage: QuPath GeoJSON, heatmap picture and array, mask, JSON summary.
+
+Coordinates in every GeoJSON written or read here are **level-0 pixels in QuPath's frame**
+(origin at the top-left of the image QuPath shows, which already accounts for OpenSlide's
+``bounds-x/-y``), x to the right and y down, as QuPath's own "Export as GeoJSON" writes them.
+
+GeoJSON shape (what QuPath ≥ 0.4 writes and reads), one Feature per IDC region::
+
+    {"type": "Feature", "id": "<uuid4>",
+     "geometry": {"type": "Polygon", "coordinates": [[[x, y], ...], [hole...]]},
+     "properties": {"objectType": "annotation", "name": "IDC 1",
+                    "classification": {"name": "IDC", "color": [200, 0, 0]},
+                    "isLocked": false,
+                    "measurements": {"Area µm^2": ..., "Mean IDC probability": ...,
+                                     "Max IDC probability": ..., "Heatmap cells": ...}}}
+
+Rings are closed; exterior rings are counter-clockwise and holes clockwise *in the numbers*
+(RFC 7946 §3.1.6, signed area with x right / y up — on screen, with y down, that looks
+clockwise); QuPath accepts either. Coordinates are rounded to 0.01 px (snapped with
+:func:`shapely.set_precision`, so the rounded polygons stay valid).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+from PIL import Image, ImageDraw, ImageFont
+
+from .heatmap import Heatmap
+from .regions import Region
+
+__all__ = [
+    "IDC_COLOR",
+    "OTHER_COLOR",
+    "heatmap_npz",
+    "heatmap_png",
+    "load_heatmap_npz",
+    "mask_png",
+    "read_geojson_polygons",
+    "regions_to_geojson",
+    "validate_qupath_geojson",
+    "write_json",
+]
+
+PathLike = str | os.PathLike[str]
+
+#: RGB colour of the IDC class in QuPath (QuPath rejects a classification without one).
+IDC_COLOR: tuple[int, int, int] = (200, 0, 0)
+#: RGB colour of tiles below the threshold ("Other", QuPath's own colour for that class).
+OTHER_COLOR: tuple[int, int, int] = (255, 200, 0)
+#: objectType values QuPath knows.
+QUPATH_OBJECT_TYPES = frozenset({"annotation", "detection", "tile", "cell", "tma_core", "root"})
+
+_PRECISION_PX = 0.01
+
+
+# --------------------------------------------------------------------------------------------
+# GeoJSON
+
+
+def _round(v: float) -> float:
+    r = round(float(v), 2)
+    return 0.0 if r == 0 else r  # no "-0.0"
+
+
+def _ring_coords(ring: shapely.LinearRing) -> list[list[float]]:
+    return [[_round(x), _round(y)] for x, y in np.asarray(ring.coords)[:, :2]]
+
+
+def _polygon_coords(poly: shapely.Polygon) -> list[list[list[float]]]:
+    poly = shapely.geometry.polygon.orient(poly, sign=1.0)  # exterior CCW, holes CW (numbers)
+    return [_ring_coords(poly.exterior), *(_ring_coords(r) for r in poly.interiors)]
+
+
+def geometry_to_geojson(geom: shapely.Geometry) -> dict[str, Any] | None:
+    """GeoJSON geometry (Polygon or MultiPolygon) of a polygonal geometry, coordinates snapped
+    to 0.01 px; ``None`` when nothing polygonal is left."""
+    geom = shapely.set_precision(geom, _PRECISION_PX)
+    polys = [p for p in shapely.get_parts(geom) if isinstance(p, shapely.Polygon)]
+    polys = [p for p in polys if not p.is_empty]
+    if not polys:
+        return None
+    if len(polys) == 1:
+        return {"type": "Polygon", "coordinates": _polygon_coords(polys[0])}
+    return {"type": "MultiPolygon", "coordinates": [_polygon_coords(p) for p in polys]}
+
+
+def _finite_measurements(items: Mapping[str, float | int]) -> dict[str, float | int]:
+    out: dict[str, float | int] = {}
+    for k, v in items.items():
+        if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+            out[k] = int(v)
+        elif v is not None and math.isfinite(float(v)):
+            out[k] = float(v)
+    return out
+
+
+def _classification(name: str, color: Sequence[int]) -> dict[str, Any]:
+    return {"name": name, "color": [int(c) for c in color]}
+
+
+def regions_to_geojson(
+    regions: Sequence[Region],
+    *,
+    tiles: Heatmap | None = None,
+    class_name: str = "IDC",
+    color: Sequence[int] = IDC_COLOR,
+    threshold: float = 0.5,
+) -> dict[str, Any]:
+    """QuPath FeatureCollection of the IDC regions (and optionally the heatmap cells as tiles).
+
+    Args:
+        regions: the regions (polygons in level-0 px, QuPath frame).
+        tiles: a heatmap: also write one ``"objectType": "tile"`` Feature per evaluated cell
+            (NaN cells are skipped), its box in level-0 px, measurement ``"IDC probability"``,
+            classified ``class_name`` when ``prob >= threshold`` and ``"Other"`` otherwise (so
+            QuPath colours them; Measure → Show measurement maps shows the probability).
+            Tiles are locked, as WSInfer writes them.
+        class_name: QuPath class of the regions.
+        color: RGB of that class, 3 ints in 0–255.
+        threshold: probability at which a tile is classified ``class_name`` (tiles only).
+
+    Returns:
+        ``{"type": "FeatureCollection", "features": [...]}`` (JSON-serialisable, NaN-free).
+    """
+    features: list[dict[str, Any]] = []
+    for i, region in enumerate(regions):
+        geometry = geometry_to_geojson(region.polygon)
+        if geometry is None:
+            continue
+        measurements = _finite_measurements(
+            {
+                "Area µm^2": region.area_um2,
+                "Mean IDC probability": region.mean_prob,
+                "Max IDC probability": region.max_prob,
+                "Heatmap cells": int(region.n_cells),
+            }
+        )
+        features.append(
+            {
+                "type": "Feature",
+                "id": str(uuid.uuid4()),
+                "geometry": geometry,
+                "properties": {
+                    "objectType": "annotation",
+                    "name": f"{class_name} {i + 1}",
+                    "classification": _classification(class_name, color),
+                    "isLocked": False,
+                    "measurements": measurements,
+                },
+            }
+        )
+    if tiles is not None:
+        features.extend(_tile_features(tiles, class_name, color, threshold))
+    return {"type": "FeatureCollection", "features": features}
+
+
+def _tile_features(
+    heatmap: Heatmap, class_name: str, color: Sequence[int], threshold: float
+) -> Iterable[dict[str, Any]]:
+    prob = np.asarray(heatmap.prob, dtype=np.float64)
+    ox, oy = (float(v) for v in heatmap.origin_level0_px)
+    cw, ch = (float(v) for v in heatmap.cell_level0_px)
+    idc = _classification(class_name, color)
+    other = _classification("Other", OTHER_COLOR)
+    rows, cols = np.nonzero(np.isfinite(prob))
+    for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+        x0, y0 = _round(ox + c * cw), _round(oy + r * ch)
+        x1, y1 = _round(ox + (c + 1) * cw), _round(oy + (r + 1) * ch)
+        p = float(prob[r, c])
+        yield {
+            "type": "Feature",
+            "id": str(uuid.uuid4()),
+            "geometry": {
+                "type": "Polygon",
+                # counter-clockwise in the numbers (RFC 7946)
+                "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]],
+            },
+            "properties": {
+                "objectType": "tile",
+                "classification": dict(idc if p >= threshold else other),
+                "isLocked": True,
+                "measurements": {"IDC probability": p},
+            },
+        }
+
+
+def _features_of(obj: Any) -> list[Any]:
+    if isinstance(obj, list):
+        return obj
+    if isinstance(obj, dict):
+        kind = obj.get("type")
+        if kind == "FeatureCollection":
+            feats = obj.get("features")
+            if not isinstance(feats, list):
+                raise ValueError("FeatureCollection without a 'features' list")
+            return feats
+        if kind == "Feature":
+            return [obj]
+        if kind in ("Polygon", "MultiPolygon", "GeometryCollection"):
+            return [{"type": "Feature", "geometry": obj, "properties": {}}]
+    raise ValueError(
+        "not GeoJSON from QuPath: expected a FeatureCollection, a list of Features or a Feature"
+    )
+
+
+def _class_name_of(feature: Mapping[str, Any]) -> str | None:
+    props = feature.get("properties") or {}
+    cls = props.get("classification")
+    if isinstance(cls, Mapping):
+        name = cls.get("name")
+        return name if isinstance(name, str) else None
+    if isinstance(cls, str):
+        return cls
+    return None
+
+
+def read_geojson_polygons(
+    path: PathLike | Mapping[str, Any] | list[Any], class_name: str | None = "IDC"
+) -> list[shapely.Geometry]:
+    """Polygons of a GeoJSON file, e.g. a ground truth drawn in QuPath.
+
+    Args:
+        path: a GeoJSON file (a FeatureCollection, a list of Features, a single Feature, or a
+            bare Polygon/MultiPolygon geometry), or the already-parsed object.
+        class_name: keep only Features whose ``properties.classification.name`` is this
+            (``None``: keep every Feature, classified or not).
+
+    Returns:
+        one valid Polygon or MultiPolygon per kept Feature, level-0 px as in the file. Features
+        whose geometry is not areal (points, lines) are skipped; invalid polygons (e.g.
+        self-crossing hand-drawn outlines) are repaired with :func:`shapely.make_valid`.
+    """
+    if isinstance(path, (Mapping, list)):
+        obj: Any = path
+    else:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    out: list[shapely.Geometry] = []
+    for i, feature in enumerate(_features_of(obj)):
+        if not isinstance(feature, Mapping):
+            raise ValueError(f"feature {i} is not an object")
+        if class_name is not None and _class_name_of(feature) != class_name:
+            continue
+        geometry = feature.get("geometry")
+        if not isinstance(geometry, Mapping):
+            continue
+        try:
+            geom = shapely.geometry.shape(geometry)
+        except Exception as e:  # shapely raises several types for malformed input
+            raise ValueError(f"feature {i}: unreadable geometry: {e}") from e
+        if not geom.is_valid:
+            geom = shapely.make_valid(geom)
+        polys = [
+            p
+            for p in shapely.get_parts(geom)
+            if isinstance(p, (shapely.Polygon, shapely.MultiPolygon)) and not p.is_empty
+        ]
+        if not polys:
+            continue
+        out.append(polys[0] if len(polys) == 1 else shapely.union_all(polys))
+    return out
+
+
+def _check_position(pos: Any, where: str) -> None:
+    if (
+        not isinstance(pos, list)
+        or len(pos) not in (2, 3)
+        or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in pos
+        )
+    ):
+        raise ValueError(f"{where}: a position must be [x, y] finite numbers, got {pos!r}")
+
+
+def _check_polygon_coords(rings: Any, where: str) -> None:
+    if not isinstance(rings, list) or not rings:
+        raise ValueError(f"{where}: a Polygon needs a non-empty list of rings")
+    for j, ring in enumerate(rings):
+        w = f"{where} ring {j}"
+        if not isinstance(ring, list) or len(ring) < 4:
+            raise ValueError(f"{w}: a ring needs at least 4 positions")
+        for pos in ring:
+            _check_position(pos, w)
+        if ring[0] != ring[-1]:
+            raise ValueError(f"{w}: ring not closed (first position != last)")
+
+
+def validate_qupath_geojson(obj: Any) -> None:
+    """Check that ``obj`` is a FeatureCollection QuPath imports as intended.
+
+    Checks, in order, for each Feature: ``type``, a non-empty string ``id``, a Polygon or
+    MultiPolygon geometry with closed rings of finite ``[x, y]`` positions that shapely finds
+    valid, ``properties.objectType`` one of QuPath's, ``classification`` (when present — it is
+    required for annotations) with a non-empty ``name`` and a ``color`` of 3 ints in 0–255,
+    and ``measurements`` (when present) mapping names to finite numbers.
+
+    Raises:
+        ValueError: naming the first problem found (and the feature's index).
+    """
+    if not isinstance(obj, Mapping) or obj.get("type") != "FeatureCollection":
+        raise ValueError("top level: 'type' must be 'FeatureCollection'")
+    features = obj.get("features")
+    if not isinstance(features, list):
+        raise ValueError("top level: 'features' must be a list")
+    for i, f in enumerate(features):
+        w = f"feature {i}"
+        if not isinstance(f, Mapping) or f.get("type") != "Feature":
+            raise ValueError(f"{w}: 'type' must be 'Feature'")
+        fid = f.get("id")
+        if not isinstance(fid, str) or not fid:
+            raise ValueError(f"{w}: 'id' missing (QuPath needs a unique id per object)")
+        g = f.get("geometry")
+        if not isinstance(g, Mapping):
+            raise ValueError(f"{w}: 'geometry' missing")
+        gtype = g.get("type")
+        coords = g.get("coordinates")
+        if gtype == "Polygon":
+            _check_polygon_coords(coords, f"{w} geometry")
+        elif gtype == "MultiPolygon":
+            if not isinstance(coords, list) or not coords:
+                raise ValueError(f"{w} geometry: a MultiPolygon needs a non-empty list")
+            for k, poly in enumerate(coords):
+                _check_polygon_coords(poly, f"{w} geometry polygon {k}")
+        else:
+            raise ValueError(f"{w} geometry: type must be Polygon or MultiPolygon, got {gtype!r}")
+        geom = shapely.geometry.shape(g)
+        if not geom.is_valid:
+            raise ValueError(f"{w} geometry: invalid ({shapely.is_valid_reason(geom)})")
+        props = f.get("properties")
+        if not isinstance(props, Mapping):
+            raise ValueError(f"{w}: 'properties' missing")
+        otype = props.get("objectType")
+        if otype not in QUPATH_OBJECT_TYPES:
+            raise ValueError(
+                f"{w}: properties.objectType must be one of {sorted(QUPATH_OBJECT_TYPES)}, "
+                f"got {otype!r}"
+            )
+        cls = props.get("classification")
+        if cls is None and otype == "annotation":
+            raise ValueError(f"{w}: properties.classification missing")
+        if cls is not None:
+            if not isinstance(cls, Mapping):
+                raise ValueError(f"{w}: properties.classification must be an object")
+            name = cls.get("name")
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"{w}: classification.name must be a non-empty string")
+            color = cls.get("color")
+            if (
+                not isinstance(color, list)
+                or len(color) != 3
+                or not all(
+                    isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in color
+                )
+            ):
+                raise ValueError(
+                    f"{w}: classification.color must be [r, g, b], 3 ints in 0-255, got {color!r}"
+                )
+        meas = props.get("measurements")
+        if meas is not None:
+            if not isinstance(meas, Mapping):
+                raise ValueError(f"{w}: properties.measurements must be an object")
+            for k, v in meas.items():
+                if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                    raise ValueError(f"{w}: measurement {k!r} must be a finite number, got {v!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# pictures
+
+# viridis, sampled every 0.1 (the published colour map); interpolated linearly to 256 entries
+_VIRIDIS_ANCHORS = np.array(
+    [
+        (68, 1, 84),
+        (72, 36, 117),
+        (65, 68, 135),
+        (53, 95, 141),
+        (42, 120, 142),
+        (33, 145, 140),
+        (34, 168, 132),
+        (68, 191, 112),
+        (122, 209, 81),
+        (189, 223, 38),
+        (253, 231, 37),
+    ],
+    dtype=np.float64,
+)
+
+
+def colormap_lut(n: int = 256) -> np.ndarray:
+    """uint8 ``n × 3`` viridis look-up table (index ``round(p · (n - 1))`` for probability p)."""
+    t = np.linspace(0.0, 1.0, n)
+    xp = np.linspace(0.0, 1.0, len(_VIRIDIS_ANCHORS))
+    lut = np.stack([np.interp(t, xp, _VIRIDIS_ANCHORS[:, k]) for k in range(3)], axis=1)
+    return np.clip(np.rint(lut), 0, 255).astype(np.uint8)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _as_rgb(thumbnail: np.ndarray) -> np.ndarray:
+    t = np.asarray(thumbnail)
+    if t.dtype != np.uint8:
+        raise ValueError(f"thumbnail must be uint8, got {t.dtype}")
+    if t.ndim == 2:
+        t = np.repeat(t[:, :, None], 3, axis=2)
+    if t.ndim != 3 or t.shape[2] not in (3, 4):
+        raise ValueError(f"thumbnail must be H×W, H×W×3 or H×W×4, got shape {t.shape}")
+    return np.ascontiguousarray(t[:, :, :3])
+
+
+def heatmap_png(
+    heatmap: Heatmap,
+    thumbnail: np.ndarray,
+    thumb_origin_level0_px: tuple[float, float],
+    thumb_px_level0: tuple[float, float],
+    path: PathLike,
+    *,
+    threshold: float | None = None,
+    title: str | None = None,
+    alpha: float = 0.6,
+    max_side: int = 2000,
+) -> None:
+    """PNG of the heatmap over the slide thumbnail, with a colour bar.
+
+    The heatmap is resampled onto the thumbnail's pixel grid with nearest neighbour, using the
+    level-0 geometry of both: thumbnail pixel ``(i, j)`` covers level-0 x from
+    ``thumb_origin_level0_px[0] + j · thumb_px_level0[0]`` (same for y). Cells outside tissue
+    (NaN) and outside the heatmap are not painted, so the thumbnail shows through; the others
+    are painted with viridis at opacity ``alpha``; cells at or above ``threshold`` are outlined
+    in white. The picture is scaled so that its long side is at most ``max_side`` px (and a
+    small thumbnail is enlarged to be readable).
+
+    Args:
+        heatmap: the heatmap.
+        thumbnail: uint8 H×W×3 (or ×4, or H×W grey) picture of the slide.
+        thumb_origin_level0_px: level-0 (x, y) of the thumbnail's top-left corner (QuPath frame).
+        thumb_px_level0: level-0 px per thumbnail pixel, (x, y).
+        path: PNG file to write.
+        threshold: the IDC threshold, marked on the colour bar and outlined (None: neither).
+        title: text above the picture (e.g. the slide name).
+        alpha: opacity of the heatmap colours, 0–1.
+        max_side: upper bound of the PNG's long side, px.
+    """
+    thumb = _as_rgb(thumbnail)
+    th, tw = thumb.shape[:2]
+    if th == 0 or tw == 0:
+        raise ValueError("empty thumbnail")
+    sx, sy = (float(v) for v in thumb_px_level0)
+    tx, ty = (float(v) for v in thumb_origin_level0_px)
+
+    # size of the picture part: long side within [~800, max_side - colour bar panel]
+    panel_w = max(150, min(260, max_side // 8))
+    header_h = 40 if title else 12
+    avail = max(200, max_side - panel_w)
+    scale = min(avail / tw, (max_side - header_h - 12) / th)
+    if scale >= 1.0:
+        scale = min(scale, max(1.0, 1000.0 / max(tw, th)))
+    pw, ph = max(1, round(tw * scale)), max(1, round(th * scale))
+    img = Image.fromarray(thumb, "RGB")
+    if (pw, ph) != (tw, th):
+        img = img.resize((pw, ph), Image.Resampling.LANCZOS if scale < 1 else Image.BILINEAR)
+    base = np.asarray(img, dtype=np.float32)
+    # level-0 size of one picture pixel
+    psx, psy = sx * tw / pw, sy * th / ph
+
+    # nearest-neighbour resampling of the heatmap on the picture grid (pixel centres)
+    prob = np.asarray(heatmap.prob, dtype=np.float32)
+    rows, cols = prob.shape
+    ox, oy = (float(v) for v in heatmap.origin_level0_px)
+    cw, ch = (float(v) for v in heatmap.cell_level0_px)
+    cx = np.floor((tx + (np.arange(pw) + 0.5) * psx - ox) / cw).astype(np.int64)
+    cy = np.floor((ty + (np.arange(ph) + 0.5) * psy - oy) / ch).astype(np.int64)
+    okx, oky = (cx >= 0) & (cx < cols), (cy >= 0) & (cy < rows)
+    sampled = np.full((ph, pw), np.nan, dtype=np.float32)
+    if okx.any() and oky.any():
+        sampled[np.ix_(oky, okx)] = prob[np.ix_(cy[oky], cx[okx])]
+    valid = np.isfinite(sampled)
+    lut = colormap_lut()
+    idx = np.clip(np.rint(np.nan_to_num(sampled) * 255), 0, 255).astype(np.int64)
+    colour = lut[idx].astype(np.float32)
+    a = float(np.clip(alpha, 0.0, 1.0))
+    out = base.copy()
+    out[valid] = (1 - a) * base[valid] + a * colour[valid]
+    if threshold is not None:
+        above = valid & (sampled >= threshold)
+        edge = np.zeros_like(above)
+        edge[:, 1:] |= above[:, 1:] != above[:, :-1]
+        edge[1:, :] |= above[1:, :] != above[:-1, :]
+        out[edge] = (255, 255, 255)
+    picture = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "RGB")
+
+    # canvas: title on top, picture left, colour bar right
+    canvas_h = max(ph + header_h + 12, 320)
+    canvas = Image.new("RGB", (pw + panel_w + 12, canvas_h), (255, 255, 255))
+    canvas.paste(picture, (12, header_h))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((12, 8), title, fill=(0, 0, 0), font=_font(22))
+    font = _font(16)
+    bar_x0 = pw + 12 + 24
+    bar_w = 26
+    bar_top = header_h + 30
+    bar_h = min(max(ph - 60, 200), canvas_h - bar_top - 30)
+    grad = lut[np.linspace(255, 0, bar_h).round().astype(np.int64)]  # top = 1
+    canvas.paste(
+        Image.fromarray(np.repeat(grad[:, None, :], bar_w, axis=1), "RGB"), (bar_x0, bar_top)
+    )
+    draw.rectangle((bar_x0 - 1, bar_top - 1, bar_x0 + bar_w, bar_top + bar_h), outline=(0, 0, 0))
+    draw.text((bar_x0 - 12, header_h + 4), "IDC probability", fill=(0, 0, 0), font=font)
+
+    def tick(p: float, label: str) -> None:
+        y = bar_top + round((1 - p) * (bar_h - 1))
+        draw.line((bar_x0 + bar_w, y, bar_x0 + bar_w + 6, y), fill=(0, 0, 0), width=2)
+        draw.text((bar_x0 + bar_w + 9, y - 9), label, fill=(0, 0, 0), font=font)
+
+    tick(1.0, "1")
+    tick(0.0, "0")
+    if threshold is not None:
+        tick(float(threshold), f"{threshold:.2f} threshold")
+        draw.line(
+            (
+                bar_x0 - 4,
+                bar_top + round((1 - threshold) * (bar_h - 1)),
+                bar_x0 + bar_w,
+                bar_top + round((1 - threshold) * (bar_h - 1)),
+            ),
+            fill=(255, 255, 255),
+            width=2,
+        )
+    legend_y = bar_top + bar_h + 10
+    if legend_y + 20 < canvas_h:
+        draw.text(
+            (bar_x0 - 12, legend_y), "no colour: not tissue", fill=(80, 80, 80), font=_font(13)
+        )
+    canvas.save(path, format="PNG", optimize=True)
+
+
+def mask_png(mask: np.ndarray, path: PathLike) -> None:
+    """8-bit grey PNG of a boolean mask on the heatmap grid (one pixel per cell; 255 = IDC)."""
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {m.shape}")
+    Image.fromarray(np.where(m.astype(bool), 255, 0).astype(np.uint8), "L").save(
+        path, format="PNG", optimize=True
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# arrays and JSON
+
+_NPZ_FORMAT = 1
+
+
+def heatmap_npz(heatmap: Heatmap, path: PathLike, **extra: Any) -> None:
+    """Write the heatmap as a compressed ``.npz`` at exactly ``path``.
+
+    Arrays: ``prob`` (float32 rows×cols, NaN = not tissue), ``origin_level0_px`` (x, y; level-0
+    px, QuPath frame), ``cell_level0_px`` (w, h; level-0 px), ``slide_mpp`` and ``model_mpp``
+    (µm/px), ``stride_px`` and ``patch_px`` (model px), ``format`` (1), plus ``extra`` arrays
+    or scalars (names must not clash). Read back with :func:`load_heatmap_npz`.
+    """
+    arrays: dict[str, Any] = {
+        "prob": np.asarray(heatmap.prob, dtype=np.float32),
+        "origin_level0_px": np.asarray(heatmap.origin_level0_px, dtype=np.float64),
+        "cell_level0_px": np.asarray(heatmap.cell_level0_px, dtype=np.float64),
+        "slide_mpp": np.float64(heatmap.slide_mpp),
+        "model_mpp": np.float64(heatmap.model_mpp),
+        "stride_px": np.int64(heatmap.stride_px),
+        "patch_px": np.int64(heatmap.patch_px),
+        "format": np.int64(_NPZ_FORMAT),
+    }
+    clash = set(extra) & set(arrays)
+    if clash:
+        raise ValueError(f"extra names clash with the heatmap's: {sorted(clash)}")
+    arrays.update({k: np.asarray(v) for k, v in extra.items()})
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
+    with open(path, "wb") as f:  # np.savez would append ".npz" to a path without it
+        f.write(buf.getbuffer())
+
+
+def load_heatmap_npz(path: PathLike) -> Heatmap:
+    """Read a heatmap written by :func:`heatmap_npz`."""
+    with np.load(path, allow_pickle=False) as z:
+        ox, oy = (float(v) for v in z["origin_level0_px"])
+        cw, ch = (float(v) for v in z["cell_level0_px"])
+        return Heatmap(
+            prob=np.asarray(z["prob"], dtype=np.float32),
+            origin_level0_px=(ox, oy),
+            cell_level0_px=(cw, ch),
+            slide_mpp=float(z["slide_mpp"]),
+            model_mpp=float(z["model_mpp"]),
+            stride_px=int(z["stride_px"]),
+            patch_px=int(z["patch_px"]),
+        )
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj
+
+
+def write_json(obj: Any, path: PathLike) -> None:
+    """Write ``obj`` as UTF-8 JSON, indent 2, trailing newline.
+
+    NaN and ±inf become ``null``; numpy scalars and arrays, tuples and paths become plain JSON.
+    """
+    text = json.dumps(_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False)
+    Path(path).write_text(text + "\n", encoding="utf-8")
