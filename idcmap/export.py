@@ -466,7 +466,7 @@ def heatmap_png(
     # size of the picture part: long side within [~800, max_side - colour bar panel]
     panel_w = max(150, min(260, max_side // 8))
     header_h = 40 if title else 12
-    avail = max(200, max_side - panel_w)
+    avail = max(200, max_side - panel_w - 12)
     scale = min(avail / tw, (max_side - header_h - 12) / th)
     if scale >= 1.0:
         scale = min(scale, max(1.0, 1000.0 / max(tw, th)))
@@ -509,9 +509,10 @@ def heatmap_png(
     canvas = Image.new("RGB", (pw + panel_w + 12, canvas_h), (255, 255, 255))
     canvas.paste(picture, (12, header_h))
     draw = ImageDraw.Draw(canvas)
+    fs = int(np.clip(round(max(pw, ph) / 110), 12, 20))  # font size, px
     if title:
-        draw.text((12, 8), title, fill=(0, 0, 0), font=_font(22))
-    font = _font(16)
+        draw.text((12, 8), title, fill=(0, 0, 0), font=_font(fs + 4))
+    font = _font(fs)
     bar_x0 = pw + 12 + 24
     bar_w = 26
     bar_top = header_h + 30
@@ -526,7 +527,7 @@ def heatmap_png(
     def tick(p: float, label: str) -> None:
         y = bar_top + round((1 - p) * (bar_h - 1))
         draw.line((bar_x0 + bar_w, y, bar_x0 + bar_w + 6, y), fill=(0, 0, 0), width=2)
-        draw.text((bar_x0 + bar_w + 9, y - 9), label, fill=(0, 0, 0), font=font)
+        draw.text((bar_x0 + bar_w + 9, y - fs // 2 - 1), label, fill=(0, 0, 0), font=font)
 
     tick(1.0, "1")
     tick(0.0, "0")
@@ -545,7 +546,10 @@ def heatmap_png(
     legend_y = bar_top + bar_h + 10
     if legend_y + 20 < canvas_h:
         draw.text(
-            (bar_x0 - 12, legend_y), "no colour: not tissue", fill=(80, 80, 80), font=_font(13)
+            (bar_x0 - 12, legend_y),
+            "no colour: not tissue",
+            fill=(80, 80, 80),
+            font=_font(max(11, fs - 3)),
         )
     canvas.save(path, format="PNG", optimize=True)
 
