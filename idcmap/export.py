@@ -299,7 +299,7 @@ def _check_polygon_coords(rings: Any, where: str) -> None:
 def validate_qupath_geojson(obj: Any) -> None:
     """Check that ``obj`` is a FeatureCollection QuPath imports as intended.
 
-    Checks, in order, for each Feature: ``type``, a non-empty string ``id``, a Polygon or
+    Checks, in order, for each Feature: ``type``, a unique non-empty string ``id``, a Polygon or
     MultiPolygon geometry with closed rings of finite ``[x, y]`` positions that shapely finds
     valid, ``properties.objectType`` one of QuPath's, ``classification`` (when present — it is
     required for annotations) with a non-empty ``name`` and a ``color`` of 3 ints in 0–255,
@@ -313,6 +313,7 @@ def validate_qupath_geojson(obj: Any) -> None:
     features = obj.get("features")
     if not isinstance(features, list):
         raise ValueError("top level: 'features' must be a list")
+    seen_ids: dict[str, int] = {}
     for i, f in enumerate(features):
         w = f"feature {i}"
         if not isinstance(f, Mapping) or f.get("type") != "Feature":
@@ -320,6 +321,9 @@ def validate_qupath_geojson(obj: Any) -> None:
         fid = f.get("id")
         if not isinstance(fid, str) or not fid:
             raise ValueError(f"{w}: 'id' missing (QuPath needs a unique id per object)")
+        if fid in seen_ids:
+            raise ValueError(f"{w}: 'id' {fid!r} repeats feature {seen_ids[fid]}'s")
+        seen_ids[fid] = i
         g = f.get("geometry")
         if not isinstance(g, Mapping):
             raise ValueError(f"{w}: 'geometry' missing")

@@ -211,6 +211,12 @@ def test_validate_names_the_problem(mutate: Any, message: str) -> None:
         validate_qupath_geojson(bad)
 
 
+def test_validate_rejects_repeated_ids() -> None:
+    f = _valid_feature()
+    with pytest.raises(ValueError, match="repeats feature 0"):
+        validate_qupath_geojson({"type": "FeatureCollection", "features": [f, copy.deepcopy(f)]})
+
+
 def test_read_qupath_shapes(tmp_path: Path) -> None:
     """Ground truth as QuPath exports it: a list of Features, a single Feature, odd members."""
     feature = _valid_feature()
