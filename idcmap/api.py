@@ -50,12 +50,20 @@ class Params:
     force_rgb: bool = False  # process non-brightfield images anyway
 
     def validate(self) -> None:
-        if self.stride_px is not None and (not isinstance(self.stride_px, int) or self.stride_px <= 0):
-            raise UsageError(f"--stride must be a positive integer (model px), got {self.stride_px}")
+        if self.stride_px is not None and (
+            not isinstance(self.stride_px, int) or self.stride_px <= 0
+        ):
+            raise UsageError(
+                f"--stride must be a positive integer (model px), got {self.stride_px}"
+            )
         if self.threshold is not None and not (0.0 <= self.threshold <= 1.0):
-            raise UsageError(f"--threshold must lie in [0, 1] (an IDC probability), got {self.threshold}")
+            raise UsageError(
+                f"--threshold must lie in [0, 1] (an IDC probability), got {self.threshold}"
+            )
         if self.mpp is not None and not (math.isfinite(self.mpp) and 0.01 <= self.mpp <= 100):
-            raise UsageError(f"--mpp must be µm per pixel between 0.01 and 100 (0.25 for 40x), got {self.mpp}")
+            raise UsageError(
+                f"--mpp must be µm per pixel between 0.01 and 100 (0.25 for 40x), got {self.mpp}"
+            )
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be ≥ 1, got {self.batch_size}")
         if self.workers < 0:
@@ -96,7 +104,9 @@ class SlideResult:
         """QuPath FeatureCollection of the IDC regions (and the tiles, with ``tiles=True``)."""
         return regions_to_geojson(self.regions, tiles=self.heatmap if tiles else None)
 
-    def save(self, out_dir: str | Path, *, tiles_geojson: bool = False, overwrite: bool = True) -> Path:
+    def save(
+        self, out_dir: str | Path, *, tiles_geojson: bool = False, overwrite: bool = True
+    ) -> Path:
         """Write the outputs to ``out_dir/<stem>/`` atomically: everything goes to a temporary
         folder first, which is renamed once complete. Returns the final folder."""
         out_dir = Path(out_dir)
@@ -134,10 +144,17 @@ class SlideResult:
     def _write(self, folder: Path, tiles_geojson: bool) -> None:
         write_json(self.to_geojson(), folder / f"{self.stem}.geojson")
         if tiles_geojson:
-            write_json(regions_to_geojson([], tiles=self.heatmap), folder / f"{self.stem}.tiles.geojson")
+            write_json(
+                regions_to_geojson([], tiles=self.heatmap), folder / f"{self.stem}.tiles.geojson"
+            )
         heatmap_npz(self.heatmap, folder / "heatmap.npz")
-        heatmap_png(self.heatmap, self.tissue.thumbnail, self.tissue.origin_level0_px,
-                    self.tissue.px_level0, folder / "heatmap.png")
+        heatmap_png(
+            self.heatmap,
+            self.tissue.thumbnail,
+            self.tissue.origin_level0_px,
+            self.tissue.px_level0,
+            folder / "heatmap.png",
+        )
         mask_png(self.mask, folder / "mask.png")
 
 
@@ -155,7 +172,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def slide_stem(path: str | Path) -> str:
-    """Output-folder name of a slide: its file name without the extension(s) (``a.ome.tiff`` → ``a``)."""
+    """Output-folder name of a slide: its file name without extension (``a.ome.tiff`` → ``a``)."""
     name = Path(path).name
     for ext in (".ome.tiff", ".ome.tif"):
         if name.lower().endswith(ext):
@@ -208,12 +225,24 @@ def segment_slide(
         tissue = detect_tissue(slide, target_mpp=p.tissue_mpp)
         timings["tissue"] = time.perf_counter() - t
         t = time.perf_counter()
-        grid = make_grid(slide, tissue, model_mpp=cfg.mpp, patch_px=cfg.patch_px,
-                         stride_px=stride_px, min_tissue=p.min_tissue)
+        grid = make_grid(
+            slide,
+            tissue,
+            model_mpp=cfg.mpp,
+            patch_px=cfg.patch_px,
+            stride_px=stride_px,
+            min_tissue=p.min_tissue,
+        )
         timings["grid"] = time.perf_counter() - t
-        tile_prob, stats = predict_grid(slide, grid, net, batch_size=p.batch_size,
-                                        workers=p.workers, progress=progress,
-                                        desc=slide_stem(path))
+        tile_prob, stats = predict_grid(
+            slide,
+            grid,
+            net,
+            batch_size=p.batch_size,
+            workers=p.workers,
+            progress=progress,
+            desc=slide_stem(path),
+        )
         timings["tiles_wall"] = stats.wall_s
         info = slide.info
     t = time.perf_counter()
@@ -238,17 +267,28 @@ def segment_slide(
     summary: dict[str, Any] = {
         "idcmap_version": __version__,
         "slide": {**info.to_dict(), "level_read": stats.level, "level_read_mpp": stats.level_mpp},
-        "model": {"name": cfg.name, "version": cfg.version, "architecture": cfg.architecture,
-                  "sha256": cfg.weights_sha256, "path": str(net.path) if net.path else None,
-                  "mpp": cfg.mpp, "patch_px": cfg.patch_px, "device": str(net.device)},
+        "model": {
+            "name": cfg.name,
+            "version": cfg.version,
+            "architecture": cfg.architecture,
+            "sha256": cfg.weights_sha256,
+            "path": str(net.path) if net.path else None,
+            "mpp": cfg.mpp,
+            "patch_px": cfg.patch_px,
+            "device": str(net.device),
+        },
         "parameters": {**asdict(p), "stride_px": stride_px, "threshold": thr},
         "coordinates": "level-0 px relative to the slide bounds origin (QuPath's frame)",
         "tissue_area_mm2": round(tissue_mm2, 4),
         "idc_area_mm2": round(idc_mm2, 4),
         "idc_fraction_of_tissue": round(idc_mm2 / tissue_mm2, 4) if tissue_mm2 > 0 else 0.0,
         "regions": len(regions),
-        "tiles": {"evaluated": stats.tiles, "grid": list(grid.shape), "blocks": stats.blocks,
-                  "dense_blocks": stats.dense_blocks},
+        "tiles": {
+            "evaluated": stats.tiles,
+            "grid": list(grid.shape),
+            "blocks": stats.blocks,
+            "dense_blocks": stats.dense_blocks,
+        },
         "timings_s": {
             **{k: round(v, 4) for k, v in timings.items()},
             "read_busy": round(stats.read_s, 4),
@@ -257,8 +297,9 @@ def segment_slide(
             "model_waited_for_pixels": round(stats.wait_s, 4),
         },
     }
-    return SlideResult(slide=info, heatmap=heatmap, mask=mask, regions=regions, tissue=tissue,
-                       summary=summary)
+    return SlideResult(
+        slide=info, heatmap=heatmap, mask=mask, regions=regions, tissue=tissue, summary=summary
+    )
 
 
 def is_done(out_dir: str | Path, slide_path: str | Path) -> bool:

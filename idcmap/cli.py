@@ -50,46 +50,101 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"idcmap {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="segment IDC on one or more slides",
-                         description="Segment IDC on slides; writes OUT/<slide stem>/ per slide.")
+    run = sub.add_parser(
+        "run",
+        help="segment IDC on one or more slides",
+        description="Segment IDC on slides; writes OUT/<slide stem>/ per slide.",
+    )
     run.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files or folders of slides")
     run.add_argument("--out", "-o", required=True, type=Path, help="output folder")
-    run.add_argument("--model", type=Path, default=None, help="model .json (default: the bundled model)")
-    run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
-    run.add_argument("--backend", default="auto", choices=["auto", "openslide", "tiffslide", "image"],
-                     help="slide reader (default: auto = OpenSlide, then tiffslide, then PIL)")
-    run.add_argument("--mpp", type=_finite, default=None,
-                     help="µm per level-0 pixel, overriding or replacing the slide's metadata")
-    run.add_argument("--stride", type=_positive_int, default=None,
-                     help="tile step in model px; divides the patch size (default: patch size, 50)")
-    run.add_argument("--threshold", type=_finite, default=None,
-                     help="IDC probability threshold in [0, 1] (default: the model's)")
-    run.add_argument("--batch-size", type=_positive_int, default=512, help="tiles per batch (default: 512)")
-    run.add_argument("--workers", type=int, default=2, help="background reader threads (default: 2)")
-    run.add_argument("--min-tissue", type=_finite, default=0.2,
-                     help="tissue fraction a tile needs to be evaluated (default: 0.2)")
-    run.add_argument("--tissue-mpp", type=_finite, default=16.0,
-                     help="µm/px of the tissue mask (default: 16)")
-    run.add_argument("--min-region-um2", type=_finite, default=40_000.0,
-                     help="drop IDC regions smaller than this, µm² (default: 40000 = one 200-µm tile)")
-    run.add_argument("--min-hole-um2", type=_finite, default=40_000.0,
-                     help="fill holes smaller than this, µm² (default: 40000)")
-    run.add_argument("--simplify-um", type=_finite, default=2.0,
-                     help="polygon simplification tolerance, µm (default: 2)")
-    run.add_argument("--force-rgb", action="store_true",
-                     help="process images that are not 8-bit brightfield RGB anyway")
-    run.add_argument("--tiles-geojson", action="store_true",
-                     help="also write <stem>.tiles.geojson with every tile and its probability")
+    run.add_argument(
+        "--model", type=Path, default=None, help="model .json (default: the bundled model)"
+    )
+    run.add_argument(
+        "--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)"
+    )
+    run.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "openslide", "tiffslide", "image"],
+        help="slide reader (default: auto = OpenSlide, then tiffslide, then PIL)",
+    )
+    run.add_argument(
+        "--mpp",
+        type=_finite,
+        default=None,
+        help="µm per level-0 pixel, overriding or replacing the slide's metadata",
+    )
+    run.add_argument(
+        "--stride",
+        type=_positive_int,
+        default=None,
+        help="tile step in model px; divides the patch size (default: patch size, 50)",
+    )
+    run.add_argument(
+        "--threshold",
+        type=_finite,
+        default=None,
+        help="IDC probability threshold in [0, 1] (default: the model's)",
+    )
+    run.add_argument(
+        "--batch-size", type=_positive_int, default=512, help="tiles per batch (default: 512)"
+    )
+    run.add_argument(
+        "--workers", type=int, default=2, help="background reader threads (default: 2)"
+    )
+    run.add_argument(
+        "--min-tissue",
+        type=_finite,
+        default=0.2,
+        help="tissue fraction a tile needs to be evaluated (default: 0.2)",
+    )
+    run.add_argument(
+        "--tissue-mpp", type=_finite, default=16.0, help="µm/px of the tissue mask (default: 16)"
+    )
+    run.add_argument(
+        "--min-region-um2",
+        type=_finite,
+        default=40_000.0,
+        help="drop IDC regions smaller than this, µm² (default: 40000 = one 200-µm tile)",
+    )
+    run.add_argument(
+        "--min-hole-um2",
+        type=_finite,
+        default=40_000.0,
+        help="fill holes smaller than this, µm² (default: 40000)",
+    )
+    run.add_argument(
+        "--simplify-um",
+        type=_finite,
+        default=2.0,
+        help="polygon simplification tolerance, µm (default: 2)",
+    )
+    run.add_argument(
+        "--force-rgb",
+        action="store_true",
+        help="process images that are not 8-bit brightfield RGB anyway",
+    )
+    run.add_argument(
+        "--tiles-geojson",
+        action="store_true",
+        help="also write <stem>.tiles.geojson with every tile and its probability",
+    )
     run.add_argument("--overwrite", action="store_true", help="redo slides whose outputs exist")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     run.add_argument("--debug", action="store_true", help="print tracebacks")
     run.set_defaults(func=cmd_run)
 
-    info = sub.add_parser("info", help="what idcmap sees in a slide",
-                          description="Backend, vendor, dimensions, levels, µm/px and the level "
-                                      "the pipeline will read.")
+    info = sub.add_parser(
+        "info",
+        help="what idcmap sees in a slide",
+        description="Backend, vendor, dimensions, levels, µm/px and the level "
+        "the pipeline will read.",
+    )
     info.add_argument("slide", type=Path)
-    info.add_argument("--backend", default="auto", choices=["auto", "openslide", "tiffslide", "image"])
+    info.add_argument(
+        "--backend", default="auto", choices=["auto", "openslide", "tiffslide", "image"]
+    )
     info.add_argument("--mpp", type=_finite, default=None, help="µm per level-0 pixel override")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument("--debug", action="store_true", help="print tracebacks")
@@ -110,10 +165,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import expand_inputs, run_batch
 
     params = Params(
-        stride_px=args.stride, threshold=args.threshold, mpp=args.mpp, backend=args.backend,
-        device=args.device, batch_size=args.batch_size, workers=args.workers,
-        min_tissue=args.min_tissue, tissue_mpp=args.tissue_mpp, min_region_um2=args.min_region_um2,
-        min_hole_um2=args.min_hole_um2, simplify_um=args.simplify_um, force_rgb=args.force_rgb,
+        stride_px=args.stride,
+        threshold=args.threshold,
+        mpp=args.mpp,
+        backend=args.backend,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        min_tissue=args.min_tissue,
+        tissue_mpp=args.tissue_mpp,
+        min_region_um2=args.min_region_um2,
+        min_hole_um2=args.min_hole_um2,
+        simplify_um=args.simplify_um,
+        force_rgb=args.force_rgb,
     )
     params.validate()
     slides = expand_inputs(args.slides)
@@ -122,8 +186,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .tiles import check_stride
 
         check_stride(params.stride_px, model.config.patch_px)
-    outcomes = run_batch(slides, args.out, model=model, params=params, overwrite=args.overwrite,
-                         tiles_geojson=args.tiles_geojson, progress=not args.quiet, debug=args.debug)
+    outcomes = run_batch(
+        slides,
+        args.out,
+        model=model,
+        params=params,
+        overwrite=args.overwrite,
+        tiles_geojson=args.tiles_geojson,
+        progress=not args.quiet,
+        debug=args.debug,
+    )
     done = sum(o.status == "done" for o in outcomes)
     skipped = sum(o.status == "skipped" for o in outcomes)
     failed = [o for o in outcomes if o.status == "failed"]
@@ -142,8 +214,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         try:
             cfg = json.loads(bundled_model_path().read_text())
             level = slide.best_level_for_mpp(float(cfg["mpp"]))
-            d["pipeline"] = {"model_mpp": cfg["mpp"], "level_read": level,
-                             "level_read_mpp": round(slide.level_mpp(level), 4)}
+            d["pipeline"] = {
+                "model_mpp": cfg["mpp"],
+                "level_read": level,
+                "level_read_mpp": round(slide.level_mpp(level), 4),
+            }
         except (OSError, KeyError, ValueError):
             pass
     if args.json:
@@ -174,10 +249,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"idcmap: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("idcmap: interrupted; finished slides are complete, rerun to do the rest", file=sys.stderr)
+        print(
+            "idcmap: interrupted; finished slides are complete, rerun to do the rest",
+            file=sys.stderr,
+        )
         return 130
     except Terminated:
-        print("idcmap: terminated; finished slides are complete, rerun to do the rest", file=sys.stderr)
+        print(
+            "idcmap: terminated; finished slides are complete, rerun to do the rest",
+            file=sys.stderr,
+        )
         return 143
     finally:
         signal.signal(signal.SIGTERM, old)

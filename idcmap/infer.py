@@ -62,8 +62,14 @@ def predict_grid(
     prob = np.full(grid.shape, np.nan, dtype=np.float32)
     dense_ok = model.supports_dense(grid.stride_px)
     t_start = time.perf_counter()
-    bar = tqdm(total=grid.n_tiles, desc=desc, unit="tile", disable=not progress, leave=False,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=grid.n_tiles,
+        desc=desc,
+        unit="tile",
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
     try:
         t_wait = time.perf_counter()
         for block in iter_blocks(slide, grid, level, blocks, workers=workers):
@@ -103,14 +109,17 @@ def _predict_dense(model: IDCModel, block: Block, grid: TileGrid) -> np.ndarray:
     return out
 
 
-def _predict_tiles(model: IDCModel, block: Block, grid: TileGrid, keep: np.ndarray,
-                   batch_size: int) -> np.ndarray:
+def _predict_tiles(
+    model: IDCModel, block: Block, grid: TileGrid, keep: np.ndarray, batch_size: int
+) -> np.ndarray:
     st, p = grid.stride_px, grid.patch_px
     out = np.full(keep.shape, np.nan, dtype=np.float32)
     rr, cc = np.nonzero(keep)
     if len(rr) == 0:
         return out
-    windows = np.lib.stride_tricks.sliding_window_view(block.pixels, (p, p), axis=(0, 1))[::st, ::st]
+    windows = np.lib.stride_tricks.sliding_window_view(block.pixels, (p, p), axis=(0, 1))[
+        ::st, ::st
+    ]
     tiles = windows[rr, cc].transpose(0, 2, 3, 1)  # n×p×p×3 (fancy indexing copies)
     out[rr, cc] = model.predict(np.ascontiguousarray(tiles), batch_size=batch_size)
     return out

@@ -103,7 +103,9 @@ class IDCNet(nn.Module):
         repeated between overlapping tiles.
         """
         if stride_px % self.stem_px:
-            raise ValueError(f"dense evaluation needs a stride that is a multiple of {self.stem_px}")
+            raise ValueError(
+                f"dense evaluation needs a stride that is a multiple of {self.stem_px}"
+            )
         a = self._grid_a(x)
         step_a = stride_px // self.stem_px  # output step in grid-A cells
         r = math.gcd(step_a, self.block_b)  # grid-B step in grid-A cells: 1 or 5
@@ -196,7 +198,9 @@ class ModelConfig:
                 training=dict(d.get("training", {})),
             )
         except (KeyError, TypeError, ValueError) as e:
-            raise ModelError(f"model config is incomplete or malformed ({e!r}); re-export it") from e
+            raise ModelError(
+                f"model config is incomplete or malformed ({e!r}); re-export it"
+            ) from e
 
     def build(self) -> nn.Module:
         """A fresh, untrained network of this config's architecture."""
@@ -264,11 +268,15 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device("cpu")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UsageError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+            raise UsageError(
+                "--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto"
+            )
         return torch.device(device)
     if device == "mps":
         if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
-            raise UsageError("--device mps was asked for but MPS is not available; use --device cpu or auto")
+            raise UsageError(
+                "--device mps was asked for but MPS is not available; use --device cpu or auto"
+            )
         return torch.device("mps")
     raise UsageError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
 
@@ -284,8 +292,9 @@ class IDCModel:
     Create it with :func:`load_model`. Inputs are uint8 RGB arrays at the config's µm/px.
     """
 
-    def __init__(self, config: ModelConfig, net: nn.Module, device: torch.device,
-                 path: Path | None = None) -> None:
+    def __init__(
+        self, config: ModelConfig, net: nn.Module, device: torch.device, path: Path | None = None
+    ) -> None:
         self.config = config
         self.path = path
         self.device = device
@@ -325,7 +334,9 @@ class IDCModel:
         """
         p = self.config.patch_px
         if patches.ndim != 4 or patches.shape[1:] != (p, p, 3) or patches.dtype != np.uint8:
-            raise ValueError(f"patches must be uint8 N×{p}×{p}×3, got {patches.dtype} {patches.shape}")
+            raise ValueError(
+                f"patches must be uint8 N×{p}×{p}×3, got {patches.dtype} {patches.shape}"
+            )
         out = np.empty(len(patches), dtype=np.float32)
         for i in range(0, len(patches), batch_size):
             with self._autocast():
@@ -378,12 +389,14 @@ def load_model(path: str | Path | None = None, device: str = "auto") -> IDCModel
     cfg = ModelConfig.from_dict(d)
     weights = json_path.parent / (cfg.weights_file or json_path.with_suffix(".safetensors").name)
     if not weights.is_file():
-        raise ModelError(f"model weights {weights} are missing; keep the .safetensors next to its .json")
+        raise ModelError(
+            f"model weights {weights} are missing; keep the .safetensors next to its .json"
+        )
     digest = sha256_file(weights)
     if cfg.weights_sha256 and digest != cfg.weights_sha256:
         raise ModelError(
             f"model weights {weights} do not match their config (sha256 {digest[:12]}… ≠ "
-            f"{cfg.weights_sha256[:12]}…): the file is damaged or foreign; reinstall or re-export it"
+            f"{cfg.weights_sha256[:12]}…): the file is damaged or foreign; reinstall or re-export"
         )
     net = cfg.build()
     try:
@@ -392,7 +405,9 @@ def load_model(path: str | Path | None = None, device: str = "auto") -> IDCModel
         state = load_file(str(weights))
         net.load_state_dict(state, strict=True)
     except Exception as e:  # safetensors raises its own types for corrupt headers
-        raise ModelError(f"cannot load weights {weights}: {e}; reinstall or re-export the model") from e
+        raise ModelError(
+            f"cannot load weights {weights}: {e}; reinstall or re-export the model"
+        ) from e
     return IDCModel(cfg, net, dev, path=json_path)
 
 

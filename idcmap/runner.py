@@ -31,8 +31,21 @@ from .model import IDCModel
 
 #: File name endings taken as slides when a folder is given.
 SLIDE_SUFFIXES = (
-    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif",
-    ".dcm", ".qptiff", ".png", ".jpg", ".jpeg",
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".vms",
+    ".vmu",
+    ".scn",
+    ".mrxs",
+    ".svslide",
+    ".bif",
+    ".dcm",
+    ".qptiff",
+    ".png",
+    ".jpg",
+    ".jpeg",
 )
 
 
@@ -57,9 +70,13 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and q.name.lower().endswith(SLIDE_SUFFIXES))
+            found = sorted(
+                q for q in p.iterdir() if q.is_file() and q.name.lower().endswith(SLIDE_SUFFIXES)
+            )
             if not found:
-                raise UsageError(f"{p} holds no slide files ({', '.join(SLIDE_SUFFIXES)}); pass slide files")
+                raise UsageError(
+                    f"{p} holds no slide files ({', '.join(SLIDE_SUFFIXES)}); pass slide files"
+                )
             out.extend(found)
         else:
             out.append(p)  # missing files fail on their own line, the batch goes on
@@ -126,13 +143,23 @@ def run_batch(
     for i, s in enumerate(slides):
         stem = slide_stem(s)
         if stem in seen and seen[stem].resolve() != s.resolve():
-            outcomes[i] = Outcome(str(s), "failed", f"same output name '{stem}' as {seen[stem]}; "
-                                  "rename one of the slides or run them into different --out folders")
+            outcomes[i] = Outcome(
+                str(s),
+                "failed",
+                f"same output name '{stem}' as {seen[stem]}; "
+                "rename one of the slides or run them into different --out folders",
+            )
         else:
             seen.setdefault(stem, s)
             queue.append(i)
-    bar = tqdm(total=len(slides), desc="slides", unit="slide", disable=not progress or len(slides) < 2,
-               dynamic_ncols=True, position=0)
+    bar = tqdm(
+        total=len(slides),
+        desc="slides",
+        unit="slide",
+        disable=not progress or len(slides) < 2,
+        dynamic_ncols=True,
+        position=0,
+    )
     bar.update(len(outcomes))
     deferred: list[int] = []
 
@@ -143,8 +170,9 @@ def run_batch(
             if not got:
                 return False
             if is_done(out, s) and not overwrite:
-                outcomes[i] = Outcome(str(s), "skipped", "already done (pass --overwrite to redo)",
-                                      str(out / stem))
+                outcomes[i] = Outcome(
+                    str(s), "skipped", "already done (pass --overwrite to redo)", str(out / stem)
+                )
                 return True
             remove_leftovers(out, stem)
             t0 = time.perf_counter()
@@ -152,17 +180,27 @@ def run_batch(
                 result = segment_slide(s, model=model, progress=progress, params=params)
                 final = result.save(out, tiles_geojson=tiles_geojson, overwrite=True)
                 n = len(result.regions)
-                msg = (f"{n} IDC region{'s' if n != 1 else ''}, IDC {result.summary['idc_area_mm2']:.2f} mm² "
-                       f"of {result.summary['tissue_area_mm2']:.2f} mm² tissue")
+                msg = (
+                    f"{n} IDC region{'s' if n != 1 else ''}, "
+                    f"IDC {result.summary['idc_area_mm2']:.2f} mm² "
+                    f"of {result.summary['tissue_area_mm2']:.2f} mm² tissue"
+                )
                 outcomes[i] = Outcome(str(s), "done", msg, str(final), time.perf_counter() - t0)
             except IDCMapError as e:
                 outcomes[i] = Outcome(str(s), "failed", str(e), seconds=time.perf_counter() - t0)
-            except (MemoryError, Exception) as e:  # an unforeseen bug must not cost the other slides
+            except (
+                MemoryError,
+                Exception,
+            ) as e:  # an unforeseen bug must not cost the other slides
                 if debug:
                     traceback.print_exc()
-                outcomes[i] = Outcome(str(s), "failed", f"internal error {type(e).__name__}: {e} "
-                                      "(rerun with --debug for the traceback and report it)",
-                                      seconds=time.perf_counter() - t0)
+                outcomes[i] = Outcome(
+                    str(s),
+                    "failed",
+                    f"internal error {type(e).__name__}: {e} "
+                    "(rerun with --debug for the traceback and report it)",
+                    seconds=time.perf_counter() - t0,
+                )
         return True
 
     for i in queue:

@@ -111,7 +111,9 @@ def make_grid(
     k = patch_px // stride_px
     cols = max(1, math.ceil(max(width_m - patch_px, 0) / stride_px) + 1)
     rows = max(1, math.ceil(max(height_m - patch_px, 0) / stride_px) + 1)
-    cell_frac = _cell_tissue_fraction(tissue, rows + k - 1, cols + k - 1, stride_px * fx, stride_px * fy)
+    cell_frac = _cell_tissue_fraction(
+        tissue, rows + k - 1, cols + k - 1, stride_px * fx, stride_px * fy
+    )
     # tile fraction = mean of its k×k cells (summed-area table)
     sat = np.pad(cell_frac, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
     tile_frac = (sat[k:, k:] - sat[:-k, k:] - sat[k:, :-k] + sat[:-k, :-k]) / (k * k)
@@ -126,7 +128,9 @@ def make_grid(
     )
 
 
-def _cell_tissue_fraction(tissue: TissueMask, rows: int, cols: int, cw: float, ch: float) -> np.ndarray:
+def _cell_tissue_fraction(
+    tissue: TissueMask, rows: int, cols: int, cw: float, ch: float
+) -> np.ndarray:
     """Fraction of tissue-mask pixels (by centre) inside each grid cell of size cw×ch level-0 px."""
     m = tissue.mask.astype(np.float64)
     sat = np.pad(m, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
@@ -173,7 +177,9 @@ class Block:
     resize_s: float = 0.0
 
 
-def plan_blocks(grid: TileGrid, level_downsample: float, max_read_px: int = MAX_READ_PX) -> list[tuple[int, int, int, int]]:
+def plan_blocks(
+    grid: TileGrid, level_downsample: float, max_read_px: int = MAX_READ_PX
+) -> list[tuple[int, int, int, int]]:
     """Split the grid into blocks of tiles holding at least one kept tile.
 
     A block's read at the chosen level is at most ``max_read_px`` a side.
@@ -191,7 +197,9 @@ def plan_blocks(grid: TileGrid, level_downsample: float, max_read_px: int = MAX_
     return blocks
 
 
-def read_block(slide: Slide, grid: TileGrid, level: int, rows: tuple[int, int], cols: tuple[int, int]) -> Block:
+def read_block(
+    slide: Slide, grid: TileGrid, level: int, rows: tuple[int, int], cols: tuple[int, int]
+) -> Block:
     """Read one block of tiles from ``level`` and resize it to model px (area average)."""
     (r0, r1), (c0, c1) = rows, cols
     st, p = grid.stride_px, grid.patch_px
