@@ -86,6 +86,7 @@ class SlideResult:
         mask: bool IDC mask on the heatmap grid (after clean-up).
         regions: IDC regions as shapely polygons in level-0 px (QuPath frame).
         tissue: the tissue mask and thumbnail.
+        threshold: the IDC probability threshold the mask was made with.
         summary: areas, counts, model, parameters, timings (written as summary.json).
     """
 
@@ -94,6 +95,7 @@ class SlideResult:
     mask: np.ndarray
     regions: list[Region]
     tissue: TissueMask
+    threshold: float
     summary: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -102,7 +104,9 @@ class SlideResult:
 
     def to_geojson(self, tiles: bool = False) -> dict[str, Any]:
         """QuPath FeatureCollection of the IDC regions (and the tiles, with ``tiles=True``)."""
-        return regions_to_geojson(self.regions, tiles=self.heatmap if tiles else None)
+        return regions_to_geojson(
+            self.regions, tiles=self.heatmap if tiles else None, threshold=self.threshold
+        )
 
     def save(
         self, out_dir: str | Path, *, tiles_geojson: bool = False, overwrite: bool = True
@@ -145,7 +149,8 @@ class SlideResult:
         write_json(self.to_geojson(), folder / f"{self.stem}.geojson")
         if tiles_geojson:
             write_json(
-                regions_to_geojson([], tiles=self.heatmap), folder / f"{self.stem}.tiles.geojson"
+                regions_to_geojson([], tiles=self.heatmap, threshold=self.threshold),
+                folder / f"{self.stem}.tiles.geojson",
             )
         heatmap_npz(self.heatmap, folder / "heatmap.npz")
         heatmap_png(
@@ -154,6 +159,8 @@ class SlideResult:
             self.tissue.origin_level0_px,
             self.tissue.px_level0,
             folder / "heatmap.png",
+            threshold=self.threshold,
+            title=f"{self.stem}: IDC probability",
         )
         mask_png(self.mask, folder / "mask.png")
 
@@ -298,7 +305,13 @@ def segment_slide(
         },
     }
     return SlideResult(
-        slide=info, heatmap=heatmap, mask=mask, regions=regions, tissue=tissue, summary=summary
+        slide=info,
+        heatmap=heatmap,
+        mask=mask,
+        regions=regions,
+        tissue=tissue,
+        threshold=thr,
+        summary=summary,
     )
 
 
