@@ -330,3 +330,21 @@ def test_slideinfo_fields() -> None:
     assert names[:10] == ["path", "backend", "vendor", "level_dimensions", "level_downsamples",
                           "mpp", "mpp_y", "mpp_source", "bounds_level0_px", "objective_power"]
     assert hasattr(Slide, "reopen")
+
+
+def test_bounds_region(gen: dict[str, Path], he: np.ndarray) -> None:
+    """With OpenSlide bounds, read_at_mpp covers only the bounds rectangle (QuPath's image)."""
+    from dataclasses import replace
+
+    from idcmap.slide import to_qupath_px
+    from idcmap.tissue import detect_tissue
+
+    with open_slide(gen["cm"]) as s:
+        s.info = replace(s.info, bounds_level0_px=(100, 60, 640, 320))
+        rgb, (sx, sy) = s.read_at_mpp(2.0)  # 0.5 µm/px → 4 level-0 px per output px
+        assert rgb.shape == (80, 160, 3) and (sx, sy) == (4.0, 4.0)
+        ref = he[60:380, 100:740].reshape(80, 4, 160, 4, 3).mean(axis=(1, 3))
+        assert np.abs(rgb.astype(float) - ref).mean() < 6
+        assert to_qupath_px(s.info, 100, 60) == (0, 0)
+        tm = detect_tissue(s, target_mpp=8.0)
+        assert tm.origin_level0_px == (0.0, 0.0) and tm.mask.shape == (20, 40)
