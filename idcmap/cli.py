@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -200,8 +202,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     skipped = sum(o.status == "skipped" for o in outcomes)
     failed = [o for o in outcomes if o.status == "failed"]
     print(f"idcmap: {done} done, {skipped} skipped, {len(failed)} failed; outputs in {args.out}")
-    for o in failed:
-        print(f"  failed: {o.path}: {o.message}")
+    if failed:  # the reasons are on the ✗ lines above: one line per failure
+        print(f"idcmap: failed: {', '.join(o.path for o in failed)}")
     return 1 if failed else 0
 
 
@@ -230,12 +232,28 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_libraries() -> None:
+    """Keep the readers' own chatter off the terminal (unless ``--debug``).
+
+    A failing tile decode in tiffslide (zarr's asyncio pipeline) makes asyncio log "Task
+    exception was never retrieved" with a traceback for every other chunk in flight, and
+    tifffile logs warnings about damaged files; idcmap already reports the failure on one line.
+    """
+    for name in ("asyncio", "tifffile", "tiffslide", "zarr", "numcodecs"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited")
+    warnings.filterwarnings("ignore", module=r"(PIL|openslide|tiffslide|tifffile|zarr)(\.|$)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    debug = bool(getattr(args, "debug", False))
+    if not debug:
+        _quiet_libraries()
 
     def on_term(signum: int, frame: Any) -> None:
         raise Terminated()
@@ -244,9 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except IDCMapError as e:
-        if getattr(args, "debug", False):
+        if debug:
             raise
-        print(f"idcmap: error: {e}", file=sys.stderr)
+        print(f"idcmap: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
@@ -260,8 +278,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 143
+    except OSError as e:  # e.g. a folder that cannot be listed, a full disk while reporting
+        if debug:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"idcmap: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug: one line, the traceback with --debug
+        if debug:
+            raise
+        print(
+            f"idcmap: internal error {type(e).__name__}: {_one_line(e)} "
+            "(rerun with --debug for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import fcntl
+import glob
 import os
 import shutil
 import time
@@ -26,7 +27,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .api import Params, is_done, segment_slide, slide_stem
-from .errors import IDCMapError, OutputError, UsageError
+from .errors import IDCMapError, OutputError
 from .model import IDCModel
 
 #: File name endings taken as slides when a folder is given.
@@ -63,21 +64,30 @@ class Outcome:
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     """Slide paths from files and folders (a folder contributes the slides directly inside it).
 
-    Raises:
-        UsageError: a folder holds no slide.
+    A folder whose slide files are all ``.dcm`` is one DICOM WSI series: it is kept as one slide
+    (OpenSlide opens the series from any of its files). A folder without slides, like a missing
+    file, is kept as it is, so that it fails on its own line and the batch goes on.
     """
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(
-                q for q in p.iterdir() if q.is_file() and q.name.lower().endswith(SLIDE_SUFFIXES)
-            )
-            if not found:
-                raise UsageError(
-                    f"{p} holds no slide files ({', '.join(SLIDE_SUFFIXES)}); pass slide files"
+            try:
+                found = sorted(
+                    q
+                    for q in p.iterdir()
+                    if q.is_file()
+                    and not q.name.startswith(".")
+                    and q.name.lower().endswith(SLIDE_SUFFIXES)
                 )
-            out.extend(found)
+            except OSError:
+                found = []
+            if found and all(q.suffix.lower() == ".dcm" for q in found):
+                out.append(p)  # one DICOM series
+            elif found:
+                out.extend(found)
+            else:
+                out.append(p)  # "a folder without slides" on its own line
         else:
             out.append(p)  # missing files fail on their own line, the batch goes on
     return out
@@ -115,10 +125,24 @@ def slide_lock(out_dir: Path, stem: str, *, wait: bool) -> Iterator[bool]:
 
 
 def remove_leftovers(out_dir: Path, stem: str) -> None:
-    """Remove temporary folders of earlier, killed runs (call with the slide's lock held)."""
-    for pattern in (f".{stem}.tmp-*", f".{stem}.old-*"):
-        for d in out_dir.glob(pattern):
-            shutil.rmtree(d, ignore_errors=True)
+    """Clean up after earlier, killed runs (call with the slide's lock held).
+
+    ``.<stem>.tmp-*`` folders are unfinished outputs: removed. ``.<stem>.old-*`` is a finished
+    output that an ``--overwrite`` run had moved aside just before renaming its new one into
+    place: if the run died between the two renames, the finished output is put back.
+    """
+    final = out_dir / stem
+    pat = glob.escape(stem)
+    for d in sorted(out_dir.glob(f".{pat}.old-*")):
+        if not final.exists() and (d / "summary.json").is_file():
+            try:
+                d.rename(final)
+                continue
+            except OSError:
+                pass
+        shutil.rmtree(d, ignore_errors=True)
+    for d in out_dir.glob(f".{pat}.tmp-*"):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def run_batch(
@@ -169,12 +193,12 @@ def run_batch(
         with slide_lock(out, stem, wait=wait) as got:
             if not got:
                 return False
+            remove_leftovers(out, stem)
             if is_done(out, s) and not overwrite:
                 outcomes[i] = Outcome(
                     str(s), "skipped", "already done (pass --overwrite to redo)", str(out / stem)
                 )
                 return True
-            remove_leftovers(out, stem)
             t0 = time.perf_counter()
             try:
                 result = segment_slide(s, model=model, progress=progress, params=params)
@@ -219,7 +243,8 @@ def _report(o: Outcome, report: Callable[[str], None], bar: tqdm) -> None:
     mark = {"done": "✓", "skipped": "-", "failed": "✗"}[o.status]
     where = f" → {o.out_dir}" if o.status == "done" else ""
     secs = f" ({o.seconds:.1f} s)" if o.status == "done" else ""
-    line = f"{mark} {o.path}: {o.message}{secs}{where}"
+    message = " ".join(o.message.split())  # one line per slide, whatever the reason says
+    line = f"{mark} {o.path}: {message}{secs}{where}"
     if bar.disable:
         report(line)
     else:
