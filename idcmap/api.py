@@ -88,6 +88,8 @@ class SlideResult:
         tissue: the tissue mask and thumbnail.
         threshold: the IDC probability threshold the mask was made with.
         summary: areas, counts, model, parameters, timings (written as summary.json).
+        source: the path given to :func:`segment_slide`; it names the outputs (for a DICOM
+            series folder it is the folder, while ``slide.path`` is the file opened in it).
     """
 
     slide: SlideInfo
@@ -97,10 +99,12 @@ class SlideResult:
     tissue: TissueMask
     threshold: float
     summary: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
 
     @property
     def stem(self) -> str:
-        return slide_stem(self.slide.path)
+        """Output-folder name: the stem of the path given, as :func:`is_done` computes it."""
+        return slide_stem(self.source or self.slide.path)
 
     def to_geojson(self, tiles: bool = False) -> dict[str, Any]:
         """QuPath FeatureCollection of the IDC regions (and the tiles, with ``tiles=True``)."""
@@ -312,6 +316,7 @@ def segment_slide(
         tissue=tissue,
         threshold=thr,
         summary=summary,
+        source=str(path),
     )
 
 
