@@ -1,0 +1,169 @@
+"""The training-side subcommands of the CLI: ``prepare-data``, ``train``, ``evaluate``.
+
+:func:`register` adds them to the main parser's subparsers (see :mod:`idcmap.cli`). Heavy imports
+(fastai, the data) happen inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from .errors import UsageError
+
+
+def _pos_int(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _frac(s: str) -> float:
+    v = float(s)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {s!r}")
+    return v
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``prepare-data``, ``train`` and ``evaluate`` to ``subparsers``."""
+    prep = subparsers.add_parser(
+        "prepare-data", help="cut whole-slide mosaics (tiff + cells.csv) into patch folders",
+        description="Cut every <patient>.tiff + <patient>.cells.csv of SLIDES_DIR into "
+                    "OUT/<patient>/<label>/<patient>_idx5_x<X>_y<Y>_class<L>.png.")
+    prep.add_argument("slides_dir", type=Path, help="folder of <patient>.tiff + .cells.csv")
+    prep.add_argument("--out", "-o", required=True, type=Path, help="output folder")
+    prep.add_argument("--debug", action="store_true", help="print tracebacks")
+    prep.set_defaults(func=cmd_prepare)
+
+    tr = subparsers.add_parser(
+        "train", help="train the IDC classifier with fastai",
+        description="Train IDCNet on patch folders in the IDC data set's layout; patients are "
+                    "split into train/valid/test by a seed (written to OUT.split.json).")
+    tr.add_argument("--data", nargs="+", required=True, type=Path, metavar="DIR",
+                    help="patch folders (<patient>/<0|1>/*.png); folders written by "
+                         "prepare-data count as whole-slide patients")
+    tr.add_argument("--out", "-o", required=True, type=Path, help="model .json to write")
+    tr.add_argument("--epochs", type=_pos_int, default=20)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--lr", type=float, default=None,
+                    help="max learning rate of the one-cycle schedule (default: lr_find's)")
+    tr.add_argument("--batch-size", type=_pos_int, default=256)
+    tr.add_argument("--widths", type=_pos_int, nargs=3, default=[64, 192, 256],
+                    help="IDCNet channel widths (default: 64 192 256)")
+    tr.add_argument("--dropout", type=_frac, default=0.3)
+    tr.add_argument("--wd", type=float, default=0.01, help="weight decay (default: 0.01)")
+    tr.add_argument("--test-frac", type=_frac, default=0.15,
+                    help="test fraction of patch-folder patients (default: 0.15)")
+    tr.add_argument("--valid-frac", type=_frac, default=0.12,
+                    help="validation fraction of every folder's patients (default: 0.12)")
+    tr.add_argument("--mosaic-test", type=int, default=6,
+                    help="test patients taken from each prepare-data folder (default: 6)")
+    tr.add_argument("--split", type=Path, default=None,
+                    help="reuse a split JSON instead of drawing one")
+    tr.add_argument("--max-patches", type=_pos_int, default=None,
+                    help="cap the patches of each split (quick runs)")
+    tr.add_argument("--threshold-criterion", choices=["f1", "balanced_accuracy"], default="f1",
+                    help="what the validation threshold maximises (default: f1)")
+    tr.add_argument("--no-augment", action="store_true", help="no flips or colour jitter")
+    tr.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    tr.add_argument("--threads", type=_pos_int, default=None, help="CPU threads for torch")
+    tr.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    tr.add_argument("--debug", action="store_true", help="print tracebacks")
+    tr.set_defaults(func=cmd_train)
+
+    ev = subparsers.add_parser("evaluate", help="measure a model on labelled patches or slides")
+    evs = ev.add_subparsers(dest="what", metavar="{patches,slides}")
+    evs.required = True
+    ep = evs.add_parser("patches", help="ROC AUC, F1, balanced accuracy... on patch folders")
+    ep.add_argument("--data", nargs="+", required=True, type=Path, metavar="DIR")
+    ep.add_argument("--model", type=Path, default=None, help="model .json (default: bundled)")
+    ep.add_argument("--patients-from", type=Path, default=None, metavar="SPLIT_JSON",
+                    help="only the patients of one split of this split JSON")
+    ep.add_argument("--split", choices=["train", "valid", "test"], default="test")
+    ep.add_argument("--threshold", type=float, default=None, help="default: the model's")
+    ep.add_argument("--device", default="auto")
+    ep.add_argument("--out", "-o", type=Path, default=None, help="report JSON")
+    ep.add_argument("--debug", action="store_true", help="print tracebacks")
+    ep.set_defaults(func=cmd_evaluate_patches)
+
+    es = evs.add_parser("slides", help="Dice / IoU of the IDC mask against ground truth")
+    es.add_argument("slides", nargs="+", type=Path, metavar="SLIDE")
+    es.add_argument("--truth", nargs="+", type=Path, default=None, metavar="FILE",
+                    help="cells.csv or QuPath .geojson per slide (default: <stem>.cells.csv "
+                         "beside each slide)")
+    es.add_argument("--model", type=Path, default=None, help="model .json (default: bundled)")
+    es.add_argument("--threshold", type=float, default=None, help="default: the model's")
+    es.add_argument("--device", default="auto")
+    es.add_argument("--direct", action="store_true",
+                    help="tile the mosaic directly instead of using idcmap.api.segment_slide")
+    es.add_argument("--out", "-o", type=Path, default=None,
+                    help="report JSON; the PNGs go beside it")
+    es.add_argument("--debug", action="store_true", help="print tracebacks")
+    es.set_defaults(func=cmd_evaluate_slides)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .data import prepare_mosaics
+
+    counts = prepare_mosaics(args.slides_dir, args.out)
+    print(f"idcmap: {sum(counts.values())} patches of {len(counts)} patients -> {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    cfg = train(
+        args.data, args.out, epochs=args.epochs, seed=args.seed, lr=args.lr,
+        batch_size=args.batch_size, widths=args.widths, dropout=args.dropout,
+        weight_decay=args.wd, test_frac=args.test_frac, valid_frac=args.valid_frac,
+        mosaic_test=args.mosaic_test, split_path=args.split, max_patches=args.max_patches,
+        threshold_criterion=args.threshold_criterion, augment=not args.no_augment,
+        device=args.device, threads=args.threads, progress=not args.quiet,
+        command="idcmap " + shlex.join(sys.argv[1:]),
+    )
+    print(f"idcmap: model {args.out} (threshold {cfg.threshold:.2f}, "
+          f"sha256 {cfg.weights_sha256[:12]}…)")
+    return 0
+
+
+def cmd_evaluate_patches(args: argparse.Namespace) -> int:
+    from .data import read_split
+    from .evaluate import evaluate_patches, format_patch_table, write_json
+
+    patients = read_split(args.patients_from)[args.split] if args.patients_from else None
+    rep = evaluate_patches(args.data, args.model, patients=patients, threshold=args.threshold,
+                           device=args.device)
+    if args.patients_from:
+        rep["patients_from"] = {"split_file": str(args.patients_from), "split": args.split}
+    print(format_patch_table(rep))
+    if args.out:
+        write_json(rep, args.out)
+        print(f"idcmap: report -> {args.out}")
+    return 0
+
+
+def cmd_evaluate_slides(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_slides, format_slide_table, write_json
+
+    if args.truth is None:
+        truths = [s.with_name(s.name.rsplit(".", 1)[0] + ".cells.csv") for s in args.slides]
+    else:
+        truths = list(args.truth)
+    if len(truths) != len(args.slides):
+        raise UsageError(f"{len(args.slides)} slides but {len(truths)} --truth files")
+    for t in truths:
+        if not t.is_file():
+            raise UsageError(f"ground truth {t} not found; pass --truth cells.csv|.geojson")
+    png_dir = args.out.parent if args.out else None
+    rep = evaluate_slides(args.slides, truths, args.model, threshold=args.threshold,
+                          device=args.device, png_dir=png_dir, use_pipeline=not args.direct)
+    print(format_slide_table(rep))
+    if args.out:
+        write_json(rep, args.out)
+        print(f"idcmap: report -> {args.out}")
+    return 0

@@ -1,0 +1,378 @@
+"""Evaluation: patch-level classification metrics and slide-level Dice / IoU of IDC masks.
+
+Patch level works on folders in the data set's layout (see :mod:`idcmap.data`); slide level on a
+slide with ground truth (a mosaic's ``cells.csv`` or a QuPath GeoJSON of IDC annotations),
+compared on the heatmap's cell grid.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UsageError
+
+# --------------------------------------------------------------------------------------------
+# Patch level
+# --------------------------------------------------------------------------------------------
+
+
+def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC AUC (Mann-Whitney, ties averaged); NaN when only one class is present."""
+    y = np.asarray(y).astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.asarray(p, dtype=np.float64))
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else math.nan
+
+
+def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Metrics of IDC probabilities ``p`` against labels ``y`` (1 = IDC) at ``threshold``.
+
+    Returns n, n_idc, roc_auc, f1 (of IDC), balanced_accuracy, accuracy, sensitivity,
+    specificity, precision and the confusion matrix ``[[tn, fp], [fn, tp]]``.
+    """
+    y = np.asarray(y).astype(bool)
+    pred = np.asarray(p) >= threshold
+    tp = int((pred & y).sum())
+    tn = int((~pred & ~y).sum())
+    fp = int((pred & ~y).sum())
+    fn = int((~pred & y).sum())
+    sens, spec = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    prec = _ratio(tp, tp + fp)
+    f1 = _ratio(2 * tp, 2 * tp + fp + fn)
+    bac = (sens + spec) / 2 if not (math.isnan(sens) or math.isnan(spec)) else math.nan
+    return {
+        "n": len(y),
+        "n_idc": int(y.sum()),
+        "threshold": float(threshold),
+        "roc_auc": roc_auc(y, p),
+        "f1": f1,
+        "balanced_accuracy": bac,
+        "accuracy": _ratio(tp + tn, len(y)),
+        "sensitivity": sens,
+        "specificity": spec,
+        "precision": prec,
+        "confusion": [[tn, fp], [fn, tp]],
+    }
+
+
+def best_threshold(y: np.ndarray, p: np.ndarray, criterion: str = "f1") -> float:
+    """The threshold in [0.05, 0.95] (step 0.01) maximising ``criterion`` (f1 or
+    balanced_accuracy) of ``p`` against ``y``."""
+    if criterion not in ("f1", "balanced_accuracy"):
+        raise UsageError(f"unknown threshold criterion {criterion!r}; use f1 or balanced_accuracy")
+    best_t, best_v = 0.5, -1.0
+    for t in np.round(np.arange(0.05, 0.951, 0.01), 2):
+        v = binary_metrics(y, p, float(t))[criterion]
+        if not math.isnan(v) and v > best_v:
+            best_t, best_v = float(t), v
+    return best_t
+
+
+def patch_report(y: np.ndarray, p: np.ndarray, patients: Sequence[str],
+                 threshold: float) -> dict[str, Any]:
+    """Pooled metrics plus one entry per patient."""
+    patients_arr = np.asarray(patients)
+    per = {}
+    for pt in sorted(set(patients_arr.tolist()), key=lambda s: (len(s), s)):
+        m = patients_arr == pt
+        per[pt] = binary_metrics(y[m], p[m], threshold)
+    return {"threshold": threshold, "pooled": binary_metrics(y, p, threshold), "per_patient": per}
+
+
+def evaluate_patches(
+    data_dirs: Sequence[str | Path],
+    model: Any = None,
+    patients: Sequence[str] | None = None,
+    threshold: float | None = None,
+    device: str = "auto",
+    batch_size: int = 512,
+) -> dict[str, Any]:
+    """Predict every patch in ``data_dirs`` (optionally only ``patients``) and report metrics."""
+    from . import data
+    from .model import IDCModel, load_model
+
+    m = model if isinstance(model, IDCModel) else load_model(model, device=device)
+    recs = [r for d in data_dirs for r in data.list_patches(d)]
+    if patients is not None:
+        recs = data.select(recs, patients)
+        if not recs:
+            raise UsageError("none of the requested patients has patches in the data folders")
+    x = data.load_patches(recs)
+    p = m.predict(x, batch_size=batch_size)
+    y = np.array([r.label for r in recs])
+    thr = m.config.threshold if threshold is None else threshold
+    rep = patch_report(y, p, [r.patient for r in recs], thr)
+    rep["model"] = {"path": str(m.path), "sha256": m.sha256, "version": m.config.version}
+    rep["data"] = [str(d) for d in data_dirs]
+    return rep
+
+
+def format_patch_table(rep: dict[str, Any]) -> str:
+    cols = ("n", "n_idc", "roc_auc", "f1", "balanced_accuracy", "accuracy", "sensitivity",
+            "specificity")
+    head = f"{'patient':>10} " + " ".join(f"{c[:8]:>8}" for c in cols)
+    lines = [head, "-" * len(head)]
+
+    def row(name: str, m: dict[str, Any]) -> str:
+        vals = [f"{m[c]:>8d}" if isinstance(m[c], int) else f"{m[c]:>8.3f}" for c in cols]
+        return f"{name:>10} " + " ".join(vals)
+
+    lines += [row(k, v) for k, v in rep["per_patient"].items()]
+    lines += ["-" * len(head), row("pooled", rep["pooled"])]
+    tn, fp = rep["pooled"]["confusion"][0]
+    fn, tp = rep["pooled"]["confusion"][1]
+    lines.append(f"threshold {rep['threshold']:.2f}; confusion [[tn fp] [fn tp]] = "
+                 f"[[{tn} {fp}] [{fn} {tp}]]")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Slide level
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A cell grid on level 0: cell (r, c) covers x ∈ [ox + c*w, ox + (c+1)*w), y likewise with
+    h; ``cell`` is w = h or (w, h) in level-0 px."""
+
+    rows: int
+    cols: int
+    origin: tuple[float, float]
+    cell: float | tuple[float, float]
+
+    def centres(self) -> tuple[np.ndarray, np.ndarray]:
+        """Level-0 (x, y) of every cell's centre, each rows×cols."""
+        cw, ch = self.cell if isinstance(self.cell, tuple) else (self.cell, self.cell)
+        cx = self.origin[0] + (np.arange(self.cols) + 0.5) * cw
+        cy = self.origin[1] + (np.arange(self.rows) + 0.5) * ch
+        return np.meshgrid(cx, cy)
+
+
+def dice_iou(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """Dice and IoU of two boolean masks of the same shape (1.0 when both are empty)."""
+    pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    if pred.shape != truth.shape:
+        raise ValueError(f"mask shapes differ: {pred.shape} vs {truth.shape}")
+    inter = int((pred & truth).sum())
+    p, t = int(pred.sum()), int(truth.sum())
+    union = p + t - inter
+    return {
+        "dice": 2 * inter / (p + t) if p + t else 1.0,
+        "iou": inter / union if union else 1.0,
+        "intersection": inter,
+        "pred_cells": p,
+        "truth_cells": t,
+    }
+
+
+def truth_from_cells(cells_csv: str | Path, grid: Grid) -> np.ndarray:
+    """IDC truth on ``grid``: a cell is IDC when its centre lies in a ``cells.csv`` cell labelled
+    1 (cells absent from the file — glass — are not IDC)."""
+    from .data import read_cells
+
+    cx, cy = grid.centres()
+    out = np.zeros((grid.rows, grid.cols), dtype=bool)
+    for x, y, w, h, label in read_cells(cells_csv):
+        if label != 1:
+            continue
+        out |= (cx >= x) & (cx < x + w) & (cy >= y) & (cy < y + h)
+    return out
+
+
+def truth_from_geojson(path: str | Path, grid: Grid) -> np.ndarray:
+    """IDC truth on ``grid`` from a QuPath GeoJSON (level-0 px): a cell is IDC when its centre
+    lies in a polygon whose classification name contains "IDC"/"tumor" (or that has none)."""
+    import shapely
+    from shapely.geometry import shape
+
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read GeoJSON {path}: {e}") from e
+    feats = d.get("features", [d]) if isinstance(d, dict) else d
+    geoms = []
+    for f in feats:
+        props = f.get("properties") or {}
+        cls = props.get("classification") or {}
+        name = str(cls.get("name", "") if isinstance(cls, dict) else cls).lower()
+        if name and not any(k in name for k in ("idc", "tumor", "tumour", "carcinoma")):
+            continue
+        if f.get("geometry"):
+            geoms.append(shape(f["geometry"]))
+    cx, cy = grid.centres()
+    if not geoms:
+        return np.zeros((grid.rows, grid.cols), dtype=bool)
+    region = shapely.union_all(geoms)
+    return shapely.contains_xy(region, cx.ravel(), cy.ravel()).reshape(cx.shape)
+
+
+def read_truth(path: str | Path, grid: Grid) -> np.ndarray:
+    path = Path(path)
+    if path.name.endswith(".csv"):
+        return truth_from_cells(path, grid)
+    if path.suffix.lower() in (".geojson", ".json"):
+        return truth_from_geojson(path, grid)
+    raise UsageError(f"unknown truth format {path}; pass a cells.csv or a QuPath .geojson")
+
+
+def mosaic_probabilities(slide: str | Path, model: Any, cell: int = 50,
+                         batch_size: int = 512) -> tuple[np.ndarray, Grid]:
+    """Fallback without the pipeline: predict every ``cell``-px cell of a 4 µm/px mosaic
+    (glass included; edge cells padded) and return the probability grid."""
+    from .data import pad_patch, read_level0
+
+    img = read_level0(slide)
+    h, w = img.shape[:2]
+    rows, cols = math.ceil(h / cell), math.ceil(w / cell)
+    tiles = np.stack([pad_patch(img[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell], cell)
+                      for r in range(rows) for c in range(cols)])
+    prob = model.predict(tiles, batch_size=batch_size).reshape(rows, cols)
+    return prob, Grid(rows, cols, (0.0, 0.0), float(cell))
+
+
+def slide_prediction(slide: str | Path, model: Any, threshold: float,
+                     use_pipeline: bool = True) -> tuple[np.ndarray, Grid, str]:
+    """Predicted IDC mask of a slide on its heatmap grid, via :func:`idcmap.api.segment_slide`
+    when importable, else by tiling the mosaic directly. Returns (mask, grid, method)."""
+    if use_pipeline:
+        try:
+            from .api import segment_slide  # type: ignore[attr-defined]
+        except ImportError:
+            segment_slide = None
+        if segment_slide is not None:
+            res = segment_slide(slide, model=model, threshold=threshold, progress=False)
+            hm = res.heatmap
+            rows, cols = hm.prob.shape
+            ox, oy = hm.origin_level0_px
+            cell = hm.cell_level0_px
+            cell = (float(cell[0]), float(cell[1])) if isinstance(cell, (tuple, list)) \
+                else float(cell)
+            grid = Grid(rows, cols, (float(ox), float(oy)), cell)
+            return np.asarray(res.mask, dtype=bool), grid, "idcmap.api.segment_slide"
+    prob, grid = mosaic_probabilities(slide, model)
+    return prob >= threshold, grid, "direct mosaic tiling (50-px cells)"
+
+
+def comparison_png(pred: np.ndarray, truth: np.ndarray, out: str | Path,
+                   slide: str | Path | None = None, scale: int = 8) -> None:
+    """A PNG of the cell grid: green = both IDC, red = predicted only (FP), blue = truth only
+    (FN), over a grey thumbnail of the slide when it can be read."""
+    from PIL import Image
+
+    rows, cols = pred.shape
+    base = np.full((rows * scale, cols * scale, 3), 235, dtype=np.uint8)
+    if slide is not None:
+        try:
+            import tiffslide
+
+            with tiffslide.TiffSlide(str(slide)) as s:
+                th = np.asarray(s.get_thumbnail((cols * scale, rows * scale)).convert("L"))
+            gh, gw = min(th.shape[0], base.shape[0]), min(th.shape[1], base.shape[1])
+            base[:gh, :gw] = (th[:gh, :gw, None] * 0.6 + 100).clip(0, 255).astype(np.uint8)
+        except Exception:  # the PNG is still useful without a background
+            pass
+    col = np.zeros((rows, cols, 4), dtype=np.float32)
+    col[pred & truth] = (0, 170, 0, 0.65)
+    col[pred & ~truth] = (220, 30, 30, 0.65)
+    col[~pred & truth] = (30, 80, 230, 0.65)
+    col = col.repeat(scale, 0).repeat(scale, 1)
+    a = col[..., 3:]
+    img = (base * (1 - a) + col[..., :3] * a).astype(np.uint8)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(out)
+
+
+def evaluate_slides(
+    slides: Sequence[str | Path],
+    truths: Sequence[str | Path],
+    model: Any = None,
+    threshold: float | None = None,
+    device: str = "auto",
+    png_dir: str | Path | None = None,
+    use_pipeline: bool = True,
+) -> dict[str, Any]:
+    """Dice / IoU of the predicted IDC mask against the truth, per slide and pooled."""
+    from .model import IDCModel, load_model
+
+    if len(slides) != len(truths):
+        raise UsageError(f"{len(slides)} slides but {len(truths)} truth files; pass one per slide")
+    m = model if isinstance(model, IDCModel) else load_model(model, device=device)
+    thr = m.config.threshold if threshold is None else threshold
+    per: dict[str, Any] = {}
+    tot = {"intersection": 0, "pred_cells": 0, "truth_cells": 0}
+    for s, t in zip(slides, truths, strict=True):
+        pred, grid, method = slide_prediction(s, m, thr, use_pipeline=use_pipeline)
+        truth = read_truth(t, grid)
+        r = dice_iou(pred, truth)
+        r.update({"truth": str(t), "method": method, "grid": [grid.rows, grid.cols],
+                  "cell_level0_px": grid.cell})
+        if png_dir is not None:
+            png = Path(png_dir) / f"{Path(s).stem}.pred_vs_truth.png"
+            comparison_png(pred, truth, png, slide=s)
+            r["png"] = str(png)
+        per[Path(s).stem] = r
+        for k in tot:
+            tot[k] += r[k]
+    p, t, i = tot["pred_cells"], tot["truth_cells"], tot["intersection"]
+    pooled = {**tot, "dice": 2 * i / (p + t) if p + t else 1.0,
+              "iou": i / (p + t - i) if p + t - i else 1.0,
+              "mean_dice": float(np.mean([v["dice"] for v in per.values()]))}
+    return {"threshold": thr, "per_slide": per, "pooled": pooled,
+            "model": {"path": str(m.path), "sha256": m.sha256, "version": m.config.version}}
+
+
+def format_slide_table(rep: dict[str, Any]) -> str:
+    head = f"{'slide':>12} {'dice':>7} {'iou':>7} {'pred':>6} {'truth':>6} {'both':>6}"
+    lines = [head, "-" * len(head)]
+
+    def row(name: str, v: dict[str, Any]) -> str:
+        return (f"{name:>12} {v['dice']:>7.3f} {v['iou']:>7.3f} {v['pred_cells']:>6d} "
+                f"{v['truth_cells']:>6d} {v['intersection']:>6d}")
+
+    lines += [row(k, v) for k, v in rep["per_slide"].items()]
+    lines += ["-" * len(head), row("pooled", rep["pooled"]),
+              f"mean Dice over slides {rep['pooled']['mean_dice']:.3f}; threshold "
+              f"{rep['threshold']:.2f}"]
+    return "\n".join(lines)
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(_finite(obj), indent=2, default=_json_default) + "\n")
+
+
+def _finite(o: Any) -> Any:
+    """NaN → None, so that the JSON is strict."""
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")

@@ -1,0 +1,227 @@
+"""Training side on real data: layout helpers, mosaic cutting, patient split, a tiny fastai
+training run, metrics, and the prepare-data / evaluate commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from idcmap import data
+from idcmap.evaluate import (
+    Grid,
+    best_threshold,
+    binary_metrics,
+    dice_iou,
+    roc_auc,
+    truth_from_cells,
+    truth_from_geojson,
+)
+from idcmap.model import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE_PATCHES = ROOT / "tests" / "fixtures" / "patches"
+EXAMPLE_SLIDES = sorted((ROOT / "examples").glob("*.tiff"))
+SMALL_MOSAIC = "9035"  # the smallest of the shared mosaics (236 patches)
+
+
+@pytest.fixture(scope="module")
+def idc_data() -> Path:
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "idc"
+    if not path.is_dir():
+        pytest.skip(f"the real IDC data set is absent (CI has it at ../shared): {path}")
+    return path
+
+
+def _cli(argv: list[str]) -> int:
+    from idcmap.cli_training import register
+
+    parser = argparse.ArgumentParser(prog="idcmap")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+# ---- layout, split ----------------------------------------------------------------------------
+
+
+def test_list_patches_reads_the_layout() -> None:
+    recs = data.list_patches(FIXTURE_PATCHES)
+    assert len(recs) == 150
+    r = recs[0]
+    assert r.path.name == f"{r.patient}_idx5_x{r.x}_y{r.y}_class{r.label}.png"
+    assert r.path.parent.name == str(r.label)
+    x = data.load_patches(recs[:5])
+    assert x.shape == (5, 50, 50, 3) and x.dtype == np.uint8
+
+
+def test_pad_patch_makes_edge_patches_full_size() -> None:
+    edge = np.random.default_rng(0).integers(0, 255, (31, 50, 3), dtype=np.uint8)
+    out = data.pad_patch(edge)
+    assert out.shape == (50, 50, 3)
+    np.testing.assert_array_equal(out[:31], edge)
+    np.testing.assert_array_equal(out[49], edge[30])
+
+
+def test_split_is_by_patient_fixed_and_disjoint() -> None:
+    groups = {"a": [str(i) for i in range(100)], "mosaics": [str(i) for i in range(500, 528)]}
+    s1 = data.split_patients(groups, seed=3, test_counts={"mosaics": 6})
+    s2 = data.split_patients(groups, seed=3, test_counts={"mosaics": 6})
+    assert s1 == s2
+    assert data.split_patients(groups, seed=4, test_counts={"mosaics": 6}) != s1
+    sets = [set(s1[k]) for k in data.SPLITS]
+    assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
+    assert set().union(*sets) == set(groups["a"]) | set(groups["mosaics"])
+    assert len([p for p in s1["test"] if int(p) >= 500]) == 6
+    assert len([p for p in s1["test"] if int(p) < 500]) == 15
+
+
+# ---- prepare-data -------------------------------------------------------------------------------
+
+
+def test_prepare_mosaics_cuts_every_cell(idc_data: Path, tmp_path: Path) -> None:
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for suffix in (".tiff", ".cells.csv"):
+        shutil.copy(idc_data / "slides" / f"{SMALL_MOSAIC}{suffix}", slides)
+    out = tmp_path / "patches"
+    assert _cli(["prepare-data", str(slides), "--out", str(out)]) == 0
+    cells = data.read_cells(slides / f"{SMALL_MOSAIC}.cells.csv")
+    recs = data.list_patches(out)
+    assert len(recs) == len(cells) == 236
+    assert data.is_mosaic_folder(out)
+    assert sum(r.label for r in recs) == sum(c[4] for c in cells)
+    # names are 1-based like the original data set; pixels are the mosaic's
+    img = data.read_level0(slides / f"{SMALL_MOSAIC}.tiff")
+    x, y, w, h, label = cells[len(cells) // 2]
+    p = out / SMALL_MOSAIC / str(label) / f"{SMALL_MOSAIC}_idx5_x{x + 1}_y{y + 1}_class{label}.png"
+    np.testing.assert_array_equal(data.load_patches([data.list_patches(out)[0]])[0].shape,
+                                  (50, 50, 3))
+    from PIL import Image
+
+    np.testing.assert_array_equal(np.asarray(Image.open(p)), img[y : y + h, x : x + w])
+
+
+# ---- training -----------------------------------------------------------------------------------
+
+
+def test_tiny_real_training_run(idc_data: Path, tmp_path: Path) -> None:
+    """One epoch of fastai on a few hundred real patches → a model file the pipeline loads."""
+    from idcmap.train import train
+
+    out = tmp_path / "tiny.json"
+    cfg = train([idc_data / "patches"], out, epochs=1, seed=1, max_patches=320, batch_size=64,
+                widths=(16, 32, 32), lr_find_iters=8, progress=False, log=lambda *a: None)
+    assert out.is_file() and out.with_suffix(".safetensors").is_file()
+    split = json.loads(out.with_suffix(".split.json").read_text())
+    assert not set(split["train"]) & set(split["test"])
+    assert cfg.training["patients"]["test"] == split["test"]
+    assert cfg.training["patches"]["train"] == 320
+    assert cfg.arch_params["widths"] == [16, 32, 32]
+    assert all(0.3 < m < 0.95 for m in cfg.mean) and all(0.03 < s < 0.5 for s in cfg.std)
+    assert 0.0 < cfg.threshold < 1.0
+    assert cfg.training["lr_find_suggestion"] > 0
+
+    model = load_model(out, device="cpu")
+    assert model.sha256 == cfg.weights_sha256
+    x = data.load_patches(data.list_patches(FIXTURE_PATCHES))
+    p = model.predict(x)
+    assert p.shape == (len(x),) and np.all((p >= 0) & (p <= 1))
+    assert model.predict_dense(np.ascontiguousarray(np.concatenate([x[0], x[1]], 1)), 25).shape \
+        == (1, 3)
+
+
+def test_augmentations_keep_range_and_shape() -> None:
+    import torch
+
+    from idcmap.train import colour_jitter, dihedral
+
+    x = torch.rand(16, 3, 50, 50)
+    d = dihedral(x)
+    assert d.shape == x.shape
+    # every output is one of the 8 symmetries of its input
+    for i in range(16):
+        syms = [x[i].rot90(k, (1, 2)) for k in range(4)]
+        syms += [s.flip(2) for s in syms]
+        assert any(torch.equal(d[i], s) for s in syms)
+    c = colour_jitter(x)
+    assert c.shape == x.shape and float(c.min()) >= 0 and float(c.max()) <= 1
+    same = colour_jitter(x, hed=0, hed_bias=0, brightness=0, contrast=0, saturation=0)
+    torch.testing.assert_close(same, x.clamp(1e-3, 1), atol=1e-5, rtol=0)
+
+
+# ---- metrics ------------------------------------------------------------------------------------
+
+
+def test_binary_metrics_by_hand() -> None:
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+    p = np.array([0.9, 0.8, 0.3, 0.6, 0.2, 0.1, 0.1, 0.05])
+    m = binary_metrics(y, p, 0.5)
+    assert m["confusion"] == [[4, 1], [1, 2]]
+    assert m["sensitivity"] == pytest.approx(2 / 3)
+    assert m["specificity"] == pytest.approx(4 / 5)
+    assert m["f1"] == pytest.approx(4 / 6)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 4 / 5) / 2)
+    assert m["roc_auc"] == pytest.approx(14 / 15)
+    assert roc_auc(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5
+    assert np.isnan(roc_auc(np.array([1, 1]), np.array([0.1, 0.9])))
+    assert best_threshold(y, p, "f1") == pytest.approx(0.21)  # 0.9, 0.8, 0.6, 0.3 → F1 6/7
+
+
+def test_dice_iou_and_truth_rasterisation(tmp_path: Path) -> None:
+    pred = np.array([[1, 1, 0], [0, 1, 0]], bool)
+    truth = np.array([[1, 0, 0], [0, 1, 1]], bool)
+    r = dice_iou(pred, truth)
+    assert r["dice"] == pytest.approx(2 * 2 / 6) and r["iou"] == pytest.approx(2 / 4)
+    assert dice_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool))["dice"] == 1.0
+
+    csv = tmp_path / "s.cells.csv"
+    csv.write_text("x,y,width,height,label\n0,0,50,50,1\n50,0,50,50,0\n100,50,50,31,1\n")
+    grid = Grid(2, 3, (0.0, 0.0), 50.0)
+    np.testing.assert_array_equal(truth_from_cells(csv, grid), [[1, 0, 0], [0, 0, 1]])
+    fine = Grid(4, 6, (0.0, 0.0), 25.0)  # a stride-25 heatmap grid
+    assert truth_from_cells(csv, fine)[:2, :2].all() and truth_from_cells(csv, fine).sum() == 6
+
+    gj = tmp_path / "a.geojson"
+    gj.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"classification": {"name": "IDC"}},
+         "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [60, 0], [60, 60], [0, 60],
+                                                          [0, 0]]]}},
+        {"type": "Feature", "properties": {"classification": {"name": "Stroma"}},
+         "geometry": {"type": "Polygon", "coordinates": [[[100, 0], [150, 0], [150, 50],
+                                                          [100, 50], [100, 0]]]}}]}))
+    np.testing.assert_array_equal(truth_from_geojson(gj, grid), [[1, 0, 0], [0, 0, 0]])
+
+
+# ---- evaluate commands --------------------------------------------------------------------------
+
+
+def test_evaluate_patches_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    split = tmp_path / "split.json"
+    patients = sorted({r.patient for r in data.list_patches(FIXTURE_PATCHES)})
+    data.write_split({"train": [], "valid": [], "test": patients[:5]}, split)
+    out = tmp_path / "report.json"
+    assert _cli(["evaluate", "patches", "--data", str(FIXTURE_PATCHES), "--patients-from",
+                 str(split), "--split", "test", "--device", "cpu", "--out", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert set(rep["per_patient"]) == set(patients[:5])
+    for k in ("roc_auc", "f1", "balanced_accuracy", "accuracy", "sensitivity", "specificity",
+              "confusion"):
+        assert k in rep["pooled"]
+    assert "pooled" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not EXAMPLE_SLIDES, reason="no example mosaic in examples/")
+def test_evaluate_slides_command(tmp_path: Path) -> None:
+    slide = EXAMPLE_SLIDES[0]
+    out = tmp_path / "slides.json"
+    assert _cli(["evaluate", "slides", str(slide), "--direct", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    r = rep["per_slide"][slide.stem]
+    assert r["truth_cells"] > 0 and 0.5 < r["dice"] <= 1.0
+    assert Path(r["png"]).is_file()
