@@ -124,6 +124,19 @@ def _coarse_tiles(img: np.ndarray, tile: int, quality: int):
             yield _encode(t, quality)
 
 
+def _allow_preencoded_jpeg() -> None:
+    """tifffile looks up a JPEG encoder even for tiles that come encoded; without imagecodecs
+    (e.g. on the GPU machine) give it one that is never called."""
+    try:
+        import imagecodecs  # noqa: F401
+    except ImportError:
+
+        def never(*args: object, **kw: object) -> bytes:
+            raise RuntimeError("JPEG tiles are encoded by Pillow in make_slides.py")
+
+        tifffile.TIFF.COMPRESSORS._codecs[7] = never  # type: ignore[attr-defined]
+
+
 def write_40x(
     src: np.ndarray,
     path: Path,
@@ -139,6 +152,7 @@ def write_40x(
     mpp0 = MOSAIC_MPP / UPSAMPLE
     w0, h0 = src.shape[1] * UPSAMPLE, src.shape[0] * UPSAMPLE
     tmp = path.with_suffix(".tiff.part")
+    _allow_preencoded_jpeg()
     ctx = mp.get_context("fork")
     res = {"resolution": (1e4 / mpp0, 1e4 / mpp0), "resolutionunit": "CENTIMETER"}
     desc = (

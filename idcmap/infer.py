@@ -79,8 +79,10 @@ def predict_grid(
             stats.resize_s += block.resize_s
             keep = grid.keep[block.row0 : block.row1, block.col0 : block.col1]
             n_keep = int(keep.sum())
-            # dense costs about the whole block; tiles cost about the kept tiles
-            if dense_ok and (grid.stride_px < grid.patch_px or n_keep >= 0.5 * keep.size):
+            # dense costs about the block's area in tiles (overlapping tiles share their
+            # computation); cutting tiles costs one patch per kept tile
+            h, w = block.pixels.shape[:2]
+            if dense_ok and h * w <= 1.1 * n_keep * grid.patch_px**2:
                 p = _predict_dense(model, block, grid)
                 stats.dense_blocks += 1
             else:

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -282,6 +283,136 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 # --------------------------------------------------------------------------------------------
+# Inference engine
+# --------------------------------------------------------------------------------------------
+
+
+def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights and bias of ``bn(conv(x))`` as one convolution (eval-mode statistics)."""
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    w = conv.weight.detach() * scale.view(-1, 1, 1, 1)
+    b = bn.bias.detach() - bn.running_mean * scale
+    if conv.bias is not None:
+        b = b + conv.bias.detach() * scale
+    return w.float(), b.float()
+
+
+class _FastIDCNet:
+    """An :class:`IDCNet` for inference only, computing the same function with fewer passes.
+
+    * every BatchNorm is folded into the convolution before it;
+    * the input scaling (uint8 / 255) and the normalisation (``mean``/``std``) are folded into the
+      stem, which reads uint8 pixels directly (no float image at full resolution);
+    * the two patchify convolutions (5x5 stride 5, no overlap) are matrix products over the
+      channels-last pixels (one ``addmm`` each, bias and ReLU in place), and so are the
+      point-wise layers; the last 2x2 convolution is evaluated only at the output positions
+      (stride instead of sub-sampling afterwards);
+    * the head's two logits become one (softmax of two = sigmoid of their difference).
+
+    Weights are a snapshot of ``net`` taken at construction. On CUDA it computes in float16
+    (float32 accumulation), elsewhere in float32.
+    """
+
+    def __init__(self, net: IDCNet, device: torch.device) -> None:
+        self.device = device
+        self.dtype = torch.float16 if device.type == "cuda" else torch.float32
+        mean, std = net.mean.detach().view(3).float(), net.std.detach().view(3).float()
+        # stem: conv(W, (x/255 - m)/s) = conv(W / (255 s), x) - sum W m / s
+        w, b = _fold_bn(net.stem[0], net.stem[1])
+        b = b - (w * (mean / std).view(1, 3, 1, 1)).sum((1, 2, 3))
+        w = w / (255.0 * std).view(1, 3, 1, 1)
+        self.stem_w = self._mat(w)  # (5·5·3) × ca, rows in (dy, dx, c) order
+        self.stem_b = self._vec(b)
+        w, b = _fold_bn(net.mix_a[0], net.mix_a[1])
+        self.mixa1_w, self.mixa1_b = self._mat(w), self._vec(b)
+        w, b = _fold_bn(net.mix_a[3], net.mix_a[4])
+        self.mixa2_w, self.mixa2_b = self._mat(w), self._vec(b)
+        w, b = _fold_bn(net.down_b[0], net.down_b[1])
+        self.downb_conv = (self._dev(w), self._vec(b))
+        self.downb_w, self.downb_b = self._mat(w), self._vec(b)
+        w, b = _fold_bn(net.mix_b[0], net.mix_b[1])
+        self.mixb_w, self.mixb_b = self._mat(w), self._vec(b)
+        w, b = _fold_bn(net.down_c[0], net.down_c[1])
+        self.downc_w, self.downc_b = self._dev(w), self._vec(b)
+        self.downc_mat = self._mat(w)  # (2·2·cb) × cc, rows in (dy, dx, cb) order
+        # cb × (4·cc): column block k = dy·2 + dx holds the weights of window offset (dy, dx)
+        self.downc_cat = self._dev(w.permute(1, 2, 3, 0).reshape(w.shape[1], -1))
+        hw = net.head.weight.detach().float().view(2, -1)
+        hb = net.head.bias.detach().float() if net.head.bias is not None else torch.zeros(2)
+        self.head_w = self._vec(hw[1] - hw[0])
+        self.head_b = float(hb[1] - hb[0])
+        self.stem_px, self.block_b = net.stem_px, net.block_b
+        self.ca = self.stem_b.numel()
+
+    def _dev(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self.device, self.dtype).contiguous()
+
+    def _vec(self, t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(-1).to(self.device, self.dtype).contiguous()
+
+    def _mat(self, w: torch.Tensor) -> torch.Tensor:
+        """cout × cin × k × k → (k·k·cin) × cout, rows in (dy, dx, cin) order."""
+        m = w.permute(2, 3, 1, 0).reshape(-1, w.shape[0])
+        return m.to(self.device, self.dtype).contiguous()
+
+    def __call__(self, x: torch.Tensor, stride_px: int) -> torch.Tensor:
+        """uint8 N×H×W×3 (H, W multiples of 5) → float32 N×h×w IDC probabilities of the
+        50-px tiles on the ``stride_px`` grid (a multiple of 5), as IDCNet.forward_dense."""
+        n, h, w, _ = x.shape
+        k = self.stem_px
+        ha, wa = h // k, w // k
+        # grid A: patchify stem (uint8 patches → matrix product), point-wise residual block
+        p = x[:, : ha * k, : wa * k].reshape(n, ha, k, wa, k, 3).permute(0, 1, 3, 2, 4, 5)
+        p = p.reshape(-1, k * k * 3).to(self.dtype)
+        a = torch.addmm(self.stem_b, p, self.stem_w).relu_()
+        del p
+        t = torch.addmm(self.mixa1_b, a, self.mixa1_w).relu_()
+        a = torch.addmm(a, t, self.mixa2_w).add_(self.mixa2_b).relu_()
+        del t
+        step_a = stride_px // k
+        r = math.gcd(step_a, self.block_b)
+        ca = self.ca
+        if r == self.block_b and ha % r == 0 and wa % r == 0:
+            # grid B at 25-px steps: non-overlapping 5x5 patches of grid A
+            hb, wb = ha // r, wa // r
+            pb = a.view(n, hb, r, wb, r, ca).permute(0, 1, 3, 2, 4, 5).reshape(-1, r * r * ca)
+            b = torch.addmm(self.downb_b, pb, self.downb_w).relu_()
+            del pb
+        else:
+            # à trous: grid B at every grid-A cell
+            a4 = a.view(n, ha, wa, ca).permute(0, 3, 1, 2)
+            wconv, bconv = self.downb_conv
+            b4 = nn.functional.conv2d(a4, wconv, bconv, stride=r).relu_()
+            hb, wb = b4.shape[2:]
+            b = b4.permute(0, 2, 3, 1).reshape(-1, b4.shape[1])
+        del a
+        b = torch.addmm(self.mixb_b, b, self.mixb_w).relu_()
+        cb = b.shape[1]
+        sub = step_a // r  # output step in grid-B cells
+        dil = self.block_b // r  # the 2x2 convolution's dilation on grid B
+        hc, wc = (hb - dil - 1) // sub + 1, (wb - dil - 1) // sub + 1
+        if dil == 1 and sub == 2:
+            # stride 50: non-overlapping 2x2 patches of grid B
+            b6 = b.view(n, hb, wb, cb)[:, : 2 * hc, : 2 * wc]
+            pc = b6.reshape(n, hc, 2, wc, 2, cb).permute(0, 1, 3, 2, 4, 5).reshape(-1, 4 * cb)
+            c = torch.addmm(self.downc_b, pc, self.downc_mat).relu_()
+        elif dil == 1 and sub == 1:
+            # stride 25: every 2x2 window; one product gives each cell's share in the 4 windows
+            # that hold it, then shifted sums
+            y = torch.mm(b, self.downc_cat).view(n, hb, wb, 4, -1)
+            c = y[:, :-1, :-1, 0] + y[:, :-1, 1:, 1]
+            c += y[:, 1:, :-1, 2]
+            c += y[:, 1:, 1:, 3]
+            c = c.add_(self.downc_b).relu_().reshape(-1, c.shape[-1])
+        else:
+            b4 = b.view(n, hb, wb, cb).permute(0, 3, 1, 2)
+            c4 = nn.functional.conv2d(b4, self.downc_w, self.downc_b, stride=sub, dilation=dil)
+            c = c4.relu_().permute(0, 2, 3, 1).reshape(-1, c4.shape[1])
+        logit = torch.mv(c, self.head_w).add_(self.head_b).view(n, hc, wc)
+        return torch.sigmoid(logit.float())
+
+
+# --------------------------------------------------------------------------------------------
 # Inference wrapper
 # --------------------------------------------------------------------------------------------
 
@@ -301,6 +432,33 @@ class IDCModel:
         self.net = net.to(device).eval()
         if device.type == "cpu":
             self.net = self.net.to(memory_format=torch.channels_last)
+        self._fast: _FastIDCNet | None = None
+        self._fast_failed = False
+
+    def _engine(self) -> _FastIDCNet | None:
+        """The folded, matrix-product form of an :class:`IDCNet` (built on first use, from the
+        weights as they are then); None for other networks."""
+        if self._fast is None and not self._fast_failed:
+            if type(self.net) is IDCNet and not self.net.training:
+                self._fast = _FastIDCNet(self.net, self.device)
+            else:
+                self._fast_failed = True
+        return self._fast
+
+    def _to_u8(self, arr: np.ndarray) -> torch.Tensor:
+        """uint8 N×H×W×3 numpy → the same on the device (pinned, asynchronous copy on CUDA)."""
+        arr = np.ascontiguousarray(arr)
+        if not arr.flags.writeable:  # read only here: no copy needed
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                t = torch.from_numpy(arr)
+        else:
+            t = torch.from_numpy(arr)
+        if self.device.type == "cuda":
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        elif self.device.type != "cpu":
+            t = t.to(self.device)
+        return t
 
     @property
     def sha256(self) -> str:
@@ -338,6 +496,12 @@ class IDCModel:
                 f"patches must be uint8 N×{p}×{p}×3, got {patches.dtype} {patches.shape}"
             )
         out = np.empty(len(patches), dtype=np.float32)
+        fast = self._engine() if p % IDCNet.stem_px == 0 else None
+        if fast is not None:
+            for i in range(0, len(patches), batch_size):
+                prob = fast(self._to_u8(patches[i : i + batch_size]), p)
+                out[i : i + len(prob)] = prob.reshape(-1).cpu().numpy()
+            return out
         for i in range(0, len(patches), batch_size):
             with self._autocast():
                 logits = self.net(self._to_input(patches[i : i + batch_size]))
@@ -359,6 +523,12 @@ class IDCModel:
         """
         single = block.ndim == 3
         arr = block[None] if single else block
+        fast = self._engine()
+        k = IDCNet.stem_px
+        if fast is not None and stride_px % k == 0 and arr.dtype == np.uint8:
+            h, w = arr.shape[1] // k * k, arr.shape[2] // k * k  # the rest is in no tile
+            prob = fast(self._to_u8(arr[:, :h, :w]), stride_px).cpu().numpy()
+            return prob[0] if single else prob
         with self._autocast():
             logits = self.net.forward_dense(self._to_input(arr), stride_px)  # type: ignore[operator]
         prob = torch.softmax(logits.float(), 1)[:, 1].cpu().numpy()

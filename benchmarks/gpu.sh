@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The GPU benchmark, in one call: make the 40x slides on the machine, run benchmarks/run.py with
+# --device cuda (float16), a reader-thread sweep on the slide without a 4 µm/px level (is the GPU
+# path bound by decoding?), GPU utilisation from nvidia-smi, and tests/test_cuda.py if present.
+# Everything it prints goes to $OUT/gpu.log (and results-cuda.json beside it).
+#
+# On the lent GPU machine (device tool), from the repo root, carrying the wheels and the mosaic:
+#   mkdir -p benchmarks/_work/gpu-in && cp ../shared/data/idc/slides/8975.tiff benchmarks/_work/gpu-in/
+#   run(command="bash benchmarks/gpu.sh", carry=[".whl", "benchmarks/_work/gpu-in"], timeout_s=420)
+# Here, without CUDA, the CUDA parts are skipped and a short CPU smoke run checks the script:
+#   PY=.venv/bin/python DATA=/tmp/small SLIDE_ID=9035 MOSAIC=../shared/data/idc/slides/9035.tiff \
+#     bash benchmarks/gpu.sh
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/_work/gpu-out}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/gpu.log") 2>&1
+PY=${PY:-python3}
+SLIDE_ID=${SLIDE_ID:-8975}
+MOSAIC=${MOSAIC:-benchmarks/_work/gpu-in/$SLIDE_ID.tiff}
+DATA=${DATA:-/tmp/idcmap-bench}
+export PYTHONUNBUFFERED=1
+
+if ! $PY -c "import openslide, shapely" 2>/dev/null; then
+  if [ -d .whl ]; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+      .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD
+  else
+    echo "openslide/shapely missing and no .whl folder"; exit 1
+  fi
+fi
+export PYTHONPATH=${PYTHONPATH:-$PWD}
+
+echo "== machine: $(date -u +%FT%TZ)"
+grep -m1 "model name" /proc/cpuinfo; echo "cores: $(nproc)"; uptime
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
+  --format=csv 2>/dev/null || echo "nvidia-smi: none"
+CUDA=${CUDA_BRANCH:-$($PY -c "import torch; print(int(torch.cuda.is_available()))")}
+DEV=${DEV:-cuda}  # CUDA_BRANCH=1 DEV=cpu runs the CUDA branch's steps on the CPU (a script check)
+$PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__,
+  'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+
+echo "== slides"
+t0=$(date +%s)
+$PY benchmarks/make_slides.py --mosaic "$MOSAIC" --out "$DATA" --which mosaic,40x,l1l4 \
+  --jobs "$(nproc)" || exit 1
+echo "slides made in $(( $(date +%s) - t0 )) s"
+
+if [ "$CUDA" = "1" ]; then
+  echo "== benchmark, --device $DEV"
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,utilization.memory,memory.used \
+    --format=csv,noheader -lms 100 > "$OUT/nvsmi.csv" 2>/dev/null &
+  SMI=$!
+  timeout 300 $PY benchmarks/run.py --device $DEV --data "$DATA" --slide-id "$SLIDE_ID" \
+    --slides 40x,l1l4,mosaic --strides 50,25 --cases e2e,floors --workers 8 \
+    --batch-size 2048 --wsinfer no --json "$OUT/results-$DEV.json"
+  kill $SMI 2>/dev/null
+  $PY - "$OUT/nvsmi.csv" <<'EOF'
+import sys
+u = [float(l.split(",")[1].split()[0]) for l in open(sys.argv[1]) if l.count(",") >= 3]
+busy = [v for v in u if v > 0]
+print(f"nvidia-smi GPU utilisation over the benchmark: {len(u)} samples, mean {sum(u)/max(len(u),1):.1f} %,"
+      f" {len(busy)} samples > 0 %, max {max(u, default=0):.0f} %")
+EOF
+  echo "== reader threads sweep (e2e, $DEV): is the GPU path bound by decoding?"
+  for w in 1 4 16; do
+    timeout 120 $PY benchmarks/run.py --device $DEV --data "$DATA" --slide-id "$SLIDE_ID" \
+      --slides l1l4,40x --strides 50 --cases e2e --workers $w --batch-size 2048 --wsinfer no \
+      --json "$OUT/sweep-w$w.json" | grep -E "e2e:|^\| (l1l4|40x) "
+  done
+  if [ -f tests/test_cuda.py ]; then
+    echo "== tests/test_cuda.py"
+    timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -15
+  else
+    echo "== tests/test_cuda.py: absent"
+  fi
+else
+  echo "== no CUDA here: CPU smoke run of the same script path (CUDA parts skipped)"
+  $PY benchmarks/run.py --device cpu --data "$DATA" --slide-id "$SLIDE_ID" --slides mosaic \
+    --strides 50 --cases e2e --wsinfer no --json "$OUT/results-smoke.json" | tail -8
+fi
+echo "== done $(date -u +%FT%TZ)"
