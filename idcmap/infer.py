@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from .model import IDCModel
@@ -62,6 +64,7 @@ def predict_grid(
     prob = np.full(grid.shape, np.nan, dtype=np.float32)
     dense_ok = model.supports_dense(grid.stride_px)
     t_start = time.perf_counter()
+    threads = _model_threads(model, workers)
     bar = tqdm(
         total=grid.n_tiles,
         desc=desc,
@@ -94,8 +97,29 @@ def predict_grid(
             bar.update(n_keep)
     finally:
         bar.close()
+        if threads is not None:
+            torch.set_num_threads(threads)
     stats.wall_s = time.perf_counter() - t_start
     return prob, stats
+
+
+def _model_threads(model: IDCModel, workers: int) -> int | None:
+    """On the CPU, leave the reader workers their cores: torch gets ``cores - workers`` threads
+    (at least 1) while the grid runs. Returns the previous thread count to restore, or None.
+
+    Sharing cores hurts more than it seems: torch's threads wait for each other at every
+    operation (spinning), so one of them pre-empted by a reader stalls the others — on 2 cores
+    with 2 readers, 2 torch threads made the model 5x slower than 1 (benchmarks/README.md).
+    """
+    if model.device.type != "cpu" or workers <= 0:
+        return None
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    want = max(1, min(before, (cores or 1) - workers))
+    if want == before:
+        return None
+    torch.set_num_threads(want)
+    return before
 
 
 def _predict_dense(model: IDCModel, block: Block, grid: TileGrid) -> np.ndarray:
