@@ -583,7 +583,7 @@ def load_model(path: str | Path | None = None, device: str = "auto") -> IDCModel
 
 def _find_config(p: Path) -> Path:
     if p.is_dir():
-        found = sorted(p.glob("*.json"))
+        found = sorted(q for q in p.glob("*.json") if not q.name.endswith(".split.json"))
         if len(found) != 1:
             raise ModelError(f"{p} should hold exactly one model .json, found {len(found)}")
         return found[0]
