@@ -19,7 +19,7 @@ import numpy as np
 from . import __version__
 from .errors import IDCMapError, OutputError, UsageError
 from .export import heatmap_npz, heatmap_png, mask_png, regions_to_geojson, write_json
-from .heatmap import Heatmap, stitch
+from .heatmap import Heatmap, smooth, stitch
 from .infer import predict_grid
 from .model import IDCModel, load_model
 from .regions import Region, idc_mask, mask_to_regions
@@ -36,7 +36,8 @@ class Params:
     """Every knob of one run, with its unit. ``None`` means "the model's default"."""
 
     stride_px: int | None = None  # model px; default = patch size
-    threshold: float | None = None  # IDC probability; default = the model's
+    threshold: float | None = None  # of the smoothed heatmap; default = the model's
+    smooth_um: float | None = None  # heatmap smoothing sigma, µm; default = the model's
     mpp: float | None = None  # µm per level-0 px, overrides the slide's metadata
     backend: str = "auto"
     device: str = "auto"
@@ -68,9 +69,9 @@ class Params:
             raise UsageError(f"--batch-size must be ≥ 1, got {self.batch_size}")
         if self.workers < 0:
             raise UsageError(f"--workers must be ≥ 0, got {self.workers}")
-        for name in ("min_region_um2", "min_hole_um2", "simplify_um", "tissue_mpp"):
+        for name in ("min_region_um2", "min_hole_um2", "simplify_um", "tissue_mpp", "smooth_um"):
             v = getattr(self, name)
-            if not (math.isfinite(v) and v >= 0):
+            if v is not None and not (math.isfinite(v) and v >= 0):
                 raise UsageError(f"--{name.replace('_', '-')} must be a number ≥ 0, got {v}")
         if not 0.0 <= self.min_tissue <= 1.0:
             raise UsageError(f"--min-tissue must lie in [0, 1], got {self.min_tissue}")
@@ -82,11 +83,14 @@ class SlideResult:
 
     Attributes:
         slide: what the reader saw (backend, levels, µm/px, bounds).
-        heatmap: IDC probability per grid cell (NaN outside tissue).
+        heatmap: IDC probability per grid cell (NaN outside tissue), tiles stitched.
+        smoothed: ``heatmap`` after the tissue-aware Gaussian (``smooth_um``) the mask is
+            drawn from (the same object when ``smooth_um`` is 0).
         mask: bool IDC mask on the heatmap grid (after clean-up).
         regions: IDC regions as shapely polygons in level-0 px (QuPath frame).
         tissue: the tissue mask and thumbnail.
-        threshold: the IDC probability threshold the mask was made with.
+        threshold: the threshold of ``smoothed`` the mask was made with.
+        tile_threshold: the model's per-tile threshold (classifies tiles in the tile GeoJSON).
         summary: areas, counts, model, parameters, timings (written as summary.json).
         source: the path given to :func:`segment_slide`; it names the outputs (for a DICOM
             series folder it is the folder, while ``slide.path`` is the file opened in it).
@@ -94,10 +98,12 @@ class SlideResult:
 
     slide: SlideInfo
     heatmap: Heatmap
+    smoothed: Heatmap
     mask: np.ndarray
     regions: list[Region]
     tissue: TissueMask
     threshold: float
+    tile_threshold: float
     summary: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
 
@@ -109,7 +115,7 @@ class SlideResult:
     def to_geojson(self, tiles: bool = False) -> dict[str, Any]:
         """QuPath FeatureCollection of the IDC regions (and the tiles, with ``tiles=True``)."""
         return regions_to_geojson(
-            self.regions, tiles=self.heatmap if tiles else None, threshold=self.threshold
+            self.regions, tiles=self.heatmap if tiles else None, threshold=self.tile_threshold
         )
 
     def save(
@@ -153,12 +159,12 @@ class SlideResult:
         write_json(self.to_geojson(), folder / f"{self.stem}.geojson")
         if tiles_geojson:
             write_json(
-                regions_to_geojson([], tiles=self.heatmap, threshold=self.threshold),
+                regions_to_geojson([], tiles=self.heatmap, threshold=self.tile_threshold),
                 folder / f"{self.stem}.tiles.geojson",
             )
-        heatmap_npz(self.heatmap, folder / "heatmap.npz")
+        heatmap_npz(self.heatmap, folder / "heatmap.npz", prob_smoothed=self.smoothed.prob)
         heatmap_png(
-            self.heatmap,
+            self.smoothed,
             self.tissue.thumbnail,
             self.tissue.origin_level0_px,
             self.tissue.px_level0,
@@ -209,7 +215,8 @@ def segment_slide(
         model: a loaded :class:`IDCModel`, a model ``.json`` path, or ``None`` for the bundled one.
         device: ``auto`` (cuda, then mps, then cpu), ``cpu``, ``cuda``, ``mps``.
         stride: tile step in model px (default: the patch size, 50 px = 200 µm); must divide it.
-        threshold: IDC probability threshold (default: the model's, chosen on validation patients).
+        threshold: threshold of the smoothed IDC probability for the region mask (default: the
+            model's ``region_threshold``, chosen on validation mosaics).
         mpp: µm per level-0 px, overriding the slide's metadata (required when it has none).
         progress: show a tqdm bar over the tiles.
         params: every other knob (:class:`Params`); the keyword arguments above override it.
@@ -226,7 +233,11 @@ def segment_slide(
     net = model if isinstance(model, IDCModel) else load_model(model, device=p.device)
     cfg = net.config
     stride_px = p.stride_px or cfg.patch_px
-    thr = cfg.threshold if p.threshold is None else p.threshold
+    if p.threshold is not None:
+        thr = p.threshold
+    else:
+        thr = cfg.threshold if cfg.region_threshold is None else cfg.region_threshold
+    smooth_um = cfg.smooth_um if p.smooth_um is None else p.smooth_um
     timings["load_model"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -268,7 +279,8 @@ def segment_slide(
     )
     timings["stitch"] = time.perf_counter() - t
     t = time.perf_counter()
-    mask = idc_mask(heatmap, thr, min_region_um2=p.min_region_um2, min_hole_um2=p.min_hole_um2)
+    smoothed = smooth(heatmap, smooth_um)
+    mask = idc_mask(smoothed, thr, min_region_um2=p.min_region_um2, min_hole_um2=p.min_hole_um2)
     regions = mask_to_regions(mask, heatmap, simplify_um=p.simplify_um)
     timings["regions"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
@@ -288,7 +300,13 @@ def segment_slide(
             "patch_px": cfg.patch_px,
             "device": str(net.device),
         },
-        "parameters": {**asdict(p), "stride_px": stride_px, "threshold": thr},
+        "parameters": {
+            **asdict(p),
+            "stride_px": stride_px,
+            "threshold": thr,
+            "smooth_um": smooth_um,
+            "tile_threshold": cfg.threshold,
+        },
         "coordinates": "level-0 px relative to the slide bounds origin (QuPath's frame)",
         "tissue_area_mm2": round(tissue_mm2, 4),
         "idc_area_mm2": round(idc_mm2, 4),
@@ -311,10 +329,12 @@ def segment_slide(
     return SlideResult(
         slide=info,
         heatmap=heatmap,
+        smoothed=smoothed,
         mask=mask,
         regions=regions,
         tissue=tissue,
         threshold=thr,
+        tile_threshold=cfg.threshold,
         summary=summary,
         source=str(path),
     )

@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=_finite,
         default=None,
-        help="IDC probability threshold in [0, 1] (default: the model's)",
+        help="threshold in [0, 1] of the smoothed IDC probability for the region mask "
+        "(default: the model's region threshold)",
     )
     run.add_argument(
         "--batch-size", type=_positive_int, default=512, help="tiles per batch (default: 512)"
@@ -103,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--tissue-mpp", type=_finite, default=16.0, help="µm/px of the tissue mask (default: 16)"
+    )
+    run.add_argument(
+        "--smooth-um",
+        type=_finite,
+        default=None,
+        help="sigma (µm) of the tissue-aware Gaussian smoothing of the heatmap before the "
+        "region mask is drawn (default: the model's; 0 = none)",
     )
     run.add_argument(
         "--min-region-um2",
@@ -169,6 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     params = Params(
         stride_px=args.stride,
         threshold=args.threshold,
+        smooth_um=args.smooth_um,
         mpp=args.mpp,
         backend=args.backend,
         device=args.device,

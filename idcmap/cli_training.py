@@ -105,6 +105,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     es.add_argument("--debug", action="store_true", help="print tracebacks")
     es.set_defaults(func=cmd_evaluate_slides)
 
+    et = evs.add_parser(
+        "tune-regions", help="choose heatmap smoothing and region threshold on validation slides",
+        description="Grid-search the heatmap smoothing (µm) and the region threshold that "
+                    "maximise the pooled Dice on slides with ground truth. Use validation "
+                    "slides only; --write stores the choice in the model's JSON.")
+    et.add_argument("slides", nargs="+", type=Path, metavar="SLIDE")
+    et.add_argument("--truth", nargs="+", type=Path, default=None, metavar="FILE",
+                    help="cells.csv or QuPath .geojson per slide (default: <stem>.cells.csv)")
+    et.add_argument("--model", type=Path, default=None, help="model .json (default: bundled)")
+    et.add_argument("--device", default="auto")
+    et.add_argument("--write", action="store_true",
+                    help="write smooth_um and region_threshold into the model's JSON")
+    et.add_argument("--out", "-o", type=Path, default=None, help="report JSON")
+    et.add_argument("--debug", action="store_true", help="print tracebacks")
+    et.set_defaults(func=cmd_tune_regions)
+
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from .data import prepare_mosaics
@@ -147,9 +163,7 @@ def cmd_evaluate_patches(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate_slides(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_slides, format_slide_table, write_json
-
+def _truths(args: argparse.Namespace) -> list[Path]:
     if args.truth is None:
         truths = [s.with_name(s.name.rsplit(".", 1)[0] + ".cells.csv") for s in args.slides]
     else:
@@ -159,6 +173,42 @@ def cmd_evaluate_slides(args: argparse.Namespace) -> int:
     for t in truths:
         if not t.is_file():
             raise UsageError(f"ground truth {t} not found; pass --truth cells.csv|.geojson")
+    return truths
+
+
+def cmd_tune_regions(args: argparse.Namespace) -> int:
+    import json
+
+    from .evaluate import tune_regions, write_json
+    from .model import _find_config, bundled_model_path
+
+    rep = tune_regions(args.slides, _truths(args), args.model, device=args.device)
+    b = rep["best"]
+    print(f"best pooled Dice {b['dice']:.3f} at smooth_um={b['smooth_um']:g}, "
+          f"region_threshold={b['threshold']:.2f} ({len(args.slides)} slides)")
+    if args.out:
+        write_json(rep, args.out)
+        print(f"idcmap: report -> {args.out}")
+    if args.write:
+        path = _find_config(args.model if args.model is not None else bundled_model_path())
+        cfg = json.loads(path.read_text())
+        cfg["smooth_um"] = b["smooth_um"]
+        cfg["region_threshold"] = b["threshold"]
+        cfg.setdefault("training", {})["regions"] = {
+            "chosen_on": [Path(s).stem for s in args.slides], "pooled_dice": round(b["dice"], 4),
+            "command": " ".join(["idcmap", *sys.argv[1:]]) if sys.argv else "",
+        }
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(cfg, indent=2) + "\n")
+        tmp.replace(path)
+        print(f"idcmap: wrote smooth_um and region_threshold into {path}")
+    return 0
+
+
+def cmd_evaluate_slides(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_slides, format_slide_table, write_json
+
+    truths = _truths(args)
     png_dir = args.out.parent if args.out else None
     rep = evaluate_slides(args.slides, truths, args.model, threshold=args.threshold,
                           device=args.device, png_dir=png_dir, use_pipeline=not args.direct)

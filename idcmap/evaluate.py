@@ -246,7 +246,7 @@ def mosaic_probabilities(slide: str | Path, model: Any, cell: int = 50,
     return prob, Grid(rows, cols, (0.0, 0.0), float(cell))
 
 
-def slide_prediction(slide: str | Path, model: Any, threshold: float,
+def slide_prediction(slide: str | Path, model: Any, threshold: float | None,
                      use_pipeline: bool = True) -> tuple[np.ndarray, Grid, str]:
     """Predicted IDC mask of a slide on its heatmap grid, via :func:`idcmap.api.segment_slide`
     when importable, else by tiling the mosaic directly. Returns (mask, grid, method)."""
@@ -266,7 +266,8 @@ def slide_prediction(slide: str | Path, model: Any, threshold: float,
             grid = Grid(rows, cols, (float(ox), float(oy)), cell)
             return np.asarray(res.mask, dtype=bool), grid, "idcmap.api.segment_slide"
     prob, grid = mosaic_probabilities(slide, model)
-    return prob >= threshold, grid, "direct mosaic tiling (50-px cells)"
+    thr = model.config.threshold if threshold is None else threshold
+    return prob >= thr, grid, "direct mosaic tiling (50-px cells, no smoothing)"
 
 
 def comparison_png(pred: np.ndarray, truth: np.ndarray, out: str | Path,
@@ -313,11 +314,13 @@ def evaluate_slides(
     if len(slides) != len(truths):
         raise UsageError(f"{len(slides)} slides but {len(truths)} truth files; pass one per slide")
     m = model if isinstance(model, IDCModel) else load_model(model, device=device)
-    thr = m.config.threshold if threshold is None else threshold
+    cfg = m.config
+    default = cfg.threshold if cfg.region_threshold is None else cfg.region_threshold
+    thr = default if threshold is None else threshold
     per: dict[str, Any] = {}
     tot = {"intersection": 0, "pred_cells": 0, "truth_cells": 0}
     for s, t in zip(slides, truths, strict=True):
-        pred, grid, method = slide_prediction(s, m, thr, use_pipeline=use_pipeline)
+        pred, grid, method = slide_prediction(s, m, threshold, use_pipeline=use_pipeline)
         truth = read_truth(t, grid)
         r = dice_iou(pred, truth)
         r.update({"truth": str(t), "method": method, "grid": [grid.rows, grid.cols],
@@ -333,8 +336,50 @@ def evaluate_slides(
     pooled = {**tot, "dice": 2 * i / (p + t) if p + t else 1.0,
               "iou": i / (p + t - i) if p + t - i else 1.0,
               "mean_dice": float(np.mean([v["dice"] for v in per.values()]))}
-    return {"threshold": thr, "per_slide": per, "pooled": pooled,
+    return {"threshold": thr, "smooth_um": cfg.smooth_um, "per_slide": per, "pooled": pooled,
             "model": {"path": str(m.path), "sha256": m.sha256, "version": m.config.version}}
+
+
+def tune_regions(
+    slides: Sequence[str | Path],
+    truths: Sequence[str | Path],
+    model: Any = None,
+    *,
+    smooth_um: Sequence[float] = (0, 100, 150, 200, 250, 300, 400),
+    thresholds: Sequence[float] = tuple(np.round(np.arange(0.40, 0.905, 0.02), 2)),
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Choose the heatmap smoothing (µm) and region threshold that maximise the pooled Dice on
+    slides with ground truth — run it on VALIDATION slides, never on test slides.
+
+    The tiles are evaluated once per slide; every (smoothing, threshold) pair reuses them.
+    """
+    from .api import Params, segment_slide
+    from .heatmap import smooth
+    from .model import IDCModel, load_model
+
+    m = model if isinstance(model, IDCModel) else load_model(model, device=device)
+    cases = []
+    for s, t in zip(slides, truths, strict=True):
+        res = segment_slide(s, model=m, progress=False, params=Params(smooth_um=0.0))
+        hm = res.heatmap
+        grid = Grid(hm.shape[0], hm.shape[1], hm.origin_level0_px, hm.cell_level0_px)
+        cases.append((hm, read_truth(t, grid)))
+    table = []
+    for sigma in smooth_um:
+        probs = [(np.nan_to_num(smooth(hm, float(sigma)).prob, nan=0.0), t) for hm, t in cases]
+        for thr in thresholds:
+            inter = pred = true = 0
+            for p, truth in probs:
+                mask = p >= thr
+                inter += int((mask & truth).sum())
+                pred += int(mask.sum())
+                true += int(truth.sum())
+            dice = 2 * inter / (pred + true) if pred + true else 1.0
+            table.append({"smooth_um": float(sigma), "threshold": float(thr), "dice": dice})
+    best = max(table, key=lambda r: r["dice"])
+    return {"best": best, "table": table, "slides": [str(s) for s in slides],
+            "model": {"path": str(m.path), "sha256": m.sha256}}
 
 
 def format_slide_table(rep: dict[str, Any]) -> str:

@@ -151,7 +151,10 @@ class ModelConfig:
         patch_px: side of one input patch in model pixels (50).
         mean, std: per-channel normalisation of inputs scaled to [0, 1] (applied inside the net).
         class_names: names of the logits, negative first.
-        threshold: default IDC-probability threshold, chosen on validation patients.
+        threshold: IDC-probability threshold of one patch, chosen on validation patients.
+        smooth_um: sigma (µm) of the tissue-aware Gaussian applied to the heatmap before
+            region masks are drawn (0: none); chosen with ``idcmap evaluate tune-regions``.
+        region_threshold: threshold of the smoothed heatmap for region masks (None: ``threshold``).
         weights_file: file name of the safetensors weights, next to the JSON.
         weights_sha256: sha256 of that file; checked at load.
         training: free-form training summary (data, split, epochs, metrics).
@@ -166,6 +169,8 @@ class ModelConfig:
     std: tuple[float, float, float]
     class_names: tuple[str, str] = ("not IDC", "IDC")
     threshold: float = 0.5
+    smooth_um: float = 0.0
+    region_threshold: float | None = None
     arch_params: dict[str, Any] = field(default_factory=dict)
     weights_file: str = ""
     weights_sha256: str = ""
@@ -193,6 +198,10 @@ class ModelConfig:
                 std=tuple(float(v) for v in d["std"]),  # type: ignore[arg-type]
                 class_names=tuple(d.get("class_names", ("not IDC", "IDC"))),  # type: ignore[arg-type]
                 threshold=float(d.get("threshold", 0.5)),
+                smooth_um=float(d.get("smooth_um", 0.0)),
+                region_threshold=(
+                    None if d.get("region_threshold") is None else float(d["region_threshold"])
+                ),
                 arch_params=dict(d.get("arch_params", {})),
                 weights_file=str(d.get("weights_file", "")),
                 weights_sha256=str(d.get("weights_sha256", "")),
