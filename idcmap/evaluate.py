@@ -315,8 +315,9 @@ def evaluate_slides(
         raise UsageError(f"{len(slides)} slides but {len(truths)} truth files; pass one per slide")
     m = model if isinstance(model, IDCModel) else load_model(model, device=device)
     cfg = m.config
-    default = cfg.threshold if cfg.region_threshold is None else cfg.region_threshold
-    thr = default if threshold is None else threshold
+    region = cfg.region_threshold if use_pipeline and cfg.region_threshold is not None \
+        else cfg.threshold
+    thr = region if threshold is None else threshold
     per: dict[str, Any] = {}
     tot = {"intersection": 0, "pred_cells": 0, "truth_cells": 0}
     for s, t in zip(slides, truths, strict=True):
@@ -336,7 +337,8 @@ def evaluate_slides(
     pooled = {**tot, "dice": 2 * i / (p + t) if p + t else 1.0,
               "iou": i / (p + t - i) if p + t - i else 1.0,
               "mean_dice": float(np.mean([v["dice"] for v in per.values()]))}
-    return {"threshold": thr, "smooth_um": cfg.smooth_um, "per_slide": per, "pooled": pooled,
+    smooth_um = cfg.smooth_um if use_pipeline else 0.0
+    return {"threshold": thr, "smooth_um": smooth_um, "per_slide": per, "pooled": pooled,
             "model": {"path": str(m.path), "sha256": m.sha256, "version": m.config.version}}
 
 
