@@ -155,6 +155,10 @@ class SlideResult:
             raise
         return final
 
+    def _smooth_note(self) -> str:
+        sigma = self.summary.get("parameters", {}).get("smooth_um") or 0
+        return f" (smoothed, sigma {sigma:g} µm)" if sigma else ""
+
     def _write(self, folder: Path, tiles_geojson: bool) -> None:
         write_json(self.to_geojson(), folder / f"{self.stem}.geojson")
         if tiles_geojson:
@@ -170,7 +174,7 @@ class SlideResult:
             self.tissue.px_level0,
             folder / "heatmap.png",
             threshold=self.threshold,
-            title=f"{self.stem}: IDC probability",
+            title=f"{self.stem}: IDC probability{self._smooth_note()}",
         )
         mask_png(self.mask, folder / "mask.png")
 
