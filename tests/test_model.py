@@ -103,3 +103,25 @@ def test_dense_equals_tiles_on_a_real_mosaic(model, stride: int) -> None:  # typ
     tile_p = model.predict(tiles).reshape(n, n)
     np.testing.assert_allclose(dense, tile_p, atol=1e-4, rtol=0)
     assert dense.std() > 0.01  # a real block: not a constant answer
+
+
+@pytest.mark.skipif(not EXAMPLE_SLIDES, reason="no example mosaic in examples/")
+@pytest.mark.parametrize("stride", [50, 25, 10, 5])
+def test_fast_engine_equals_the_plain_torch_network(model, stride: int) -> None:  # type: ignore[no-untyped-def]
+    """predict/predict_dense run a folded matrix-product engine; it must compute what the plain
+    nn.Module computes, tile by tile (forward) and densely (forward_dense)."""
+    import torch
+
+    img = read_level0(EXAMPLE_SLIDES[0])
+    h, w = img.shape[:2]
+    y0, x0 = (h // 2 - 200) // 5 * 5, (w // 2 - 200) // 5 * 5
+    block = np.ascontiguousarray(img[y0 : y0 + 400, x0 : x0 + 350])
+    x = torch.from_numpy(block).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        ref_dense = torch.softmax(model.net.forward_dense(x, stride), 1)[0, 1].numpy()
+        n_r, n_c = ref_dense.shape
+        tiles = torch.stack([x[0, :, i * stride : i * stride + 50, j * stride : j * stride + 50]
+                             for i in range(n_r) for j in range(n_c)])
+        ref_tiles = torch.softmax(model.net(tiles), 1)[:, 1].numpy().reshape(n_r, n_c)
+    np.testing.assert_allclose(ref_dense, ref_tiles, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(model.predict_dense(block, stride), ref_dense, atol=1e-4, rtol=0)
