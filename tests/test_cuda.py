@@ -45,7 +45,9 @@ def test_predict_and_dense_agree_with_cpu() -> None:
 
 def test_segment_slide_on_cuda_matches_cpu(tmp_path: Path) -> None:
     img = synthetic_he(2000, 2400, seed=2, tissue=0.6)
-    path = write_pyramid_tiff(tmp_path / "he.tiff", img, 4.0, downsamples=(1, 4))
+    path = write_pyramid_tiff(
+        tmp_path / "he.tiff", img, 4.0, downsamples=(1, 4), compression="zlib"
+    )
     cpu, gpu = _pair()
     a = segment_slide(path, model=cpu, progress=False)
     b = segment_slide(path, model=gpu, progress=False)
