@@ -145,10 +145,10 @@ def _flatten_alpha(arr: np.ndarray) -> np.ndarray:
     """uint8 H×W×4 (straight alpha) → H×W×3 over white; H×W×3 unchanged."""
     if arr.shape[2] == 3:
         return arr
+    if int(arr[..., 3].min()) == 255:  # opaque (the usual case): no float or uint16 copies
+        return np.ascontiguousarray(arr[..., :3])
     rgb = arr[..., :3].astype(np.uint16)
     a = arr[..., 3:4].astype(np.uint16)
-    if bool((a == 255).all()):
-        return np.ascontiguousarray(arr[..., :3])
     return ((rgb * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
 
 
@@ -165,6 +165,8 @@ class _OpenSlideReader:
     def read(self, location_level0_px: tuple[int, int], level: int,
              size: tuple[int, int]) -> np.ndarray:
         img = self._osr.read_region(location_level0_px, level, size)
+        if img.mode == "RGBA" and img.getextrema()[3][0] == 255:
+            return np.asarray(img.convert("RGB"))  # opaque: PIL drops alpha in one C pass
         return _flatten_alpha(np.asarray(img.convert("RGBA")))
 
     def close(self) -> None:
@@ -424,9 +426,8 @@ class Slide:
         w, h = int(size[0]), int(size[1])
         if w < 0 or h < 0:
             raise UsageError(f"read_region size must be ≥ 0, not {size!r}")
-        out = np.full((h, w, 3), 255, np.uint8)
         if w == 0 or h == 0:
-            return out
+            return np.full((h, w, 3), 255, np.uint8)
         x0, y0 = int(location_level0_px[0]), int(location_level0_px[1])
         d = self.info.level_downsamples[level]
         lw, lh = self.info.level_dimensions[level]
@@ -434,10 +435,13 @@ class Slide:
         ix0, iy0 = max(lx, 0), max(ly, 0)
         ix1, iy1 = min(lx + w, lw), min(ly + h, lh)
         if ix1 <= ix0 or iy1 <= iy0:
-            return out
+            return np.full((h, w, 3), 255, np.uint8)
         # a clipped start is always 0: keep the caller's location otherwise (exact pixels)
         loc = (x0 if ix0 == lx else 0, y0 if iy0 == ly else 0)
         part = self._read(loc, level, (ix1 - ix0, iy1 - iy0))
+        if part.shape[:2] == (h, w):  # wholly inside the level: no white canvas to copy into
+            return part
+        out = np.full((h, w, 3), 255, np.uint8)
         out[iy0 - ly : iy1 - ly, ix0 - lx : ix1 - lx] = part
         return out
 
@@ -486,13 +490,32 @@ class Slide:
         k = max(1, min(lw // out_w, lh // out_h))
         chunk = max(k, (_CHUNK_PX // k) * k)
         small = np.empty((math.ceil(lh / k), math.ceil(lw / k), 3), np.uint8)
-        for cy in range(0, lh, chunk):
-            for cx in range(0, lw, chunk):
+        chunks = [(cx, cy) for cy in range(0, lh, chunk) for cx in range(0, lw, chunk)]
+
+        def read_chunks(handle: Slide, todo: list[tuple[int, int]]) -> None:
+            for cx, cy in todo:
                 cw, ch = min(chunk, lw - cx), min(chunk, lh - cy)
                 loc = (math.ceil((lx0 + cx) * d - 1e-7), math.ceil((ly0 + cy) * d - 1e-7))
-                part = self.read_region(loc, level, (cw, ch))
+                part = handle.read_region(loc, level, (cw, ch))
                 small[cy // k : cy // k + math.ceil(ch / k),
                       cx // k : cx // k + math.ceil(cw / k)] = _block_mean(part, k)
+
+        if len(chunks) < 4:
+            read_chunks(self, chunks)
+        else:  # a slide without a coarse level: decode with one extra handle per core
+            from concurrent.futures import ThreadPoolExecutor
+
+            n = min(len(chunks), os.cpu_count() or 1)
+            handles = [self] + [self.reopen() for _ in range(n - 1)]
+            try:
+                with ThreadPoolExecutor(max_workers=n) as pool:
+                    jobs = [pool.submit(read_chunks, h, chunks[i::n])
+                            for i, h in enumerate(handles)]
+                    for job in jobs:
+                        job.result()
+            finally:
+                for h in handles[1:]:
+                    h.close()
         if small.shape[:2] != (out_h, out_w):
             small = np.asarray(Image.fromarray(small).resize((out_w, out_h), Image.Resampling.BOX))
         return small, (bw / out_w, bh / out_h)
@@ -536,6 +559,8 @@ def _block_mean(arr: np.ndarray, k: int) -> np.ndarray:
     """Mean of k×k blocks (edge-padded to a multiple of k), uint8."""
     if k == 1:
         return arr
+    if arr.dtype == np.uint8 and arr.shape[2] == 3:
+        return np.asarray(Image.fromarray(arr).reduce(k))  # C box average; partial edge blocks
     h, w = arr.shape[:2]
     ph, pw = (-h) % k, (-w) % k
     if ph or pw:
