@@ -555,7 +555,7 @@ def heatmap_png(
             fill=(80, 80, 80),
             font=_font(max(11, fs - 3)),
         )
-    canvas.save(path, format="PNG", compress_level=3)
+    canvas.save(path, format="PNG", compress_level=1)
 
 
 def mask_png(mask: np.ndarray, path: PathLike) -> None:
@@ -564,7 +564,7 @@ def mask_png(mask: np.ndarray, path: PathLike) -> None:
     if m.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {m.shape}")
     Image.fromarray(np.where(m.astype(bool), 255, 0).astype(np.uint8), "L").save(
-        path, format="PNG", compress_level=3
+        path, format="PNG", compress_level=1
     )
 
 
