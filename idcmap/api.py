@@ -15,17 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from . import __version__
 from .errors import IDCMapError, OutputError, UsageError
 from .export import heatmap_npz, heatmap_png, mask_png, regions_to_geojson, write_json
 from .heatmap import Heatmap, smooth, stitch
-from .infer import predict_grid
+from .infer import InferenceStats, predict_grid
 from .model import IDCModel, load_model
 from .regions import Region, idc_mask, mask_to_regions
-from .slide import SlideInfo, open_slide
-from .tiles import make_grid
-from .tissue import TissueMask, detect_tissue
+from .slide import Slide, SlideInfo, open_slide
+from .tiles import Block, TileGrid, make_grid
+from .tissue import TissueMask, detect_tissue, tissue_mask_from_rgb
 
 #: Files of one slide's output folder; the folder is complete when it exists under its final name.
 OUTPUT_FILES = ("{stem}.geojson", "heatmap.npz", "heatmap.png", "mask.png", "summary.json")
@@ -247,28 +248,33 @@ def segment_slide(
     t = time.perf_counter()
     with open_slide(path, backend=p.backend, mpp=p.mpp, allow_non_rgb=p.force_rgb) as slide:
         timings["open"] = time.perf_counter() - t
-        t = time.perf_counter()
-        tissue = detect_tissue(slide, target_mpp=p.tissue_mpp)
-        timings["tissue"] = time.perf_counter() - t
-        t = time.perf_counter()
-        grid = make_grid(
-            slide,
-            tissue,
-            model_mpp=cfg.mpp,
-            patch_px=cfg.patch_px,
-            stride_px=stride_px,
-            min_tissue=p.min_tissue,
-        )
-        timings["grid"] = time.perf_counter() - t
-        tile_prob, stats = predict_grid(
-            slide,
-            grid,
-            net,
-            batch_size=p.batch_size,
-            workers=p.workers,
-            progress=progress,
-            desc=slide_stem(path),
-        )
+        grid_kw = {
+            "model_mpp": cfg.mpp,
+            "patch_px": cfg.patch_px,
+            "stride_px": stride_px,
+            "min_tissue": p.min_tissue,
+        }
+        run_kw = {
+            "batch_size": p.batch_size,
+            "workers": p.workers,
+            "progress": progress,
+            "desc": slide_stem(path),
+        }
+        one_pass = slide.best_level_for_mpp(p.tissue_mpp) == slide.best_level_for_mpp(cfg.mpp)
+        if one_pass:
+            # no level coarser than the tiles' one: the tissue mask would decode that whole
+            # level a second time, so evaluate every tile and take the mask from the same pass
+            tissue, grid, tile_prob, stats = _one_pass(
+                slide, p.tissue_mpp, grid_kw, run_kw, net, timings
+            )
+        else:
+            t = time.perf_counter()
+            tissue = detect_tissue(slide, target_mpp=p.tissue_mpp)
+            timings["tissue"] = time.perf_counter() - t
+            t = time.perf_counter()
+            grid = make_grid(slide, tissue, **grid_kw)
+            timings["grid"] = time.perf_counter() - t
+            tile_prob, stats = predict_grid(slide, grid, net, **run_kw)
         timings["tiles_wall"] = stats.wall_s
         info = slide.info
     t = time.perf_counter()
@@ -312,6 +318,7 @@ def segment_slide(
             "tile_threshold": cfg.threshold,
         },
         "coordinates": "level-0 px relative to the slide bounds origin (QuPath's frame)",
+        "tissue_from": "the tile pass (no coarser level)" if one_pass else "a low-resolution read",
         "tissue_area_mm2": round(tissue_mm2, 4),
         "idc_area_mm2": round(idc_mm2, 4),
         "idc_fraction_of_tissue": round(idc_mm2 / tissue_mm2, 4) if tissue_mm2 > 0 else 0.0,
@@ -342,6 +349,57 @@ def segment_slide(
         summary=summary,
         source=str(path),
     )
+
+
+def _one_pass(
+    slide: Slide,
+    tissue_mpp: float,
+    grid_kw: dict[str, Any],
+    run_kw: dict[str, Any],
+    net: IDCModel,
+    timings: dict[str, float],
+) -> tuple[TissueMask, TileGrid, np.ndarray, InferenceStats]:
+    """Evaluate every tile, build the tissue thumbnail from the same decoded blocks (box
+    average of k×k model px, k = tissue µm/px ÷ model µm/px), then keep the tissue tiles."""
+    full = make_grid(slide, None, **grid_kw)
+    k = max(1, round(tissue_mpp / full.model_mpp))
+    rows, cols = full.shape
+    h_m = (rows - 1) * full.stride_px + full.patch_px
+    w_m = (cols - 1) * full.stride_px + full.patch_px
+    thumb = np.full((-(-h_m // k), -(-w_m // k), 3), 255, np.uint8)
+
+    def collect(block: Block) -> None:
+        x0, y0 = block.col0 * full.stride_px, block.row0 * full.stride_px
+        sx, sy = (-x0) % k, (-y0) % k  # start on the thumbnail's k-px lattice
+        piece = np.ascontiguousarray(block.pixels[sy:, sx:])
+        if piece.size:
+            small = np.asarray(Image.fromarray(piece).reduce(k))
+            ty, tx = (y0 + sy) // k, (x0 + sx) // k
+            hh, ww = (
+                min(small.shape[0], thumb.shape[0] - ty),
+                min(small.shape[1], thumb.shape[1] - tx),
+            )
+            thumb[ty : ty + hh, tx : tx + ww] = small[:hh, :ww]
+
+    prob_all, stats = predict_grid(slide, full, net, on_block=collect, **run_kw)
+    t = time.perf_counter()
+    fx, fy = full.level0_per_model_px
+    _, _, bw, bh = full.bounds_level0_px
+    thumb = thumb[: max(1, math.ceil(bh / (k * fy))), : max(1, math.ceil(bw / (k * fx)))]
+    mpp_x, mpp_y = k * fx * slide.info.mpp, k * fy * slide.info.mpp_y
+    mask = tissue_mask_from_rgb(thumb, mpp_x, mpp_y)
+    tissue = TissueMask(
+        mask=mask,
+        origin_level0_px=(0.0, 0.0),
+        px_level0=(k * fx, k * fy),
+        mpp=mpp_x,
+        thumbnail=thumb,
+        mpp_y=mpp_y,
+    )
+    grid = make_grid(slide, tissue, **grid_kw)
+    stats.tiles = grid.n_tiles
+    timings["tissue"] = time.perf_counter() - t
+    return tissue, grid, np.where(grid.keep, prob_all, np.nan).astype(np.float32), stats
 
 
 def is_done(out_dir: str | Path, slide_path: str | Path) -> bool:

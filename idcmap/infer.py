@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +47,7 @@ def predict_grid(
     workers: int = 2,
     progress: bool = True,
     desc: str = "tiles",
+    on_block: Callable[[Block], None] | None = None,
 ) -> tuple[np.ndarray, InferenceStats]:
     """IDC probability of every kept tile of ``grid``.
 
@@ -53,6 +55,9 @@ def predict_grid(
     :mod:`idcmap.tiles`). Where the model supports it (stride a multiple of 5 px), a block is
     evaluated fully convolutionally, so overlapping tiles share their computation; otherwise the
     kept tiles are cut out and batched.
+
+    ``on_block`` (optional) sees every block's pixels after the model (e.g. to build a
+    thumbnail from the same decode).
 
     Returns:
         (float32 rows×cols probabilities, NaN where the tile was not kept; statistics).
@@ -92,6 +97,8 @@ def predict_grid(
                 p = _predict_tiles(model, block, grid, keep, batch_size)
             prob[block.row0 : block.row1, block.col0 : block.col1] = np.where(keep, p, np.nan)
             stats.tiles += n_keep
+            if on_block is not None:
+                on_block(block)
             t_wait = time.perf_counter()
             stats.model_s += t_wait - t0
             bar.update(n_keep)

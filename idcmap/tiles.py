@@ -91,7 +91,7 @@ def check_stride(stride_px: int, patch_px: int) -> None:
 
 def make_grid(
     slide: Slide,
-    tissue: TissueMask,
+    tissue: TissueMask | None,
     *,
     model_mpp: float,
     patch_px: int,
@@ -102,7 +102,7 @@ def make_grid(
 
     Args:
         slide: the open slide (its ``info.mpp`` gives level-0 µm/px).
-        tissue: tissue mask of the slide.
+        tissue: tissue mask of the slide; None counts every tile as all tissue.
         model_mpp: µm per model px (e.g. 4.0).
         patch_px: tile side in model px (e.g. 50).
         stride_px: tile step in model px; must divide ``patch_px``.
@@ -118,9 +118,12 @@ def make_grid(
     k = patch_px // stride_px
     cols = max(1, math.ceil(max(width_m - patch_px, 0) / stride_px) + 1)
     rows = max(1, math.ceil(max(height_m - patch_px, 0) / stride_px) + 1)
-    cell_frac = _cell_tissue_fraction(
-        tissue, rows + k - 1, cols + k - 1, stride_px * fx, stride_px * fy
-    )
+    if tissue is None:
+        cell_frac = np.ones((rows + k - 1, cols + k - 1))
+    else:
+        cell_frac = _cell_tissue_fraction(
+            tissue, rows + k - 1, cols + k - 1, stride_px * fx, stride_px * fy
+        )
     # tile fraction = mean of its k×k cells (summed-area table)
     sat = np.pad(cell_frac, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
     tile_frac = (sat[k:, k:] - sat[:-k, k:] - sat[k:, :-k] + sat[:-k, :-k]) / (k * k)
