@@ -74,6 +74,8 @@ class Params:
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v >= 0):
                 raise UsageError(f"--{name.replace('_', '-')} must be a number ≥ 0, got {v}")
+        if self.tissue_mpp <= 0:
+            raise UsageError(f"--tissue-mpp must be µm per pixel > 0, got {self.tissue_mpp}")
         if not 0.0 <= self.min_tissue <= 1.0:
             raise UsageError(f"--min-tissue must lie in [0, 1], got {self.min_tissue}")
 
