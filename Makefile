@@ -28,8 +28,12 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check idcmap tests benchmarks
 
+# Makes the benchmark slides once (~20 min on 2 cores; skipped when they exist), then runs the
+# benchmark (~6 min). WSInfer joins when its venv exists: benchmarks/wsinfer_compare.py --setup.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/make_slides.py --mosaic ../shared/data/idc/slides/8975.tiff
+	$(BIN)/python benchmarks/run.py --slides 40x,l1l4,mosaic,2x2 --strides 50,25 \
+	    --cases e2e,floors,naive --wsinfer auto
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache
