@@ -31,43 +31,83 @@ def _frac(s: str) -> float:
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``prepare-data``, ``train`` and ``evaluate`` to ``subparsers``."""
     prep = subparsers.add_parser(
-        "prepare-data", help="cut whole-slide mosaics (tiff + cells.csv) into patch folders",
+        "prepare-data",
+        help="cut whole-slide mosaics (tiff + cells.csv) into patch folders",
         description="Cut every <patient>.tiff + <patient>.cells.csv of SLIDES_DIR into "
-                    "OUT/<patient>/<label>/<patient>_idx5_x<X>_y<Y>_class<L>.png.")
+        "OUT/<patient>/<label>/<patient>_idx5_x<X>_y<Y>_class<L>.png.",
+    )
     prep.add_argument("slides_dir", type=Path, help="folder of <patient>.tiff + .cells.csv")
     prep.add_argument("--out", "-o", required=True, type=Path, help="output folder")
     prep.add_argument("--debug", action="store_true", help="print tracebacks")
     prep.set_defaults(func=cmd_prepare)
 
     tr = subparsers.add_parser(
-        "train", help="train the IDC classifier with fastai",
+        "train",
+        help="train the IDC classifier with fastai",
         description="Train IDCNet on patch folders in the IDC data set's layout; patients are "
-                    "split into train/valid/test by a seed (written to OUT.split.json).")
-    tr.add_argument("--data", nargs="+", required=True, type=Path, metavar="DIR",
-                    help="patch folders (<patient>/<0|1>/*.png); folders written by "
-                         "prepare-data count as whole-slide patients")
+        "split into train/valid/test by a seed (written to OUT.split.json).",
+    )
+    tr.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="patch folders (<patient>/<0|1>/*.png); folders written by "
+        "prepare-data count as whole-slide patients",
+    )
     tr.add_argument("--out", "-o", required=True, type=Path, help="model .json to write")
     tr.add_argument("--epochs", type=_pos_int, default=20)
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--lr", type=float, default=None,
-                    help="max learning rate of the one-cycle schedule (default: lr_find's)")
+    tr.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="max learning rate of the one-cycle schedule (default: lr_find's)",
+    )
     tr.add_argument("--batch-size", type=_pos_int, default=256)
-    tr.add_argument("--widths", type=_pos_int, nargs=3, default=[64, 192, 256],
-                    help="IDCNet channel widths (default: 64 192 256)")
+    tr.add_argument(
+        "--widths",
+        type=_pos_int,
+        nargs=3,
+        default=[64, 192, 256],
+        help="IDCNet channel widths (default: 64 192 256)",
+    )
     tr.add_argument("--dropout", type=_frac, default=0.3)
     tr.add_argument("--wd", type=float, default=0.01, help="weight decay (default: 0.01)")
-    tr.add_argument("--test-frac", type=_frac, default=0.15,
-                    help="test fraction of patch-folder patients (default: 0.15)")
-    tr.add_argument("--valid-frac", type=_frac, default=0.12,
-                    help="validation fraction of every folder's patients (default: 0.12)")
-    tr.add_argument("--mosaic-test", type=int, default=6,
-                    help="test patients taken from each prepare-data folder (default: 6)")
-    tr.add_argument("--split", type=Path, default=None,
-                    help="reuse a split JSON instead of drawing one")
-    tr.add_argument("--max-patches", type=_pos_int, default=None,
-                    help="cap the patches of each split (quick runs)")
-    tr.add_argument("--threshold-criterion", choices=["f1", "balanced_accuracy"], default="f1",
-                    help="what the validation threshold maximises (default: f1)")
+    tr.add_argument(
+        "--test-frac",
+        type=_frac,
+        default=0.15,
+        help="test fraction of patch-folder patients (default: 0.15)",
+    )
+    tr.add_argument(
+        "--valid-frac",
+        type=_frac,
+        default=0.12,
+        help="validation fraction of every folder's patients (default: 0.12)",
+    )
+    tr.add_argument(
+        "--mosaic-test",
+        type=int,
+        default=6,
+        help="test patients taken from each prepare-data folder (default: 6)",
+    )
+    tr.add_argument(
+        "--split", type=Path, default=None, help="reuse a split JSON instead of drawing one"
+    )
+    tr.add_argument(
+        "--max-patches",
+        type=_pos_int,
+        default=None,
+        help="cap the patches of each split (quick runs)",
+    )
+    tr.add_argument(
+        "--threshold-criterion",
+        choices=["f1", "balanced_accuracy"],
+        default="f1",
+        help="what the validation threshold maximises (default: f1)",
+    )
     tr.add_argument("--no-augment", action="store_true", help="no flips or colour jitter")
     tr.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     tr.add_argument("--threads", type=_pos_int, default=None, help="CPU threads for torch")
@@ -81,8 +121,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     ep = evs.add_parser("patches", help="ROC AUC, F1, balanced accuracy... on patch folders")
     ep.add_argument("--data", nargs="+", required=True, type=Path, metavar="DIR")
     ep.add_argument("--model", type=Path, default=None, help="model .json (default: bundled)")
-    ep.add_argument("--patients-from", type=Path, default=None, metavar="SPLIT_JSON",
-                    help="only the patients of one split of this split JSON")
+    ep.add_argument(
+        "--patients-from",
+        type=Path,
+        default=None,
+        metavar="SPLIT_JSON",
+        help="only the patients of one split of this split JSON",
+    )
     ep.add_argument("--split", choices=["train", "valid", "test"], default="test")
     ep.add_argument("--threshold", type=float, default=None, help="default: the model's")
     ep.add_argument("--device", default="auto")
@@ -92,31 +137,51 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     es = evs.add_parser("slides", help="Dice / IoU of the IDC mask against ground truth")
     es.add_argument("slides", nargs="+", type=Path, metavar="SLIDE")
-    es.add_argument("--truth", nargs="+", type=Path, default=None, metavar="FILE",
-                    help="cells.csv or QuPath .geojson per slide (default: <stem>.cells.csv "
-                         "beside each slide)")
+    es.add_argument(
+        "--truth",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="cells.csv or QuPath .geojson per slide (default: <stem>.cells.csv beside each slide)",
+    )
     es.add_argument("--model", type=Path, default=None, help="model .json (default: bundled)")
     es.add_argument("--threshold", type=float, default=None, help="default: the model's")
     es.add_argument("--device", default="auto")
-    es.add_argument("--direct", action="store_true",
-                    help="tile the mosaic directly instead of using idcmap.api.segment_slide")
-    es.add_argument("--out", "-o", type=Path, default=None,
-                    help="report JSON; the PNGs go beside it")
+    es.add_argument(
+        "--direct",
+        action="store_true",
+        help="tile the mosaic directly instead of using idcmap.api.segment_slide",
+    )
+    es.add_argument(
+        "--out", "-o", type=Path, default=None, help="report JSON; the PNGs go beside it"
+    )
     es.add_argument("--debug", action="store_true", help="print tracebacks")
     es.set_defaults(func=cmd_evaluate_slides)
 
     et = evs.add_parser(
-        "tune-regions", help="choose heatmap smoothing and region threshold on validation slides",
+        "tune-regions",
+        help="choose heatmap smoothing and region threshold on validation slides",
         description="Grid-search the heatmap smoothing (µm) and the region threshold that "
-                    "maximise the pooled Dice on slides with ground truth. Use validation "
-                    "slides only; --write stores the choice in the model's JSON.")
+        "maximise the pooled Dice on slides with ground truth. Use validation "
+        "slides only; --write stores the choice in the model's JSON.",
+    )
     et.add_argument("slides", nargs="+", type=Path, metavar="SLIDE")
-    et.add_argument("--truth", nargs="+", type=Path, default=None, metavar="FILE",
-                    help="cells.csv or QuPath .geojson per slide (default: <stem>.cells.csv)")
+    et.add_argument(
+        "--truth",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="cells.csv or QuPath .geojson per slide (default: <stem>.cells.csv)",
+    )
     et.add_argument("--model", type=Path, default=None, help="model .json (default: bundled)")
     et.add_argument("--device", default="auto")
-    et.add_argument("--write", action="store_true",
-                    help="write smooth_um and region_threshold into the model's JSON")
+    et.add_argument(
+        "--write",
+        action="store_true",
+        help="write smooth_um and region_threshold into the model's JSON",
+    )
     et.add_argument("--out", "-o", type=Path, default=None, help="report JSON")
     et.add_argument("--debug", action="store_true", help="print tracebacks")
     et.set_defaults(func=cmd_tune_regions)
@@ -134,16 +199,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     cfg = train(
-        args.data, args.out, epochs=args.epochs, seed=args.seed, lr=args.lr,
-        batch_size=args.batch_size, widths=args.widths, dropout=args.dropout,
-        weight_decay=args.wd, test_frac=args.test_frac, valid_frac=args.valid_frac,
-        mosaic_test=args.mosaic_test, split_path=args.split, max_patches=args.max_patches,
-        threshold_criterion=args.threshold_criterion, augment=not args.no_augment,
-        device=args.device, threads=args.threads, progress=not args.quiet,
+        args.data,
+        args.out,
+        epochs=args.epochs,
+        seed=args.seed,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        widths=args.widths,
+        dropout=args.dropout,
+        weight_decay=args.wd,
+        test_frac=args.test_frac,
+        valid_frac=args.valid_frac,
+        mosaic_test=args.mosaic_test,
+        split_path=args.split,
+        max_patches=args.max_patches,
+        threshold_criterion=args.threshold_criterion,
+        augment=not args.no_augment,
+        device=args.device,
+        threads=args.threads,
+        progress=not args.quiet,
         command="idcmap " + shlex.join(sys.argv[1:]),
     )
-    print(f"idcmap: model {args.out} (threshold {cfg.threshold:.2f}, "
-          f"sha256 {cfg.weights_sha256[:12]}…)")
+    print(
+        f"idcmap: model {args.out} (threshold {cfg.threshold:.2f}, "
+        f"sha256 {cfg.weights_sha256[:12]}…)"
+    )
     return 0
 
 
@@ -152,8 +232,9 @@ def cmd_evaluate_patches(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_patches, format_patch_table, write_json
 
     patients = read_split(args.patients_from)[args.split] if args.patients_from else None
-    rep = evaluate_patches(args.data, args.model, patients=patients, threshold=args.threshold,
-                           device=args.device)
+    rep = evaluate_patches(
+        args.data, args.model, patients=patients, threshold=args.threshold, device=args.device
+    )
     if args.patients_from:
         rep["patients_from"] = {"split_file": str(args.patients_from), "split": args.split}
     print(format_patch_table(rep))
@@ -184,8 +265,10 @@ def cmd_tune_regions(args: argparse.Namespace) -> int:
 
     rep = tune_regions(args.slides, _truths(args), args.model, device=args.device)
     b = rep["best"]
-    print(f"best pooled Dice {b['dice']:.3f} at smooth_um={b['smooth_um']:g}, "
-          f"region_threshold={b['threshold']:.2f} ({len(args.slides)} slides)")
+    print(
+        f"best pooled Dice {b['dice']:.3f} at smooth_um={b['smooth_um']:g}, "
+        f"region_threshold={b['threshold']:.2f} ({len(args.slides)} slides)"
+    )
     if args.out:
         write_json(rep, args.out)
         print(f"idcmap: report -> {args.out}")
@@ -195,7 +278,8 @@ def cmd_tune_regions(args: argparse.Namespace) -> int:
         cfg["smooth_um"] = b["smooth_um"]
         cfg["region_threshold"] = b["threshold"]
         cfg.setdefault("training", {})["regions"] = {
-            "chosen_on": [Path(s).stem for s in args.slides], "pooled_dice": round(b["dice"], 4),
+            "chosen_on": [Path(s).stem for s in args.slides],
+            "pooled_dice": round(b["dice"], 4),
             "command": " ".join(["idcmap", *sys.argv[1:]]) if sys.argv else "",
         }
         tmp = path.with_suffix(".json.tmp")
@@ -210,8 +294,15 @@ def cmd_evaluate_slides(args: argparse.Namespace) -> int:
 
     truths = _truths(args)
     png_dir = args.out.parent if args.out else None
-    rep = evaluate_slides(args.slides, truths, args.model, threshold=args.threshold,
-                          device=args.device, png_dir=png_dir, use_pipeline=not args.direct)
+    rep = evaluate_slides(
+        args.slides,
+        truths,
+        args.model,
+        threshold=args.threshold,
+        device=args.device,
+        png_dir=png_dir,
+        use_pipeline=not args.direct,
+    )
     print(format_slide_table(rep))
     if args.out:
         write_json(rep, args.out)

@@ -22,7 +22,8 @@ from .errors import UsageError
 
 PATCH_PX = 50
 NAME_RE = re.compile(
-    r"^(?P<patient>[^_/]+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<label>[01])\.png$")
+    r"^(?P<patient>[^_/]+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<label>[01])\.png$"
+)
 MOSAIC_MARKER = "MOSAICS.json"  # written by prepare_mosaics: marks a folder of whole-slide patients
 SPLITS = ("train", "valid", "test")
 
@@ -45,8 +46,10 @@ def list_patches(root: str | Path) -> list[PatchRecord]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise UsageError(f"data folder {root} not found; pass a folder in the IDC layout "
-                         "<patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<L>.png")
+        raise UsageError(
+            f"data folder {root} not found; pass a folder in the IDC layout "
+            "<patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<L>.png"
+        )
     out: list[PatchRecord] = []
     for p in sorted(root.glob("*/[01]/*.png")):
         m = NAME_RE.match(p.name)
@@ -100,8 +103,10 @@ def read_cells(path: str | Path) -> list[tuple[int, int, int, int, int]]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     try:
-        return [(int(r["x"]), int(r["y"]), int(r["width"]), int(r["height"]), int(r["label"]))
-                for r in rows]
+        return [
+            (int(r["x"]), int(r["y"]), int(r["width"]), int(r["height"]), int(r["label"]))
+            for r in rows
+        ]
     except (KeyError, ValueError) as e:
         raise UsageError(f"{path} is not a cells.csv with x,y,width,height,label ({e!r})") from e
 
@@ -144,7 +149,8 @@ def prepare_mosaics(slides_dir: str | Path, out_dir: str | Path) -> dict[str, in
             n += 1
         counts[patient] = n
     (out_dir / MOSAIC_MARKER).write_text(
-        json.dumps({"source": str(slides_dir), "patients": sorted(counts)}, indent=2) + "\n")
+        json.dumps({"source": str(slides_dir), "patients": sorted(counts)}, indent=2) + "\n"
+    )
     return counts
 
 
@@ -190,8 +196,9 @@ def read_split(path: str | Path) -> dict[str, list[str]]:
         d = json.loads(Path(path).read_text())
         return {s: [str(p) for p in d[s]] for s in SPLITS}
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"cannot read split {path} ({e!r}); pass a JSON written by 'idcmap train'"
-                         ) from e
+        raise UsageError(
+            f"cannot read split {path} ({e!r}); pass a JSON written by 'idcmap train'"
+        ) from e
 
 
 def select(records: Iterable[PatchRecord], patients: Iterable[str]) -> list[PatchRecord]:

@@ -83,8 +83,9 @@ def best_threshold(y: np.ndarray, p: np.ndarray, criterion: str = "f1") -> float
     return best_t
 
 
-def patch_report(y: np.ndarray, p: np.ndarray, patients: Sequence[str],
-                 threshold: float) -> dict[str, Any]:
+def patch_report(
+    y: np.ndarray, p: np.ndarray, patients: Sequence[str], threshold: float
+) -> dict[str, Any]:
     """Pooled metrics plus one entry per patient."""
     patients_arr = np.asarray(patients)
     per = {}
@@ -123,8 +124,16 @@ def evaluate_patches(
 
 
 def format_patch_table(rep: dict[str, Any]) -> str:
-    cols = ("n", "n_idc", "roc_auc", "f1", "balanced_accuracy", "accuracy", "sensitivity",
-            "specificity")
+    cols = (
+        "n",
+        "n_idc",
+        "roc_auc",
+        "f1",
+        "balanced_accuracy",
+        "accuracy",
+        "sensitivity",
+        "specificity",
+    )
     head = f"{'patient':>10} " + " ".join(f"{c[:8]:>8}" for c in cols)
     lines = [head, "-" * len(head)]
 
@@ -136,8 +145,9 @@ def format_patch_table(rep: dict[str, Any]) -> str:
     lines += ["-" * len(head), row("pooled", rep["pooled"])]
     tn, fp = rep["pooled"]["confusion"][0]
     fn, tp = rep["pooled"]["confusion"][1]
-    lines.append(f"threshold {rep['threshold']:.2f}; confusion [[tn fp] [fn tp]] = "
-                 f"[[{tn} {fp}] [{fn} {tp}]]")
+    lines.append(
+        f"threshold {rep['threshold']:.2f}; confusion [[tn fp] [fn tp]] = [[{tn} {fp}] [{fn} {tp}]]"
+    )
     return "\n".join(lines)
 
 
@@ -231,8 +241,9 @@ def read_truth(path: str | Path, grid: Grid) -> np.ndarray:
     raise UsageError(f"unknown truth format {path}; pass a cells.csv or a QuPath .geojson")
 
 
-def mosaic_probabilities(slide: str | Path, model: Any, cell: int = 50,
-                         batch_size: int = 512) -> tuple[np.ndarray, Grid]:
+def mosaic_probabilities(
+    slide: str | Path, model: Any, cell: int = 50, batch_size: int = 512
+) -> tuple[np.ndarray, Grid]:
     """Fallback without the pipeline: predict every ``cell``-px cell of a 4 µm/px mosaic
     (glass included; edge cells padded) and return the probability grid."""
     from .data import pad_patch, read_level0
@@ -240,14 +251,20 @@ def mosaic_probabilities(slide: str | Path, model: Any, cell: int = 50,
     img = read_level0(slide)
     h, w = img.shape[:2]
     rows, cols = math.ceil(h / cell), math.ceil(w / cell)
-    tiles = np.stack([pad_patch(img[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell], cell)
-                      for r in range(rows) for c in range(cols)])
+    tiles = np.stack(
+        [
+            pad_patch(img[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell], cell)
+            for r in range(rows)
+            for c in range(cols)
+        ]
+    )
     prob = model.predict(tiles, batch_size=batch_size).reshape(rows, cols)
     return prob, Grid(rows, cols, (0.0, 0.0), float(cell))
 
 
-def slide_prediction(slide: str | Path, model: Any, threshold: float | None,
-                     use_pipeline: bool = True) -> tuple[np.ndarray, Grid, str]:
+def slide_prediction(
+    slide: str | Path, model: Any, threshold: float | None, use_pipeline: bool = True
+) -> tuple[np.ndarray, Grid, str]:
     """Predicted IDC mask of a slide on its heatmap grid, via :func:`idcmap.api.segment_slide`
     when importable, else by tiling the mosaic directly. Returns (mask, grid, method)."""
     if use_pipeline:
@@ -261,8 +278,9 @@ def slide_prediction(slide: str | Path, model: Any, threshold: float | None,
             rows, cols = hm.prob.shape
             ox, oy = hm.origin_level0_px
             cell = hm.cell_level0_px
-            cell = (float(cell[0]), float(cell[1])) if isinstance(cell, (tuple, list)) \
-                else float(cell)
+            cell = (
+                (float(cell[0]), float(cell[1])) if isinstance(cell, (tuple, list)) else float(cell)
+            )
             grid = Grid(rows, cols, (float(ox), float(oy)), cell)
             return np.asarray(res.mask, dtype=bool), grid, "idcmap.api.segment_slide"
     prob, grid = mosaic_probabilities(slide, model)
@@ -270,8 +288,13 @@ def slide_prediction(slide: str | Path, model: Any, threshold: float | None,
     return prob >= thr, grid, "direct mosaic tiling (50-px cells, no smoothing)"
 
 
-def comparison_png(pred: np.ndarray, truth: np.ndarray, out: str | Path,
-                   slide: str | Path | None = None, scale: int = 8) -> None:
+def comparison_png(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    out: str | Path,
+    slide: str | Path | None = None,
+    scale: int = 8,
+) -> None:
     """A PNG of the cell grid: green = both IDC, red = predicted only (FP), blue = truth only
     (FN), over a grey thumbnail of the slide when it can be read."""
     from PIL import Image
@@ -315,8 +338,9 @@ def evaluate_slides(
         raise UsageError(f"{len(slides)} slides but {len(truths)} truth files; pass one per slide")
     m = model if isinstance(model, IDCModel) else load_model(model, device=device)
     cfg = m.config
-    region = cfg.region_threshold if use_pipeline and cfg.region_threshold is not None \
-        else cfg.threshold
+    region = (
+        cfg.region_threshold if use_pipeline and cfg.region_threshold is not None else cfg.threshold
+    )
     thr = region if threshold is None else threshold
     per: dict[str, Any] = {}
     tot = {"intersection": 0, "pred_cells": 0, "truth_cells": 0}
@@ -324,8 +348,14 @@ def evaluate_slides(
         pred, grid, method = slide_prediction(s, m, threshold, use_pipeline=use_pipeline)
         truth = read_truth(t, grid)
         r = dice_iou(pred, truth)
-        r.update({"truth": str(t), "method": method, "grid": [grid.rows, grid.cols],
-                  "cell_level0_px": grid.cell})
+        r.update(
+            {
+                "truth": str(t),
+                "method": method,
+                "grid": [grid.rows, grid.cols],
+                "cell_level0_px": grid.cell,
+            }
+        )
         if png_dir is not None:
             png = Path(png_dir) / f"{Path(s).stem}.pred_vs_truth.png"
             comparison_png(pred, truth, png, slide=s)
@@ -334,12 +364,20 @@ def evaluate_slides(
         for k in tot:
             tot[k] += r[k]
     p, t, i = tot["pred_cells"], tot["truth_cells"], tot["intersection"]
-    pooled = {**tot, "dice": 2 * i / (p + t) if p + t else 1.0,
-              "iou": i / (p + t - i) if p + t - i else 1.0,
-              "mean_dice": float(np.mean([v["dice"] for v in per.values()]))}
+    pooled = {
+        **tot,
+        "dice": 2 * i / (p + t) if p + t else 1.0,
+        "iou": i / (p + t - i) if p + t - i else 1.0,
+        "mean_dice": float(np.mean([v["dice"] for v in per.values()])),
+    }
     smooth_um = cfg.smooth_um if use_pipeline else 0.0
-    return {"threshold": thr, "smooth_um": smooth_um, "per_slide": per, "pooled": pooled,
-            "model": {"path": str(m.path), "sha256": m.sha256, "version": m.config.version}}
+    return {
+        "threshold": thr,
+        "smooth_um": smooth_um,
+        "per_slide": per,
+        "pooled": pooled,
+        "model": {"path": str(m.path), "sha256": m.sha256, "version": m.config.version},
+    }
 
 
 def tune_regions(
@@ -380,8 +418,12 @@ def tune_regions(
             dice = 2 * inter / (pred + true) if pred + true else 1.0
             table.append({"smooth_um": float(sigma), "threshold": float(thr), "dice": dice})
     best = max(table, key=lambda r: r["dice"])
-    return {"best": best, "table": table, "slides": [str(s) for s in slides],
-            "model": {"path": str(m.path), "sha256": m.sha256}}
+    return {
+        "best": best,
+        "table": table,
+        "slides": [str(s) for s in slides],
+        "model": {"path": str(m.path), "sha256": m.sha256},
+    }
 
 
 def format_slide_table(rep: dict[str, Any]) -> str:
@@ -389,13 +431,17 @@ def format_slide_table(rep: dict[str, Any]) -> str:
     lines = [head, "-" * len(head)]
 
     def row(name: str, v: dict[str, Any]) -> str:
-        return (f"{name:>12} {v['dice']:>7.3f} {v['iou']:>7.3f} {v['pred_cells']:>6d} "
-                f"{v['truth_cells']:>6d} {v['intersection']:>6d}")
+        return (
+            f"{name:>12} {v['dice']:>7.3f} {v['iou']:>7.3f} {v['pred_cells']:>6d} "
+            f"{v['truth_cells']:>6d} {v['intersection']:>6d}"
+        )
 
     lines += [row(k, v) for k, v in rep["per_slide"].items()]
-    lines += ["-" * len(head), row("pooled", rep["pooled"]),
-              f"mean Dice over slides {rep['pooled']['mean_dice']:.3f}; threshold "
-              f"{rep['threshold']:.2f}"]
+    lines += [
+        "-" * len(head),
+        row("pooled", rep["pooled"]),
+        f"mean Dice over slides {rep['pooled']['mean_dice']:.3f}; threshold {rep['threshold']:.2f}",
+    ]
     return "\n".join(lines)
 
 

@@ -135,8 +135,9 @@ class _Reader(Protocol):
     properties: dict[str, Any]
     vendor: str | None
 
-    def read(self, location_level0_px: tuple[int, int], level: int,
-             size: tuple[int, int]) -> np.ndarray: ...
+    def read(
+        self, location_level0_px: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray: ...
 
     def close(self) -> None: ...
 
@@ -162,8 +163,9 @@ class _OpenSlideReader:
         self.properties = dict(self._osr.properties)
         self.vendor = self.properties.get("openslide.vendor")
 
-    def read(self, location_level0_px: tuple[int, int], level: int,
-             size: tuple[int, int]) -> np.ndarray:
+    def read(
+        self, location_level0_px: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
         img = self._osr.read_region(location_level0_px, level, size)
         if img.mode == "RGBA" and img.getextrema()[3][0] == 255:
             return np.asarray(img.convert("RGB"))  # opaque: PIL drops alpha in one C pass
@@ -220,14 +222,17 @@ class _TiffSlideReader:
         arr = np.asarray(self._ts.read_region(loc, level, size, as_array=True, padding=True))
         return arr[..., None] if arr.ndim == 2 else arr
 
-    def read(self, location_level0_px: tuple[int, int], level: int,
-             size: tuple[int, int]) -> np.ndarray:
+    def read(
+        self, location_level0_px: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
         arr = self._raw(location_level0_px, level, size)
         if self.scaling is not None:
             return self.scaling(arr)
         if arr.dtype != np.uint8 or arr.shape[2] not in (3, 4):
-            raise UnsupportedImageError(f"tiffslide returned {arr.dtype} with {arr.shape[2]} "
-                                        "channels; use --force-rgb to process it anyway")
+            raise UnsupportedImageError(
+                f"tiffslide returned {arr.dtype} with {arr.shape[2]} "
+                "channels; use --force-rgb to process it anyway"
+            )
         return _flatten_alpha(arr)
 
     def close(self) -> None:
@@ -237,9 +242,16 @@ class _TiffSlideReader:
 class _ImageReader:
     """A plain image held in memory as one level (shared read-only between handles)."""
 
-    def __init__(self, path: str, allow_non_rgb: bool, *, shared: np.ndarray | None = None,
-                 fmt: str | None = None, dpi: tuple[float, float] | None = None,
-                 converted_from: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        allow_non_rgb: bool,
+        *,
+        shared: np.ndarray | None = None,
+        fmt: str | None = None,
+        dpi: tuple[float, float] | None = None,
+        converted_from: str | None = None,
+    ) -> None:
         self.converted_from = converted_from
         self.dpi = dpi
         self.vendor = fmt
@@ -273,8 +285,9 @@ class _ImageReader:
         self.converted_from = what
         return _Scaling(arr)(arr)
 
-    def read(self, location_level0_px: tuple[int, int], level: int,
-             size: tuple[int, int]) -> np.ndarray:
+    def read(
+        self, location_level0_px: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
         x, y = location_level0_px
         w, h = size
         return self.array[y : y + h, x : x + w]
@@ -284,8 +297,10 @@ class _ImageReader:
 
 
 def _non_rgb_message(path: str, what: str) -> str:
-    return (f"{Path(path).name} is not 8-bit brightfield RGB ({what}); idcmap's model needs H&E "
-            "RGB. Use --force-rgb to process it anyway (channels min–max scaled to 8-bit RGB)")
+    return (
+        f"{Path(path).name} is not 8-bit brightfield RGB ({what}); idcmap's model needs H&E "
+        "RGB. Use --force-rgb to process it anyway (channels min–max scaled to 8-bit RGB)"
+    )
 
 
 # --------------------------------------------------------------------------- TIFF facts
@@ -358,8 +373,10 @@ def _mpp_from_tags(page: Any) -> tuple[tuple[float, float] | None, str | None]:
     mx, my = per_unit / xres, per_unit / yres
     if not (_plausible(mx) and _plausible(my)):
         dpi = xres * 25400 / per_unit
-        return None, (f"its TIFF resolution tags say {mx:.4g} µm/px ({dpi:.0f} dpi), "
-                      "a screen-style value that means nothing")
+        return None, (
+            f"its TIFF resolution tags say {mx:.4g} µm/px ({dpi:.0f} dpi), "
+            "a screen-style value that means nothing"
+        )
     return (mx, my), None
 
 
@@ -414,8 +431,9 @@ class Slide:
 
     # -- reading
 
-    def read_region(self, location_level0_px: tuple[int, int], level: int,
-                    size: tuple[int, int]) -> np.ndarray:
+    def read_region(
+        self, location_level0_px: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
         """uint8 H×W×3 RGB of ``size`` = (width, height) level px at ``location_level0_px``.
 
         Like OpenSlide: the location is full-frame level-0 px (bounds not subtracted); pixels
@@ -464,8 +482,10 @@ class Slide:
             )
             raise SlideError(self._failed) from e
         if arr.shape != (size[1], size[0], 3) or arr.dtype != np.uint8:
-            self._failed = (f"{self._name}: {self.info.backend} returned {arr.shape} "
-                            f"{arr.dtype} for a {size[0]}x{size[1]} read; try another --backend")
+            self._failed = (
+                f"{self._name}: {self.info.backend} returned {arr.shape} "
+                f"{arr.dtype} for a {size[0]}x{size[1]} read; try another --backend"
+            )
             raise SlideError(self._failed)
         return arr
 
@@ -497,8 +517,9 @@ class Slide:
                 cw, ch = min(chunk, lw - cx), min(chunk, lh - cy)
                 loc = (math.ceil((lx0 + cx) * d - 1e-7), math.ceil((ly0 + cy) * d - 1e-7))
                 part = handle.read_region(loc, level, (cw, ch))
-                small[cy // k : cy // k + math.ceil(ch / k),
-                      cx // k : cx // k + math.ceil(cw / k)] = _block_mean(part, k)
+                small[
+                    cy // k : cy // k + math.ceil(ch / k), cx // k : cx // k + math.ceil(cw / k)
+                ] = _block_mean(part, k)
 
         if len(chunks) < 4:
             read_chunks(self, chunks)
@@ -509,8 +530,9 @@ class Slide:
             handles = [self] + [self.reopen() for _ in range(n - 1)]
             try:
                 with ThreadPoolExecutor(max_workers=n) as pool:
-                    jobs = [pool.submit(read_chunks, h, chunks[i::n])
-                            for i, h in enumerate(handles)]
+                    jobs = [
+                        pool.submit(read_chunks, h, chunks[i::n]) for i, h in enumerate(handles)
+                    ]
                     for job in jobs:
                         job.result()
             finally:
@@ -542,8 +564,10 @@ class Slide:
 
     def __repr__(self) -> str:
         i = self.info
-        return (f"Slide({i.path!r}, backend={i.backend!r}, {i.dimensions[0]}x{i.dimensions[1]} px, "
-                f"{i.level_count} levels, {i.mpp:.4g} µm/px)")
+        return (
+            f"Slide({i.path!r}, backend={i.backend!r}, {i.dimensions[0]}x{i.dimensions[1]} px, "
+            f"{i.level_count} levels, {i.mpp:.4g} µm/px)"
+        )
 
     @property
     def _name(self) -> str:
@@ -551,8 +575,10 @@ class Slide:
 
     def _check_level(self, level: int) -> None:
         if not 0 <= level < self.info.level_count:
-            raise UsageError(f"level {level} does not exist; {self._name} has levels "
-                             f"0..{self.info.level_count - 1}")
+            raise UsageError(
+                f"level {level} does not exist; {self._name} has levels "
+                f"0..{self.info.level_count - 1}"
+            )
 
 
 def _block_mean(arr: np.ndarray, k: int) -> np.ndarray:
@@ -586,8 +612,10 @@ def _resolve_path(path: str | os.PathLike[str]) -> str:
         dcm = sorted(p.glob("*.dcm"))
         if dcm:  # a DICOM WSI series: OpenSlide opens it from any of its files
             return str(dcm[0])
-        raise SlideError(f"{p} is a folder without slides; pass slide files (e.g. {p}/*.svs) "
-                         "or a folder holding one DICOM WSI series (.dcm files)")
+        raise SlideError(
+            f"{p} is a folder without slides; pass slide files (e.g. {p}/*.svs) "
+            "or a folder holding one DICOM WSI series (.dcm files)"
+        )
     if not os.access(p, os.R_OK):
         raise SlideError(f"{p}: permission denied; make the file readable")
     if p.stat().st_size == 0:
@@ -640,8 +668,10 @@ def open_slide(
     if mpp is not None:
         m = _float(mpp)
         if m is None or not USER_MPP[0] <= m <= USER_MPP[1]:
-            raise UsageError(f"--mpp {mpp} is outside {USER_MPP[0]}–{USER_MPP[1]:g} µm/px; give "
-                             "the scan's µm per pixel (about 0.25 for 40x, 0.5 for 20x)")
+            raise UsageError(
+                f"--mpp {mpp} is outside {USER_MPP[0]}–{USER_MPP[1]:g} µm/px; give "
+                "the scan's µm per pixel (about 0.25 for 40x, 0.5 for 20x)"
+            )
         mpp = m
     spath = _resolve_path(path)
     name = Path(spath).name
@@ -653,7 +683,8 @@ def open_slide(
         if backend == "openslide":
             raise UnsupportedImageError(
                 f"{name}: OpenSlide would misread this non-RGB image ({facts.non_rgb}); "
-                "use --backend tiffslide (or auto) with --force-rgb")
+                "use --backend tiffslide (or auto) with --force-rgb"
+            )
         scaling = True
 
     if backend == "auto":  # PIL only for what tifffile cannot parse (tiffslide opens the rest)
@@ -679,10 +710,14 @@ def open_slide(
                 if bk == "tiffslide" and scaling is True:
                     scaling = reader.scaling
                 factory = _make_reader(bk, spath, scaling)
-            if (bk == "openslide" and backend == "auto" and facts is not None
-                    and reader.vendor == "generic-tiff"
-                    and facts.levels > len(reader.level_dimensions)
-                    and "tiffslide" in order[i + 1 :]):
+            if (
+                bk == "openslide"
+                and backend == "auto"
+                and facts is not None
+                and reader.vendor == "generic-tiff"
+                and facts.levels > len(reader.level_dimensions)
+                and "tiffslide" in order[i + 1 :]
+            ):
                 reader.close()  # tiffslide sees the SubIFD / OME levels OpenSlide ignores
                 order.insert(i + 1, "tiffslide")
                 errors.append(f"{bk}: sees {len(reader.level_dimensions)} of {facts.levels} levels")
@@ -702,8 +737,14 @@ def open_slide(
 
 
 def _image_factory(path: str, first: _ImageReader) -> Callable[[], _Reader]:
-    return lambda: _ImageReader(path, True, shared=first.array, fmt=first.vendor, dpi=first.dpi,
-                                converted_from=first.converted_from)
+    return lambda: _ImageReader(
+        path,
+        True,
+        shared=first.array,
+        fmt=first.vendor,
+        dpi=first.dpi,
+        converted_from=first.converted_from,
+    )
 
 
 def _close_quietly(reader: Any) -> None:
@@ -716,23 +757,27 @@ def _open_failure(path: str, backend: str, facts: _TiffFacts | None, errors: lis
     name = Path(path).name
     detail = "; ".join(errors)
     if backend != "auto":
-        return (f"{name}: cannot be read with --backend {backend} ({detail}); "
-                "try --backend auto")
+        return f"{name}: cannot be read with --backend {backend} ({detail}); try --backend auto"
     if facts is None:
         with open(path, "rb") as f:
             head = f.read(4)
         looks_tiff = head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
         if looks_tiff:
-            return (f"{name}: a damaged or truncated TIFF ({detail}); copy or export it again")
-        return (f"{name}: not a slide or image format idcmap can read ({detail}); "
-                "convert it to a tiled pyramidal TIFF or check that the file is complete")
-    return (f"{name}: the file opens but its pixels cannot be decoded ({detail}); it may be "
-            "corrupt, truncated or use an unsupported compression: re-export it (e.g. as a "
-            "JPEG tiled pyramidal TIFF)")
+            return f"{name}: a damaged or truncated TIFF ({detail}); copy or export it again"
+        return (
+            f"{name}: not a slide or image format idcmap can read ({detail}); "
+            "convert it to a tiled pyramidal TIFF or check that the file is complete"
+        )
+    return (
+        f"{name}: the file opens but its pixels cannot be decoded ({detail}); it may be "
+        "corrupt, truncated or use an unsupported compression: re-export it (e.g. as a "
+        "JPEG tiled pyramidal TIFF)"
+    )
 
 
-def _build_info(path: str, backend: str, reader: Any, facts: _TiffFacts | None,
-                user_mpp: float | None) -> SlideInfo:
+def _build_info(
+    path: str, backend: str, reader: Any, facts: _TiffFacts | None, user_mpp: float | None
+) -> SlideInfo:
     props = reader.properties
     w0, h0 = reader.level_dimensions[0]
     mpp, mpp_y, source = _resolution(path, backend, reader, facts, user_mpp)
@@ -753,16 +798,23 @@ def _build_info(path: str, backend: str, reader: Any, facts: _TiffFacts | None,
     if backend == "image":
         converted = reader.converted_from
     return SlideInfo(
-        path=path, backend=backend, vendor=vendor,
+        path=path,
+        backend=backend,
+        vendor=vendor,
         level_dimensions=tuple(reader.level_dimensions),
         level_downsamples=tuple(reader.level_downsamples),
-        mpp=mpp, mpp_y=mpp_y, mpp_source=source, bounds_level0_px=bounds,
-        objective_power=obj if obj and obj > 0 else None, converted_from=converted,
+        mpp=mpp,
+        mpp_y=mpp_y,
+        mpp_source=source,
+        bounds_level0_px=bounds,
+        objective_power=obj if obj and obj > 0 else None,
+        converted_from=converted,
     )
 
 
-def _resolution(path: str, backend: str, reader: Any, facts: _TiffFacts | None,
-                user_mpp: float | None) -> tuple[float, float, str]:
+def _resolution(
+    path: str, backend: str, reader: Any, facts: _TiffFacts | None, user_mpp: float | None
+) -> tuple[float, float, str]:
     """(mpp_x, mpp_y, source) by the rules in the module docstring."""
     if user_mpp is not None:
         return user_mpp, user_mpp, "user"
@@ -793,4 +845,3 @@ def slide_info(path: str | os.PathLike[str], **kw: Any) -> SlideInfo:
     """:class:`SlideInfo` of a slide (same keywords as :func:`open_slide`)."""
     with open_slide(path, **kw) as s:
         return s.info
-

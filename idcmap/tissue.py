@@ -91,16 +91,26 @@ def detect_tissue(
         min_object_um2: tissue pieces smaller than this (µm²) are dropped.
         min_hole_um2: holes in tissue smaller than this (µm²) are filled.
     """
-    for name, v in (("target_mpp", target_mpp), ("min_object_um2", min_object_um2),
-                    ("min_hole_um2", min_hole_um2)):
+    for name, v in (
+        ("target_mpp", target_mpp),
+        ("min_object_um2", min_object_um2),
+        ("min_hole_um2", min_hole_um2),
+    ):
         if not (math.isfinite(v) and v >= 0) or (name == "target_mpp" and v <= 0):
             raise UsageError(f"tissue {name} must be a positive number, got {v}")
     rgb, (sx, sy) = slide.read_at_mpp(target_mpp)
     mpp_x, mpp_y = sx * slide.info.mpp, sy * slide.info.mpp_y
-    mask = tissue_mask_from_rgb(rgb, mpp_x, mpp_y, min_object_um2=min_object_um2,
-                                min_hole_um2=min_hole_um2)
-    return TissueMask(mask=mask, origin_level0_px=(0.0, 0.0), px_level0=(sx, sy), mpp=mpp_x,
-                      thumbnail=rgb, mpp_y=mpp_y)
+    mask = tissue_mask_from_rgb(
+        rgb, mpp_x, mpp_y, min_object_um2=min_object_um2, min_hole_um2=min_hole_um2
+    )
+    return TissueMask(
+        mask=mask,
+        origin_level0_px=(0.0, 0.0),
+        px_level0=(sx, sy),
+        mpp=mpp_x,
+        thumbnail=rgb,
+        mpp_y=mpp_y,
+    )
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:

@@ -47,9 +47,14 @@ def dihedral(x: torch.Tensor) -> torch.Tensor:
     return pick(flips[:, 2], x.transpose(2, 3), x)
 
 
-def colour_jitter(x: torch.Tensor, hed: float = 0.05, hed_bias: float = 0.02,
-                  brightness: float = 0.08, contrast: float = 0.15,
-                  saturation: float = 0.15) -> torch.Tensor:
+def colour_jitter(
+    x: torch.Tensor,
+    hed: float = 0.05,
+    hed_bias: float = 0.02,
+    brightness: float = 0.08,
+    contrast: float = 0.15,
+    saturation: float = 0.15,
+) -> torch.Tensor:
     """Stain and colour augmentation of float N×3×H×W in [0, 1], drawn per sample.
 
     HED jitter (Tellez et al. 2018): optical density → H, E, D; scale each by 1 ± ``hed`` and
@@ -82,8 +87,14 @@ def _array_dl_class() -> type:
     from fastai.data.load import DataLoader
 
     class ArrayDL(DataLoader):  # type: ignore[misc]
-        def __init__(self, x: torch.Tensor, y: torch.Tensor, augment: bool = False,
-                     channels_last: bool = False, **kw: Any) -> None:
+        def __init__(
+            self,
+            x: torch.Tensor,
+            y: torch.Tensor,
+            augment: bool = False,
+            channels_last: bool = False,
+            **kw: Any,
+        ) -> None:
             super().__init__(n=len(x), num_workers=0, indexed=True, **kw)
             self.x, self.y, self.augment, self.channels_last = x, y, augment, channels_last
 
@@ -192,19 +203,24 @@ def train(
     else:
         groups = {d: sorted({r.patient for r in rs}) for d, rs in recs_by_dir.items()}
         test_counts = {d: mosaic_test for d in groups if data.is_mosaic_folder(d)}
-        split = data.split_patients(groups, seed=seed, test_frac=test_frac,
-                                    valid_frac=valid_frac, test_counts=test_counts)
+        split = data.split_patients(
+            groups, seed=seed, test_frac=test_frac, valid_frac=valid_frac, test_counts=test_counts
+        )
     recs = [r for rs in recs_by_dir.values() for r in rs]
-    parts = {s: _subsample(data.select(recs, split[s]), max_patches, seed + i)
-             for i, s in enumerate(data.SPLITS)}
+    parts = {
+        s: _subsample(data.select(recs, split[s]), max_patches, seed + i)
+        for i, s in enumerate(data.SPLITS)
+    }
     for s in ("train", "valid"):
         if not parts[s] or len({r.label for r in parts[s]}) < 2:
             raise UsageError(f"the {s} split needs patches of both classes; add data or patients")
     split_file = out.with_suffix(".split.json")
     data.write_split(split, split_file, seed=seed, data=[str(d) for d in data_dirs])
-    log(f"patients train/valid/test: {len(split['train'])}/{len(split['valid'])}/"
+    log(
+        f"patients train/valid/test: {len(split['train'])}/{len(split['valid'])}/"
         f"{len(split['test'])}; patches {len(parts['train'])}/{len(parts['valid'])}/"
-        f"{len(parts['test'])}; split -> {split_file}")
+        f"{len(parts['test'])}; split -> {split_file}"
+    )
 
     t0 = time.time()
     arrays = {s: data.load_patches(parts[s]) for s in data.SPLITS if parts[s]}
@@ -213,9 +229,16 @@ def train(
     mean, std = channel_stats(arrays["train"])
 
     # ---- model, loaders, learner -------------------------------------------------------------
-    cfg = ModelConfig(name=name, version=version, architecture="idcnet-v1", mpp=4.0,
-                      patch_px=data.PATCH_PX, mean=tuple(mean), std=tuple(std),  # type: ignore[arg-type]
-                      arch_params={"widths": [int(w) for w in widths], "dropout": dropout})
+    cfg = ModelConfig(
+        name=name,
+        version=version,
+        architecture="idcnet-v1",
+        mpp=4.0,
+        patch_px=data.PATCH_PX,
+        mean=tuple(mean),
+        std=tuple(std),  # type: ignore[arg-type]
+        arch_params={"widths": [int(w) for w in widths], "dropout": dropout},
+    )
     net = cfg.build()
     cpu = dev.type == "cpu"
     if cpu:
@@ -226,10 +249,24 @@ def train(
         return x, torch.from_numpy(labels[s]).to(dev)
 
     array_dl = _array_dl_class()
-    train_dl = array_dl(*tensors("train"), augment=augment, channels_last=cpu, bs=batch_size,
-                        shuffle=True, drop_last=True, device=dev)
-    valid_dl = array_dl(*tensors("valid"), augment=False, channels_last=cpu, bs=512,
-                        shuffle=False, drop_last=False, device=dev)
+    train_dl = array_dl(
+        *tensors("train"),
+        augment=augment,
+        channels_last=cpu,
+        bs=batch_size,
+        shuffle=True,
+        drop_last=True,
+        device=dev,
+    )
+    valid_dl = array_dl(
+        *tensors("valid"),
+        augment=False,
+        channels_last=cpu,
+        bs=512,
+        shuffle=False,
+        drop_last=False,
+        device=dev,
+    )
     dls = DataLoaders(train_dl, valid_dl, device=dev)
 
     # class imbalance: weight each class by the inverse of its frequency in the training split
@@ -238,8 +275,15 @@ def train(
     loss = torch.nn.CrossEntropyLoss(weight=class_w)
 
     tmp = tempfile.TemporaryDirectory(prefix="idcmap-train-")  # lr_find's scratch files
-    learn = Learner(dls, net, loss_func=loss, metrics=[accuracy, RocAucBinary()],
-                    wd=weight_decay, path=tmp.name, model_dir=".")
+    learn = Learner(
+        dls,
+        net,
+        loss_func=loss,
+        metrics=[accuracy, RocAucBinary()],
+        wd=weight_decay,
+        path=tmp.name,
+        model_dir=".",
+    )
     if not progress:
         learn.remove_cb(ProgressCallback)
     if dev.type == "cuda":
@@ -250,14 +294,18 @@ def train(
         sugg = learn.lr_find(num_it=lr_find_iters, show_plot=False)
     lr_suggested = float(sugg.valley)
     lr_used = float(lr) if lr is not None else float(min(max(lr_suggested, 3e-4), 1e-2))
-    log(f"lr_find: suggested {lr_suggested:.2e} ({time.time() - t0:.0f} s); "
-        f"fit_one_cycle lr_max {lr_used:.2e}")
+    log(
+        f"lr_find: suggested {lr_suggested:.2e} ({time.time() - t0:.0f} s); "
+        f"fit_one_cycle lr_max {lr_used:.2e}"
+    )
 
     t_fit = time.time()
     learn.fit_one_cycle(epochs, lr_max=lr_used)
     fit_s = time.time() - t_fit
-    history = [dict(zip(learn.recorder.metric_names[1:-1], [_num(v) for v in vals], strict=False))
-               for vals in learn.recorder.values]
+    history = [
+        dict(zip(learn.recorder.metric_names[1:-1], [_num(v) for v in vals], strict=False))
+        for vals in learn.recorder.values
+    ]
     tmp.cleanup()
 
     # ---- threshold on validation, metrics on validation and test ---------------------------------
@@ -267,8 +315,10 @@ def train(
     thr = best_threshold(labels["valid"], probs["valid"], threshold_criterion)
     metrics = {s: binary_metrics(labels[s], probs[s], thr) for s in probs}
     for s, m in metrics.items():
-        log(f"{s:>5}: AUC {m['roc_auc']:.4f} F1 {m['f1']:.4f} BAC {m['balanced_accuracy']:.4f} "
-            f"acc {m['accuracy']:.4f} (threshold {thr:.2f}, n={m['n']})")
+        log(
+            f"{s:>5}: AUC {m['roc_auc']:.4f} F1 {m['f1']:.4f} BAC {m['balanced_accuracy']:.4f} "
+            f"acc {m['accuracy']:.4f} (threshold {thr:.2f}, n={m['n']})"
+        )
 
     training = {
         "framework": "fastai",
@@ -285,8 +335,11 @@ def train(
         "schedule": "fit_one_cycle",
         "weight_decay": weight_decay,
         "loss": f"cross-entropy, class weights {[round(float(w), 4) for w in class_w]}",
-        "augmentation": ("dihedral (8) + HED stain jitter + brightness/contrast/saturation"
-                         if augment else "none"),
+        "augmentation": (
+            "dihedral (8) + HED stain jitter + brightness/contrast/saturation"
+            if augment
+            else "none"
+        ),
         "threshold_criterion": f"max {threshold_criterion} on validation patients",
         "metrics": metrics,
         "history": history,
@@ -301,8 +354,10 @@ def train(
     training["fastai"] = fastai.__version__
     cfg = ModelConfig(**{**cfg.__dict__, "threshold": thr, "training": training})
     written = save_model(net.cpu(), cfg, out)
-    log(f"model -> {out} (+ {out.with_suffix('.safetensors').name}); fit {fit_s:.0f} s, "
-        f"total {time.time() - t_start:.0f} s")
+    log(
+        f"model -> {out} (+ {out.with_suffix('.safetensors').name}); fit {fit_s:.0f} s, "
+        f"total {time.time() - t_start:.0f} s"
+    )
     return written
 
 

@@ -53,8 +53,9 @@ needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is abse
 G, B = 40, 150  # green and blue of every tissue cell: saturated pink-purple
 
 
-def cell_image(mpp: float, rows: int = 4, cols: int = 5, seed: int = 0,
-               glass_row: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def cell_image(
+    mpp: float, rows: int = 4, cols: int = 5, seed: int = 0, glass_row: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 image of rows×cols 200-µm cells with random red, red per cell); the last row is
     glass (white) when ``glass_row``."""
     red = np.random.default_rng(seed).integers(60, 250, size=(rows, cols)).astype(np.uint8)
@@ -84,18 +85,27 @@ def marks(stdout: str, mark: str) -> list[str]:
 # --------------------------------------------------------------------------- writers
 
 
-def write_leica_scn(path: Path, img: np.ndarray, mpp: float, offset_px: tuple[int, int],
-                    frame_px: tuple[int, int], downsamples: tuple[int, ...] = (1, 4)) -> Path:
+def write_leica_scn(
+    path: Path,
+    img: np.ndarray,
+    mpp: float,
+    offset_px: tuple[int, int],
+    frame_px: tuple[int, int],
+    downsamples: tuple[int, ...] = (1, 4),
+) -> Path:
     """A Leica SCN (BigTIFF, XML ImageDescription in the 2010/10/01 namespace): one brightfield
     main image placed at ``offset_px`` in a ``frame_px`` collection. OpenSlide's leica driver
     makes the frame its level 0 and reports the main image as ``openslide.bounds-*``."""
     h, w = img.shape[:2]
     nm = mpp * 1000  # the XML counts in nanometres ("clicks")
-    levels = [img] + [np.asarray(Image.fromarray(img).resize((round(w / d), round(h / d)),
-                                                             Image.Resampling.BOX))
-                      for d in downsamples[1:]]
-    dims = "".join(f'<dimension sizeX="{lv.shape[1]}" sizeY="{lv.shape[0]}" r="{i}" ifd="{i}"/>'
-                   for i, lv in enumerate(levels))
+    levels = [img] + [
+        np.asarray(Image.fromarray(img).resize((round(w / d), round(h / d)), Image.Resampling.BOX))
+        for d in downsamples[1:]
+    ]
+    dims = "".join(
+        f'<dimension sizeX="{lv.shape[1]}" sizeY="{lv.shape[0]}" r="{i}" ifd="{i}"/>'
+        for i, lv in enumerate(levels)
+    )
     xml = (
         '<?xml version="1.0" encoding="utf-8"?>'
         '<scn xmlns="http://www.leica-microsystems.com/scn/2010/10/01">'
@@ -107,22 +117,34 @@ def write_leica_scn(path: Path, img: np.ndarray, mpp: float, offset_px: tuple[in
         f'<view sizeX="{round(w * nm)}" sizeY="{round(h * nm)}" '
         f'offsetX="{round(offset_px[0] * nm)}" offsetY="{round(offset_px[1] * nm)}" '
         'spacingZ="0"/>'
-        '<scanSettings><objectiveSettings><objective>20</objective></objectiveSettings>'
-        '<illuminationSettings><numericalAperture>0.4</numericalAperture>'
-        '<illuminationSource>brightfield</illuminationSource></illuminationSettings>'
-        '</scanSettings></image></collection></scn>'
+        "<scanSettings><objectiveSettings><objective>20</objective></objectiveSettings>"
+        "<illuminationSettings><numericalAperture>0.4</numericalAperture>"
+        "<illuminationSource>brightfield</illuminationSource></illuminationSettings>"
+        "</scanSettings></image></collection></scn>"
     )
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         for i, lv in enumerate(levels):
             res = 1e4 / (mpp * downsamples[i])
-            tif.write(lv, tile=(128, 128), compression="zlib", photometric="rgb",
-                      description=xml if i == 0 else None, resolution=(res, res),
-                      resolutionunit="CENTIMETER", metadata=None)
+            tif.write(
+                lv,
+                tile=(128, 128),
+                compression="zlib",
+                photometric="rgb",
+                description=xml if i == 0 else None,
+                resolution=(res, res),
+                resolutionunit="CENTIMETER",
+                metadata=None,
+            )
     return path
 
 
-def write_dicom_wsi(folder: Path, img: np.ndarray, mpp: float,
-                    downsamples: tuple[int, ...] = (1, 4), tile: int = 128) -> list[Path]:
+def write_dicom_wsi(
+    folder: Path,
+    img: np.ndarray,
+    mpp: float,
+    downsamples: tuple[int, ...] = (1, 4),
+    tile: int = 128,
+) -> list[Path]:
     """A DICOM VL Whole Slide Microscopy series (one TILED_FULL instance per level, native RGB,
     explicit VR little endian), written with pydicom. Returns the files, level 0 first."""
     pydicom = pytest.importorskip("pydicom", reason="pydicom writes the DICOM WSI test files")
@@ -135,8 +157,13 @@ def write_dicom_wsi(folder: Path, img: np.ndarray, mpp: float,
     h0, w0 = img.shape[:2]
     paths = []
     for i, d in enumerate(downsamples):
-        lv = img if d == 1 else np.asarray(
-            Image.fromarray(img).resize((round(w0 / d), round(h0 / d)), Image.Resampling.BOX))
+        lv = (
+            img
+            if d == 1
+            else np.asarray(
+                Image.fromarray(img).resize((round(w0 / d), round(h0 / d)), Image.Resampling.BOX)
+            )
+        )
         h, w = lv.shape[:2]
         th, tw = -(-h // tile), -(-w // tile)
         padded = np.full((th * tile, tw * tile, 3), 255, np.uint8)
@@ -191,37 +218,105 @@ def write_dicom_wsi(folder: Path, img: np.ndarray, mpp: float,
 
 # name → (writer(folder, img, mpp) → path, mpp, expected backend, vendor, levels, tolerance)
 FORMATS: dict[str, tuple[Any, float, str, str | None, int, float]] = {
-    "tiled-tiff-zlib": (lambda d, im, m: write_pyramid_tiff(
-        d / "s.tiff", im, m, downsamples=(1, 4), compression="zlib"),
-        2.0, "openslide", "generic-tiff", 2, 1.5),
-    "tiled-tiff-jpeg": (lambda d, im, m: write_pyramid_tiff(d / "s.tiff", im, m),
-                        1.0, "openslide", "generic-tiff", 3, 4),
-    "bigtiff": (lambda d, im, m: write_pyramid_tiff(
-        d / "s.tiff", im, m, downsamples=(1, 4), compression="zlib", bigtiff=True),
-        2.0, "openslide", "generic-tiff", 2, 1.5),
-    "one-level": (lambda d, im, m: write_pyramid_tiff(
-        d / "s.tiff", im, m, downsamples=(1,), compression="zlib"),
-        1.0, "openslide", "generic-tiff", 1, 1.5),
+    "tiled-tiff-zlib": (
+        lambda d, im, m: write_pyramid_tiff(
+            d / "s.tiff", im, m, downsamples=(1, 4), compression="zlib"
+        ),
+        2.0,
+        "openslide",
+        "generic-tiff",
+        2,
+        1.5,
+    ),
+    "tiled-tiff-jpeg": (
+        lambda d, im, m: write_pyramid_tiff(d / "s.tiff", im, m),
+        1.0,
+        "openslide",
+        "generic-tiff",
+        3,
+        4,
+    ),
+    "bigtiff": (
+        lambda d, im, m: write_pyramid_tiff(
+            d / "s.tiff", im, m, downsamples=(1, 4), compression="zlib", bigtiff=True
+        ),
+        2.0,
+        "openslide",
+        "generic-tiff",
+        2,
+        1.5,
+    ),
+    "one-level": (
+        lambda d, im, m: write_pyramid_tiff(
+            d / "s.tiff", im, m, downsamples=(1,), compression="zlib"
+        ),
+        1.0,
+        "openslide",
+        "generic-tiff",
+        1,
+        1.5,
+    ),
     # level 1 at 2.5 µm/px: read it and resize 1.6:1 (cells stay whole model px)
-    "non-integer-downsample": (lambda d, im, m: write_pyramid_tiff(
-        d / "s.tiff", im, m, downsamples=(1, 2.5), compression="zlib"),
-        1.0, "openslide", "generic-tiff", 2, 1.5),
-    "aperio-svs": (lambda d, im, m: write_svs_like(d / "s.svs", im, mpp=m, downsamples=(1, 4)),
-                   1.0, "openslide", "aperio", 2, 4),
-    "ome-tiff": (lambda d, im, m: write_ome_tiff(d / "s.ome.tiff", im, m),
-                 1.0, "tiffslide", "ome", 2, 1.5),
-    "subifd-pyramid": (lambda d, im, m: write_pyramid_tiff(
-        d / "s.tiff", im, m, compression="zlib", subifds=True),
-        1.0, "tiffslide", None, 3, 1.5),
-    "striped-tiff": (lambda d, im, m: write_striped_tiff(d / "s.tiff", im, m),
-                     2.0, "tiffslide", None, 1, 1.5),
+    "non-integer-downsample": (
+        lambda d, im, m: write_pyramid_tiff(
+            d / "s.tiff", im, m, downsamples=(1, 2.5), compression="zlib"
+        ),
+        1.0,
+        "openslide",
+        "generic-tiff",
+        2,
+        1.5,
+    ),
+    "aperio-svs": (
+        lambda d, im, m: write_svs_like(d / "s.svs", im, mpp=m, downsamples=(1, 4)),
+        1.0,
+        "openslide",
+        "aperio",
+        2,
+        4,
+    ),
+    "ome-tiff": (
+        lambda d, im, m: write_ome_tiff(d / "s.ome.tiff", im, m),
+        1.0,
+        "tiffslide",
+        "ome",
+        2,
+        1.5,
+    ),
+    "subifd-pyramid": (
+        lambda d, im, m: write_pyramid_tiff(d / "s.tiff", im, m, compression="zlib", subifds=True),
+        1.0,
+        "tiffslide",
+        None,
+        3,
+        1.5,
+    ),
+    "striped-tiff": (
+        lambda d, im, m: write_striped_tiff(d / "s.tiff", im, m),
+        2.0,
+        "tiffslide",
+        None,
+        1,
+        1.5,
+    ),
     "png": (lambda d, im, m: write_image(d / "s.png", im), 2.0, "image", "png", 1, 1.5),
-    "jpeg": (lambda d, im, m: write_image(d / "s.jpg", im, quality=95),
-             2.0, "image", "jpeg", 1, 4),
-    "dicom-file": (lambda d, im, m: write_dicom_wsi(d / "series", im, m)[0],
-                   2.0, "openslide", "dicom", 2, 1.5),
-    "dicom-folder": (lambda d, im, m: write_dicom_wsi(d / "series", im, m)[0].parent,
-                     2.0, "openslide", "dicom", 2, 1.5),
+    "jpeg": (lambda d, im, m: write_image(d / "s.jpg", im, quality=95), 2.0, "image", "jpeg", 1, 4),
+    "dicom-file": (
+        lambda d, im, m: write_dicom_wsi(d / "series", im, m)[0],
+        2.0,
+        "openslide",
+        "dicom",
+        2,
+        1.5,
+    ),
+    "dicom-folder": (
+        lambda d, im, m: write_dicom_wsi(d / "series", im, m)[0].parent,
+        2.0,
+        "openslide",
+        "dicom",
+        2,
+        1.5,
+    ),
 }
 
 
@@ -251,14 +346,17 @@ def test_leica_bounds_put_regions_in_qupaths_frame(tmp_path: Path) -> None:
     the heatmap and the regions are in QuPath's frame (bounds origin subtracted), so cell
     (r, c) is slide cell (r, c) and every region vertex lies on the 100-px cell lattice."""
     img, red = cell_image(2.0, rows=4, cols=6, seed=7)
-    path = write_leica_scn(tmp_path / "s.scn", img, 2.0, offset_px=(100, 50),
-                           frame_px=(1000, 600))
+    path = write_leica_scn(tmp_path / "s.scn", img, 2.0, offset_px=(100, 50), frame_px=(1000, 600))
     with open_slide(path) as s:
         assert (s.info.backend, s.info.vendor) == ("openslide", "leica")
         assert s.info.dimensions == (1000, 600)
         assert s.info.bounds_level0_px == (100, 50, 600, 400)
-    res = segment_slide(path, model=colour_model(dense=True, threshold=0.5), progress=False,
-                        params=Params(min_region_um2=0, min_hole_um2=0, simplify_um=0))
+    res = segment_slide(
+        path,
+        model=colour_model(dense=True, threshold=0.5),
+        progress=False,
+        params=Params(min_region_um2=0, min_hole_um2=0, simplify_um=0),
+    )
     hm = res.heatmap
     assert hm.shape == red.shape and hm.origin_level0_px == (0.0, 0.0)
     np.testing.assert_allclose(hm.prob[:-1], red[:-1] / 255.0, atol=1.5 / 255)
@@ -281,15 +379,18 @@ def test_cli_dicom_folder_is_one_slide_and_leica_info(
     series = write_dicom_wsi(tmp_path / "series", img, 2.0)[0].parent
     scn = write_leica_scn(tmp_path / "s.scn", img, 2.0, (40, 20), (700, 500))
     model = tiny_model_file(tmp_path)
-    rc, out, _ = run_cli(["run", str(series), "--out", str(tmp_path / "o"), "--model",
-                          str(model), "-q"], capsys)
+    rc, out, _ = run_cli(
+        ["run", str(series), "--out", str(tmp_path / "o"), "--model", str(model), "-q"], capsys
+    )
     assert rc == 0 and "1 done" in out
     summary = json.loads((tmp_path / "o" / "series" / "summary.json").read_text())
     assert summary["slide"]["vendor"] == "dicom"
     assert sorted(p.name for p in (tmp_path / "o").iterdir() if not p.name.startswith(".")) == [
-        "series"]
-    rc, out, _ = run_cli(["run", str(series), "--out", str(tmp_path / "o"), "--model",
-                          str(model), "-q"], capsys)
+        "series"
+    ]
+    rc, out, _ = run_cli(
+        ["run", str(series), "--out", str(tmp_path / "o"), "--model", str(model), "-q"], capsys
+    )
     assert rc == 0 and "1 skipped" in out  # the same name for is_done and the outputs
     rc, out, _ = run_cli(["info", str(scn), "--json"], capsys)
     assert rc == 0
@@ -306,8 +407,9 @@ def test_no_usable_mpp_is_an_error_naming_mpp_and_mpp_fixes_it(
 ) -> None:
     img, _ = cell_image(2.0, rows=3, cols=3)
     slides = [
-        write_pyramid_tiff(tmp_path / "no-unit.tiff", img, 2.0, resolution_unit=None,
-                           compression="zlib"),
+        write_pyramid_tiff(
+            tmp_path / "no-unit.tiff", img, 2.0, resolution_unit=None, compression="zlib"
+        ),
         write_pyramid_tiff(tmp_path / "dpi72.tiff", img, None, dpi=72, compression="zlib"),
         write_striped_tiff(tmp_path / "dpi96.tiff", img, 25400 / 96, resolution_unit="inch"),
         write_image(tmp_path / "plain.png", img),
@@ -341,8 +443,9 @@ def test_non_rgb_is_refused_naming_force_rgb_and_force_rgb_runs(
     png16 = tmp_path / "gray16.png"
     Image.fromarray(img[..., 0].astype(np.uint16) * 257).save(png16)
     slides = [
-        write_pyramid_tiff(tmp_path / "rgb16.tiff", img.astype(np.uint16) * 257, 2.0,
-                           compression="zlib"),
+        write_pyramid_tiff(
+            tmp_path / "rgb16.tiff", img.astype(np.uint16) * 257, 2.0, compression="zlib"
+        ),
         write_pyramid_tiff(tmp_path / "gray.tiff", img[..., 0].copy(), 2.0, compression="zlib"),
         write_ome_tiff(tmp_path / "fluo.ome.tiff", fl, 2.0, axes="CYX"),
         png16,
@@ -358,8 +461,7 @@ def test_non_rgb_is_refused_naming_force_rgb_and_force_rgb_runs(
     for stem in ("rgb16", "gray", "fluo", "gray16"):
         s = json.loads((tmp_path / "o" / stem / "summary.json").read_text())
         assert s["slide"]["converted_from"], stem
-        validate_qupath_geojson(json.loads((tmp_path / "o" / stem / f"{stem}.geojson")
-                                           .read_text()))
+        validate_qupath_geojson(json.loads((tmp_path / "o" / stem / f"{stem}.geojson").read_text()))
 
 
 # --------------------------------------------------------------------------- tissue extremes
@@ -368,15 +470,22 @@ def test_non_rgb_is_refused_naming_force_rgb_and_force_rgb_runs(
 def test_no_tissue_all_tissue_and_smaller_than_a_tile(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    blank = write_pyramid_tiff(tmp_path / "blank.tiff", np.full((400, 500, 3), 245, np.uint8),
-                               2.0, downsamples=(1, 4), compression="zlib")
+    blank = write_pyramid_tiff(
+        tmp_path / "blank.tiff",
+        np.full((400, 500, 3), 245, np.uint8),
+        2.0,
+        downsamples=(1, 4),
+        compression="zlib",
+    )
     full_img, full_red = cell_image(2.0, rows=3, cols=4, seed=5, glass_row=False)
-    full = write_pyramid_tiff(tmp_path / "full.tiff", full_img, 2.0, downsamples=(1, 4),
-                              compression="zlib")
+    full = write_pyramid_tiff(
+        tmp_path / "full.tiff", full_img, 2.0, downsamples=(1, 4), compression="zlib"
+    )
     tiny_img = np.empty((30, 45, 3), np.uint8)  # 120×180 µm: under one 200-µm tile
     tiny_img[:] = (200, G, B)
-    tiny = write_pyramid_tiff(tmp_path / "tiny.tiff", tiny_img, 4.0, downsamples=(1,),
-                              compression="zlib", tile=16)
+    tiny = write_pyramid_tiff(
+        tmp_path / "tiny.tiff", tiny_img, 4.0, downsamples=(1,), compression="zlib", tile=16
+    )
 
     params = Params(min_region_um2=0, min_hole_um2=0, simplify_um=0)
     res = segment_slide(full, model=colour_model(dense=True), progress=False, params=params)
@@ -390,19 +499,34 @@ def test_no_tissue_all_tissue_and_smaller_than_a_tile(
     assert res.heatmap.shape == (1, 1)
     assert res.heatmap.tissue.all()  # 120×180 µm of tissue: 54 % of the padded tile
     # the tile is the slide padded with white: mean red = (200·30·45 + 255·(2500−1350)) / 2500
-    assert res.heatmap.prob[0, 0] == pytest.approx((200 * 1350 + 255 * 1150) / 2500 / 255,
-                                                   abs=1.5 / 255)
+    assert res.heatmap.prob[0, 0] == pytest.approx(
+        (200 * 1350 + 255 * 1150) / 2500 / 255, abs=1.5 / 255
+    )
 
     # the CLI writes valid outputs for all three (the empty one: an empty FeatureCollection)
     model = tiny_model_file(tmp_path)
-    rc, out, _ = run_cli(["run", str(blank), str(full), str(tiny), "--out",
-                          str(tmp_path / "o"), "--model", str(model), "-q"], capsys)
+    rc, out, _ = run_cli(
+        [
+            "run",
+            str(blank),
+            str(full),
+            str(tiny),
+            "--out",
+            str(tmp_path / "o"),
+            "--model",
+            str(model),
+            "-q",
+        ],
+        capsys,
+    )
     assert rc == 0 and len(marks(out, "✓")) == 3, out
     for stem in ("blank", "full", "tiny"):
         gj = json.loads((tmp_path / "o" / stem / f"{stem}.geojson").read_text())
         validate_qupath_geojson(gj)
     assert json.loads((tmp_path / "o" / "blank" / "blank.geojson").read_text()) == {
-        "type": "FeatureCollection", "features": []}
+        "type": "FeatureCollection",
+        "features": [],
+    }
     s = json.loads((tmp_path / "o" / "blank" / "summary.json").read_text())
     assert (s["regions"], s["tissue_area_mm2"], s["tiles"]["evaluated"]) == (0, 0, 0)
 
@@ -416,8 +540,9 @@ red_values = st.one_of(st.integers(60, 115), st.integers(140, 250))  # clear of 
 @st.composite
 def cell_slides(draw: st.DrawFn) -> dict[str, Any]:
     rows, cols = draw(st.integers(1, 6)), draw(st.integers(1, 6))
-    red = np.array(draw(st.lists(red_values, min_size=rows * cols, max_size=rows * cols)),
-                   np.uint8).reshape(rows, cols)
+    red = np.array(
+        draw(st.lists(red_values, min_size=rows * cols, max_size=rows * cols)), np.uint8
+    ).reshape(rows, cols)
     glass = draw(st.lists(st.booleans(), min_size=rows * cols, max_size=rows * cols))
     return {
         "red": red,
@@ -428,8 +553,11 @@ def cell_slides(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-@settings(max_examples=15, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(cell_slides())
 def test_property_cell_slide_to_geojson_round_trips_to_the_mask(case: dict[str, Any]) -> None:
     """Random cell slides (some cells glass) → segment_slide → QuPath GeoJSON that validates,
@@ -441,10 +569,20 @@ def test_property_cell_slide_to_geojson_round_trips_to_the_mask(case: dict[str, 
     img[..., 1], img[..., 2] = G, B
     img[np.kron(glass, np.ones((cell, cell), bool))] = 255
     with tempfile.TemporaryDirectory() as d:
-        path = write_pyramid_tiff(Path(d) / "p.tiff", img, mpp, downsamples=case["downsamples"],
-                                  compression="zlib", tile=64)
-        res = segment_slide(path, model=colour_model(dense=case["dense"]), progress=False,
-                            params=Params(min_region_um2=0, min_hole_um2=0, simplify_um=0))
+        path = write_pyramid_tiff(
+            Path(d) / "p.tiff",
+            img,
+            mpp,
+            downsamples=case["downsamples"],
+            compression="zlib",
+            tile=64,
+        )
+        res = segment_slide(
+            path,
+            model=colour_model(dense=case["dense"]),
+            progress=False,
+            params=Params(min_region_um2=0, min_hole_um2=0, simplify_um=0),
+        )
     hm = res.heatmap
     assert hm.shape == red.shape
     tissue = hm.tissue

@@ -98,8 +98,13 @@ def test_dense_equals_tiles_on_a_real_mosaic(model, stride: int) -> None:  # typ
     dense = model.predict_dense(block, stride)
     n = (300 - 50) // stride + 1
     assert dense.shape == (n, n)
-    tiles = np.stack([block[i * stride : i * stride + 50, j * stride : j * stride + 50]
-                      for i in range(n) for j in range(n)])
+    tiles = np.stack(
+        [
+            block[i * stride : i * stride + 50, j * stride : j * stride + 50]
+            for i in range(n)
+            for j in range(n)
+        ]
+    )
     tile_p = model.predict(tiles).reshape(n, n)
     np.testing.assert_allclose(dense, tile_p, atol=1e-4, rtol=0)
     assert dense.std() > 0.01  # a real block: not a constant answer
@@ -120,8 +125,13 @@ def test_fast_engine_equals_the_plain_torch_network(model, stride: int) -> None:
     with torch.inference_mode():
         ref_dense = torch.softmax(model.net.forward_dense(x, stride), 1)[0, 1].numpy()
         n_r, n_c = ref_dense.shape
-        tiles = torch.stack([x[0, :, i * stride : i * stride + 50, j * stride : j * stride + 50]
-                             for i in range(n_r) for j in range(n_c)])
+        tiles = torch.stack(
+            [
+                x[0, :, i * stride : i * stride + 50, j * stride : j * stride + 50]
+                for i in range(n_r)
+                for j in range(n_c)
+            ]
+        )
         ref_tiles = torch.softmax(model.net(tiles), 1)[:, 1].numpy().reshape(n_r, n_c)
     np.testing.assert_allclose(ref_dense, ref_tiles, atol=1e-5, rtol=0)
     np.testing.assert_allclose(model.predict_dense(block, stride), ref_dense, atol=1e-4, rtol=0)

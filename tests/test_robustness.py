@@ -185,9 +185,23 @@ def test_bad_inputs_fail_one_line_each_and_batch_goes_on(
     ]
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "idcmap", "run", *inputs, "--out", str(out),
-         "--model", str(kit["model"]), "--quiet", "--workers", "2"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "idcmap",
+            "run",
+            *inputs,
+            "--out",
+            str(out),
+            "--model",
+            str(kit["model"]),
+            "--quiet",
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert_one_line_errors(proc.stdout + proc.stderr)
@@ -208,12 +222,23 @@ def test_bad_inputs_fail_one_line_each_and_batch_goes_on(
     assert assert_no_partial(out, ["s0"], leftovers_ok=False) == ["s0"]
 
 
-def test_only_bad_inputs_exit_nonzero(tmp_path: Path, kit: dict[str, Path],
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_only_bad_inputs_exit_nonzero(
+    tmp_path: Path, kit: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "empty").mkdir()
-    rc, out, err = run_cli(["run", str(tmp_path / "empty"), str(tmp_path / "nope.tiff"),
-                            "--out", str(tmp_path / "o"), "--model", str(kit["model"]), "-q"],
-                           capsys)
+    rc, out, err = run_cli(
+        [
+            "run",
+            str(tmp_path / "empty"),
+            str(tmp_path / "nope.tiff"),
+            "--out",
+            str(tmp_path / "o"),
+            "--model",
+            str(kit["model"]),
+            "-q",
+        ],
+        capsys,
+    )
     assert rc == 1
     assert "0 done, 0 skipped, 2 failed" in out
     assert_one_line_errors(out + err)
@@ -240,12 +265,18 @@ def test_only_bad_inputs_exit_nonzero(tmp_path: Path, kit: dict[str, Path],
     ],
 )
 def test_nonsense_options_are_refused(
-    tmp_path: Path, kit: dict[str, Path], args: list[str], rc: int, needle: str,
+    tmp_path: Path,
+    kit: dict[str, Path],
+    args: list[str],
+    rc: int,
+    needle: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "o"
-    got, so, se = run_cli(["run", str(kit["s0"]), "--out", str(out), "--model",
-                           str(kit["model"]), "-q", *args], capsys)
+    got, so, se = run_cli(
+        ["run", str(kit["s0"]), "--out", str(out), "--model", str(kit["model"]), "-q", *args],
+        capsys,
+    )
     assert got == rc
     assert needle in se
     error_lines = [ln for ln in se.splitlines() if "error" in ln]
@@ -255,18 +286,43 @@ def test_nonsense_options_are_refused(
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_cuda_asked_for_but_absent(tmp_path: Path, kit: dict[str, Path],
-                                   capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, err = run_cli(["run", str(kit["s0"]), "--out", str(tmp_path / "o"), "--model",
-                            str(kit["model"]), "--device", "cuda", "-q"], capsys)
+def test_cuda_asked_for_but_absent(
+    tmp_path: Path, kit: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out, err = run_cli(
+        [
+            "run",
+            str(kit["s0"]),
+            "--out",
+            str(tmp_path / "o"),
+            "--model",
+            str(kit["model"]),
+            "--device",
+            "cuda",
+            "-q",
+        ],
+        capsys,
+    )
     assert rc == 2 and "no CUDA GPU" in err and "--device cpu" in err
     assert_one_line_errors(out + err)
 
 
 def test_debug_shows_the_traceback(tmp_path: Path, kit: dict[str, Path]) -> None:
     with pytest.raises(UsageError, match="--threshold"):
-        main(["run", str(kit["s0"]), "--out", str(tmp_path / "o"), "--model",
-              str(kit["model"]), "--threshold", "1.5", "--debug", "-q"])
+        main(
+            [
+                "run",
+                str(kit["s0"]),
+                "--out",
+                str(tmp_path / "o"),
+                "--model",
+                str(kit["model"]),
+                "--threshold",
+                "1.5",
+                "--debug",
+                "-q",
+            ]
+        )
 
 
 # --------------------------------------------------------------------------- model files
@@ -293,8 +349,17 @@ def _model_copy(kit: dict[str, Path], folder: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "case", ["flipped-byte", "random-json", "pickle-as-json", "pickle-as-safetensors",
-             "pickle-unchecked", "truncated-weights", "missing-weights", "missing-json"]
+    "case",
+    [
+        "flipped-byte",
+        "random-json",
+        "pickle-as-json",
+        "pickle-as-safetensors",
+        "pickle-unchecked",
+        "truncated-weights",
+        "missing-weights",
+        "missing-json",
+    ],
 )
 def test_damaged_or_foreign_model_is_refused_never_unpickled(
     tmp_path: Path, kit: dict[str, Path], case: str, capsys: pytest.CaptureFixture[str]
@@ -303,11 +368,16 @@ def test_damaged_or_foreign_model_is_refused_never_unpickled(
     evil = pickle.dumps({"state_dict": _Boom(marker)})
     model = _model_copy(kit, tmp_path / "model")
     weights = model.with_suffix(".safetensors")
-    needle = {"flipped-byte": "sha256", "random-json": "not an idcmap model",
-              "pickle-as-json": "cannot read model config",
-              "pickle-as-safetensors": "sha256", "pickle-unchecked": "cannot load weights",
-              "truncated-weights": "sha256", "missing-weights": "missing",
-              "missing-json": "not found"}[case]
+    needle = {
+        "flipped-byte": "sha256",
+        "random-json": "not an idcmap model",
+        "pickle-as-json": "cannot read model config",
+        "pickle-as-safetensors": "sha256",
+        "pickle-unchecked": "cannot load weights",
+        "truncated-weights": "sha256",
+        "missing-weights": "missing",
+        "missing-json": "not found",
+    }[case]
     if case == "flipped-byte":
         data = bytearray(weights.read_bytes())
         data[len(data) // 2] ^= 0x01
@@ -329,28 +399,42 @@ def test_damaged_or_foreign_model_is_refused_never_unpickled(
         weights.unlink()
     elif case == "missing-json":
         model = tmp_path / "nope.json"
-    rc, out, err = run_cli(["run", str(kit["s0"]), "--out", str(tmp_path / "o"),
-                            "--model", str(model), "-q"], capsys)
+    rc, out, err = run_cli(
+        ["run", str(kit["s0"]), "--out", str(tmp_path / "o"), "--model", str(model), "-q"], capsys
+    )
     assert rc == 2, out + err
     assert needle in err and err.count("\n") == 1, err
     assert_one_line_errors(out + err)
     assert not marker.exists(), "a pickle was unpickled"
     assert not (tmp_path / "o" / "s0").exists()
     with pytest.raises(ModelError):
-        main(["run", str(kit["s0"]), "--out", str(tmp_path / "o"), "--model", str(model),
-              "--debug", "-q"])
+        main(
+            [
+                "run",
+                str(kit["s0"]),
+                "--out",
+                str(tmp_path / "o"),
+                "--model",
+                str(model),
+                "--debug",
+                "-q",
+            ]
+        )
 
 
 # --------------------------------------------------------------------------- output folder
 
 
-def test_output_path_under_a_file_is_refused(tmp_path: Path, kit: dict[str, Path],
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_output_path_under_a_file_is_refused(
+    tmp_path: Path, kit: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     """Root ignores permission bits, so 'unwritable' is a path that cannot be a folder."""
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    rc, out, err = run_cli(["run", str(kit["s0"]), "--out", str(blocker / "sub"), "--model",
-                            str(kit["model"]), "-q"], capsys)
+    rc, out, err = run_cli(
+        ["run", str(kit["s0"]), "--out", str(blocker / "sub"), "--model", str(kit["model"]), "-q"],
+        capsys,
+    )
     assert rc == 2 and "cannot write to output folder" in err and "--out" in err
     assert_one_line_errors(out + err)
 
@@ -358,11 +442,13 @@ def test_output_path_under_a_file_is_refused(tmp_path: Path, kit: dict[str, Path
 @contextmanager
 def _mount_tmpfs(where: Path, options: str) -> Iterator[Path]:
     where.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True
+    )
     if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN): "
-                    f"{res.stderr.strip()}")
+        pytest.skip(
+            f"cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN): {res.stderr.strip()}"
+        )
     try:
         yield where
     finally:
@@ -370,12 +456,15 @@ def _mount_tmpfs(where: Path, options: str) -> Iterator[Path]:
             subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
-def test_read_only_output_folder(tmp_path: Path, kit: dict[str, Path],
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_read_only_output_folder(
+    tmp_path: Path, kit: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     """A read-only mount stops root too (chmod 0o500 would not)."""
     with _mount_tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
-        rc, out, err = run_cli(["run", str(kit["s0"]), "--out", str(ro / "out"), "--model",
-                                str(kit["model"]), "-q"], capsys)
+        rc, out, err = run_cli(
+            ["run", str(kit["s0"]), "--out", str(ro / "out"), "--model", str(kit["model"]), "-q"],
+            capsys,
+        )
     assert rc == 2 and "cannot write to output folder" in err
     assert_one_line_errors(out + err)
 
@@ -393,8 +482,7 @@ def test_full_disk_fails_the_slide_cleanly_and_keeps_finished_ones(
         st = os.statvfs(disk)
         free = st.f_bavail * st.f_frsize
         (disk / "filler").write_bytes(b"\0" * max(0, free - 16 * 1024))
-        rc, so, se = run_cli(["run", str(kit["s0"]), str(kit["s1"]), str(kit["s2"]), *args],
-                             capsys)
+        rc, so, se = run_cli(["run", str(kit["s0"]), str(kit["s1"]), str(kit["s2"]), *args], capsys)
         assert rc == 1, so + se
         assert_one_line_errors(so + se)
         fails = [ln for ln in so.splitlines() if ln.startswith("✗ ")]
@@ -425,13 +513,27 @@ SCENARIOS = [
 
 @pytest.mark.parametrize(("signame", "when"), SCENARIOS)
 def test_interrupted_run_loses_nothing_and_rerun_finishes(
-    tmp_path: Path, kit: dict[str, Path], signame: str, when: str,
+    tmp_path: Path,
+    kit: dict[str, Path],
+    signame: str,
+    when: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     names = ["s0", "s1", "s2"]
     out = tmp_path / "out"
-    proc = spawn(["run", *slides(kit, 3), "--out", str(out), "--model", str(kit["model"]),
-                  "-q", "--workers", "0"])
+    proc = spawn(
+        [
+            "run",
+            *slides(kit, 3),
+            "--out",
+            str(out),
+            "--model",
+            str(kit["model"]),
+            "-q",
+            "--workers",
+            "0",
+        ]
+    )
     try:
         if when == "first-done":
             wait_for(lambda: (out / "s0").is_dir(), proc)
@@ -463,8 +565,20 @@ def test_interrupted_run_loses_nothing_and_rerun_finishes(
     assert len(done) < 3
     finished_before = {n: (out / n / "summary.json").read_bytes() for n in done}
 
-    rc, so, se = run_cli(["run", *slides(kit, 3), "--out", str(out), "--model",
-                          str(kit["model"]), "-q", "--workers", "0"], capsys)
+    rc, so, se = run_cli(
+        [
+            "run",
+            *slides(kit, 3),
+            "--out",
+            str(out),
+            "--model",
+            str(kit["model"]),
+            "-q",
+            "--workers",
+            "0",
+        ],
+        capsys,
+    )
     assert rc == 0, so + se
     assert marks(so, "✓") == 3 - len(done) and marks(so, "-") == len(done), so
     assert assert_no_partial(out, names, leftovers_ok=False) == names
@@ -492,8 +606,17 @@ def test_overwrite_killed_between_renames_keeps_the_old_output(
 
 def test_two_runs_on_one_folder_do_each_slide_once(tmp_path: Path, kit: dict[str, Path]) -> None:
     out = tmp_path / "out"
-    args = ["run", *slides(kit, 4), "--out", str(out), "--model", str(kit["model"]), "-q",
-            "--workers", "0"]
+    args = [
+        "run",
+        *slides(kit, 4),
+        "--out",
+        str(out),
+        "--model",
+        str(kit["model"]),
+        "-q",
+        "--workers",
+        "0",
+    ]
     procs = [spawn(args), spawn(args)]
     results = [p.communicate(timeout=240) for p in procs]
     for p, (so, se) in zip(procs, results, strict=True):

@@ -48,16 +48,19 @@ def gen(tmp_path_factory: pytest.TempPathFactory, he: np.ndarray) -> dict[str, P
         "svs": write_svs_like(d / "like.svs", he, mpp=0.499, downsamples=(1, 4)),
         "ome": write_ome_tiff(d / "rgb.ome.tiff", he, 0.5),
         "ome_fl": write_ome_tiff(
-            d / "fl.ome.tiff", (rng.random((5, 300, 400)) * 4000).astype(np.uint16), 0.65),
+            d / "fl.ome.tiff", (rng.random((5, 300, 400)) * 4000).astype(np.uint16), 0.65
+        ),
         "striped": write_striped_tiff(d / "striped.tiff", he, 0.5),
-        "u16": write_pyramid_tiff(d / "u16.tiff", he.astype(np.uint16) * 257, 0.5,
-                                  compression="zlib"),
+        "u16": write_pyramid_tiff(
+            d / "u16.tiff", he.astype(np.uint16) * 257, 0.5, compression="zlib"
+        ),
         "gray": write_pyramid_tiff(d / "gray.tiff", he[..., 1], 0.5),
         "png": write_image(d / "plain.png", he),
         "jpg": write_image(d / "plain.jpg", he, quality=95),
         "png16": _png16(d / "gray16.png", he),
-        "tiny": write_pyramid_tiff(d / "tiny.tiff", he[:37, :23].copy(), 0.5, downsamples=(1,),
-                                   tile=16),
+        "tiny": write_pyramid_tiff(
+            d / "tiny.tiff", he[:37, :23].copy(), 0.5, downsamples=(1,), tile=16
+        ),
     }
 
 
@@ -287,8 +290,9 @@ def test_reopen_threads(shared: Path) -> None:
     def work() -> None:
         with slide.reopen() as mine:
             for _ in range(5):
-                results.append(np.array_equal(mine.read_region((512, 512), 0, (256, 256)),
-                                              expected))
+                results.append(
+                    np.array_equal(mine.read_region((512, 512), 0, (256, 256)), expected)
+                )
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:
@@ -327,8 +331,18 @@ def test_failed_handle_sticks(tmp_path: Path, shared: Path) -> None:
 
 def test_slideinfo_fields() -> None:
     names = [f for f in SlideInfo.__dataclass_fields__]
-    assert names[:10] == ["path", "backend", "vendor", "level_dimensions", "level_downsamples",
-                          "mpp", "mpp_y", "mpp_source", "bounds_level0_px", "objective_power"]
+    assert names[:10] == [
+        "path",
+        "backend",
+        "vendor",
+        "level_dimensions",
+        "level_downsamples",
+        "mpp",
+        "mpp_y",
+        "mpp_source",
+        "bounds_level0_px",
+        "objective_power",
+    ]
     assert hasattr(Slide, "reopen")
 
 

@@ -38,8 +38,9 @@ def test_mosaics_keep_idc_and_drop_glass(shared: Path) -> None:
             for row in csv.DictReader(f):
                 x, y, w, h, label = (int(row[k]) for k in ("x", "y", "width", "height", "label"))
                 sx, sy = tm.px_level0
-                covered[int(y / sy) : round((y + h) / sy) + 1,
-                        int(x / sx) : round((x + w) / sx) + 1] = True
+                covered[
+                    int(y / sy) : round((y + h) / sy) + 1, int(x / sx) : round((x + w) / sx) + 1
+                ] = True
                 if label == 1:
                     idc += 1
                     kept += _cell_fraction(tm, x, y, w, h) >= 0.2
@@ -92,8 +93,9 @@ def test_half_tissue_matches_truth(d: Path) -> None:
     assert tm.origin_level0_px == (0.0, 0.0)
     assert (sx * 4.0, sy * 4.0) == (pytest.approx(16.0, rel=0.02), pytest.approx(16.0, rel=0.02))
     rows, cols = tm.mask.shape
-    t = truth[(np.arange(rows) * sy + sy / 2).astype(int)][:, (np.arange(cols) * sx + sx / 2)
-                                                           .astype(int)]
+    t = truth[(np.arange(rows) * sy + sy / 2).astype(int)][
+        :, (np.arange(cols) * sx + sx / 2).astype(int)
+    ]
     iou = (t & tm.mask).sum() / (t | tm.mask).sum()
     assert iou > 0.9
     assert tm.area_um2 == pytest.approx(truth.sum() * 16.0, rel=0.1)

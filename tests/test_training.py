@@ -99,8 +99,9 @@ def test_prepare_mosaics_cuts_every_cell(idc_data: Path, tmp_path: Path) -> None
     img = data.read_level0(slides / f"{SMALL_MOSAIC}.tiff")
     x, y, w, h, label = cells[len(cells) // 2]
     p = out / SMALL_MOSAIC / str(label) / f"{SMALL_MOSAIC}_idx5_x{x + 1}_y{y + 1}_class{label}.png"
-    np.testing.assert_array_equal(data.load_patches([data.list_patches(out)[0]])[0].shape,
-                                  (50, 50, 3))
+    np.testing.assert_array_equal(
+        data.load_patches([data.list_patches(out)[0]])[0].shape, (50, 50, 3)
+    )
     from PIL import Image
 
     np.testing.assert_array_equal(np.asarray(Image.open(p)), img[y : y + h, x : x + w])
@@ -114,8 +115,18 @@ def test_tiny_real_training_run(idc_data: Path, tmp_path: Path) -> None:
     from idcmap.train import train
 
     out = tmp_path / "tiny.json"
-    cfg = train([idc_data / "patches"], out, epochs=1, seed=1, max_patches=320, batch_size=64,
-                widths=(16, 32, 32), lr_find_iters=8, progress=False, log=lambda *a: None)
+    cfg = train(
+        [idc_data / "patches"],
+        out,
+        epochs=1,
+        seed=1,
+        max_patches=320,
+        batch_size=64,
+        widths=(16, 32, 32),
+        lr_find_iters=8,
+        progress=False,
+        log=lambda *a: None,
+    )
     assert out.is_file() and out.with_suffix(".safetensors").is_file()
     split = json.loads(out.with_suffix(".split.json").read_text())
     assert not set(split["train"]) & set(split["test"])
@@ -131,8 +142,10 @@ def test_tiny_real_training_run(idc_data: Path, tmp_path: Path) -> None:
     x = data.load_patches(data.list_patches(FIXTURE_PATCHES))
     p = model.predict(x)
     assert p.shape == (len(x),) and np.all((p >= 0) & (p <= 1))
-    assert model.predict_dense(np.ascontiguousarray(np.concatenate([x[0], x[1]], 1)), 25).shape \
-        == (1, 3)
+    assert model.predict_dense(np.ascontiguousarray(np.concatenate([x[0], x[1]], 1)), 25).shape == (
+        1,
+        3,
+    )
 
 
 def test_augmentations_keep_range_and_shape() -> None:
@@ -187,13 +200,31 @@ def test_dice_iou_and_truth_rasterisation(tmp_path: Path) -> None:
     assert truth_from_cells(csv, fine)[:2, :2].all() and truth_from_cells(csv, fine).sum() == 6
 
     gj = tmp_path / "a.geojson"
-    gj.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {"classification": {"name": "IDC"}},
-         "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [60, 0], [60, 60], [0, 60],
-                                                          [0, 0]]]}},
-        {"type": "Feature", "properties": {"classification": {"name": "Stroma"}},
-         "geometry": {"type": "Polygon", "coordinates": [[[100, 0], [150, 0], [150, 50],
-                                                          [100, 50], [100, 0]]]}}]}))
+    gj.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {"classification": {"name": "IDC"}},
+                        "geometry": {
+                            "type": "Polygon",
+                            "coordinates": [[[0, 0], [60, 0], [60, 60], [0, 60], [0, 0]]],
+                        },
+                    },
+                    {
+                        "type": "Feature",
+                        "properties": {"classification": {"name": "Stroma"}},
+                        "geometry": {
+                            "type": "Polygon",
+                            "coordinates": [[[100, 0], [150, 0], [150, 50], [100, 50], [100, 0]]],
+                        },
+                    },
+                ],
+            }
+        )
+    )
     np.testing.assert_array_equal(truth_from_geojson(gj, grid), [[1, 0, 0], [0, 0, 0]])
 
 
@@ -205,12 +236,36 @@ def test_evaluate_patches_command(tmp_path: Path, capsys: pytest.CaptureFixture[
     patients = sorted({r.patient for r in data.list_patches(FIXTURE_PATCHES)})
     data.write_split({"train": [], "valid": [], "test": patients[:5]}, split)
     out = tmp_path / "report.json"
-    assert _cli(["evaluate", "patches", "--data", str(FIXTURE_PATCHES), "--patients-from",
-                 str(split), "--split", "test", "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        _cli(
+            [
+                "evaluate",
+                "patches",
+                "--data",
+                str(FIXTURE_PATCHES),
+                "--patients-from",
+                str(split),
+                "--split",
+                "test",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rep = json.loads(out.read_text())
     assert set(rep["per_patient"]) == set(patients[:5])
-    for k in ("roc_auc", "f1", "balanced_accuracy", "accuracy", "sensitivity", "specificity",
-              "confusion"):
+    for k in (
+        "roc_auc",
+        "f1",
+        "balanced_accuracy",
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "confusion",
+    ):
         assert k in rep["pooled"]
     assert "pooled" in capsys.readouterr().out
 
@@ -219,8 +274,10 @@ def test_evaluate_patches_command(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_evaluate_slides_command(tmp_path: Path) -> None:
     slide = EXAMPLE_SLIDES[0]
     out = tmp_path / "slides.json"
-    assert _cli(["evaluate", "slides", str(slide), "--direct", "--device", "cpu",
-                 "--out", str(out)]) == 0
+    assert (
+        _cli(["evaluate", "slides", str(slide), "--direct", "--device", "cpu", "--out", str(out)])
+        == 0
+    )
     rep = json.loads(out.read_text())
     r = rep["per_slide"][slide.stem]
     assert r["truth_cells"] > 0 and 0.5 < r["dice"] <= 1.0

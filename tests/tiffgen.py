@@ -126,8 +126,9 @@ def write_pyramid_tiff(
         common["compressionargs"] = {"level": 90}
     with tifffile.TiffWriter(path, bigtiff=bigtiff) as tif:
         if subifds:
-            tif.write(levels[0], subifds=len(levels) - 1, description=description,
-                      metadata=None, **common)
+            tif.write(
+                levels[0], subifds=len(levels) - 1, description=description, metadata=None, **common
+            )
             for lvl in levels[1:]:
                 tif.write(lvl, subfiletype=1, metadata=None, **common)
         else:
@@ -160,8 +161,15 @@ def write_svs_like(
         for i, lvl in enumerate(levels):
             lh, lw = lvl.shape[:2]
             d = desc if i == 0 else desc.replace(f"{w}x{h} [", f"{w}x{h} -> {lw}x{lh} [", 1)
-            tif.write(lvl, tile=(tile, tile), compression="jpeg", photometric="rgb",
-                      description=d, subfiletype=0 if i == 0 else 1, metadata=None)
+            tif.write(
+                lvl,
+                tile=(tile, tile),
+                compression="jpeg",
+                photometric="rgb",
+                description=d,
+                subfiletype=0 if i == 0 else 1,
+                metadata=None,
+            )
     return path
 
 
@@ -181,22 +189,43 @@ def write_ome_tiff(
     """
     path = Path(path)
     if axes is None:
-        axes = "YXS" if image.ndim == 3 and image.shape[2] in (3, 4) else (
-            "CYX" if image.ndim == 3 else "YX")
+        axes = (
+            "YXS"
+            if image.ndim == 3 and image.shape[2] in (3, 4)
+            else ("CYX" if image.ndim == 3 else "YX")
+        )
     if axes == "CYX":
         levels = [np.stack([downsample_image(c, d) for c in image]) for d in downsamples]
     else:
         levels = [downsample_image(image, d) for d in downsamples]
     phot = "rgb" if axes == "YXS" else "minisblack"
-    meta = {"axes": axes, "PhysicalSizeX": mpp, "PhysicalSizeY": mpp,
-            "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"}
+    meta = {
+        "axes": axes,
+        "PhysicalSizeX": mpp,
+        "PhysicalSizeY": mpp,
+        "PhysicalSizeXUnit": "µm",
+        "PhysicalSizeYUnit": "µm",
+    }
     with tifffile.TiffWriter(path, ome=True) as tif:
-        tif.write(levels[0], subifds=len(levels) - 1, tile=(tile, tile), photometric=phot,
-                  compression=compression, metadata=meta,
-                  resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+        tif.write(
+            levels[0],
+            subifds=len(levels) - 1,
+            tile=(tile, tile),
+            photometric=phot,
+            compression=compression,
+            metadata=meta,
+            resolution=(1e4 / mpp, 1e4 / mpp),
+            resolutionunit="CENTIMETER",
+        )
         for lvl in levels[1:]:
-            tif.write(lvl, subfiletype=1, tile=(tile, tile), photometric=phot,
-                      compression=compression, metadata=None)
+            tif.write(
+                lvl,
+                subfiletype=1,
+                tile=(tile, tile),
+                photometric=phot,
+                compression=compression,
+                metadata=None,
+            )
     return path
 
 
@@ -210,9 +239,15 @@ def write_striped_tiff(
 ) -> Path:
     """A single-level striped (untiled) TIFF, as scanners' exports and image tools write."""
     path = Path(path)
-    tifffile.imwrite(path, image, photometric=_photometric(image), compression=compression,
-                     rowsperstrip=rowsperstrip, metadata=None,
-                     **_resolution_kw(mpp, resolution_unit, None))
+    tifffile.imwrite(
+        path,
+        image,
+        photometric=_photometric(image),
+        compression=compression,
+        rowsperstrip=rowsperstrip,
+        metadata=None,
+        **_resolution_kw(mpp, resolution_unit, None),
+    )
     return path
 
 
