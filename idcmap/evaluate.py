@@ -288,18 +288,32 @@ def slide_prediction(
     return prob >= thr, grid, "direct mosaic tiling (50-px cells, no smoothing)"
 
 
+#: colours of the comparison picture: both IDC, predicted only, truth only
+TP_COLOR = (0, 170, 0)
+FP_COLOR = (220, 30, 30)
+FN_COLOR = (30, 80, 230)
+
+
 def comparison_png(
     pred: np.ndarray,
     truth: np.ndarray,
     out: str | Path,
     slide: str | Path | None = None,
-    scale: int = 8,
+    scale: int | None = None,
+    title: str | None = None,
 ) -> None:
-    """A PNG of the cell grid: green = both IDC, red = predicted only (FP), blue = truth only
-    (FN), over a grey thumbnail of the slide when it can be read."""
+    """A PNG of the cell grid: green = both IDC (TP), red = predicted only (FP), blue = truth
+    only (FN), over a grey thumbnail of the slide when it can be read, with a legend below.
+
+    ``scale`` is the picture px per cell (default: enough for a ~1000-px long side, 2–32).
+    """
     from PIL import Image
 
+    from .render import legend_panel
+
     rows, cols = pred.shape
+    if scale is None:
+        scale = int(np.clip(math.ceil(1000 / max(rows, cols, 1)), 2, 32))
     base = np.full((rows * scale, cols * scale, 3), 235, dtype=np.uint8)
     if slide is not None:
         try:
@@ -312,14 +326,28 @@ def comparison_png(
         except Exception:  # the PNG is still useful without a background
             pass
     col = np.zeros((rows, cols, 4), dtype=np.float32)
-    col[pred & truth] = (0, 170, 0, 0.65)
-    col[pred & ~truth] = (220, 30, 30, 0.65)
-    col[~pred & truth] = (30, 80, 230, 0.65)
+    col[pred & truth] = (*TP_COLOR, 0.65)
+    col[pred & ~truth] = (*FP_COLOR, 0.65)
+    col[~pred & truth] = (*FN_COLOR, 0.65)
     col = col.repeat(scale, 0).repeat(scale, 1)
     a = col[..., 3:]
-    img = (base * (1 - a) + col[..., :3] * a).astype(np.uint8)
+    img = Image.fromarray((base * (1 - a) + col[..., :3] * a).astype(np.uint8))
+    tp, fp, fn = int((pred & truth).sum()), int((pred & ~truth).sum()), int((~pred & truth).sum())
+    legend = legend_panel(
+        max(img.width, 480),
+        [
+            (TP_COLOR, f"IDC in both (true positive, {tp} cells)"),
+            (FP_COLOR, f"predicted only (false positive, {fp})"),
+            (FN_COLOR, f"truth only (false negative, {fn})"),
+            ((235, 235, 235), "neither"),
+        ],
+        title=title,
+    )
+    canvas = Image.new("RGB", (max(img.width, legend.width), img.height + legend.height), "white")
+    canvas.paste(legend, (0, 0))
+    canvas.paste(img, (0, legend.height))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(img).save(out)
+    canvas.save(out)
 
 
 def evaluate_slides(
@@ -358,7 +386,14 @@ def evaluate_slides(
         )
         if png_dir is not None:
             png = Path(png_dir) / f"{Path(s).stem}.pred_vs_truth.png"
-            comparison_png(pred, truth, png, slide=s)
+            comparison_png(
+                pred,
+                truth,
+                png,
+                slide=s,
+                title=f"{Path(s).stem}: predicted vs truth, Dice {r['dice']:.3f} "
+                f"(one square = one heatmap cell)",
+            )
             r["png"] = str(png)
         per[Path(s).stem] = r
         for k in tot:

@@ -1,0 +1,109 @@
+"""Grading measurements on shapes whose answers are known, with anisotropic pixels."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import shapely
+from shapely import affinity
+
+from idcmap.measure import (
+    RegionMeasurements,
+    caliper_diameters_um,
+    measure_polygon,
+    measure_slide,
+)
+
+# anisotropic level-0 pixels: 0.5 µm along x, 0.25 µm along y
+MPP_X, MPP_Y = 0.5, 0.25
+
+
+def px(poly_um: shapely.Geometry) -> shapely.Geometry:
+    """A shape drawn in µm, expressed in level-0 px of the anisotropic slide."""
+    return affinity.scale(poly_um, 1 / MPP_X, 1 / MPP_Y, origin=(0, 0))
+
+
+def test_rectangle() -> None:
+    # 3 mm × 1 mm rectangle
+    m = measure_polygon(px(shapely.box(0, 0, 3000, 1000)), MPP_X, MPP_Y)
+    assert m.area_mm2 == pytest.approx(3.0)
+    assert m.greatest_dimension_mm == pytest.approx(math.hypot(3, 1))
+    assert m.least_dimension_mm == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("angle", [17.0, 45.0, 73.5, 120.0])
+def test_rotated_rectangle(angle: float) -> None:
+    rect = affinity.rotate(shapely.box(1000, 2000, 5000, 3000), angle, origin="centroid")
+    m = measure_polygon(px(rect), MPP_X, MPP_Y)
+    assert m.area_mm2 == pytest.approx(4.0)
+    assert m.greatest_dimension_mm == pytest.approx(math.hypot(4, 1))
+    assert m.least_dimension_mm == pytest.approx(1.0)
+
+
+def test_disc() -> None:
+    disc = shapely.Point(5000, 5000).buffer(1000, quad_segs=256)  # radius 1 mm
+    m = measure_polygon(px(disc), MPP_X, MPP_Y)
+    assert m.area_mm2 == pytest.approx(math.pi, rel=1e-4)
+    # not a bounding circle's diameter, but the calipers of the (polygonal) disc
+    assert m.greatest_dimension_mm == pytest.approx(2.0, rel=1e-4)
+    assert m.least_dimension_mm == pytest.approx(2.0, rel=1e-4)
+
+
+def test_l_shape() -> None:
+    # L: a 4 × 1 mm bar and a 1 × 4 mm bar; hull (0,0)-(4,0)-(4,1)-(1,4)-(0,4) in mm
+    ell = shapely.union_all([shapely.box(0, 0, 4000, 1000), shapely.box(0, 0, 1000, 4000)])
+    m = measure_polygon(px(ell), MPP_X, MPP_Y)
+    assert m.area_mm2 == pytest.approx(7.0)
+    assert m.greatest_dimension_mm == pytest.approx(math.hypot(4, 4))
+    # narrowest direction: perpendicular to the hull edge (4,1)-(1,4), seen from (0,0)
+    assert m.least_dimension_mm == pytest.approx(5 / math.sqrt(2))
+
+
+def test_hole_reduces_area_not_dimensions() -> None:
+    ring = shapely.box(0, 0, 2000, 2000).difference(shapely.box(500, 500, 1500, 1500))
+    m = measure_polygon(px(ring), MPP_X, MPP_Y)
+    assert m.area_mm2 == pytest.approx(3.0)
+    assert m.greatest_dimension_mm == pytest.approx(math.hypot(2, 2))
+    assert m.least_dimension_mm == pytest.approx(2.0)
+
+
+def test_isotropic_default_and_degenerate() -> None:
+    big, small = caliper_diameters_um(shapely.box(0, 0, 10, 4), 2.0)
+    assert (big, small) == pytest.approx((2 * math.hypot(10, 4), 8.0))
+    assert caliper_diameters_um(shapely.Polygon(), 1.0) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="mpp"):
+        caliper_diameters_um(shapely.box(0, 0, 1, 1), 0.0)
+
+
+def test_many_vertices_match_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    pts = shapely.MultiPoint(rng.normal(size=(3000, 2)) * [3000, 1000])
+    hull = shapely.convex_hull(pts)
+    big, small = caliper_diameters_um(hull, 1.0)
+    c = np.asarray(hull.exterior.coords)[:-1]
+    d = np.sqrt(((c[:, None] - c[None]) ** 2).sum(-1)).max()
+    assert big == pytest.approx(d)
+    # width over 3600 directions approaches the exact minimum from above
+    ang = np.linspace(0, np.pi, 3600, endpoint=False)
+    proj = c @ np.stack([np.cos(ang), np.sin(ang)])
+    assert small <= (proj.max(0) - proj.min(0)).min() + 1e-9
+    assert small == pytest.approx((proj.max(0) - proj.min(0)).min(), rel=1e-3)
+
+
+def test_slide_figures() -> None:
+    regions = [RegionMeasurements(2.0, 3.0, 1.0), RegionMeasurements(5.0, 2.5, 2.0)]
+    s = measure_slide(regions, tissue_area_mm2=70.0)
+    assert s.foci == 2
+    assert s.largest_focus_greatest_dimension_mm == 3.0
+    assert s.idc_area_mm2 == pytest.approx(7.0)
+    assert s.idc_percent_of_tissue == pytest.approx(10.0)
+    empty = measure_slide([], 0.0)
+    assert (empty.foci, empty.largest_focus_greatest_dimension_mm) == (0, 0.0)
+    assert empty.idc_percent_of_tissue == 0.0
+    assert RegionMeasurements(1, 2, 3).qupath() == {
+        "Area mm^2": 1,
+        "Greatest dimension mm": 2,
+        "Least dimension mm": 3,
+    }
