@@ -68,11 +68,15 @@ def main() -> None:
             pred = rasterize(polys, hm)
             inter = int((pred & truth).sum())
             n_p, n_t = int(pred.sum()), int(truth.sum())
-            tot[f"cell_{key}"] = [a + b for a, b in zip(tot[f"cell_{key}"], (inter, n_p, n_t), strict=True)]
+            tot[f"cell_{key}"] = [
+                a + b for a, b in zip(tot[f"cell_{key}"], (inter, n_p, n_t), strict=True)
+            ]
             u = shapely.union_all(polys) if polys else shapely.Polygon()
             a_i = shapely.intersection(u, truth_poly).area
             a_p, a_t = u.area, truth_poly.area
-            tot[f"area_{key}"] = [a + b for a, b in zip(tot[f"area_{key}"], (a_i, a_p, a_t), strict=True)]
+            tot[f"area_{key}"] = [
+                a + b for a, b in zip(tot[f"area_{key}"], (a_i, a_p, a_t), strict=True)
+            ]
             row[f"cell_dice_{key}"] = 2 * inter / (n_p + n_t) if n_p + n_t else 1.0
             row[f"area_dice_{key}"] = 2 * a_i / (a_p + a_t) if a_p + a_t else 1.0
             row[f"idc_mm2_{key}"] = a_p * hm.slide_mpp**2 / 1e6

@@ -37,6 +37,7 @@ __all__ = [
     "caliper_diameters_um",
     "measure_polygon",
     "measure_slide",
+    "measurements_summary",
 ]
 
 #: What the figures are, written beside them in summary.json.
@@ -168,3 +169,26 @@ def measure_slide(
         tissue_area_mm2=tissue,
         idc_percent_of_tissue=100.0 * idc / tissue if tissue > 0 else 0.0,
     )
+
+
+def measurements_summary(
+    polygons: Sequence[shapely.Geometry],
+    tissue_area_mm2: float,
+    mpp_x: float,
+    mpp_y: float | None = None,
+    *,
+    class_name: str = "IDC",
+) -> tuple[list[RegionMeasurements], dict[str, Any]]:
+    """Measure every region and the slide: the per-region list (in ``polygons`` order, named
+    ``"<class_name> <k>"`` like the GeoJSON features) and the ``summary.json`` block."""
+    per = [measure_polygon(p, mpp_x, mpp_y) for p in polygons]
+    slide = measure_slide(per, tissue_area_mm2)
+    block: dict[str, Any] = {
+        "note": NOTE,
+        **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in slide.to_dict().items()},
+        "regions": [
+            {"name": f"{class_name} {k}", **{n: round(v, 4) for n, v in asdict(m).items()}}
+            for k, m in enumerate(per, start=1)
+        ],
+    }
+    return per, block

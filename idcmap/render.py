@@ -206,7 +206,9 @@ def heatmap_picture(
     pw, ph = max(1, round(tw * scale)), max(1, round(th * scale))
     img = Image.fromarray(thumb, "RGB")
     if (pw, ph) != (tw, th):
-        img = img.resize((pw, ph), Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC)
+        img = img.resize(
+            (pw, ph), Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC
+        )
     base = np.asarray(img, dtype=np.float32)
     psx, psy = sx * tw / pw, sy * th / ph  # level-0 px per picture px
 
@@ -275,7 +277,8 @@ def heatmap_picture(
         (title_fs if i == 0 and title else cap_fs) + 8 for i, _ in enumerate(header_lines)
     )
     panel_w = int(fs * 13)
-    canvas_h = max(ph + header_h + margin, header_h + 16 * fs)
+    bar_h = int(min(max(ph - 6 * fs, 10 * fs), 420))
+    canvas_h = max(ph + header_h + margin, header_h + bar_h + 11 * fs + 30)
     canvas = Image.new("RGB", (margin + pw + panel_w, canvas_h), (255, 255, 255))
     canvas.paste(picture, (margin, header_h))
     cd = ImageDraw.Draw(canvas)
@@ -292,7 +295,7 @@ def heatmap_picture(
         canvas,
         margin + pw + 2 * fs,
         header_h,
-        ph,
+        bar_h,
         fs,
         threshold,
         fade_from,
@@ -308,7 +311,7 @@ def _colour_bar(
     canvas: Image.Image,
     x0: int,
     top: int,
-    ph: int,
+    bar_h: int,
     fs: int,
     threshold: float,
     fade_from: float,
@@ -320,7 +323,6 @@ def _colour_bar(
     small = font(max(11, fs - 2))
     cd.text((x0 - fs, top), "IDC probability", fill=(0, 0, 0), font=f)
     bar_top = top + 2 * fs
-    bar_h = int(min(max(ph - 6 * fs, 10 * fs), 420))
     bar_w = int(fs * 1.6)
     p = np.linspace(1.0, 0.0, bar_h)
     a = overlay_alpha(p, threshold, fade_from=fade_from, max_alpha=max_alpha)[:, None]

@@ -107,3 +107,22 @@ def test_slide_figures() -> None:
         "Greatest dimension mm": 2,
         "Least dimension mm": 3,
     }
+
+
+def test_measurements_summary() -> None:
+    from idcmap.measure import NOTE, measurements_summary
+
+    polys = [px(shapely.box(0, 0, 3000, 1000)), px(shapely.box(5000, 0, 6000, 1000))]
+    per, block = measurements_summary(polys, 40.0, MPP_X, MPP_Y)
+    assert [m.area_mm2 for m in per] == pytest.approx([3.0, 1.0])
+    assert block["note"] == NOTE and block["foci"] == 2
+    assert block["idc_area_mm2"] == pytest.approx(4.0)
+    assert block["idc_percent_of_tissue"] == pytest.approx(10.0)
+    assert block["largest_focus_greatest_dimension_mm"] == pytest.approx(math.hypot(3, 1), abs=1e-4)
+    assert [r["name"] for r in block["regions"]] == ["IDC 1", "IDC 2"]
+    assert block["regions"][1] == {
+        "name": "IDC 2",
+        "area_mm2": 1.0,
+        "greatest_dimension_mm": round(math.sqrt(2), 4),
+        "least_dimension_mm": 1.0,
+    }

@@ -1,0 +1,77 @@
+"""Batch inputs: slide lists and recursive folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from idcmap.errors import UsageError
+from idcmap.inputs import expand_inputs, read_slide_list
+
+
+def touch(p: Path) -> Path:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(b"x")
+    return p
+
+
+def test_read_slide_list(tmp_path: Path) -> None:
+    a = touch(tmp_path / "slides" / "a.svs")
+    lst = tmp_path / "lists" / "batch.txt"
+    lst.parent.mkdir()
+    lst.write_text(
+        "\ufeff# cohort 1\n"
+        "\n"
+        f"{a}\n"
+        "  ../slides/b.tiff   # relative to the list's folder\n"
+        "case#3.svs\n"
+        "   # indented comment\n"
+    )
+    assert read_slide_list(lst) == [
+        a,
+        tmp_path / "lists" / "../slides/b.tiff",
+        tmp_path / "lists" / "case#3.svs",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (None, "does not exist"),
+        ("# only comments\n\n", "names no slide"),
+        (b"\xff\xfe\x00", "UTF-8"),
+    ],
+)
+def test_read_slide_list_errors(tmp_path: Path, content: str | bytes | None, match: str) -> None:
+    lst = tmp_path / "l.txt"
+    if isinstance(content, str):
+        lst.write_text(content)
+    elif isinstance(content, bytes):
+        lst.write_bytes(content)
+    with pytest.raises(UsageError, match=match):
+        read_slide_list(lst)
+    with pytest.raises(UsageError, match="folder"):
+        read_slide_list(tmp_path)
+
+
+def test_expand_recursive(tmp_path: Path) -> None:
+    top = touch(tmp_path / "in" / "z.svs")
+    deep = touch(tmp_path / "in" / "site1" / "case2" / "b.ndpi")
+    touch(tmp_path / "in" / "site1" / "notes.txt")
+    touch(tmp_path / "in" / ".hidden" / "h.svs")
+    dcm = tmp_path / "in" / "site2" / "series"
+    touch(dcm / "1.dcm")
+    touch(dcm / "2.dcm")
+    # an idcmap output folder inside the input folder is not input
+    out = tmp_path / "in" / "out" / "z"
+    touch(out / "heatmap.png")
+    touch(out / "summary.json")
+    flat = expand_inputs([tmp_path / "in"])
+    assert flat == [top]
+    deep_list = expand_inputs([tmp_path / "in"], recursive=True)
+    assert deep_list == [top, deep, dcm]
+    # each slide once, even when given twice; a folder without slides stays, to fail visibly
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert expand_inputs([top, str(top), empty], recursive=True) == [top, empty]
