@@ -55,29 +55,25 @@ class Params:
         if self.stride_px is not None and (
             not isinstance(self.stride_px, int) or self.stride_px <= 0
         ):
-            raise UsageError(
-                f"--stride must be a positive integer (model px), got {self.stride_px}"
-            )
+            raise UsageError(f"stride_px={self.stride_px} must be a positive integer (model px)")
         if self.threshold is not None and not (0.0 <= self.threshold <= 1.0):
-            raise UsageError(
-                f"--threshold must lie in [0, 1] (an IDC probability), got {self.threshold}"
-            )
+            raise UsageError(f"threshold={self.threshold} must lie in [0, 1] (an IDC probability)")
         if self.mpp is not None and not (math.isfinite(self.mpp) and 0.01 <= self.mpp <= 100):
             raise UsageError(
-                f"--mpp must be µm per pixel between 0.01 and 100 (0.25 for 40x), got {self.mpp}"
+                f"mpp={self.mpp} must be µm per pixel between 0.01 and 100 (0.25 for 40x)"
             )
         if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be ≥ 1, got {self.batch_size}")
+            raise UsageError(f"batch_size={self.batch_size} must be ≥ 1")
         if self.workers < 0:
-            raise UsageError(f"--workers must be ≥ 0, got {self.workers}")
+            raise UsageError(f"workers={self.workers} must be ≥ 0")
         for name in ("min_region_um2", "min_hole_um2", "simplify_um", "tissue_mpp", "smooth_um"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v >= 0):
-                raise UsageError(f"--{name.replace('_', '-')} must be a number ≥ 0, got {v}")
+                raise UsageError(f"{name}={v} must be a number ≥ 0")
         if self.tissue_mpp <= 0:
-            raise UsageError(f"--tissue-mpp must be µm per pixel > 0, got {self.tissue_mpp}")
+            raise UsageError(f"tissue_mpp={self.tissue_mpp} must be µm per pixel > 0")
         if not 0.0 <= self.min_tissue <= 1.0:
-            raise UsageError(f"--min-tissue must lie in [0, 1], got {self.min_tissue}")
+            raise UsageError(f"min_tissue={self.min_tissue} must lie in [0, 1]")
 
 
 @dataclass
@@ -139,7 +135,7 @@ class SlideResult:
             _fsync_dir(tmp)
             if final.exists():
                 if not overwrite:
-                    raise OutputError(f"{final} exists; pass --overwrite to replace it")
+                    raise OutputError(f"{final} exists; overwrite=True replaces it")
                 old = out_dir / f".{self.stem}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
                 final.rename(old)
                 tmp.rename(final)
