@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import signal
 import sys
 import warnings
@@ -18,6 +19,63 @@ from typing import Any
 
 from . import __version__
 from .errors import IDCMapError
+
+#: Python-API names (``Params`` fields, keyword arguments) whose CLI flag is not ``--name``.
+_FLAG_OF = {
+    "stride_px": "--stride",
+    "allow_non_rgb": "--force-rgb",
+    "out_dir": "--out",
+}
+#: Python-API names the library's messages may mention (``name=value``), translated by
+#: :func:`to_flags`.
+_API_NAMES = {
+    "stride_px",
+    "threshold",
+    "smooth_um",
+    "mpp",
+    "backend",
+    "device",
+    "batch_size",
+    "workers",
+    "min_tissue",
+    "tissue_mpp",
+    "min_region_um2",
+    "min_hole_um2",
+    "simplify_um",
+    "force_rgb",
+    "allow_non_rgb",
+    "overwrite",
+    "tiles_geojson",
+    "debug",
+    "out_dir",
+    "model",
+}
+_API_TERM = re.compile(r"(?<![\w./-])([a-z][a-z0-9_]*)=(True\b|'[^']*'|\"[^\"]*\"|)")
+
+
+def flag_of(name: str) -> str:
+    """The CLI flag of a Python-API name (``stride_px`` → ``--stride``)."""
+    return _FLAG_OF.get(name, "--" + name.replace("_", "-"))
+
+
+def to_flags(text: str) -> str:
+    """A library message in CLI terms: ``mpp=0.25`` → ``--mpp 0.25``, ``overwrite=True`` →
+    ``--overwrite`` (the library speaks Python API; only known names are translated)."""
+
+    def sub(m: re.Match[str]) -> str:
+        name, value = m.group(1), m.group(2)
+        if name not in _API_NAMES:
+            return m.group(0)
+        if value == "True":
+            return flag_of(name)
+        if value:
+            return f"{flag_of(name)} {value.strip(chr(34) + chr(39))}"
+        after = m.string[m.end() : m.end() + 1]  # "mpp=0.25" → "--mpp 0.25"; "out_dir=;" → "--out;"
+        return flag_of(name) + (
+            " " if after and not after.isspace() and after not in ",;:)." else ""
+        )
+
+    return _API_TERM.sub(sub, text)
 
 
 class Terminated(BaseException):
@@ -172,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> int:
     from .api import Params
     from .model import load_model
-    from .runner import expand_inputs, run_batch
+    from .runner import expand_inputs, format_outcome, run_batch
 
     params = Params(
         stride_px=args.stride,
@@ -206,6 +264,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         tiles_geojson=args.tiles_geojson,
         progress=not args.quiet,
         debug=args.debug,
+        describe=lambda o: to_flags(format_outcome(o)),
     )
     done = sum(o.status == "done" for o in outcomes)
     skipped = sum(o.status == "skipped" for o in outcomes)
@@ -273,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IDCMapError as e:
         if debug:
             raise
-        print(f"idcmap: error: {_one_line(e)}", file=sys.stderr)
+        print(f"idcmap: error: {to_flags(_one_line(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

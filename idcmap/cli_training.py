@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
@@ -196,7 +195,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from .train import portable_command, train
 
     cfg = train(
         args.data,
@@ -218,10 +217,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         progress=not args.quiet,
-        command="idcmap " + shlex.join(sys.argv[1:]),
+        command=portable_command(["idcmap", *sys.argv[1:]]),
     )
     print(
-        f"idcmap: model {args.out} (threshold {cfg.threshold:.2f}, "
+        f"idcmap: model {args.out} (tile threshold {cfg.tile_threshold:.2f}, "
         f"sha256 {cfg.weights_sha256[:12]}…)"
     )
     return 0
@@ -262,6 +261,7 @@ def cmd_tune_regions(args: argparse.Namespace) -> int:
 
     from .evaluate import tune_regions, write_json
     from .model import _find_config, bundled_model_path
+    from .train import portable_command
 
     rep = tune_regions(args.slides, _truths(args), args.model, device=args.device)
     b = rep["best"]
@@ -280,7 +280,7 @@ def cmd_tune_regions(args: argparse.Namespace) -> int:
         cfg.setdefault("training", {})["regions"] = {
             "chosen_on": [Path(s).stem for s in args.slides],
             "pooled_dice": round(b["dice"], 4),
-            "command": " ".join(["idcmap", *sys.argv[1:]]) if sys.argv else "",
+            "command": portable_command(["idcmap", *sys.argv[1:]]),
         }
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(cfg, indent=2) + "\n")

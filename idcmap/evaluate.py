@@ -266,23 +266,14 @@ def slide_prediction(
     slide: str | Path, model: Any, threshold: float | None, use_pipeline: bool = True
 ) -> tuple[np.ndarray, Grid, str]:
     """Predicted IDC mask of a slide on its heatmap grid, via :func:`idcmap.api.segment_slide`
-    when importable, else by tiling the mosaic directly. Returns (mask, grid, method)."""
+    (``use_pipeline``), else by tiling the mosaic directly. Returns (mask, grid, method)."""
     if use_pipeline:
-        try:
-            from .api import segment_slide  # type: ignore[attr-defined]
-        except ImportError:
-            segment_slide = None
-        if segment_slide is not None:
-            res = segment_slide(slide, model=model, threshold=threshold, progress=False)
-            hm = res.heatmap
-            rows, cols = hm.prob.shape
-            ox, oy = hm.origin_level0_px
-            cell = hm.cell_level0_px
-            cell = (
-                (float(cell[0]), float(cell[1])) if isinstance(cell, (tuple, list)) else float(cell)
-            )
-            grid = Grid(rows, cols, (float(ox), float(oy)), cell)
-            return np.asarray(res.mask, dtype=bool), grid, "idcmap.api.segment_slide"
+        from .api import segment_slide
+
+        res = segment_slide(slide, model=model, threshold=threshold, progress=False)
+        hm = res.heatmap
+        grid = Grid(hm.shape[0], hm.shape[1], hm.origin_level0_px, hm.cell_level0_px)
+        return np.asarray(res.mask, dtype=bool), grid, "idcmap.api.segment_slide"
     prob, grid = mosaic_probabilities(slide, model)
     thr = model.config.threshold if threshold is None else threshold
     return prob >= thr, grid, "direct mosaic tiling (50-px cells, no smoothing)"

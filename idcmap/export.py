@@ -114,23 +114,26 @@ def regions_to_geojson(
     tiles: Heatmap | None = None,
     class_name: str = "IDC",
     color: Sequence[int] = IDC_COLOR,
-    threshold: float = 0.5,
+    tile_threshold: float = 0.5,
 ) -> dict[str, Any]:
     """QuPath FeatureCollection of the IDC regions (and optionally the heatmap cells as tiles).
 
     Args:
         regions: the regions (polygons in level-0 px, QuPath frame).
         tiles: a heatmap: also write one ``"objectType": "tile"`` Feature per evaluated cell
-            (NaN cells are skipped), its box in level-0 px, measurement ``"IDC probability"``,
-            classified ``class_name`` when ``prob >= threshold`` and ``"Other"`` otherwise (so
-            QuPath colours them; Measure → Show measurement maps shows the probability).
-            Tiles are locked, as WSInfer writes them.
+            (NaN cells are skipped), its box in level-0 px, measurements ``"IDC probability"``
+            and ``"Tile threshold"``, classified ``class_name`` when ``prob >= tile_threshold``
+            and ``"Other"`` otherwise (so QuPath colours them; Measure → Show measurement maps
+            shows the probability). Tiles are locked, as WSInfer writes them.
         class_name: QuPath class of the regions.
         color: RGB of that class, 3 ints in 0–255.
-        threshold: probability at which a tile is classified ``class_name`` (tiles only).
+        tile_threshold: probability at which a tile is classified ``class_name`` (tiles
+            only): the model's per-tile threshold, not the region threshold that the region
+            mask applies to the smoothed heatmap.
 
     Returns:
-        ``{"type": "FeatureCollection", "features": [...]}`` (JSON-serialisable, NaN-free).
+        ``{"type": "FeatureCollection", "features": [...]}`` (JSON-serialisable, NaN-free);
+        with ``tiles``, also the foreign member ``"idcmap": {"tile_threshold": ...}``.
     """
     features: list[dict[str, Any]] = []
     for i, region in enumerate(regions):
@@ -159,19 +162,30 @@ def regions_to_geojson(
                 },
             }
         )
-    if tiles is not None:
-        features.extend(_tile_features(tiles, class_name, color, threshold))
-    return {"type": "FeatureCollection", "features": features}
+    if tiles is None:
+        return {"type": "FeatureCollection", "features": features}
+    features.extend(_tile_features(tiles, class_name, color, tile_threshold))
+    return {
+        "type": "FeatureCollection",
+        "features": features,
+        "idcmap": {
+            "tile_threshold": float(tile_threshold),
+            "tile_classification": f"{class_name} when the tile's IDC probability ≥ "
+            "tile_threshold (the model's per-tile threshold; regions use the region threshold "
+            "of the smoothed heatmap)",
+        },
+    }
 
 
 def _tile_features(
-    heatmap: Heatmap, class_name: str, color: Sequence[int], threshold: float
+    heatmap: Heatmap, class_name: str, color: Sequence[int], tile_threshold: float
 ) -> Iterable[dict[str, Any]]:
     prob = np.asarray(heatmap.prob, dtype=np.float64)
     ox, oy = (float(v) for v in heatmap.origin_level0_px)
     cw, ch = (float(v) for v in heatmap.cell_level0_px)
     idc = _classification(class_name, color)
     other = _classification("Other", OTHER_COLOR)
+    thr = float(tile_threshold)
     rows, cols = np.nonzero(np.isfinite(prob))
     for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
         x0, y0 = _round(ox + c * cw), _round(oy + r * ch)
@@ -187,9 +201,9 @@ def _tile_features(
             },
             "properties": {
                 "objectType": "tile",
-                "classification": dict(idc if p >= threshold else other),
+                "classification": dict(idc if p >= tile_threshold else other),
                 "isLocked": True,
-                "measurements": {"IDC probability": p},
+                "measurements": {"IDC probability": p, "Tile threshold": thr},
             },
         }
 

@@ -151,10 +151,13 @@ class ModelConfig:
         patch_px: side of one input patch in model pixels (50).
         mean, std: per-channel normalisation of inputs scaled to [0, 1] (applied inside the net).
         class_names: names of the logits, negative first.
-        threshold: IDC-probability threshold of one patch, chosen on validation patients.
+        tile_threshold: IDC-probability threshold of one tile (patch), chosen on validation
+            patients; classifies tiles (e.g. the tile GeoJSON). Model files written by 0.1.0
+            call it ``threshold``.
         smooth_um: sigma (µm) of the tissue-aware Gaussian applied to the heatmap before
             region masks are drawn (0: none); chosen with ``idcmap evaluate tune-regions``.
-        region_threshold: threshold of the smoothed heatmap for region masks (None: ``threshold``).
+        region_threshold: threshold of the smoothed heatmap for region masks, chosen with
+            ``idcmap evaluate tune-regions``; a file without one uses ``tile_threshold``.
         weights_file: file name of the safetensors weights, next to the JSON.
         weights_sha256: sha256 of that file; checked at load.
         training: free-form training summary (data, split, epochs, metrics).
@@ -168,14 +171,23 @@ class ModelConfig:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     class_names: tuple[str, str] = ("not IDC", "IDC")
-    threshold: float = 0.5
+    tile_threshold: float = 0.5
     smooth_um: float = 0.0
-    region_threshold: float | None = None
+    region_threshold: float = math.nan  # NaN: the tile threshold (resolved in __post_init__)
     arch_params: dict[str, Any] = field(default_factory=dict)
     weights_file: str = ""
     weights_sha256: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
+
+    def __post_init__(self) -> None:
+        if math.isnan(self.region_threshold):
+            object.__setattr__(self, "region_threshold", self.tile_threshold)
+
+    @property
+    def threshold(self) -> float:
+        """Read-only alias of :attr:`tile_threshold` while callers move to the new name."""
+        return self.tile_threshold
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
@@ -197,10 +209,11 @@ class ModelConfig:
                 mean=tuple(float(v) for v in d["mean"]),  # type: ignore[arg-type]
                 std=tuple(float(v) for v in d["std"]),  # type: ignore[arg-type]
                 class_names=tuple(d.get("class_names", ("not IDC", "IDC"))),  # type: ignore[arg-type]
-                threshold=float(d.get("threshold", 0.5)),
+                # 0.1.0 files name the tile threshold "threshold"
+                tile_threshold=float(d.get("tile_threshold", d.get("threshold", 0.5))),
                 smooth_um=float(d.get("smooth_um", 0.0)),
                 region_threshold=(
-                    None if d.get("region_threshold") is None else float(d["region_threshold"])
+                    math.nan if d.get("region_threshold") is None else float(d["region_threshold"])
                 ),
                 arch_params=dict(d.get("arch_params", {})),
                 weights_file=str(d.get("weights_file", "")),

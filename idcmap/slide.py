@@ -62,10 +62,10 @@ BACKENDS = ("auto", "openslide", "tiffslide", "image")
 PLAUSIBLE_MPP = (0.05, 20.0)
 """µm/px accepted from file metadata (backend properties, TIFF tags, image dpi)."""
 USER_MPP = (0.01, 100.0)
-"""µm/px accepted from the user (``--mpp``)."""
+"""µm/px accepted from the user (``mpp=``)."""
 _CHUNK_PX = 4096
 _PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-_MPP_HINT = "pass --mpp (e.g. --mpp 0.25 for a 40x scan, --mpp 0.5 for 20x)"
+_MPP_HINT = "pass mpp=0.25 for a 40x scan, mpp=0.5 for 20x"
 
 
 @dataclass(frozen=True)
@@ -231,7 +231,7 @@ class _TiffSlideReader:
         if arr.dtype != np.uint8 or arr.shape[2] not in (3, 4):
             raise UnsupportedImageError(
                 f"tiffslide returned {arr.dtype} with {arr.shape[2]} "
-                "channels; use --force-rgb to process it anyway"
+                "channels; allow_non_rgb=True processes it anyway"
             )
         return _flatten_alpha(arr)
 
@@ -299,7 +299,7 @@ class _ImageReader:
 def _non_rgb_message(path: str, what: str) -> str:
     return (
         f"{Path(path).name} is not 8-bit brightfield RGB ({what}); idcmap's model needs H&E "
-        "RGB. Use --force-rgb to process it anyway (channels min–max scaled to 8-bit RGB)"
+        "RGB. allow_non_rgb=True processes it anyway (channels min–max scaled to 8-bit RGB)"
     )
 
 
@@ -477,14 +477,14 @@ class Slide:
             self._failed = (
                 f"{self._name}: cannot read pixels at level {level}, {size[0]}x{size[1]} px at "
                 f"{loc} with {self.info.backend} ({_reason(e)}); the file may be corrupt or "
-                f"truncated: re-export or re-scan it, or try --backend "
+                f"truncated: re-export or re-scan it, or try backend="
                 f"{'tiffslide' if self.info.backend == 'openslide' else 'openslide'}"
             )
             raise SlideError(self._failed) from e
         if arr.shape != (size[1], size[0], 3) or arr.dtype != np.uint8:
             self._failed = (
                 f"{self._name}: {self.info.backend} returned {arr.shape} "
-                f"{arr.dtype} for a {size[0]}x{size[1]} read; try another --backend"
+                f"{arr.dtype} for a {size[0]}x{size[1]} read; try another backend="
             )
             raise SlideError(self._failed)
         return arr
@@ -669,7 +669,7 @@ def open_slide(
         m = _float(mpp)
         if m is None or not USER_MPP[0] <= m <= USER_MPP[1]:
             raise UsageError(
-                f"--mpp {mpp} is outside {USER_MPP[0]}–{USER_MPP[1]:g} µm/px; give "
+                f"mpp={mpp} is outside {USER_MPP[0]}–{USER_MPP[1]:g} µm/px; give "
                 "the scan's µm per pixel (about 0.25 for 40x, 0.5 for 20x)"
             )
         mpp = m
@@ -683,7 +683,7 @@ def open_slide(
         if backend == "openslide":
             raise UnsupportedImageError(
                 f"{name}: OpenSlide would misread this non-RGB image ({facts.non_rgb}); "
-                "use --backend tiffslide (or auto) with --force-rgb"
+                "use backend=tiffslide (or auto) with allow_non_rgb=True"
             )
         scaling = True
 
@@ -757,7 +757,7 @@ def _open_failure(path: str, backend: str, facts: _TiffFacts | None, errors: lis
     name = Path(path).name
     detail = "; ".join(errors)
     if backend != "auto":
-        return f"{name}: cannot be read with --backend {backend} ({detail}); try --backend auto"
+        return f"{name}: cannot be read with backend={backend} ({detail}); try backend=auto"
     if facts is None:
         with open(path, "rb") as f:
             head = f.read(4)

@@ -84,7 +84,7 @@ def check_stride(stride_px: int, patch_px: int) -> None:
     if not isinstance(stride_px, int) or stride_px <= 0 or patch_px % stride_px:
         divisors = [d for d in range(patch_px, 0, -1) if patch_px % d == 0]
         raise UsageError(
-            f"--stride {stride_px} is not allowed: it must divide the patch size {patch_px} px "
+            f"stride_px={stride_px} is not allowed: it must divide the patch size {patch_px} px "
             f"(one of {divisors}) so that overlapping tiles stitch onto one grid"
         )
 
@@ -110,7 +110,7 @@ def make_grid(
     """
     check_stride(stride_px, patch_px)
     if not 0.0 <= min_tissue <= 1.0:
-        raise UsageError(f"--min-tissue {min_tissue} must lie in [0, 1]")
+        raise UsageError(f"min_tissue={min_tissue} must lie in [0, 1]")
     info = slide.info
     fx, fy = model_mpp / info.mpp, model_mpp / info.mpp_y
     bx, by, bw, bh = info.bounds_level0_px

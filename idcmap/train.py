@@ -12,9 +12,12 @@ stain jitter, brightness / contrast / saturation).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+import os
 import platform
 import random
+import shlex
 import tempfile
 import time
 from collections.abc import Sequence
@@ -215,7 +218,7 @@ def train(
         if not parts[s] or len({r.label for r in parts[s]}) < 2:
             raise UsageError(f"the {s} split needs patches of both classes; add data or patients")
     split_file = out.with_suffix(".split.json")
-    data.write_split(split, split_file, seed=seed, data=[str(d) for d in data_dirs])
+    data.write_split(split, split_file, seed=seed, data=[portable_path(d) for d in data_dirs])
     log(
         f"patients train/valid/test: {len(split['train'])}/{len(split['valid'])}/"
         f"{len(split['test'])}; patches {len(parts['train'])}/{len(parts['valid'])}/"
@@ -322,7 +325,7 @@ def train(
 
     training = {
         "framework": "fastai",
-        "data": [str(d) for d in data_dirs],
+        "data": [portable_path(d) for d in data_dirs],
         "split_file": split_file.name,
         "seed": seed,
         "patients": split,
@@ -352,13 +355,32 @@ def train(
     import fastai
 
     training["fastai"] = fastai.__version__
-    cfg = ModelConfig(**{**cfg.__dict__, "threshold": thr, "training": training})
+    # the region threshold starts at the tile threshold; `idcmap evaluate tune-regions` tunes it
+    cfg = dataclasses.replace(cfg, tile_threshold=thr, region_threshold=thr, training=training)
     written = save_model(net.cpu(), cfg, out)
     log(
         f"model -> {out} (+ {out.with_suffix('.safetensors').name}); fit {fit_s:.0f} s, "
         f"total {time.time() - t_start:.0f} s"
     )
     return written
+
+
+def portable_path(path: str | Path) -> str:
+    """``path`` as a model file may record it without naming this machine's folders: relative
+    paths as given, absolute ones relative to the working directory when they lie below it,
+    else the last folder's name only."""
+    p = Path(path)
+    if not p.is_absolute():
+        return str(p)
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return p.name
+
+
+def portable_command(argv: Sequence[str]) -> str:
+    """A command line to record in a model file (absolute paths: :func:`portable_path`)."""
+    return shlex.join(portable_path(a) if os.path.isabs(a) else a for a in argv)
 
 
 def _num(v: Any) -> Any:

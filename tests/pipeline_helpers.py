@@ -44,7 +44,7 @@ def colour_config(threshold: float = 0.5) -> ModelConfig:
         patch_px=50,
         mean=(0.0, 0.0, 0.0),
         std=(1.0, 1.0, 1.0),
-        threshold=threshold,
+        tile_threshold=threshold,
     )
 
 
@@ -65,7 +65,7 @@ def tiny_model_file(folder: Path, seed: int = 0) -> Path:
         patch_px=50,
         mean=(0.5, 0.5, 0.5),
         std=(0.25, 0.25, 0.25),
-        threshold=0.5,
+        tile_threshold=0.5,
         arch_params={"widths": [8, 16, 16]},
     )
     path = folder / "tiny.json"

@@ -44,7 +44,7 @@ def test_shipped_model_on_fixture_test_patches(model) -> None:  # type: ignore[n
     assert not {r.patient for r in recs} & set(model.config.training["patients"]["train"])
     y = np.array([r.label for r in recs])
     p = model.predict(load_patches(recs))
-    m = binary_metrics(y, p, model.config.threshold)
+    m = binary_metrics(y, p, model.config.tile_threshold)
     assert m["roc_auc"] >= AUC_FLOOR, m
     assert m["balanced_accuracy"] >= 0.80, m
 
@@ -52,7 +52,7 @@ def test_shipped_model_on_fixture_test_patches(model) -> None:  # type: ignore[n
 def test_shipped_config_describes_itself(model) -> None:  # type: ignore[no-untyped-def]
     c = model.config
     assert (c.name, c.architecture, c.mpp, c.patch_px) == ("idcmap-idc", "idcnet-v1", 4.0, 50)
-    assert 0.0 < c.threshold < 1.0
+    assert 0.0 < c.tile_threshold < 1.0 and 0.0 < c.region_threshold < 1.0
     assert len(c.weights_sha256) == 64
     t = c.training
     assert t["framework"] == "fastai" and t["epochs"] >= 1

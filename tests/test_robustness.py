@@ -308,7 +308,7 @@ def test_cuda_asked_for_but_absent(
 
 
 def test_debug_shows_the_traceback(tmp_path: Path, kit: dict[str, Path]) -> None:
-    with pytest.raises(UsageError, match="--threshold"):
+    with pytest.raises(UsageError, match="threshold="):
         main(
             [
                 "run",

@@ -134,8 +134,10 @@ def test_tiny_real_training_run(idc_data: Path, tmp_path: Path) -> None:
     assert cfg.training["patches"]["train"] == 320
     assert cfg.arch_params["widths"] == [16, 32, 32]
     assert all(0.3 < m < 0.95 for m in cfg.mean) and all(0.03 < s < 0.5 for s in cfg.std)
-    assert 0.0 < cfg.threshold < 1.0
+    assert 0.0 < cfg.tile_threshold < 1.0 and cfg.region_threshold == cfg.tile_threshold
     assert cfg.training["lr_find_suggestion"] > 0
+    # no absolute path of this machine in the model file (the data folder lies outside the cwd)
+    assert cfg.training["data"] == split["data"] == ["patches"]
 
     model = load_model(out, device="cpu")
     assert model.sha256 == cfg.weights_sha256
