@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from .contours import contour_regions
 from .errors import IDCMapError, UsageError
 from .export import regions_to_geojson
 from .heatmap import Heatmap, smooth, stitch
 from .infer import InferenceStats, predict_grid
+from .measure import measure_polygon
 from .model import IDCModel, load_model
 from .outputs import OUTPUT_FILES, save_outputs
 from .regions import Region, idc_mask, mask_to_regions
@@ -25,6 +27,9 @@ from .slide import Slide, SlideInfo, open_slide
 from .summary import build_summary
 from .tiles import TileGrid, make_grid
 from .tissue import BlockThumbnail, TissueMask, detect_tissue
+
+#: Region outline styles: the threshold contour of the smoothed heatmap, or the cell edges.
+OUTLINES = ("smooth", "cells")
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class Params:
     min_hole_um2: float = 40_000.0  # holes smaller than this are filled
     simplify_um: float = 2.0  # polygon simplification tolerance
     force_rgb: bool = False  # process non-brightfield images anyway
+    outline: str = "smooth"  # region outlines: "smooth" (threshold contour) or "cells" (edges)
 
     def validate(self) -> None:
         if self.stride_px is not None and (
@@ -69,6 +75,8 @@ class Params:
             raise UsageError(f"tissue_mpp={self.tissue_mpp} must be µm per pixel > 0")
         if not 0.0 <= self.min_tissue <= 1.0:
             raise UsageError(f"min_tissue={self.min_tissue} must lie in [0, 1]")
+        if self.outline not in OUTLINES:
+            raise UsageError(f"outline={self.outline!r} must be one of {', '.join(OUTLINES)}")
 
 
 @dataclass
@@ -108,11 +116,16 @@ class SlideResult:
         return slide_stem(self.source or self.slide.path)
 
     def to_geojson(self, tiles: bool = False) -> dict[str, Any]:
-        """QuPath FeatureCollection of the IDC regions (and the tiles, with ``tiles=True``)."""
+        """QuPath FeatureCollection of the IDC regions (and the tiles, with ``tiles=True``);
+        each region carries its grading measurements (:mod:`idcmap.measure`)."""
         return regions_to_geojson(
             self.regions,
             tiles=self.heatmap if tiles else None,
             tile_threshold=self.tile_threshold,
+            measurements=[
+                measure_polygon(r.polygon, self.slide.mpp, self.slide.mpp_y).qupath()
+                for r in self.regions
+            ],
         )
 
     def save(
@@ -217,7 +230,10 @@ def segment_slide(
     t = time.perf_counter()
     smoothed = smooth(heatmap, smooth_um)
     mask = idc_mask(smoothed, thr, min_region_um2=p.min_region_um2, min_hole_um2=p.min_hole_um2)
-    regions = mask_to_regions(mask, heatmap, simplify_um=p.simplify_um)
+    if p.outline == "smooth":
+        regions = contour_regions(mask, smoothed, thr, stats=heatmap, simplify_um=p.simplify_um)
+    else:
+        regions = mask_to_regions(mask, heatmap, simplify_um=p.simplify_um)
     timings["regions"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
 

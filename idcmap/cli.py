@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import IDCMapError
+from .errors import IDCMapError, UsageError
 
 #: Python-API names (``Params`` fields, keyword arguments) whose CLI flag is not ``--name``.
 _FLAG_OF = {
@@ -115,7 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="segment IDC on one or more slides",
         description="Segment IDC on slides; writes OUT/<slide stem>/ per slide.",
     )
-    run.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files or folders of slides")
+    run.add_argument("slides", nargs="*", metavar="SLIDE", help="slide files or folders of slides")
+    run.add_argument(
+        "--list",
+        dest="lists",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="text file of slide paths, one per line (# comments; relative paths are relative "
+        "to the file's folder); repeatable",
+    )
+    run.add_argument(
+        "--recursive",
+        "-r",
+        action="store_true",
+        help="look for slides in the sub-folders of the folders given too",
+    )
     run.add_argument("--out", "-o", required=True, type=Path, help="output folder")
     run.add_argument(
         "--model", type=Path, default=None, help="model .json (default: the bundled model)"
@@ -199,7 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write <stem>.tiles.geojson with every tile and its probability",
     )
     run.add_argument("--overwrite", action="store_true", help="redo slides whose outputs exist")
-    run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--outline",
+        choices=["smooth", "cells"],
+        default="smooth",
+        help="region outlines: smooth = where the smoothed probability crosses the threshold "
+        "(default); cells = the 200-µm heatmap cell edges",
+    )
+    run.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="no progress bars (without a terminal: one line per slide, no bars, anyway)",
+    )
     run.add_argument("--debug", action="store_true", help="print tracebacks")
     run.set_defaults(func=cmd_run)
 
@@ -229,8 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .api import Params
+    from .inputs import expand_inputs, read_slide_list
     from .model import load_model
-    from .runner import expand_inputs, format_outcome, run_batch
+    from .runner import Outcome, format_outcome, run_batch
 
     params = Params(
         stride_px=args.stride,
@@ -247,9 +276,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         min_hole_um2=args.min_hole_um2,
         simplify_um=args.simplify_um,
         force_rgb=args.force_rgb,
+        outline=args.outline,
     )
     params.validate()
-    slides = expand_inputs(args.slides)
+    if not args.slides and not args.lists:
+        raise UsageError("no slides: give slide files or folders, or --list FILE")
+    listed = [p for lf in args.lists for p in read_slide_list(lf)]
+    slides = expand_inputs([*args.slides, *listed], recursive=args.recursive)
+    # in a log (stderr not a terminal) redrawn bars are noise: one numbered line per slide instead
+    interactive = sys.stderr.isatty()
+    count = 0
+
+    def describe(o: Outcome) -> str:
+        nonlocal count
+        count += 1
+        line = to_flags(format_outcome(o))
+        return line if interactive else f"{line} [{count}/{len(slides)}]"
+
     model = load_model(args.model, device=args.device)
     if params.stride_px is not None:
         from .tiles import check_stride
@@ -262,9 +305,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         params=params,
         overwrite=args.overwrite,
         tiles_geojson=args.tiles_geojson,
-        progress=not args.quiet,
+        progress=not args.quiet and interactive,
         debug=args.debug,
-        describe=lambda o: to_flags(format_outcome(o)),
+        describe=describe,
     )
     done = sum(o.status == "done" for o in outcomes)
     skipped = sum(o.status == "skipped" for o in outcomes)

@@ -2,8 +2,9 @@
 
 Each slide's row is written as soon as the slide finishes (done, skipped or failed), by whichever
 process finished it: a run, another run on the same folder, a Dask worker. Updates are
-read-merge-write under an exclusive ``flock`` on ``OUT/.cohort.lock``, keyed by the slide's
-output name (its folder ``OUT/<slide>/``), and the new table replaces the old one atomically
+read-merge-write under an exclusive ``flock`` on ``OUT/.cohort.lock`` (removed after each
+update), keyed by the slide's output name (its folder ``OUT/<slide>/``), and the new table
+replaces the old one atomically
 (temporary file, fsync, rename): a reader sees either the old or the new table, never half of
 one, and no update is lost when several processes write at once.
 
@@ -19,17 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import io
 import json
 import os
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from .locking import file_lock
 
 __all__ = [
     "COHORT_FILE",
@@ -153,19 +154,6 @@ def summary_of(folder: str | Path) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-@contextmanager
-def _locked(out_dir: Path) -> Iterator[None]:
-    fd = os.open(out_dir / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
 def read_cohort(out_dir: str | Path) -> list[dict[str, str]]:
     """The rows of ``OUT/cohort.csv`` as dicts of text ([] when there is none yet)."""
     try:
@@ -184,7 +172,7 @@ def update_cohort(out_dir: str | Path, rows: Iterable[CohortRow]) -> Path:
     out = Path(out_dir)
     new = list(rows)
     path = out / COHORT_FILE
-    with _locked(out):
+    with file_lock(out / _LOCK_FILE, wait=True):
         table: dict[str, dict[str, str]] = {}
         for r in read_cohort(out):
             key = r.get("slide") or ""

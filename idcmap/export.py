@@ -11,8 +11,13 @@ GeoJSON shape (what QuPath ≥ 0.4 writes and reads), one Feature per IDC region
      "properties": {"objectType": "annotation", "name": "IDC 1",
                     "classification": {"name": "IDC", "color": [200, 0, 0]},
                     "isLocked": false,
-                    "measurements": {"Area µm^2": ..., "Mean IDC probability": ...,
+                    "measurements": {"Area µm^2": ..., "Area mm^2": ...,
+                                     "Greatest dimension mm": ..., "Least dimension mm": ...,
+                                     "Mean IDC probability": ...,
                                      "Max IDC probability": ..., "Heatmap cells": ...}}}
+
+(the mm measurements when the caller passes them, as :meth:`SlideResult.to_geojson` does; see
+:mod:`idcmap.measure`).
 
 Rings are closed; exterior rings are counter-clockwise and holes clockwise *in the numbers*
 (RFC 7946 §3.1.6, signed area with x right / y up — on screen, with y down, that looks
@@ -115,6 +120,7 @@ def regions_to_geojson(
     class_name: str = "IDC",
     color: Sequence[int] = IDC_COLOR,
     tile_threshold: float = 0.5,
+    measurements: Sequence[Mapping[str, float]] | None = None,
 ) -> dict[str, Any]:
     """QuPath FeatureCollection of the IDC regions (and optionally the heatmap cells as tiles).
 
@@ -130,19 +136,25 @@ def regions_to_geojson(
         tile_threshold: probability at which a tile is classified ``class_name`` (tiles
             only): the model's per-tile threshold, not the region threshold that the region
             mask applies to the smoothed heatmap.
+        measurements: one mapping per region of further measurements (name with its unit →
+            value), e.g. :meth:`idcmap.measure.RegionMeasurements.qupath`'s ``Area mm^2``,
+            ``Greatest dimension mm``, ``Least dimension mm``.
 
     Returns:
         ``{"type": "FeatureCollection", "features": [...]}`` (JSON-serialisable, NaN-free);
         with ``tiles``, also the foreign member ``"idcmap": {"tile_threshold": ...}``.
     """
+    if measurements is not None and len(measurements) != len(regions):
+        raise ValueError(f"{len(measurements)} measurement sets for {len(regions)} regions")
     features: list[dict[str, Any]] = []
     for i, region in enumerate(regions):
         geometry = geometry_to_geojson(region.polygon)
         if geometry is None:
             continue
-        measurements = _finite_measurements(
+        measurements_i = _finite_measurements(
             {
                 "Area µm^2": region.area_um2,
+                **(measurements[i] if measurements is not None else {}),
                 "Mean IDC probability": region.mean_prob,
                 "Max IDC probability": region.max_prob,
                 "Heatmap cells": int(region.n_cells),
@@ -158,7 +170,7 @@ def regions_to_geojson(
                     "name": f"{class_name} {i + 1}",
                     "classification": _classification(class_name, color),
                     "isLocked": False,
-                    "measurements": measurements,
+                    "measurements": measurements_i,
                 },
             }
         )
@@ -424,10 +436,9 @@ def colormap_lut(n: int = 256) -> np.ndarray:
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
-        return ImageFont.load_default()
+    from .render import font  # the shipped DejaVu Sans: µ, σ, ≥ render (not as boxes)
+
+    return font(size)
 
 
 def _as_rgb(thumbnail: np.ndarray) -> np.ndarray:

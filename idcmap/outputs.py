@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import OutputError
-from .export import heatmap_npz, heatmap_png, mask_png, regions_to_geojson, write_json
+from .export import heatmap_npz, regions_to_geojson, write_json
+from .render import heatmap_picture, mask_picture, save_png
 
 if TYPE_CHECKING:
     from .api import SlideResult
@@ -70,20 +71,48 @@ def _heatmap_npz(r: SlideResult, path: Path) -> None:
 
 def _heatmap_png(r: SlideResult, path: Path) -> None:
     sigma = r.summary.get("parameters", {}).get("smooth_um") or 0
-    note = f" (smoothed, sigma {sigma:g} µm)" if sigma else ""
-    heatmap_png(
+    note = f" (smoothed, σ {sigma:g} µm)" if sigma else ""
+    m = r.summary.get("measurements") or {}
+    n = len(r.regions)
+    caption = f"{n} IDC region{'s' if n != 1 else ''}"
+    if "idc_area_mm2" in m:
+        caption += (
+            f" · IDC {m['idc_area_mm2']:.2f} mm² = {m['idc_percent_of_tissue']:.1f} % of "
+            f"{m['tissue_area_mm2']:.2f} mm² tissue"
+        )
+    if n:
+        caption += (
+            f" · largest focus {m.get('largest_focus_greatest_dimension_mm', 0):.1f} mm across"
+        )
+    tissue = r.tissue.mask if r.tissue.mask.shape == r.tissue.thumbnail.shape[:2] else None
+    img = heatmap_picture(
         r.smoothed,
         r.tissue.thumbnail,
         r.tissue.origin_level0_px,
         r.tissue.px_level0,
-        path,
         threshold=r.threshold,
+        polygons=[reg.polygon for reg in r.regions],
+        tissue=tissue,
         title=f"{r.stem}: IDC probability{note}",
+        caption=caption,
+        mpp_x=r.slide.mpp,
+        mpp_y=r.slide.mpp_y,
     )
+    save_png(img, path)
 
 
 def _mask_png(r: SlideResult, path: Path) -> None:
-    mask_png(r.mask, path)
+    img, k = mask_picture(r.mask)
+    cw, ch = r.heatmap.cell_level0_px
+    save_png(
+        img,
+        path,
+        {
+            "Comment": f"IDC mask (255 = IDC): {k}×{k} px per heatmap cell; cell (row, col) = "
+            f"pixel (row·{k}, col·{k}); a cell is {cw:g}×{ch:g} level-0 px"
+        },
+    )
+    r.summary["mask_png_px_per_cell"] = k  # summary.json is written last
 
 
 def _summary_json(r: SlideResult, path: Path) -> None:
@@ -101,8 +130,13 @@ OUTPUTS: tuple[Output, ...] = (
         option="tiles_geojson",
     ),
     Output("heatmap.npz", _heatmap_npz, "heatmap arrays and geometry (load_heatmap_npz)"),
-    Output("heatmap.png", _heatmap_png, "heatmap over the slide thumbnail, with a colour bar"),
-    Output("mask.png", _mask_png, "IDC mask, one pixel per heatmap cell"),
+    Output(
+        "heatmap.png",
+        _heatmap_png,
+        "heatmap over the slide thumbnail (clear where low), numbered region outlines, scale "
+        "bar, colour bar with the region threshold",
+    ),
+    Output("mask.png", _mask_png, "IDC mask, k×k px per heatmap cell (k in summary.json)"),
     Output("summary.json", _summary_json, "areas, counts, model, parameters, timings"),
 )
 

@@ -18,43 +18,25 @@ it on a worker (``Outcome`` is a small picklable frozen dataclass).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import glob
 import os
 import shutil
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from .api import Params, is_done, segment_slide, slide_stem
+from .cohort import COHORT_FILE, row_from_summary, summary_of, update_cohort
 from .errors import IDCMapError, OutputError
+from .inputs import SLIDE_SUFFIXES, expand_inputs  # noqa: F401  (re-exported: runner.expand_inputs)
+from .locking import file_lock
 from .model import IDCModel
-
-#: File name endings taken as slides when a folder is given.
-SLIDE_SUFFIXES = (
-    ".svs",
-    ".tif",
-    ".tiff",
-    ".ndpi",
-    ".vms",
-    ".vmu",
-    ".scn",
-    ".mrxs",
-    ".svslide",
-    ".bif",
-    ".dcm",
-    ".qptiff",
-    ".png",
-    ".jpg",
-    ".jpeg",
-)
 
 #: Values of :attr:`Outcome.status`.
 DONE, SKIPPED, FAILED, BUSY = "done", "skipped", "failed", "busy"
@@ -97,38 +79,6 @@ class Outcome:
         return None if self.summary is None else int(self.summary["regions"])
 
 
-def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Slide paths from files and folders (a folder contributes the slides directly inside it).
-
-    A folder whose slide files are all ``.dcm`` is one DICOM WSI series: it is kept as one slide
-    (OpenSlide opens the series from any of its files). A folder without slides, like a missing
-    file, is kept as it is, so that it fails on its own line and the batch goes on.
-    """
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            try:
-                found = sorted(
-                    q
-                    for q in p.iterdir()
-                    if q.is_file()
-                    and not q.name.startswith(".")
-                    and q.name.lower().endswith(SLIDE_SUFFIXES)
-                )
-            except OSError:
-                found = []
-            if found and all(q.suffix.lower() == ".dcm" for q in found):
-                out.append(p)  # one DICOM series
-            elif found:
-                out.extend(found)
-            else:
-                out.append(p)  # "a folder without slides" on its own line
-        else:
-            out.append(p)  # missing files fail on their own line, the batch goes on
-    return out
-
-
 def check_output_dir(out_dir: Path) -> None:
     """Fail early, once, when the output folder cannot be written."""
     try:
@@ -147,35 +97,10 @@ def check_output_dir(out_dir: Path) -> None:
 def slide_lock(out_dir: Path, stem: str, *, wait: bool) -> Iterator[bool]:
     """Hold ``<out>/.<stem>.lock``; yields False (without waiting) when another run holds it.
 
-    The lock file is removed on release. A run that opened the file before that unlink and then
-    gets the lock holds a lock on a file no longer at that path, so it checks, once it holds the
-    lock, that the path still names the file it locked (same device and inode) and starts over
-    otherwise: two runs can never both believe they hold the slide.
+    The lock file is removed on release (:func:`idcmap.locking.file_lock`).
     """
-    path = out_dir / f".{stem}.lock"
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
-            yield False
-            return
-        try:
-            on_disk = os.stat(path)
-        except FileNotFoundError:
-            on_disk = None
-        held = os.fstat(fd)
-        if on_disk is not None and (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino):
-            break
-        os.close(fd)  # the holder before us removed (and someone may have re-made) the file
-    try:
-        yield True
-    finally:
-        with contextlib.suppress(OSError):  # still holding the lock: nobody else is using it
-            path.unlink()
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    with file_lock(out_dir / f".{stem}.lock", wait=wait) as got:
+        yield got
 
 
 def remove_leftovers(out_dir: Path, stem: str) -> None:
@@ -227,6 +152,7 @@ def process_slide(
     ``overwrite``, then segments and saves it atomically. Never raises for a slide's own
     problems (missing, unreadable, an internal error): they come back as a ``failed`` Outcome
     whose message is one short line. ``out_dir`` must exist (see :func:`check_output_dir`).
+    Every outcome but ``busy`` is recorded in ``out_dir/cohort.csv`` (:mod:`idcmap.cohort`).
 
     Args:
         debug: also print the traceback of an internal error (it is in ``Outcome.detail``
@@ -238,37 +164,90 @@ def process_slide(
     with slide_lock(out, stem, wait=wait_for_lock) as got:
         if not got:
             return Outcome(str(s), BUSY, "busy in another run")
-        remove_leftovers(out, stem)
-        if is_done(out, s) and not overwrite:
-            return Outcome(
-                str(s), SKIPPED, "already done (overwrite=True redoes it)", str(out / stem)
-            )
-        t0 = time.perf_counter()
-        try:
-            result = segment_slide(s, model=model, progress=progress, params=params)
-            final = result.save(out, tiles_geojson=tiles_geojson, overwrite=True)
-        except IDCMapError as e:
-            return Outcome(str(s), FAILED, str(e), seconds=time.perf_counter() - t0)
-        except Exception as e:  # an unforeseen bug (MemoryError included) must not cost the others
-            tb = traceback.format_exc()
-            if debug:
-                print(tb, end="")
-            return Outcome(
-                str(s),
-                FAILED,
-                f"internal error {type(e).__name__}: {e} (rerun with debug=True for the traceback "
-                "and report it)",
-                seconds=time.perf_counter() - t0,
-                detail=tb,
-            )
+        # recorded under the slide's lock: a slide's rows are written in the order of its runs
+        return record_outcome(
+            out,
+            _locked_process_slide(
+                s,
+                out,
+                model=model,
+                params=params,
+                overwrite=overwrite,
+                tiles_geojson=tiles_geojson,
+                progress=progress,
+                debug=debug,
+            ),
+        )
+
+
+def record_outcome(out_dir: str | Path, o: Outcome) -> Outcome:
+    """Write ``o``'s row of ``out_dir/cohort.csv`` (not for ``busy``); a table that cannot be
+    written does not fail the slide: the reason goes to ``o.detail``."""
+    if o.status == BUSY:
+        return o
+    stem = slide_stem(o.path)
+    summary = o.summary
+    if summary is None and o.status == SKIPPED and o.out_dir:
+        summary = summary_of(o.out_dir)  # the finished output's figures
+    row = row_from_summary(
+        stem,
+        o.path,
+        o.status,
+        reason="" if o.status == DONE else o.message,
+        summary=summary if o.status != FAILED else None,
+        output=o.out_dir or "",
+        seconds=round(o.seconds, 2) if o.status != SKIPPED else None,
+    )
+    try:
+        update_cohort(out_dir, [row])
+    except OSError as e:
+        note = f"{COHORT_FILE} not updated: {e.strerror or e}"
+        return replace(o, detail=f"{o.detail}\n{note}".strip())
+    return o
+
+
+def _locked_process_slide(
+    s: Path,
+    out: Path,
+    *,
+    model: IDCModel,
+    params: Params,
+    overwrite: bool,
+    tiles_geojson: bool,
+    progress: bool,
+    debug: bool,
+) -> Outcome:
+    """The work of :func:`process_slide` once the slide's lock is held."""
+    stem = slide_stem(s)
+    remove_leftovers(out, stem)
+    if is_done(out, s) and not overwrite:
+        return Outcome(str(s), SKIPPED, "already done (overwrite=True redoes it)", str(out / stem))
+    t0 = time.perf_counter()
+    try:
+        result = segment_slide(s, model=model, progress=progress, params=params)
+        final = result.save(out, tiles_geojson=tiles_geojson, overwrite=True)
+    except IDCMapError as e:
+        return Outcome(str(s), FAILED, str(e), seconds=time.perf_counter() - t0)
+    except Exception as e:  # an unforeseen bug (MemoryError included) must not cost the others
+        tb = traceback.format_exc()
+        if debug:
+            print(tb, end="")
         return Outcome(
             str(s),
-            DONE,
-            done_message(result.summary),
-            str(final),
-            time.perf_counter() - t0,
-            summary=result.summary,
+            FAILED,
+            f"internal error {type(e).__name__}: {e} (rerun with debug=True for the traceback "
+            "and report it)",
+            seconds=time.perf_counter() - t0,
+            detail=tb,
         )
+    return Outcome(
+        str(s),
+        DONE,
+        done_message(result.summary),
+        str(final),
+        time.perf_counter() - t0,
+        summary=result.summary,
+    )
 
 
 def run_batch(
@@ -303,6 +282,7 @@ def run_batch(
                 f"same output name '{stem}' as {seen[stem]}; "
                 "rename one of the slides or run them into different output folders",
             )
+            outcomes[i] = record_outcome(out, outcomes[i])
         else:
             seen.setdefault(stem, s)
             queue.append(i)

@@ -52,4 +52,7 @@ def test_batch_cli_example(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert (out / "8955" / "summary.json").is_file()
     assert "0 done, 1 skipped" in run.stdout + run.stderr  # the rerun skips the finished slide
-    assert run.stdout.splitlines()[-1] == "8955"  # the listing of OUT: one folder per slide
+    lines = run.stdout.splitlines()
+    assert lines[-4:-2] == ["8955", "cohort.csv"]  # the listing of OUT: one folder per slide
+    assert lines[-2].startswith("slide,status,foci,idc_area_mm2")
+    assert lines[-1].startswith("8955,skipped,")  # the rerun's row, the figures kept

@@ -355,7 +355,7 @@ def test_leica_bounds_put_regions_in_qupaths_frame(tmp_path: Path) -> None:
         path,
         model=colour_model(dense=True, threshold=0.5),
         progress=False,
-        params=Params(min_region_um2=0, min_hole_um2=0, simplify_um=0),
+        params=Params(min_region_um2=0, min_hole_um2=0, simplify_um=0, outline="cells"),
     )
     hm = res.heatmap
     assert hm.shape == red.shape and hm.origin_level0_px == (0.0, 0.0)
@@ -386,7 +386,8 @@ def test_cli_dicom_folder_is_one_slide_and_leica_info(
     summary = json.loads((tmp_path / "o" / "series" / "summary.json").read_text())
     assert summary["slide"]["vendor"] == "dicom"
     assert sorted(p.name for p in (tmp_path / "o").iterdir() if not p.name.startswith(".")) == [
-        "series"
+        "cohort.csv",
+        "series",
     ]
     rc, out, _ = run_cli(
         ["run", str(series), "--out", str(tmp_path / "o"), "--model", str(model), "-q"], capsys

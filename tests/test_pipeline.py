@@ -143,23 +143,26 @@ def test_no_tissue_gives_valid_empty_feature_collection(tmp_path: Path) -> None:
     assert json.loads((out / "summary.json").read_text())["regions"] == 0
 
 
-def test_regions_geojson_round_trip_matches_mask(tmp_path: Path) -> None:
+@pytest.mark.parametrize("outline", ["cells", "smooth"])
+def test_regions_geojson_round_trip_matches_mask(tmp_path: Path, outline: str) -> None:
     path, red = cell_slide(tmp_path, 1.0, (1, 4), cells=(12, 14), seed=3)
     res = segment_slide(
         path,
         model=colour_model(threshold=0.6),
         progress=False,
-        params=Params(min_region_um2=0, min_hole_um2=0, simplify_um=0),
+        params=Params(min_region_um2=0, min_hole_um2=0, simplify_um=0, outline=outline),
     )
     assert res.mask.any() and not res.mask.all()
     out = res.save(tmp_path / "out")
     gj = json.loads((out / "cells.geojson").read_text())
     validate_qupath_geojson(gj)
     polys = [shapely.geometry.shape(f["geometry"]) for f in gj["features"]]
+    # either outline holds exactly the mask's cell centres
     np.testing.assert_array_equal(rasterize(polys, res.heatmap), res.mask)
-    # level-0 coordinates: every vertex on the 200-µm (= 200 level-0 px) cell lattice
     coords = np.concatenate([shapely.get_coordinates(p) for p in polys])
-    np.testing.assert_allclose(coords % 200, 0, atol=0.01)
+    on_lattice = np.all(np.isclose(coords % 200, 0, atol=0.01) | np.isclose(coords % 200, 200))
+    # cells: every vertex on the 200-µm (= 200 level-0 px) cell lattice; smooth: sub-cell
+    assert on_lattice == (outline == "cells")
     expect = red >= 0.6 * 255
     expect[-1] = False  # glass row
     np.testing.assert_array_equal(res.mask, expect)

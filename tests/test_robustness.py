@@ -7,6 +7,7 @@ subprocess (``python -m idcmap``) on small generated pyramids with a tiny real m
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import pickle
@@ -108,15 +109,17 @@ def assert_complete(out: Path, stem: str) -> None:
     assert summary["regions"] >= 0 and summary["slide"]["path"].endswith(f"{stem}.tiff")
     validate_qupath_geojson(json.loads((folder / f"{stem}.geojson").read_text()))
     hm = load_heatmap_npz(folder / "heatmap.npz")
+    k = summary["mask_png_px_per_cell"]  # each heatmap cell a k×k block
     with Image.open(folder / "mask.png") as m:
-        assert m.size == (hm.prob.shape[1], hm.prob.shape[0])
+        assert m.size == (k * hm.prob.shape[1], k * hm.prob.shape[0])
     with Image.open(folder / "heatmap.png") as im:
         im.load()
 
 
 def assert_no_partial(out: Path, stems: list[str], *, leftovers_ok: bool) -> list[str]:
     """Each slide is complete under its final name or absent; the only other entries are (empty)
-    lock files and (when ``leftovers_ok``) ``.<stem>.tmp-*`` folders. Returns the finished stems."""
+    lock files, the cohort table (whole, one row per slide at most) and (when ``leftovers_ok``)
+    ``.<stem>.tmp-*`` folders. Returns the finished stems."""
     done = []
     for p in out.iterdir():
         name = p.name
@@ -125,6 +128,11 @@ def assert_no_partial(out: Path, stems: list[str], *, leftovers_ok: bool) -> lis
             done.append(name)
         elif name.startswith(".") and name.endswith(".lock"):  # per-slide flock files
             assert p.is_file() and p.stat().st_size == 0
+        elif name == "cohort.csv":  # replaced atomically: always a whole table
+            with open(p, newline="") as f:
+                rows = list(csv.DictReader(f))
+            assert len({r["slide"] for r in rows}) == len(rows)  # failed slides too
+            assert all(r["status"] in ("done", "skipped", "failed") for r in rows)
         elif leftovers_ok and any(name.startswith(f".{s}.tmp-") for s in stems):
             assert p.is_dir()
         else:

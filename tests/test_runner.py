@@ -65,7 +65,7 @@ def test_no_lock_file_stays_behind(tmp_path: Path, slide: Path) -> None:
         inputs, out, model=colour_model(), params=Params(workers=0), progress=False, report=str
     )
     assert [o.status for o in outcomes] == ["done", "failed", "failed", "failed"]
-    assert sorted(p.name for p in out.iterdir()) == ["a"]
+    assert sorted(p.name for p in out.iterdir()) == ["a", "cohort.csv"]
 
 
 def test_busy_slide_is_reported_busy_without_waiting(tmp_path: Path, slide: Path) -> None:
