@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from geojson_check import validate_qupath_geojson
 from PIL import Image
 from pipeline_helpers import tiny_model_file
 from tiffgen import write_pyramid_tiff
@@ -30,7 +31,7 @@ from tiffgen import write_pyramid_tiff
 from idcmap.api import OUTPUT_FILES
 from idcmap.cli import main
 from idcmap.errors import ModelError, UsageError
-from idcmap.export import load_heatmap_npz, validate_qupath_geojson
+from idcmap.export import load_heatmap_npz
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent (CI has it)")

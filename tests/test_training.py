@@ -122,7 +122,7 @@ def test_tiny_real_training_run(idc_data: Path, tmp_path: Path) -> None:
         seed=1,
         max_patches=320,
         batch_size=64,
-        widths=(16, 32, 32),
+        arch_params={"widths": (16, 32, 32)},
         lr_find_iters=8,
         progress=False,
         log=lambda *a: None,
@@ -132,7 +132,8 @@ def test_tiny_real_training_run(idc_data: Path, tmp_path: Path) -> None:
     assert not set(split["train"]) & set(split["test"])
     assert cfg.training["patients"]["test"] == split["test"]
     assert cfg.training["patches"]["train"] == 320
-    assert cfg.arch_params["widths"] == [16, 32, 32]
+    assert cfg.arch_params == {"widths": [16, 32, 32], "dropout": 0.3}  # given + the default
+    assert (cfg.architecture, cfg.mpp) == ("idcnet-v1", 4.0)
     assert all(0.3 < m < 0.95 for m in cfg.mean) and all(0.03 < s < 0.5 for s in cfg.std)
     assert 0.0 < cfg.tile_threshold < 1.0 and cfg.region_threshold == cfg.tile_threshold
     assert cfg.training["lr_find_suggestion"] > 0
