@@ -116,5 +116,6 @@ def smooth(heatmap: Heatmap, sigma_um: float) -> Heatmap:
     )
     den = ndimage.gaussian_filter(weight, sigma, mode="constant")
     with np.errstate(invalid="ignore", divide="ignore"):
+        # den > 0 on every tissue cell (it weighs itself); the guard only avoids 0/0 elsewhere
         out = np.where(tissue, num / np.maximum(den, 1e-12), np.nan)
     return replace(heatmap, prob=out.astype(np.float32))

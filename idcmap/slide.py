@@ -64,6 +64,10 @@ PLAUSIBLE_MPP = (0.05, 20.0)
 USER_MPP = (0.01, 100.0)
 """µm/px accepted from the user (``mpp=``)."""
 _CHUNK_PX = 4096
+#: Slack of the float arithmetic between level-0 px and level px (x / downsample, rounded down
+#: or up): far below a pixel, far above the rounding error of coordinates below 2**31 px. One
+#: value for every snap in slide.py and tiles.py.
+PX_EPS = 1e-6
 _PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 _MPP_HINT = "pass mpp=0.25 for a 40x scan, mpp=0.5 for 20x"
 
@@ -449,7 +453,7 @@ class Slide:
         x0, y0 = int(location_level0_px[0]), int(location_level0_px[1])
         d = self.info.level_downsamples[level]
         lw, lh = self.info.level_dimensions[level]
-        lx, ly = math.floor(x0 / d + 1e-9), math.floor(y0 / d + 1e-9)
+        lx, ly = math.floor(x0 / d + PX_EPS), math.floor(y0 / d + PX_EPS)
         ix0, iy0 = max(lx, 0), max(ly, 0)
         ix1, iy1 = min(lx + w, lw), min(ly + h, lh)
         if ix1 <= ix0 or iy1 <= iy0:
@@ -504,9 +508,9 @@ class Slide:
         out_h = max(1, round(bh * self.info.mpp_y / target_mpp))
         level = self.best_level_for_mpp(target_mpp)
         d = self.info.level_downsamples[level]
-        lx0, ly0 = math.floor(bx / d + 1e-9), math.floor(by / d + 1e-9)
-        lw = max(1, math.ceil((bx + bw) / d - 1e-9) - lx0)
-        lh = max(1, math.ceil((by + bh) / d - 1e-9) - ly0)
+        lx0, ly0 = math.floor(bx / d + PX_EPS), math.floor(by / d + PX_EPS)
+        lw = max(1, math.ceil((bx + bw) / d - PX_EPS) - lx0)
+        lh = max(1, math.ceil((by + bh) / d - PX_EPS) - ly0)
         k = max(1, min(lw // out_w, lh // out_h))
         chunk = max(k, (_CHUNK_PX // k) * k)
         small = np.empty((math.ceil(lh / k), math.ceil(lw / k), 3), np.uint8)
@@ -515,7 +519,7 @@ class Slide:
         def read_chunks(handle: Slide, todo: list[tuple[int, int]]) -> None:
             for cx, cy in todo:
                 cw, ch = min(chunk, lw - cx), min(chunk, lh - cy)
-                loc = (math.ceil((lx0 + cx) * d - 1e-7), math.ceil((ly0 + cy) * d - 1e-7))
+                loc = (math.ceil((lx0 + cx) * d - PX_EPS), math.ceil((ly0 + cy) * d - PX_EPS))
                 part = handle.read_region(loc, level, (cw, ch))
                 small[
                     cy // k : cy // k + math.ceil(ch / k), cx // k : cx // k + math.ceil(cw / k)
@@ -637,7 +641,7 @@ def _probe(reader: _Reader) -> None:
     w, h = reader.level_dimensions[lvl]
     d = reader.level_downsamples[lvl]
     pw, ph = min(16, w), min(16, h)
-    loc = (math.ceil((w - pw) // 2 * d - 1e-7), math.ceil((h - ph) // 2 * d - 1e-7))
+    loc = (math.ceil((w - pw) // 2 * d - PX_EPS), math.ceil((h - ph) // 2 * d - PX_EPS))
     reader.read(loc, lvl, (pw, ph))
 
 

@@ -13,7 +13,6 @@ import pytest
 
 from idcmap import data
 from idcmap.evaluate import (
-    Grid,
     best_threshold,
     binary_metrics,
     dice_iou,
@@ -21,6 +20,7 @@ from idcmap.evaluate import (
     truth_from_cells,
     truth_from_geojson,
 )
+from idcmap.heatmap import Heatmap
 from idcmap.model import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,9 +197,9 @@ def test_dice_iou_and_truth_rasterisation(tmp_path: Path) -> None:
 
     csv = tmp_path / "s.cells.csv"
     csv.write_text("x,y,width,height,label\n0,0,50,50,1\n50,0,50,50,0\n100,50,50,31,1\n")
-    grid = Grid(2, 3, (0.0, 0.0), 50.0)
+    grid = Heatmap(np.zeros((2, 3), np.float32), (0.0, 0.0), (50.0, 50.0), 4.0, 4.0, 50, 50)
     np.testing.assert_array_equal(truth_from_cells(csv, grid), [[1, 0, 0], [0, 0, 1]])
-    fine = Grid(4, 6, (0.0, 0.0), 25.0)  # a stride-25 heatmap grid
+    fine = Heatmap(np.zeros((4, 6), np.float32), (0.0, 0.0), (25.0, 25.0), 4.0, 4.0, 25, 50)
     assert truth_from_cells(csv, fine)[:2, :2].all() and truth_from_cells(csv, fine).sum() == 6
 
     gj = tmp_path / "a.geojson"
