@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import IDCMapError
+from .errors import IDCMapError, IDCMapWarning, UsageError
 from .params import Params
 from .slide import BACKENDS
 
@@ -272,20 +272,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         tiles_geojson=args.tiles_geojson,
         progress=not args.quiet,
         debug=args.debug,
-        describe=lambda o: to_flags(format_outcome(o)),
+        describe=lambda o: to_flags(format_outcome(o, detail=args.debug)),
     )
     done = sum(o.status == "done" for o in outcomes)
     skipped = sum(o.status == "skipped" for o in outcomes)
     failed = [o for o in outcomes if o.status == "failed"]
+    # the reasons of the failures are on their ✗ lines above, one line each
     print(f"idcmap: {done} done, {skipped} skipped, {len(failed)} failed; outputs in {args.out}")
-    if failed:  # the reasons are on the ✗ lines above: one line per failure
-        print(f"idcmap: failed: {', '.join(o.path for o in failed)}")
     return 1 if failed else 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .model import bundled_model_path
-    from .slide import open_slide
+    from .slide import SLIDE_SUFFIXES, open_slide
+
+    folder: Path = args.slide
+    if folder.is_dir() and not any(folder.glob("*.dcm")):  # a DICOM series folder is one slide
+        n = sum(1 for q in folder.iterdir() if q.name.lower().endswith(SLIDE_SUFFIXES))
+        raise UsageError(
+            f"info takes one slide; {folder} is a folder ({n} slide{'s' * (n != 1)} in it): "
+            "pass one of its files"
+        )
 
     with open_slide(args.slide, backend=args.backend, mpp=args.mpp) as slide:
         d: dict[str, Any] = slide.info.to_dict()
@@ -338,7 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     old = signal.signal(signal.SIGTERM, on_term)
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():
+            _one_line_warnings()
+            return int(args.func(args))
     except IDCMapError as e:
         if debug:
             raise
@@ -375,7 +384,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, old)
 
 
-def _one_line(e: BaseException) -> str:
+def _one_line_warnings() -> None:
+    """idcmap's own warnings as one ``idcmap: warning:`` line each, in flag terms (call inside
+    ``warnings.catch_warnings()``: it restores the defaults)."""
+    default = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *rest: Any, **kw: Any) -> None:
+        if not issubclass(category, IDCMapWarning):
+            default(message, category, *rest, **kw)
+            return
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"idcmap: warning: {to_flags(_one_line(message))}", file=sys.stderr)
+
+    warnings.simplefilter("always", IDCMapWarning)  # every slide's own warning, not the first
+    warnings.showwarning = show
+
+
+def _one_line(e: BaseException | str) -> str:
     return " ".join(str(e).split())
 
 

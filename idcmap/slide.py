@@ -39,6 +39,7 @@ import contextlib
 import math
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,7 +48,13 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from idcmap.errors import ResolutionError, SlideError, UnsupportedImageError, UsageError
+from idcmap.errors import (
+    MppMismatchWarning,
+    ResolutionError,
+    SlideError,
+    UnsupportedImageError,
+    UsageError,
+)
 
 __all__ = [
     "BACKENDS",
@@ -59,6 +66,24 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "openslide", "tiffslide", "image")
+#: File name endings taken as slides when a folder is given.
+SLIDE_SUFFIXES = (
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".vms",
+    ".vmu",
+    ".scn",
+    ".mrxs",
+    ".svslide",
+    ".bif",
+    ".dcm",
+    ".qptiff",
+    ".png",
+    ".jpg",
+    ".jpeg",
+)
 PLAUSIBLE_MPP = (0.05, 20.0)
 """µm/px accepted from file metadata (backend properties, TIFF tags, image dpi)."""
 USER_MPP = (0.01, 100.0)
@@ -302,8 +327,8 @@ class _ImageReader:
 
 def _non_rgb_message(path: str, what: str) -> str:
     return (
-        f"{Path(path).name} is not 8-bit brightfield RGB ({what}); idcmap's model needs H&E "
-        "RGB. allow_non_rgb=True processes it anyway (channels min–max scaled to 8-bit RGB)"
+        f"{Path(path).name}: not 8-bit brightfield RGB ({what}); allow_non_rgb=True "
+        "processes it anyway (channels min–max scaled to RGB)"
     )
 
 
@@ -377,10 +402,7 @@ def _mpp_from_tags(page: Any) -> tuple[tuple[float, float] | None, str | None]:
     mx, my = per_unit / xres, per_unit / yres
     if not (_plausible(mx) and _plausible(my)):
         dpi = xres * 25400 / per_unit
-        return None, (
-            f"its TIFF resolution tags say {mx:.4g} µm/px ({dpi:.0f} dpi), "
-            "a screen-style value that means nothing"
-        )
+        return None, (f"its TIFF tags say {mx:.4g} µm/px ({dpi:.0f} dpi), a screen value")
     return (mx, my), None
 
 
@@ -409,7 +431,7 @@ class Slide:
         self.info = info
         self._reader: _Reader | None = reader
         self._factory = factory
-        self._failed: str | None = None
+        self._failed: tuple[str, str] | None = None  # (message, detail) of a failed read
         self._lock = threading.Lock()
 
     # -- resolution
@@ -469,7 +491,7 @@ class Slide:
 
     def _read(self, loc: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         if self._failed is not None:
-            raise SlideError(self._failed)
+            raise SlideError(self._failed[0], detail=self._failed[1])
         if self._reader is None:
             raise SlideError(f"{self._name}: the slide was closed; open it again")
         try:
@@ -478,19 +500,20 @@ class Slide:
         except UnsupportedImageError:
             raise
         except Exception as e:
+            other = "tiffslide" if self.info.backend == "openslide" else "openslide"
             self._failed = (
-                f"{self._name}: cannot read pixels at level {level}, {size[0]}x{size[1]} px at "
-                f"{loc} with {self.info.backend} ({_reason(e)}); the file may be corrupt or "
-                f"truncated: re-export or re-scan it, or try backend="
-                f"{'tiffslide' if self.info.backend == 'openslide' else 'openslide'}"
+                f"{self._name}: cannot read pixels at level {level} (corrupt or truncated?); "
+                f"re-export or re-scan it, or try backend={other}",
+                f"{self.info.backend} read of {size[0]}x{size[1]} px at {loc}: {_reason(e)}",
             )
-            raise SlideError(self._failed) from e
+            raise SlideError(self._failed[0], detail=self._failed[1]) from e
         if arr.shape != (size[1], size[0], 3) or arr.dtype != np.uint8:
             self._failed = (
                 f"{self._name}: {self.info.backend} returned {arr.shape} "
-                f"{arr.dtype} for a {size[0]}x{size[1]} read; try another backend="
+                f"{arr.dtype} for a {size[0]}x{size[1]} read; try another backend=",
+                "",
             )
-            raise SlideError(self._failed)
+            raise SlideError(self._failed[0])
         return arr
 
     def read_at_mpp(self, target_mpp: float) -> tuple[np.ndarray, tuple[float, float]]:
@@ -553,7 +576,7 @@ class Slide:
         try:
             reader = self._factory()
         except Exception as e:
-            raise SlideError(f"{self._name}: cannot reopen ({_reason(e)})") from e
+            raise SlideError(f"{self._name}: cannot reopen", detail=_reason(e)) from e
         return Slide(self.info, reader, self._factory)
 
     def close(self) -> None:
@@ -617,8 +640,8 @@ def _resolve_path(path: str | os.PathLike[str]) -> str:
         if dcm:  # a DICOM WSI series: OpenSlide opens it from any of its files
             return str(dcm[0])
         raise SlideError(
-            f"{p} is a folder without slides; pass slide files (e.g. {p}/*.svs) "
-            "or a folder holding one DICOM WSI series (.dcm files)"
+            f"{p}: a folder without slides; pass its slide files, or a folder of one DICOM WSI "
+            "series (.dcm)"
         )
     if not os.access(p, os.R_OK):
         raise SlideError(f"{p}: permission denied; make the file readable")
@@ -737,7 +760,7 @@ def open_slide(
             continue
         info = _build_info(spath, bk, reader, facts, mpp)
         return Slide(info, reader, factory)
-    raise SlideError(_open_failure(spath, backend, facts, errors))
+    raise SlideError(_open_failure(spath, backend, facts), detail="; ".join(errors))
 
 
 def _image_factory(path: str, first: _ImageReader) -> Callable[[], _Reader]:
@@ -757,25 +780,24 @@ def _close_quietly(reader: Any) -> None:
             reader.close()
 
 
-def _open_failure(path: str, backend: str, facts: _TiffFacts | None, errors: list[str]) -> str:
+def _open_failure(path: str, backend: str, facts: _TiffFacts | None) -> str:
+    """The one-line reason a slide could not be opened (each backend's error is the detail)."""
     name = Path(path).name
-    detail = "; ".join(errors)
     if backend != "auto":
-        return f"{name}: cannot be read with backend={backend} ({detail}); try backend=auto"
+        return f"{name}: cannot be read with backend={backend}; try backend=auto"
     if facts is None:
         with open(path, "rb") as f:
             head = f.read(4)
         looks_tiff = head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
         if looks_tiff:
-            return f"{name}: a damaged or truncated TIFF ({detail}); copy or export it again"
+            return f"{name}: a damaged or truncated TIFF; copy or export it again"
         return (
-            f"{name}: not a slide or image format idcmap can read ({detail}); "
-            "convert it to a tiled pyramidal TIFF or check that the file is complete"
+            f"{name}: not a slide or image format idcmap can read; convert it to a tiled "
+            "pyramidal TIFF"
         )
     return (
-        f"{name}: the file opens but its pixels cannot be decoded ({detail}); it may be "
-        "corrupt, truncated or use an unsupported compression: re-export it (e.g. as a "
-        "JPEG tiled pyramidal TIFF)"
+        f"{name}: its pixels cannot be decoded (corrupt, truncated or an unsupported "
+        "compression); re-export it"
     )
 
 
@@ -785,6 +807,8 @@ def _build_info(
     props = reader.properties
     w0, h0 = reader.level_dimensions[0]
     mpp, mpp_y, source = _resolution(path, backend, reader, facts, user_mpp)
+    if user_mpp is not None:
+        _warn_if_contradicted(path, backend, reader, facts, user_mpp)
     bounds = (0, 0, w0, h0)
     if backend == "openslide":
         b = [_float(props.get(f"openslide.bounds-{k}")) for k in ("x", "y", "width", "height")]
@@ -829,7 +853,7 @@ def _resolution(
         if _plausible(mx) and _plausible(my):
             return mx, my, f"{backend}.mpp-x"  # type: ignore[return-value]
         if mx is not None:
-            notes.append(f"its metadata says {mx:.4g} µm/px, which is implausible")
+            notes.append(f"it says {mx:.4g} µm/px, implausible")
     if facts is not None:
         if facts.res_mpp is not None:
             return facts.res_mpp[0], facts.res_mpp[1], "tiff-resolution"
@@ -842,7 +866,31 @@ def _resolution(
             return mx, my, "image-dpi"
         notes.append(f"its {dpi[0]:.0f} dpi tag means nothing for a slide")
     note = f" ({'; '.join(notes)})" if notes else ""
-    raise ResolutionError(f"{Path(path).name} has no usable µm/px metadata{note}; {_MPP_HINT}")
+    raise ResolutionError(f"{Path(path).name}: no usable µm/px metadata{note}; {_MPP_HINT}")
+
+
+#: ``mpp=`` may differ from the slide's own metadata by this factor before a warning.
+MPP_MISMATCH = 1.25
+
+
+def _warn_if_contradicted(
+    path: str, backend: str, reader: Any, facts: _TiffFacts | None, user_mpp: float
+) -> None:
+    """Warn (:class:`MppMismatchWarning`) when ``mpp=`` contradicts the slide's metadata by
+    more than 25 %: areas would be off by the square of the ratio (e.g. 100x for 10x)."""
+    try:
+        meta, _, source = _resolution(path, backend, reader, facts, None)
+    except ResolutionError:
+        return  # nothing to contradict
+    if max(user_mpp / meta, meta / user_mpp) > MPP_MISMATCH:
+        warnings.warn(
+            MppMismatchWarning(
+                f"{Path(path).name}: mpp={user_mpp:g} contradicts the slide's own "
+                f"{meta:.4g} µm/px ({source}); if that is right, areas are off "
+                f"{(user_mpp / meta) ** 2:.3g}x"
+            ),
+            stacklevel=4,
+        )
 
 
 def slide_info(path: str | os.PathLike[str], **kw: Any) -> SlideInfo:

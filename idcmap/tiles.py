@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -321,7 +322,11 @@ def iter_blocks(
             except SlideError:
                 raise
             except Exception as e:  # decoding errors from deep inside a backend
-                raise SlideError(f"cannot read {slide.info.path}: {e}") from e
+                name = Path(slide.info.path).name
+                raise SlideError(
+                    f"{name}: cannot read pixels (corrupt or truncated?); re-export or re-scan it",
+                    detail=f"{type(e).__name__}: {e}",
+                ) from e
     finally:
         for f in pending:
             f.cancel()

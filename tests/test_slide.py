@@ -18,7 +18,13 @@ from tiffgen import (
     write_svs_like,
 )
 
-from idcmap.errors import ResolutionError, SlideError, UnsupportedImageError, UsageError
+from idcmap.errors import (
+    MppMismatchWarning,
+    ResolutionError,
+    SlideError,
+    UnsupportedImageError,
+    UsageError,
+)
 from idcmap.slide import Slide, SlideInfo, open_slide, slide_info
 
 warnings.filterwarnings("ignore", module="tiffslide")
@@ -217,6 +223,18 @@ def test_formats(gen: dict[str, Path], he: np.ndarray) -> None:
             assert np.abs(px - he[50:80, 100:140]).mean() <= tol, key
     assert slide_info(gen["svs"]).vendor == "aperio"
     assert slide_info(gen["ome"]).vendor == "ome"
+
+
+def test_mpp_contradicting_the_metadata_warns(gen: dict[str, Path]) -> None:
+    """The cm slide says 0.5 µm/px: more than 25 % away warns, naming both values."""
+    with pytest.warns(MppMismatchWarning, match=r"mpp=5 contradicts .* 0\.5 µm/px") as w:
+        assert slide_info(gen["cm"], mpp=5.0).mpp == 5.0
+    assert len(w) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for ok in (0.4, 0.6):  # within 25 %: no warning
+            slide_info(gen["cm"], mpp=ok)
+        slide_info(gen["nounit"], mpp=5.0)  # nothing to contradict
 
 
 def test_plain_images(gen: dict[str, Path], he: np.ndarray) -> None:
