@@ -285,3 +285,42 @@ def test_evaluate_slides_command(tmp_path: Path) -> None:
     r = rep["per_slide"][slide.stem]
     assert r["truth_cells"] > 0 and 0.5 < r["dice"] <= 1.0
     assert Path(r["png"]).is_file()
+
+
+@pytest.mark.skipif(not EXAMPLE_SLIDES, reason="no example mosaic in examples/")
+def test_tune_regions_writes_a_model_where_told(tmp_path: Path) -> None:
+    """--write names the model file to write; the bundled model's own file is never touched."""
+    from idcmap.errors import UsageError
+    from idcmap.model import bundled_model_path
+
+    slide = EXAMPLE_SLIDES[0]
+    bundled = bundled_model_path().read_bytes()
+    args = ["evaluate", "tune-regions", str(slide), "--device", "cpu"]
+    with pytest.raises(UsageError, match="package"):
+        _cli([*args, "--write", str(bundled_model_path())])
+    assert bundled_model_path().read_bytes() == bundled
+    out = tmp_path / "tuned" / "idc-tuned.json"
+    assert _cli([*args, "--write", str(out)]) == 0
+    tuned, shipped = load_model(out, device="cpu"), load_model(device="cpu")
+    assert tuned.sha256 == shipped.sha256
+    assert out.with_suffix(".safetensors").read_bytes() == (
+        bundled_model_path().with_suffix(".safetensors").read_bytes()
+    )
+    regions = tuned.config.training["regions"]
+    assert regions["chosen_on"] == [slide.stem] and 0.0 < regions["pooled_dice"] <= 1.0
+    assert tuned.config.tile_threshold == shipped.config.tile_threshold
+    assert 0.0 < tuned.config.region_threshold < 1.0
+
+
+def test_recorded_paths_name_no_folder_of_this_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from idcmap.train import portable_command, portable_path
+
+    monkeypatch.chdir(tmp_path)
+    assert portable_path(tmp_path / "data" / "patches") == "data/patches"  # below the cwd
+    assert portable_path("/srv/elsewhere/mosaics") == "mosaics"  # elsewhere: the name only
+    assert portable_path("../shared/patches") == "../shared/patches"  # relative: as given
+    assert portable_command(["idcmap", "train", "--out", "/srv/run/m.json", "--seed", "0"]) == (
+        "idcmap train --out m.json --seed 0"
+    )
