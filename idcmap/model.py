@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ __all__ = [
     "load_model",
     "register_architecture",
     "resolve_device",
+    "torch_threads",
 ]
 
 #: The architectures model files may name, by name. Add one entry per module of idcmap/archs.
@@ -46,6 +47,28 @@ def register_architecture(arch: Architecture, *, replace: bool = False) -> None:
     if arch.name in ARCHITECTURES and not replace:
         raise ValueError(f"architecture {arch.name!r} is already registered (replace=True)")
     ARCHITECTURES[arch.name] = arch
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` CPU threads for torch, then restore the count it had.
+
+    ``None`` leaves torch's (process-wide) setting alone: library calls change it only when
+    their caller asks them to (e.g. ``predict_grid(torch_threads=...)``).
+    """
+    if n is None:
+        yield
+        return
+    if n < 1:
+        raise UsageError(f"torch_threads={n} must be ≥ 1 (or None: torch's own setting)")
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n != before:
+            torch.set_num_threads(before)
 
 
 def get_architecture(name: str) -> Architecture:

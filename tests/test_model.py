@@ -260,3 +260,34 @@ def test_writing_into_the_package_is_refused(model_copy: Path) -> None:
     written = save_config(cfg.replace(smooth_um=123.0), out, model_copy.with_suffix(".safetensors"))
     m = load_model(out, device="cpu")
     assert m.config.smooth_um == 123.0 and m.sha256 == written.weights_sha256 == cfg.weights_sha256
+
+
+# ---- process-wide torch settings ----------------------------------------------------------------
+
+
+def test_predict_grid_changes_torch_threads_only_when_asked(tmp_path: Path) -> None:
+    from idcmap.infer import predict_grid, threads_beside_readers
+    from idcmap.slide import open_slide
+    from idcmap.tiles import make_grid
+
+    img = synthetic_he(600, 700, seed=5, tissue=0.7)
+    path = write_pyramid_tiff(tmp_path / "he.tiff", img, 4.0, downsamples=(1,), compression="zlib")
+    model = load_model(device="cpu")
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    with open_slide(path) as slide:
+        grid = make_grid(slide, None, model_mpp=4.0, patch_px=50, stride_px=50, min_tissue=0.0)
+        kw = {
+            "workers": 1,
+            "progress": False,
+            "on_block": lambda b: seen.append(torch.get_num_threads()),
+        }
+        plain, _ = predict_grid(slide, grid, model, **kw)  # type: ignore[arg-type]
+        assert set(seen) == {before} and torch.get_num_threads() == before
+        seen.clear()
+        want = before + 1  # any count different from the current one
+        asked, _ = predict_grid(slide, grid, model, torch_threads=want, **kw)  # type: ignore[arg-type]
+        assert set(seen) == {want} and torch.get_num_threads() == before  # restored
+    np.testing.assert_allclose(plain, asked, atol=1e-5)  # thread counts may sum in other orders
+    n = threads_beside_readers(1)
+    assert n is not None and 1 <= n <= before and threads_beside_readers(0) is None
