@@ -5,7 +5,6 @@ slide → tissue → tiles → model → heatmap → regions → export, each st
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -15,68 +14,19 @@ from typing import Any
 import numpy as np
 
 from .contours import contour_regions
-from .errors import IDCMapError, UsageError
+from .errors import IDCMapError
 from .export import regions_to_geojson
 from .heatmap import Heatmap, smooth, stitch
 from .infer import InferenceStats, predict_grid
 from .measure import measure_polygon
 from .model import IDCModel, load_model
 from .outputs import OUTPUT_FILES, save_outputs
+from .params import Params
 from .regions import Region, idc_mask, mask_to_regions
 from .slide import Slide, SlideInfo, open_slide
 from .summary import build_summary
 from .tiles import TileGrid, make_grid
 from .tissue import BlockThumbnail, TissueMask, detect_tissue
-
-#: Region outline styles: the threshold contour of the smoothed heatmap, or the cell edges.
-OUTLINES = ("smooth", "cells")
-
-
-@dataclass(frozen=True)
-class Params:
-    """Every knob of one run, with its unit. ``None`` means "the model's default"."""
-
-    stride_px: int | None = None  # model px; default = patch size
-    threshold: float | None = None  # of the smoothed heatmap; default = the model's
-    smooth_um: float | None = None  # heatmap smoothing sigma, µm; default = the model's
-    mpp: float | None = None  # µm per level-0 px, overrides the slide's metadata
-    backend: str = "auto"
-    device: str = "auto"
-    batch_size: int = 512
-    workers: int = 2  # background reader threads
-    min_tissue: float = 0.2  # tissue fraction a tile needs to be evaluated
-    tissue_mpp: float = 16.0  # µm/px of the tissue mask
-    min_region_um2: float = 40_000.0  # IDC regions smaller than this are dropped
-    min_hole_um2: float = 40_000.0  # holes smaller than this are filled
-    simplify_um: float = 2.0  # polygon simplification tolerance
-    force_rgb: bool = False  # process non-brightfield images anyway
-    outline: str = "smooth"  # region outlines: "smooth" (threshold contour) or "cells" (edges)
-
-    def validate(self) -> None:
-        if self.stride_px is not None and (
-            not isinstance(self.stride_px, int) or self.stride_px <= 0
-        ):
-            raise UsageError(f"stride_px={self.stride_px} must be a positive integer (model px)")
-        if self.threshold is not None and not (0.0 <= self.threshold <= 1.0):
-            raise UsageError(f"threshold={self.threshold} must lie in [0, 1] (an IDC probability)")
-        if self.mpp is not None and not (math.isfinite(self.mpp) and 0.01 <= self.mpp <= 100):
-            raise UsageError(
-                f"mpp={self.mpp} must be µm per pixel between 0.01 and 100 (0.25 for 40x)"
-            )
-        if self.batch_size < 1:
-            raise UsageError(f"batch_size={self.batch_size} must be ≥ 1")
-        if self.workers < 0:
-            raise UsageError(f"workers={self.workers} must be ≥ 0")
-        for name in ("min_region_um2", "min_hole_um2", "simplify_um", "tissue_mpp", "smooth_um"):
-            v = getattr(self, name)
-            if v is not None and not (math.isfinite(v) and v >= 0):
-                raise UsageError(f"{name}={v} must be a number ≥ 0")
-        if self.tissue_mpp <= 0:
-            raise UsageError(f"tissue_mpp={self.tissue_mpp} must be µm per pixel > 0")
-        if not 0.0 <= self.min_tissue <= 1.0:
-            raise UsageError(f"min_tissue={self.min_tissue} must lie in [0, 1]")
-        if self.outline not in OUTLINES:
-            raise UsageError(f"outline={self.outline!r} must be one of {', '.join(OUTLINES)}")
 
 
 @dataclass

@@ -19,27 +19,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import UsageError
+from .slide import SLIDE_SUFFIXES
 
-__all__ = ["SLIDE_SUFFIXES", "expand_inputs", "read_slide_list"]
-
-#: File name endings taken as slides when a folder is given.
-SLIDE_SUFFIXES = (
-    ".svs",
-    ".tif",
-    ".tiff",
-    ".ndpi",
-    ".vms",
-    ".vmu",
-    ".scn",
-    ".mrxs",
-    ".svslide",
-    ".bif",
-    ".dcm",
-    ".qptiff",
-    ".png",
-    ".jpg",
-    ".jpeg",
-)
+__all__ = ["expand_inputs", "read_slide_list"]
 
 
 def read_slide_list(list_file: str | Path) -> list[Path]:

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from .api import Params, is_done, segment_slide, slide_stem
 from .cohort import COHORT_FILE, row_from_summary, summary_of, update_cohort
 from .errors import IDCMapError, OutputError
-from .inputs import SLIDE_SUFFIXES, expand_inputs  # noqa: F401  (re-exported: runner.expand_inputs)
+from .inputs import expand_inputs  # noqa: F401  (re-exported: runner.expand_inputs)
 from .locking import file_lock
 from .model import IDCModel
 
@@ -124,6 +124,15 @@ def remove_leftovers(out_dir: Path, stem: str) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def _reason(e: IDCMapError, path: Path) -> str:
+    """The error's line without a leading ``<file>: `` (the outcome line names the file)."""
+    msg = " ".join(str(e).split())
+    for prefix in (str(path), path.name):
+        if msg.startswith(prefix + ": "):
+            return msg[len(prefix) + 2 :]
+    return msg
+
+
 def done_message(summary: dict[str, Any]) -> str:
     """One line of a done slide's figures (regions, IDC and tissue areas)."""
     n = int(summary["regions"])
@@ -155,8 +164,8 @@ def process_slide(
     Every outcome but ``busy`` is recorded in ``out_dir/cohort.csv`` (:mod:`idcmap.cohort`).
 
     Args:
-        debug: also print the traceback of an internal error (it is in ``Outcome.detail``
-            anyway).
+        debug: put the traceback of every failure in ``Outcome.detail`` (an internal error's
+            is always there; an :class:`IDCMapError`'s detail is otherwise its ``detail``).
     """
     out = Path(out_dir)
     s = Path(path)
@@ -185,12 +194,11 @@ def record_outcome(out_dir: str | Path, o: Outcome) -> Outcome:
     written does not fail the slide: the reason goes to ``o.detail``."""
     if o.status == BUSY:
         return o
-    stem = slide_stem(o.path)
     summary = o.summary
     if summary is None and o.status == SKIPPED and o.out_dir:
         summary = summary_of(o.out_dir)  # the finished output's figures
     row = row_from_summary(
-        stem,
+        slide_stem(o.path),
         o.path,
         o.status,
         reason="" if o.status == DONE else o.message,
@@ -227,18 +235,19 @@ def _locked_process_slide(
         result = segment_slide(s, model=model, progress=progress, params=params)
         final = result.save(out, tiles_geojson=tiles_geojson, overwrite=True)
     except IDCMapError as e:
-        return Outcome(str(s), FAILED, str(e), seconds=time.perf_counter() - t0)
+        detail = "\n".join(filter(None, [e.detail, traceback.format_exc() if debug else ""]))
+        return Outcome(
+            str(s), FAILED, _reason(e, s), seconds=time.perf_counter() - t0, detail=detail
+        )
     except Exception as e:  # an unforeseen bug (MemoryError included) must not cost the others
-        tb = traceback.format_exc()
-        if debug:
-            print(tb, end="")
+        first = (str(e).strip().splitlines() or [""])[0][:200]
         return Outcome(
             str(s),
             FAILED,
-            f"internal error {type(e).__name__}: {e} (rerun with debug=True for the traceback "
-            "and report it)",
+            f"internal error {type(e).__name__}: {first} (debug=True shows the traceback; "
+            "please report it)",
             seconds=time.perf_counter() - t0,
-            detail=tb,
+            detail=traceback.format_exc(),
         )
     return Outcome(
         str(s),
@@ -319,13 +328,17 @@ def run_batch(
     return [outcomes[i] for i in range(len(slides))]
 
 
-def format_outcome(o: Outcome) -> str:
-    """The one line of a slide: mark, path, message (and time and folder when done)."""
+def format_outcome(o: Outcome, *, detail: bool = False) -> str:
+    """The one line of a slide: mark, path, message (and time and folder when done); with
+    ``detail``, a failure's detail follows on indented lines."""
     mark = {DONE: "✓", SKIPPED: "-", FAILED: "✗", BUSY: "…"}[o.status]
     where = f" → {o.out_dir}" if o.status == DONE else ""
     secs = f" ({o.seconds:.1f} s)" if o.status == DONE else ""
     message = " ".join(o.message.split())  # one line per slide, whatever the reason says
-    return f"{mark} {o.path}: {message}{secs}{where}"
+    line = f"{mark} {o.path}: {message}{secs}{where}"
+    if detail and o.detail:
+        line += "\n" + "\n".join("    " + ln for ln in o.detail.rstrip().splitlines())
+    return line
 
 
 def _report(line: str, report: Callable[[str], None], bar: tqdm) -> None:

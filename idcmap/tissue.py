@@ -180,7 +180,7 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
     """float32 rows×cols HSV saturation in [0, 1]; 0 for near-black pixels."""
     a = rgb.astype(np.float32) / 255.0
     mx, mn = a.max(axis=2), a.min(axis=2)
-    sat = (mx - mn) / np.maximum(mx, 1e-6)
+    sat = (mx - mn) / np.maximum(mx, 1e-6)  # any guard > 0: pixels this dark get 0 below
     sat[mx < _DARK] = 0.0
     return sat
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import shapely
+from geojson_check import validate_qupath_geojson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -26,7 +27,6 @@ from idcmap.export import (
     mask_png,
     read_geojson_polygons,
     regions_to_geojson,
-    validate_qupath_geojson,
     write_json,
 )
 from idcmap.heatmap import Heatmap

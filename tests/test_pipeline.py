@@ -13,12 +13,12 @@ import numpy as np
 import openslide
 import pytest
 import shapely
+from geojson_check import validate_qupath_geojson
 from pipeline_helpers import colour_model, tiny_model_file
 from tiffgen import write_pyramid_tiff
 
 from idcmap.api import Params, segment_slide
 from idcmap.cli import main
-from idcmap.export import validate_qupath_geojson
 from idcmap.regions import rasterize
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
