@@ -391,7 +391,9 @@ def heatmap_png(
     pw, ph = max(1, round(tw * scale)), max(1, round(th * scale))
     img = Image.fromarray(thumb, "RGB")
     if (pw, ph) != (tw, th):
-        img = img.resize((pw, ph), Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BILINEAR)
+        img = img.resize(
+            (pw, ph), Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BILINEAR
+        )
     base = np.asarray(img, dtype=np.float32)
     # level-0 size of one picture pixel
     psx, psy = sx * tw / pw, sy * th / ph

@@ -28,6 +28,7 @@ BAD = [
     ("min_region_um2", [-1.0, NAN, INF]),
     ("min_hole_um2", [-1.0, NAN]),
     ("simplify_um", [-0.5, NAN]),
+    ("outline", ["wiggly", ""]),
 ]
 GOOD = {
     "stride_px": [None, 1, 50],
@@ -43,6 +44,7 @@ GOOD = {
     "min_region_um2": [0.0],
     "min_hole_um2": [0.0],
     "simplify_um": [0.0],
+    "outline": ["smooth", "cells"],
 }
 
 

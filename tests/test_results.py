@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import shapely
+from geojson_check import validate_qupath_geojson
 from PIL import Image
 from pipeline_helpers import colour_model, tiny_model_file
 from tiffgen import write_pyramid_tiff
 
 from idcmap.api import Params, segment_slide
 from idcmap.cli import main
-from idcmap.export import validate_qupath_geojson
 
 
 def block_slide(path: Path, mpp: float = 4.0) -> Path:
