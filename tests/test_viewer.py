@@ -1,0 +1,360 @@
+"""``idcmap view``: the server over plain HTTP, and the pages in a real headless Chromium.
+
+The output folder is made by ``idcmap run`` with the bundled model on ``examples/8955.tiff`` (a
+real IDC mosaic) twice: once as ``8955`` and once as ``moved``, whose slide file is then moved
+away. Browser tests skip when no Chromium is installed (``.ci/install-browser.sh`` installs it).
+Screenshots go to ``$IDCMAP_SCREENSHOTS`` when set (to look at them), else to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from idcmap.cli import main as idcmap_main
+from idcmap.slide import open_slide
+from idcmap.viewer.imaging import OVERLAY_STOPS, _BoundsGeometry, overlay_png
+from idcmap.viewer.server import ViewerServer, make_server
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "8955.tiff"
+sys.path.insert(0, str(Path(__file__).parent))
+from browser import Browser, find_chromium  # noqa: E402
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """OUT with two finished slides (8955, moved: its slide file moved away after the run), a
+    symlinked folder and a symlinked summary that both lead out of OUT."""
+    base = tmp_path_factory.mktemp("view")
+    slides = base / "slides"
+    slides.mkdir()
+    shutil.copy(EXAMPLE, slides / "8955.tiff")
+    shutil.copy(EXAMPLE, slides / "moved.tiff")
+    out = base / "out"
+    rc = idcmap_main(
+        ["run", str(slides / "8955.tiff"), str(slides / "moved.tiff"), "-o", str(out), "-q"]
+    )
+    assert rc == 0
+    (slides / "moved.tiff").rename(base / "elsewhere.tiff")
+    # symlinks that lead out of OUT
+    outside = base / "outside"
+    shutil.copytree(out / "8955", outside)
+    (outside / "secret.txt").write_text("secret")
+    (out / "escape").symlink_to(outside, target_is_directory=True)
+    linked = out / "linked"
+    linked.mkdir()
+    (linked / "summary.json").symlink_to(outside / "summary.json")
+    (out / "8955" / "secret.txt").symlink_to(outside / "secret.txt")
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(out_dir: Path) -> Iterator[ViewerServer]:
+    srv = make_server(out_dir, "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+    thread.join(5)
+
+
+def get(srv: ViewerServer, path: str, method: str = "GET") -> tuple[int, str, bytes]:
+    """One request with ``path`` sent exactly as written (no client-side normalisation)."""
+    host, port = srv.server_address[:2]
+    conn = http.client.HTTPConnection(str(host), int(port), timeout=30)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        conn.endheaders()
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("Content-Type") or "", resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    keep = os.environ.get("IDCMAP_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        return Path(keep)
+    return tmp_path_factory.mktemp("shots")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    exe = find_chromium()
+    if exe is None:
+        pytest.skip(
+            "no Chromium found (install it with .ci/install-browser.sh or apt-get install chromium)"
+        )
+    with Browser(exe, 1400, 900) as b:
+        yield b
+
+
+# --------------------------------------------------------------------------- plain HTTP
+
+
+def test_api_lists_finished_slide_folders_only(server: ViewerServer) -> None:
+    status, ctype, body = get(server, "/api/slides")
+    assert status == 200 and ctype.startswith("application/json")
+    rows = {r["id"]: r for r in json.loads(body)["slides"]}
+    assert set(rows) == {"8955", "moved"}  # not "escape" nor "linked" (symlinks out of OUT)
+    assert rows["8955"]["slide_file"] == "ok" and rows["moved"]["slide_file"] == "missing"
+    assert rows["8955"]["foci"] == 1 and rows["8955"]["idc_area_mm2"] > 0
+    assert 0 < rows["8955"]["idc_percent"] <= 100
+
+
+def test_slide_details_and_files(server: ViewerServer) -> None:
+    status, _, body = get(server, "/api/slides/8955")
+    d = json.loads(body)
+    assert status == 200 and d["slide_error"] is None
+    assert d["deepzoom"]["width"] == 2900 and d["deepzoom"]["height"] == 1950
+    assert [r["number"] for r in d["regions"]] == [1]
+    assert "Area µm^2" in d["regions"][0]["measurements"]
+    status, _, body = get(server, "/slides/8955/files/summary.json")
+    assert status == 200 and json.loads(body)["regions"] == 1
+    assert get(server, "/slides/8955/files/8955.geojson")[0] == 200
+    status, _ctype, body = get(server, "/slides/8955/thumbnail.jpeg")
+    assert status == 200 and Image.open(io.BytesIO(body)).size[0] == 256
+    assert get(server, "/slides/8955/files/summary.json", "HEAD")[0] == 200
+    assert get(server, "/api/slides", "POST")[0] == 405
+    assert get(server, "/api/slides", "DELETE")[0] == 405
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/../../etc/passwd",
+        "/static/../server.py",
+        "/static/%2e%2e/server.py",
+        "/static/%2E%2E%2Fserver.py",
+        "/static/..%2f..%2f..%2fetc%2fpasswd",
+        "/static/%252e%252e/server.py",
+        "/slides/%2e%2e/files/summary.json",
+        "/slides/8955/files/..%2f..%2fslides%2f8955.tiff",
+        "/slides/8955/files/%2Fetc%2Fpasswd",
+        "//etc/passwd",
+        "/static//etc/passwd",
+        "/view/%2Fetc%2Fpasswd",
+        "/slides/8955/files/secret.txt",  # a symlink out of OUT, and not an output file
+        "/slides/escape/files/summary.json",  # a symlinked folder out of OUT
+        "/slides/escape/files/secret.txt",
+        "/api/slides/escape",
+        "/api/slides/linked",  # summary.json symlinked out of OUT
+        "/slides/8955/files/8955.tiff",
+        "/slides/8955/files/.%2e",
+        "/slides/8955%00/files/summary.json",
+        "/static/%ff%fe",
+        "/api/slides/~root",
+    ],
+)
+def test_traversal_and_symlinks_are_404(server: ViewerServer, path: str) -> None:
+    status, _, body = get(server, path)
+    assert status == 404, (path, body[:200])
+    assert b"secret" not in body and b"root:" not in body and b"Traceback" not in body
+
+
+@pytest.mark.parametrize(
+    "tile",
+    [
+        "99/0_0.jpeg",
+        "12/9_9.jpeg",
+        "12/0_99999999.jpeg",
+        "-1/0_0.jpeg",
+        "12/-1_0.jpeg",
+        "12/a_b.jpeg",
+        "12/0_0.png",
+        "12/0_0",
+        "1e3/0_0.jpeg",
+        "12/0_0.jpeg/x",
+        "9999/0_0.jpeg",
+    ],
+)
+def test_bad_tile_addresses_are_404(server: ViewerServer, tile: str) -> None:
+    status, _, body = get(server, f"/slides/8955/tiles/{tile}")
+    assert status == 404 and b"Traceback" not in body
+
+
+def test_tiles_are_jpeg_of_the_slide(server: ViewerServer) -> None:
+    status, ctype, body = get(server, "/slides/8955/tiles/12/3_2.jpeg")
+    assert status == 200 and ctype == "image/jpeg"
+    tile = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+    assert tile.shape == (256, 256, 3)  # 254 + 1 px overlap on both sides
+    with open_slide(EXAMPLE) as s:  # same pixels as the slide (JPEG round trip aside)
+        ref = s.read_region((3 * 254 - 1, 2 * 254 - 1), 0, (256, 256))
+    assert np.abs(tile.astype(int) - ref.astype(int)).mean() < 6
+    status, ctype, body = get(server, "/slides/8955/tiles/0/0_0.jpeg")
+    assert status == 200 and Image.open(io.BytesIO(body)).size == (1, 1)
+
+
+def test_moved_slide_reports_and_the_rest_works(server: ViewerServer) -> None:
+    d = json.loads(get(server, "/api/slides/moved")[2])
+    assert "not there any more" in d["slide_error"] and d["deepzoom"] is None
+    assert d["regions"] and d["heatmap"] is not None  # outputs still there
+    status, _, body = get(server, "/slides/moved/tiles/12/0_0.jpeg")
+    assert status == 404 and b"not there any more" in body
+    status, ctype, _ = get(server, "/slides/moved/thumbnail.jpeg")
+    assert status == 200 and ctype == "image/png"  # a placeholder that says so
+    assert get(server, "/slides/moved/overlay.png")[0] == 200
+    assert get(server, "/slides/8955/tiles/12/0_0.jpeg")[0] == 200
+
+
+def test_overlay_is_transparent_where_probability_is_low() -> None:
+    prob = np.array([[0.0, 0.2, np.nan], [0.5, 0.8, 1.0]], np.float32)
+    img = np.asarray(Image.open(io.BytesIO(overlay_png(prob))))
+    k = img.shape[0] // 2
+    alpha = img[::k, ::k, 3]
+    assert alpha[0, 0] == 0 and alpha[0, 1] == 0 and alpha[0, 2] == 0  # low, low, not tissue
+    assert 0 < alpha[1, 0] < alpha[1, 1] < alpha[1, 2]
+    assert alpha[1, 2] == round(OVERLAY_STOPS[-1][2] * 255)
+
+
+def test_deep_zoom_frame_is_the_bounds_rectangle() -> None:
+    """A slide with a bounds origin (MIRAX-like): Deep Zoom px (0, 0) is level-0 px (bx, by),
+    the origin of QuPath's frame and of idcmap's outputs."""
+    from openslide.deepzoom import DeepZoomGenerator
+
+    with open_slide(EXAMPLE) as s:
+        s.info = dataclasses.replace(s.info, bounds_level0_px=(100, 60, 2000, 1500))
+        dz = DeepZoomGenerator(_BoundsGeometry(s), 254, 1, limit_bounds=True)
+        w, h = dz.level_dimensions[-1]  # openslide-python scales by a float ratio and rounds
+        assert (w - 2000, h - 1500) in ((0, 0), (1, 0), (0, 1), (1, 1))  # up: 1 px spare at most
+        loc, level, _ = dz.get_tile_coordinates(dz.level_count - 1, (0, 0))
+        assert loc == (100, 60) and level == 0
+        loc, _, _ = dz.get_tile_coordinates(dz.level_count - 1, (1, 1))
+        assert loc == (100 + 254 - 1, 60 + 254 - 1)
+
+
+def test_cli_serves_on_a_free_port_and_stops_on_ctrl_c(out_dir: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "idcmap.viewer", str(out_dir), "--port", "0", "--no-browser"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "http://127.0.0.1:" in line, line
+        port = int(line.rsplit(":", 1)[1].split("/")[0])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/api/slides")
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def test_cli_missing_folder_is_one_line(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "idcmap.viewer", str(tmp_path / "nope"), "--no-browser"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )
+    assert r.returncode == 2 and "no such output folder" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- in Chromium
+
+
+def _viewer_area(png: bytes) -> np.ndarray:
+    """RGB of the OpenSeadragon area of a slide-page screenshot (left of the side panel)."""
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    return img[:, : img.shape[1] - 345]
+
+
+def test_batch_page_lists_and_sorts(server: ViewerServer, browser: Browser, shots: Path) -> None:
+    browser.goto(server.url)
+    browser.wait_for("document.body.dataset.ready === '1'")
+    browser.wait_for("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    names = browser.evaluate(
+        "Array.from(document.querySelectorAll('#slides tbody tr')).map(r => r.dataset.id)"
+    )
+    assert names == ["8955", "moved"]
+    assert "slide file missing" in browser.evaluate("document.querySelector('#slides').innerText")
+    browser.screenshot(shots / "batch.png")
+    # sort by IDC area: largest first, then the other way
+    browser.evaluate("document.querySelector('th[data-key=idc_area_mm2] button').click()")
+    sort = browser.evaluate(
+        "document.querySelector('th[data-key=idc_area_mm2]').getAttribute('aria-sort')"
+    )
+    assert sort == "descending"
+    assert browser.js_errors() == []
+
+
+def test_slide_page_tiles_overlay_regions(
+    server: ViewerServer, browser: Browser, shots: Path
+) -> None:
+    browser.goto(server.url + "view/8955")
+    browser.wait_for("window.idcmap && window.idcmap.ready()", 60)
+    browser.evaluate("new Promise(r => setTimeout(r, 300))")
+    on = browser.screenshot(shots / "slide-overlay-on.png")
+    browser.evaluate("document.getElementById('heat-on').click()")
+    browser.wait_for("window.idcmap.state.heat.getOpacity() === 0")
+    browser.wait_for("window.idcmap.ready()")
+    browser.evaluate("new Promise(r => setTimeout(r, 300))")
+    off = browser.screenshot(shots / "slide-overlay-off.png")
+    a_on, a_off = _viewer_area(on).astype(np.int16), _viewer_area(off).astype(np.int16)
+    # tissue drawn: H&E pink/purple pixels (not white, not the grey background) over the slide
+    sat = a_off.max(axis=2) - a_off.min(axis=2)
+    assert (sat > 40).mean() > 0.05, "no tissue visible: tiles not drawn"
+    # the overlay changes what is seen over the IDC region, and only a little elsewhere
+    x0, y0 = browser.evaluate("window.idcmap.pixel(1300, 700)")
+    x1, y1 = browser.evaluate("window.idcmap.pixel(1600, 1000)")
+    box = (slice(int(y0), int(y1)), slice(int(x0), int(x1)))
+    assert np.abs(a_on[box] - a_off[box]).mean() > 15
+    # regions numbered like the GeoJSON; a click on one shows its measurements
+    assert browser.evaluate(
+        "Array.from(document.querySelectorAll('svg.regions text')).map(t => t.textContent)"
+    ) == ["1"]
+    x, y = browser.evaluate("window.idcmap.pixel(1450, 850)")
+    for kind in ("mousePressed", "mouseReleased"):
+        browser.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
+    text = browser.wait_for(
+        "(m => m.classList.contains('hint') ? '' : m.innerText)(document.getElementById('measure'))"
+    )
+    assert "Area µm^2" in text and "IDC 1" in text
+    assert "mm" in browser.evaluate("document.getElementById('scale-label').textContent")
+    browser.evaluate("new Promise(r => setTimeout(r, 300))")
+    browser.screenshot(shots / "slide-selected.png")
+    assert browser.js_errors() == []
+
+
+def test_slide_page_of_a_moved_slide_says_so(
+    server: ViewerServer, browser: Browser, shots: Path
+) -> None:
+    browser.goto(server.url + "view/moved")
+    browser.wait_for("window.idcmap && window.idcmap.ready()", 60)
+    banner = browser.evaluate(
+        "(b => b.hidden ? '' : b.innerText)(document.getElementById('banner'))"
+    )
+    assert "not there any more" in banner
+    assert browser.evaluate("document.querySelectorAll('svg.regions text').length") == 1
+    browser.evaluate("new Promise(r => setTimeout(r, 300))")
+    browser.screenshot(shots / "slide-moved.png")
+    assert browser.js_errors() == []
