@@ -53,6 +53,22 @@ def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert rc == 0
     (slides / "moved.tiff").rename(base / "elsewhere.tiff")
+    # as the grading measurements will write them: per region in the GeoJSON, per slide in
+    # summary.json; and a cohort table with a failed slide
+    measured = out / "measured"
+    shutil.copytree(out / "8955", measured)
+    (measured / "8955.geojson").rename(measured / "measured.geojson")
+    gj = json.loads((measured / "measured.geojson").read_text())
+    gj["features"][0]["properties"]["measurements"]["Greatest dimension mm"] = 3.21
+    (measured / "measured.geojson").write_text(json.dumps(gj))
+    summary = json.loads((measured / "summary.json").read_text())
+    summary["measurements"] = {"foci": 1, "largest_focus_greatest_dimension_mm": 3.21}
+    (measured / "summary.json").write_text(json.dumps(summary))
+    (out / "cohort.csv").write_text(
+        "slide,path,status,reason,output\n"
+        f"8955,{slides / '8955.tiff'},done,,{out / '8955'}\n"
+        "broken,/data/broken.svs,failed,broken.svs: not a slide (bad magic),\n"
+    )
     # symlinks that lead out of OUT
     outside = base / "outside"
     shutil.copytree(out / "8955", outside)
@@ -116,10 +132,14 @@ def test_api_lists_finished_slide_folders_only(server: ViewerServer) -> None:
     status, ctype, body = get(server, "/api/slides")
     assert status == 200 and ctype.startswith("application/json")
     rows = {r["id"]: r for r in json.loads(body)["slides"]}
-    assert set(rows) == {"8955", "moved"}  # not "escape" nor "linked" (symlinks out of OUT)
+    # not "escape" nor "linked" (symlinks out of OUT); the failed slide from cohort.csv
+    assert set(rows) == {"8955", "measured", "moved", None}
     assert rows["8955"]["slide_file"] == "ok" and rows["moved"]["slide_file"] == "missing"
     assert rows["8955"]["foci"] == 1 and rows["8955"]["idc_area_mm2"] > 0
     assert 0 < rows["8955"]["idc_percent"] <= 100
+    assert rows["8955"]["largest_focus_mm"] is None  # not measured: shown as "—"
+    assert rows["measured"]["largest_focus_mm"] == 3.21
+    assert rows[None]["status"] == "failed" and "bad magic" in rows[None]["reason"]
 
 
 def test_slide_details_and_files(server: ViewerServer) -> None:
@@ -129,6 +149,7 @@ def test_slide_details_and_files(server: ViewerServer) -> None:
     assert d["deepzoom"]["width"] == 2900 and d["deepzoom"]["height"] == 1950
     assert [r["number"] for r in d["regions"]] == [1]
     assert "Area µm^2" in d["regions"][0]["measurements"]
+    assert b"<Image" in get(server, "/slides/8955/slide.dzi")[2]
     status, _, body = get(server, "/slides/8955/files/summary.json")
     assert status == 200 and json.loads(body)["regions"] == 1
     assert get(server, "/slides/8955/files/8955.geojson")[0] == 200
@@ -295,8 +316,9 @@ def test_batch_page_lists_and_sorts(server: ViewerServer, browser: Browser, shot
     names = browser.evaluate(
         "Array.from(document.querySelectorAll('#slides tbody tr')).map(r => r.dataset.id)"
     )
-    assert names == ["8955", "moved"]
-    assert "slide file missing" in browser.evaluate("document.querySelector('#slides').innerText")
+    assert sorted(names) == ["", "8955", "measured", "moved"]
+    table = browser.evaluate("document.querySelector('#slides').innerText")
+    assert "slide file missing" in table and "failed" in table and "3.2" in table
     browser.screenshot(shots / "batch.png")
     # sort by IDC area: largest first, then the other way
     browser.evaluate("document.querySelector('th[data-key=idc_area_mm2] button').click()")
@@ -304,6 +326,11 @@ def test_batch_page_lists_and_sorts(server: ViewerServer, browser: Browser, shot
         "document.querySelector('th[data-key=idc_area_mm2]').getAttribute('aria-sort')"
     )
     assert sort == "descending"
+    areas = browser.evaluate(
+        "Array.from(document.querySelectorAll('#slides tbody tr td:nth-child(4)'))"
+        ".map(td => td.textContent)"
+    )
+    assert areas[-1] == "—" and float(areas[0]) >= float(areas[1])  # unknown last
     assert browser.js_errors() == []
 
 

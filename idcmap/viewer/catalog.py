@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Catalog", "SlideFolder", "inside", "region_features"]
+__all__ = ["Catalog", "SlideFolder", "greatest_dimension_mm", "inside", "region_features"]
 
 #: Output files a browser may download from a slide folder ("{stem}" is the folder name).
 DOWNLOADS = ("summary.json", "heatmap.png", "mask.png", "heatmap.npz", "{stem}.geojson")
 
-#: The GeoJSON measurement that holds a region's maximum caliper (Feret) diameter.
-GREATEST_DIMENSION = "Greatest dimension (mm)"
+#: GeoJSON measurement names of a region's maximum caliper (Feret) diameter, in mm.
+GREATEST_DIMENSION = ("Greatest dimension mm", "Greatest dimension (mm)")
 
 
 def inside(root: Path, path: Path) -> bool:
@@ -188,27 +188,16 @@ class Catalog:
     def row(self, sf: SlideFolder) -> dict[str, Any]:
         """The batch table's row for one slide folder (None where a figure is unknown)."""
         s = sf.summary
-        regions = self.regions(sf)
-        dims = [
-            r["measurements"][GREATEST_DIMENSION]
-            for r in regions
-            if isinstance(r["measurements"].get(GREATEST_DIMENSION), (int, float))
-        ]
-        foci = _figure(s, "number_of_foci", "foci", "n_foci", "foci_count")
+        dims = [greatest_dimension_mm(r["measurements"]) for r in self.regions(sf)]
+        foci = _figure(s, "foci")
         if foci is None:
             reg = s.get("regions")
             foci = len(reg) if isinstance(reg, list) else reg if isinstance(reg, int) else None
-        largest = _figure(
-            s,
-            "largest_focus_greatest_dimension_mm",
-            "greatest_dimension_of_largest_focus_mm",
-            "largest_focus_mm",
-            "greatest_dimension_mm",
-        )
-        if largest is None and dims:
-            largest = max(dims)
+        largest = _figure(s, "largest_focus_greatest_dimension_mm")
+        if largest is None and dims and None not in dims:
+            largest = max(d for d in dims if d is not None)
+        percent = _figure(s, "idc_percent_of_tissue")
         fraction = _figure(s, "idc_fraction_of_tissue")
-        percent = _figure(s, "idc_percent_of_tissue", "idc_percent")
         if percent is None and fraction is not None:
             percent = 100.0 * fraction
         model = s.get("model") or {}
@@ -230,27 +219,28 @@ class Catalog:
     def cohort_rows(self, known: set[str]) -> list[dict[str, Any]]:
         """Rows of ``OUT/cohort.csv`` (when a run wrote one) for slides without a finished
         folder: failed or skipped slides, with their reason."""
-        path = self.root / "cohort.csv"
-        if not (path.is_file() and inside(self.root, path)):
+        table = self.root / "cohort.csv"
+        if not (table.is_file() and inside(self.root, table)):
             return []
         rows: list[dict[str, Any]] = []
         try:
-            with path.open(newline="", encoding="utf-8") as f:
+            with table.open(newline="", encoding="utf-8") as f:
                 for rec in csv.DictReader(f):
                     r = {str(k).strip().lower(): (v or "").strip() for k, v in rec.items() if k}
                     status = r.get("status", "")
-                    slide = r.get("slide") or r.get("path") or r.get("slide_path") or ""
-                    out = r.get("output") or r.get("out_dir") or r.get("output_folder") or ""
-                    stem = Path(out).name if out else Path(slide).stem
-                    if not slide or stem in known or status == "done":
+                    path = r.get("path") or r.get("slide") or ""  # as the run was given it
+                    out = r.get("output") or ""
+                    # "slide" is the output name when the table also has a "path" column
+                    name = Path(out).name or (r.get("slide") if "path" in r else Path(path).stem)
+                    if not path or name in known or status == "done":
                         continue
                     rows.append(
                         {
                             "id": None,
-                            "slide": Path(slide).name,
-                            "slide_path": slide,
+                            "slide": Path(path).name,
+                            "slide_path": path,
                             "status": status or "unknown",
-                            "reason": r.get("reason") or r.get("message") or "",
+                            "reason": r.get("reason", ""),
                             "slide_file": None,
                         }
                     )
@@ -265,19 +255,25 @@ def _number(v: Any) -> float | None:
     return float(v) if math.isfinite(v) else None
 
 
-def _figure(summary: dict[str, Any], *names: str) -> Any:
-    """The first of ``names`` found as a number at the top level of the summary or in a
-    per-slide figures object (``figures``, ``slide_figures``, ``per_slide``)."""
-    places = [summary] + [
-        summary[k]
-        for k in ("figures", "slide_figures", "per_slide")
-        if isinstance(summary.get(k), dict)
-    ]
-    for name in names:
-        for place in places:
-            v = _number(place.get(name))
-            if v is not None:
-                return int(v) if isinstance(place.get(name), int) else v
+def greatest_dimension_mm(measurements: dict[str, Any]) -> float | None:
+    """A region's greatest dimension (mm) from its GeoJSON measurements, if measured."""
+    for name in GREATEST_DIMENSION:
+        v = _number(measurements.get(name))
+        if v is not None:
+            return v
+    return None
+
+
+def _figure(summary: dict[str, Any], name: str) -> Any:
+    """A per-slide figure: from the summary's ``measurements`` block (grading measurements of
+    the drawn regions) when there, else from its top level; None when absent or not a number."""
+    places = [summary.get("measurements"), summary]
+    for place in places:
+        if isinstance(place, dict):
+            v = place.get(name)
+            n = _number(v)
+            if n is not None:
+                return v if isinstance(v, int) else n
     return None
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from openslide import AbstractSlide
 from openslide.deepzoom import DeepZoomGenerator
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from idcmap.errors import IDCMapError, SlideError
 from idcmap.slide import Slide, open_slide
@@ -351,12 +351,16 @@ def placeholder_png(text: str, size: tuple[int, int] = (THUMB_PX, 170)) -> bytes
     img = Image.new("RGB", size, (236, 236, 236))
     draw = ImageDraw.Draw(img)
     draw.rectangle((0, 0, size[0] - 1, size[1] - 1), outline=(190, 190, 190))
+    try:
+        font: ImageFont.ImageFont | ImageFont.FreeTypeFont = ImageFont.load_default(size=18)
+    except TypeError:  # Pillow < 10.1: a fixed-size bitmap font
+        font = ImageFont.load_default()
     lines = text.split("\n")
-    y = size[1] // 2 - 9 * len(lines)
+    y = size[1] // 2 - 12 * len(lines)
     for line in lines:
-        w = draw.textlength(line)
-        draw.text(((size[0] - w) / 2, y), line, fill=(90, 90, 90))
-        y += 18
+        w = draw.textlength(line, font=font)
+        draw.text(((size[0] - w) / 2, y), line, fill=(90, 90, 90), font=font)
+        y += 24
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()

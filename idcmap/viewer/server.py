@@ -203,6 +203,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "idcmap-view"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40-ms delayed ACK
 
     # -- plumbing
 

@@ -27,19 +27,17 @@
   function statusCell(tr, r) {
     const td = document.createElement("td");
     const s = document.createElement("span");
-    let label = r.status;
-    let cls = r.status;
-    if (r.status === "done" && r.slide_file === "missing") {
-      label = "done · slide file missing";
-      cls = "warn";
-    }
-    s.className = "status " + cls;
-    s.textContent = label;
+    s.className = "status " + r.status;
+    s.textContent = r.status;
     td.appendChild(s);
-    if (r.reason) {
+    let reason = r.reason;
+    if (r.status === "done" && r.slide_file === "missing") {
+      reason = "slide file missing: the results are shown without the slide";
+    }
+    if (reason) {
       const d = document.createElement("div");
-      d.className = "reason";
-      d.textContent = r.reason;
+      d.className = "reason" + (r.status === "done" ? " warn" : "");
+      d.textContent = reason;
       td.appendChild(d);
     }
     tr.appendChild(td);

@@ -56,8 +56,10 @@
     return null;
   }
   function greatest(m) {
-    const v = m["Greatest dimension (mm)"];
-    return typeof v === "number" ? v : null;
+    for (const k of ["Greatest dimension mm", "Greatest dimension (mm)"]) {
+      if (typeof m[k] === "number") return m[k];
+    }
+    return null;
   }
 
   // ------------------------------------------------------------------ side panel
@@ -151,7 +153,8 @@
     const dl = el("dl");
     const m = r.measurements;
     const a = areaMm2(m);
-    if (a !== null && !("Area (mm²)" in m)) {
+    const hasMm2 = ["Area (mm²)", "Area (mm^2)", "Area mm^2", "Area mm²"].some((k) => k in m);
+    if (a !== null && !hasMm2) {
       dl.appendChild(el("dt", null, "Area (mm²)"));
       dl.appendChild(el("dd", null, fmt(a, 3)));
     }
