@@ -175,6 +175,19 @@ class Browser:
             time.sleep(0.1)
         raise TimeoutError(f"waited {timeout_s:g} s for {expression!r} (last value {last!r})")
 
+    def click(self, x: float, y: float) -> None:
+        """A left mouse click at viewport px (x, y), as a user's."""
+        for kind in ("mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
+
+    def press(self, key: str) -> None:
+        """Press and release one letter key on whatever has the focus."""
+        code = {"type": "keyDown", "key": key, "code": f"Key{key.upper()}", "text": key}
+        self.call("Input.dispatchKeyEvent", windowsVirtualKeyCode=ord(key.upper()), **code)
+        code.update(type="keyUp")
+        del code["text"]
+        self.call("Input.dispatchKeyEvent", windowsVirtualKeyCode=ord(key.upper()), **code)
+
     def screenshot(self, path: str | os.PathLike[str] | None = None) -> bytes:
         png = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
         if path is not None:

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "8955.tiff"
 sys.path.insert(0, str(Path(__file__).parent))
 from browser import Browser, find_chromium  # noqa: E402
+from tiffgen import synthetic_he, write_pyramid_tiff  # noqa: E402
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -67,8 +68,17 @@ def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (out / "cohort.csv").write_text(
         "slide,path,status,reason,output\n"
         f"8955,{slides / '8955.tiff'},done,,{out / '8955'}\n"
-        "broken,/data/broken.svs,failed,broken.svs: not a slide (bad magic),\n"
+        "corrupt,/data/corrupt.svs,failed,corrupt.svs: not a slide (bad magic),\n"
     )
+    # a slide file that is broken, and one that is another picture than the one analysed
+    for name, slide in (("broken", base / "broken.tiff"), ("changed", base / "other.tiff")):
+        shutil.copytree(out / "8955", out / name)
+        (out / name / "8955.geojson").rename(out / name / f"{name}.geojson")
+        summary = json.loads((out / name / "summary.json").read_text())
+        summary["slide"]["path"] = str(slide)
+        (out / name / "summary.json").write_text(json.dumps(summary))
+    (base / "broken.tiff").write_bytes(b"II*\x00" + bytes(range(256)) * 64)
+    write_pyramid_tiff(base / "other.tiff", synthetic_he(600, 800), 4.0, (1, 4))
     # symlinks that lead out of OUT
     outside = base / "outside"
     shutil.copytree(out / "8955", outside)
@@ -133,7 +143,7 @@ def test_api_lists_finished_slide_folders_only(server: ViewerServer) -> None:
     assert status == 200 and ctype.startswith("application/json")
     rows = {r["id"]: r for r in json.loads(body)["slides"]}
     # not "escape" nor "linked" (symlinks out of OUT); the failed slide from cohort.csv
-    assert set(rows) == {"8955", "measured", "moved", None}
+    assert set(rows) == {"8955", "broken", "changed", "measured", "moved", None}
     assert rows["8955"]["slide_file"] == "ok" and rows["moved"]["slide_file"] == "missing"
     assert rows["8955"]["foci"] == 1 and rows["8955"]["idc_area_mm2"] > 0
     assert 0 < rows["8955"]["idc_percent"] <= 100
@@ -238,6 +248,31 @@ def test_moved_slide_reports_and_the_rest_works(server: ViewerServer) -> None:
     assert get(server, "/slides/8955/tiles/12/0_0.jpeg")[0] == 200
 
 
+@pytest.mark.parametrize(
+    ("slide_id", "message"),
+    [("broken", "cannot be read"), ("changed", "has changed since the run")],
+)
+def test_broken_or_changed_slide_reports_and_the_rest_works(
+    server: ViewerServer, slide_id: str, message: str
+) -> None:
+    d = json.loads(get(server, f"/api/slides/{slide_id}")[2])
+    assert message in d["slide_error"] and d["deepzoom"] is None and d["regions"]
+    status, _, body = get(server, f"/slides/{slide_id}/tiles/12/0_0.jpeg")
+    assert status == 404 and message.encode() in body
+    status, ctype, _ = get(server, f"/slides/{slide_id}/thumbnail.jpeg")
+    assert status == 200 and ctype == "image/png"
+    assert get(server, "/slides/8955/tiles/12/0_0.jpeg")[0] == 200
+
+
+def test_foreign_host_header_is_refused(server: ViewerServer) -> None:
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 cannot read the slides."""
+    host, port = server.server_address[:2]
+    conn = http.client.HTTPConnection(str(host), int(port), timeout=30)
+    conn.request("GET", "/api/slides", headers={"Host": f"evil.example:{port}"})
+    assert conn.getresponse().status == 421
+    conn.close()
+
+
 def test_overlay_is_transparent_where_probability_is_low() -> None:
     prob = np.array([[0.0, 0.2, np.nan], [0.5, 0.8, 1.0]], np.float32)
     img = np.asarray(Image.open(io.BytesIO(overlay_png(prob))))
@@ -316,7 +351,7 @@ def test_batch_page_lists_and_sorts(server: ViewerServer, browser: Browser, shot
     names = browser.evaluate(
         "Array.from(document.querySelectorAll('#slides tbody tr')).map(r => r.dataset.id)"
     )
-    assert sorted(names) == ["", "8955", "measured", "moved"]
+    assert sorted(names) == ["", "8955", "broken", "changed", "measured", "moved"]
     table = browser.evaluate("document.querySelector('#slides').innerText")
     assert "slide file missing" in table and "failed" in table and "3.2" in table
     browser.screenshot(shots / "batch.png")
@@ -359,9 +394,7 @@ def test_slide_page_tiles_overlay_regions(
     assert browser.evaluate(
         "Array.from(document.querySelectorAll('svg.regions text')).map(t => t.textContent)"
     ) == ["1"]
-    x, y = browser.evaluate("window.idcmap.pixel(1450, 850)")
-    for kind in ("mousePressed", "mouseReleased"):
-        browser.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
+    browser.click(*browser.evaluate("window.idcmap.pixel(1450, 850)"))
     text = browser.wait_for(
         "(m => m.classList.contains('hint') ? '' : m.innerText)(document.getElementById('measure'))"
     )
@@ -369,6 +402,17 @@ def test_slide_page_tiles_overlay_regions(
     assert "mm" in browser.evaluate("document.getElementById('scale-label').textContent")
     browser.evaluate("new Promise(r => setTimeout(r, 300))")
     browser.screenshot(shots / "slide-selected.png")
+    # keys: r must not rotate the slide under the unrotated outlines; h and o switch layers
+    browser.press("r")
+    browser.evaluate("new Promise(r => setTimeout(r, 700))")
+    assert browser.evaluate("window.idcmap.state.viewer.viewport.getRotation()") == 0
+    browser.press("h")
+    assert browser.evaluate("document.getElementById('heat-on').checked") is True
+    browser.press("o")
+    assert (
+        browser.evaluate("getComputedStyle(document.querySelector('svg.regions')).display")
+        == "none"
+    )
     assert browser.js_errors() == []
 
 

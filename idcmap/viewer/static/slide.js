@@ -402,6 +402,17 @@
       if (state.heat) state.heat.setOpacity(heatOpacity());
     });
     $("#heat-layer").addEventListener("change", addHeatmap);
+    // the outlines are drawn unrotated: keep OpenSeadragon's r / R / f keys from rotating or
+    // flipping the slide under them
+    viewer.addHandler("canvas-key", (e) => {
+      if (["r", "R", "f", "F"].indexOf(e.originalEvent.key) >= 0) e.preventDefaultAction = true;
+    });
+    document.addEventListener("keydown", (e) => {
+      if (e.ctrlKey || e.metaKey || e.altKey || /^(INPUT|SELECT|TEXTAREA)$/.test(e.target.tagName)) return;
+      if (e.key === "h") $("#heat-on").click();
+      else if (e.key === "o") $("#regions-on").click();
+      else if (e.key === "Escape") select(null, false);
+    });
     $("#regions-on").addEventListener("change", () => {
       if (state.svg) state.svg.svg.style.display = $("#regions-on").checked ? "" : "none";
     });
