@@ -299,7 +299,8 @@ def test_deep_zoom_frame_is_the_bounds_rectangle() -> None:
         assert loc == (100 + 254 - 1, 60 + 254 - 1)
 
 
-def test_cli_serves_on_a_free_port_and_stops_on_ctrl_c(out_dir: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cli_serves_on_a_free_port_and_stops_on_a_signal(out_dir: Path, sig: int) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "idcmap.viewer", str(out_dir), "--port", "0", "--no-browser"],
         stdout=subprocess.PIPE,
@@ -317,9 +318,10 @@ def test_cli_serves_on_a_free_port_and_stops_on_ctrl_c(out_dir: Path) -> None:
         assert conn.getresponse().status == 200
         conn.close()
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
+    assert "stopped" in err
     assert "Traceback" not in err
 
 

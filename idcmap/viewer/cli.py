@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
 import webbrowser
@@ -65,10 +66,19 @@ def run_view(args: argparse.Namespace) -> int:
     print(f"idcmap view: {args.out} at {url} (Ctrl+C to stop)", flush=True)
     if not args.no_browser:
         threading.Timer(0.3, lambda: webbrowser.open(url)).start()
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM (kill, systemd, a closing terminal's job control) stops it like Ctrl+C
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, on_term) if main_thread else None
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         print("idcmap view: stopped", file=sys.stderr)
     finally:
         server.server_close()
+        if main_thread:
+            signal.signal(signal.SIGTERM, old)
     return 0

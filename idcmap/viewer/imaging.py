@@ -9,7 +9,6 @@ Deep Zoom level-0 pixel is a pixel of QuPath's frame, the frame of every idcmap 
 from __future__ import annotations
 
 import io
-import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -26,7 +25,14 @@ from PIL import Image, ImageDraw, ImageFont
 from idcmap.errors import IDCMapError, SlideError
 from idcmap.slide import Slide, open_slide
 
-__all__ = ["OVERLAY_STOPS", "SlideCache", "SlideEntry", "overlay_png", "placeholder_png"]
+__all__ = [
+    "OVERLAY_STOPS",
+    "SlideCache",
+    "SlideEntry",
+    "file_key",
+    "overlay_png",
+    "placeholder_png",
+]
 
 TILE_PX = 254
 """Deep Zoom tile side (+1 px overlap each side = 256, as OpenSeadragon prefers)."""
@@ -150,7 +156,6 @@ class SlideEntry:
     error: str | None
     handles: _Handles | None = None
     dz: DeepZoomGenerator | None = None
-    thumb_jpeg: bytes | None = None
     missing: bool = False
 
     @property
@@ -189,9 +194,7 @@ class SlideEntry:
         return buf.getvalue()
 
     def thumbnail_jpeg(self, regions: list[dict[str, Any]]) -> bytes:
-        """A ≤ 256-px picture of the bounds rectangle with the region outlines (cached)."""
-        if self.thumb_jpeg is not None:
-            return self.thumb_jpeg
+        """A ≤ 256-px picture of the bounds rectangle with the region outlines."""
         if not self.ok or self.handles is None:
             raise SlideError(self.error or "slide not open")
         with self.handles.get() as slide:
@@ -214,8 +217,7 @@ class SlideEntry:
                         draw.line(pts, fill=(0, 230, 255), width=2)
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=88)
-        self.thumb_jpeg = buf.getvalue()
-        return self.thumb_jpeg
+        return buf.getvalue()
 
     def close(self) -> None:
         if self.handles is not None:
@@ -235,7 +237,7 @@ class SlideCache:
     def get(self, name: str, path: Path | None, summary: Mapping[str, Any]) -> SlideEntry:
         """The entry for slide folder ``name`` whose slide file is ``path``; opened at most once
         per (path, file size and mtime) and kept until evicted."""
-        key = _file_key(path)
+        key = file_key(path)
         with self._lock:
             entry = self._entries.get(name)
             if entry is not None and entry.key == key:
@@ -268,7 +270,8 @@ class SlideCache:
             e.close()
 
 
-def _file_key(path: Path | None) -> tuple[Any, ...]:
+def file_key(path: Path | None) -> tuple[Any, ...]:
+    """Identity of a file's current content: path, mtime and size (or why there is none)."""
     if path is None:
         return ("none",)
     try:
@@ -283,11 +286,11 @@ def _open_entry(
 ) -> SlideEntry:
     recorded = summary.get("slide") or {}
     if path is None:
-        return SlideEntry(key, "the summary does not say which slide file was analysed")
+        return SlideEntry(key, "The summary does not say which slide file was analysed")
     if not path.exists():
         return SlideEntry(
             key,
-            f"the slide file {recorded.get('path') or path} is not there any more (moved, "
+            f"The slide file {recorded.get('path') or path} is not there any more (moved, "
             "renamed or deleted); the outputs are shown without the slide picture",
             missing=True,
         )
@@ -303,9 +306,9 @@ def _open_entry(
             allow_non_rgb=recorded.get("converted_from") is not None,
         )
     except IDCMapError as e:
-        return SlideEntry(key, f"the slide file cannot be read: {e}")
+        return SlideEntry(key, f"The slide file cannot be read: {e}")
     except Exception as e:  # a backend failure idcmap does not know: still one line
-        return SlideEntry(key, f"the slide file cannot be read: {type(e).__name__}: {e}")
+        return SlideEntry(key, f"The slide file cannot be read: {type(e).__name__}: {e}")
     expected = recorded.get("bounds_level0_px")
     if isinstance(expected, list) and [int(v) for v in expected] != list(
         slide.info.bounds_level0_px
@@ -313,7 +316,7 @@ def _open_entry(
         slide.close()
         return SlideEntry(
             key,
-            "the slide file has changed since the run (its size differs from the summary's); "
+            "The slide file has changed since the run (its size differs from the summary's); "
             "the outputs would not line up with it",
         )
     dz = DeepZoomGenerator(
@@ -364,13 +367,3 @@ def placeholder_png(text: str, size: tuple[int, int] = (THUMB_PX, 170)) -> bytes
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def dzi_levels(dz: DeepZoomGenerator) -> int:
-    """Highest Deep Zoom level (OpenSeadragon's ``maxLevel``)."""
-    return int(dz.level_count - 1)
-
-
-def level_of(dz: DeepZoomGenerator, downsample: float) -> int:
-    """Deep Zoom level closest to a given downsample (level 0 of the slide = the top level)."""
-    return max(0, dzi_levels(dz) - round(math.log2(max(1.0, downsample))))

@@ -29,6 +29,7 @@ import re
 import sys
 import threading
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,7 +43,16 @@ import numpy as np
 from idcmap.errors import IDCMapError, UsageError
 
 from .catalog import Catalog, SlideFolder, inside
-from .imaging import OVERLAY_STOPS, SlideCache, SlideEntry, overlay_png, placeholder_png
+from .imaging import (
+    OVERLAY_STOPS,
+    TILE_OVERLAP_PX,
+    TILE_PX,
+    SlideCache,
+    SlideEntry,
+    file_key,
+    overlay_png,
+    placeholder_png,
+)
 
 __all__ = ["ViewerServer", "make_server"]
 
@@ -97,6 +107,7 @@ class ViewerServer(ThreadingHTTPServer):
         self.local_only = host in ("127.0.0.1", "localhost", "::1")
         self._overlay_cache: dict[tuple[str, str, int], bytes] = {}
         self._overlay_lock = threading.Lock()
+        self._thumbs: OrderedDict[tuple[Any, ...], tuple[bytes, str]] = OrderedDict()
         super().__init__((host, port), _Handler)
 
     @property
@@ -114,6 +125,36 @@ class ViewerServer(ThreadingHTTPServer):
 
     def entry(self, sf: SlideFolder) -> SlideEntry:
         return self.slides.get(sf.id, self.catalog.slide_path(sf), sf.summary)
+
+    def thumbnail(self, sf: SlideFolder) -> tuple[bytes, str]:
+        """(picture, content type): the slide with its region outlines, or a placeholder that
+        says why there is none. Kept per process (slides come and go from the slide cache)."""
+        gj = sf.geojson_path()
+        key = (
+            sf.id,
+            sf.summary_mtime_ns,
+            gj.stat().st_mtime_ns if gj is not None else 0,
+            file_key(self.catalog.slide_path(sf)),
+        )
+        with self._overlay_lock:
+            hit = self._thumbs.get(key)
+        if hit is not None:
+            return hit
+        entry = self.entry(sf)
+        result: tuple[bytes, str] | None = None
+        if entry.ok:
+            try:
+                result = entry.thumbnail_jpeg(self.catalog.regions(sf)), "image/jpeg"
+            except IDCMapError:
+                result = None
+        if result is None:
+            text = "slide file missing" if entry.missing else "slide unreadable"
+            result = placeholder_png(text), "image/png"
+        with self._overlay_lock:
+            self._thumbs[key] = result
+            while len(self._thumbs) > 2000:  # ~10 kB each
+                self._thumbs.popitem(last=False)
+        return result
 
     def overlay(self, sf: SlideFolder, layer: str) -> bytes:
         npz = sf.folder / "heatmap.npz"
@@ -167,8 +208,8 @@ class ViewerServer(ThreadingHTTPServer):
             dz = {
                 "width": w,
                 "height": h,
-                "tile_px": 254,
-                "overlap_px": 1,
+                "tile_px": TILE_PX,
+                "overlap_px": TILE_OVERLAP_PX,
                 "max_level": entry.dz.level_count - 1,
             }
         row = self.catalog.row(sf)
@@ -339,17 +380,8 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _NotFound
             return self._send(200, tile, "image/jpeg", cache="private, max-age=600", head=head)
         if rest == ["thumbnail.jpeg"]:
-            entry = srv.entry(sf)
-            if entry.ok:
-                try:
-                    jpeg = entry.thumbnail_jpeg(srv.catalog.regions(sf))
-                    return self._send(
-                        200, jpeg, "image/jpeg", cache="private, max-age=60", head=head
-                    )
-                except IDCMapError:
-                    pass
-            text = "slide file missing" if entry.missing else "slide unreadable"
-            return self._send(200, placeholder_png(text), "image/png", head=head)
+            body, ctype = srv.thumbnail(sf)
+            return self._send(200, body, ctype, cache="private, max-age=60", head=head)
         if rest == ["overlay.png"]:
             layer = (query.get("layer") or ["prob"])[0]
             if layer not in ("prob", "smoothed"):
