@@ -150,6 +150,8 @@ def test_api_lists_finished_slide_folders_only(server: ViewerServer) -> None:
     assert rows["8955"]["largest_focus_mm"] is None  # not measured: shown as "—"
     assert rows["measured"]["largest_focus_mm"] == 3.21
     assert rows[None]["status"] == "failed" and "bad magic" in rows[None]["reason"]
+    status, ctype, body = get(server, "/files/cohort.csv")
+    assert status == 200 and ctype.startswith("text/csv") and b"corrupt.svs" in body
 
 
 def test_slide_details_and_files(server: ViewerServer) -> None:
@@ -281,6 +283,10 @@ def test_overlay_is_transparent_where_probability_is_low() -> None:
     assert alpha[0, 0] == 0 and alpha[0, 1] == 0 and alpha[0, 2] == 0  # low, low, not tissue
     assert 0 < alpha[1, 0] < alpha[1, 1] < alpha[1, 2]
     assert alpha[1, 2] == round(OVERLAY_STOPS[-1][2] * 255)
+    smooth = np.asarray(Image.open(io.BytesIO(overlay_png(prob, smooth=True))))
+    assert smooth.shape == img.shape
+    assert (smooth[..., 3] > 0).sum() <= (img[..., 3] > 0).sum() + k * k  # no colour off tissue
+    assert smooth[k:, :k, 3].min() < smooth[k:, :k, 3].max()  # graded, not a block
 
 
 def test_deep_zoom_frame_is_the_bounds_rectangle() -> None:
@@ -392,6 +398,19 @@ def test_slide_page_tiles_overlay_regions(
     x1, y1 = browser.evaluate("window.idcmap.pixel(1600, 1000)")
     box = (slice(int(y0), int(y1)), slice(int(x0), int(x1)))
     assert np.abs(a_on[box] - a_off[box]).mean() > 15
+    # the outlines' frame is the tiles' frame (level-0 px of QuPath's frame = Deep Zoom px)
+    # and the heatmap covers its grid: compare with OpenSeadragon's own image transform
+    drift = browser.evaluate(
+        """(() => {
+          const s = window.idcmap.state, img = s.viewer.world.getItemAt(0);
+          const a = window.idcmap.pixel(2900, 1950), r = s.viewer.element.getBoundingClientRect();
+          const b = img.imageToViewerElementCoordinates(new OpenSeadragon.Point(2900, 1950));
+          const h = s.heat.getBounds(), w = s.width;
+          return [Math.abs(a[0] - r.left - b.x), Math.abs(a[1] - r.top - b.y),
+                  Math.abs(h.width * w - 58 * 50), Math.abs(h.height * w - 39 * 50)];
+        })()"""
+    )
+    assert max(drift) < 0.5, drift
     # regions numbered like the GeoJSON; a click on one shows its measurements
     assert browser.evaluate(
         "Array.from(document.querySelectorAll('svg.regions text')).map(t => t.textContent)"

@@ -9,6 +9,7 @@ Deep Zoom level-0 pixel is a pixel of QuPath's frame, the frame of every idcmap 
 from __future__ import annotations
 
 import io
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -325,27 +326,43 @@ def _open_entry(
     return SlideEntry(key, None, _Handles(slide, handles), dz)
 
 
-def overlay_png(prob: np.ndarray, *, max_side_px: int = 4096) -> bytes:
+def overlay_png(prob: np.ndarray, *, smooth: bool = False, max_px: int = 4_000_000) -> bytes:
     """RGBA PNG of a probability grid (NaN = not tissue → transparent), coloured with
-    :data:`OVERLAY_STOPS`, each cell enlarged to k×k px (nearest) so cell edges stay crisp
-    when the browser scales it."""
+    :data:`OVERLAY_STOPS`, each cell enlarged to k×k px (k ≤ 16, at most ``max_px`` pixels).
+
+    ``smooth=False``: nearest neighbour, so that cell edges stay crisp when the browser scales
+    the picture (the tiles the model saw). ``smooth=True``: bilinear between cell centres (over
+    tissue cells only), for a map that is itself smooth; the tissue outline stays cell-exact.
+    """
     p = np.asarray(prob, dtype=np.float32)
     if p.ndim != 2 or p.size == 0:
         raise ValueError("the heatmap is empty")
     rows, cols = p.shape
-    k = int(max(1, min(16, max_side_px // max(rows, cols))))
-    xs = np.array([s[0] for s in OVERLAY_STOPS])
-    rgba = np.zeros((rows, cols, 4), np.uint8)
+    k = int(max(1, min(16, math.isqrt(max_px // (rows * cols)))))
     valid = np.isfinite(p)
     v = np.clip(np.where(valid, p, 0.0), 0.0, 1.0)
+    if k > 1:
+        tissue = np.repeat(np.repeat(valid, k, axis=0), k, axis=1)
+        if smooth:
+            from scipy import ndimage
+
+            def up(a: np.ndarray) -> np.ndarray:
+                return ndimage.zoom(a, k, order=1, mode="nearest", grid_mode=True)
+
+            w = valid.astype(np.float32)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                v = np.clip(up(v * w) / np.maximum(up(w), 1e-6), 0.0, 1.0)
+        else:
+            v = np.repeat(np.repeat(v, k, axis=0), k, axis=1)
+        valid = tissue
+    xs = np.array([s[0] for s in OVERLAY_STOPS])
+    rgba = np.zeros((*v.shape, 4), np.uint8)
     for c in range(3):
         rgba[..., c] = np.rint(np.interp(v, xs, [s[1][c] for s in OVERLAY_STOPS]))
     alpha = np.interp(v, xs, [s[2] for s in OVERLAY_STOPS]) * 255
     rgba[..., 3] = np.where(valid, np.rint(alpha), 0).astype(np.uint8)
-    if k > 1:
-        rgba = np.repeat(np.repeat(rgba, k, axis=0), k, axis=1)
     buf = io.BytesIO()
-    Image.fromarray(rgba, "RGBA").save(buf, format="PNG", compress_level=3)
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 

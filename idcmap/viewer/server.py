@@ -13,6 +13,7 @@ Routes (anything else is 404; methods other than GET and HEAD are 405):
 ``/slides/<id>/thumbnail.jpeg``                        ≤ 256-px picture with region outlines
 ``/slides/<id>/overlay.png?layer=prob|smoothed``       heatmap as a transparent PNG
 ``/slides/<id>/files/<name>``                          the output files (summary.json, ...)
+``/files/cohort.csv``                                  the cohort table, when a run wrote one
 =====================================================  ========================================
 
 ``<id>`` is a slide folder's name, matched exactly against the folder listing; path segments
@@ -26,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import socket
 import sys
 import threading
 import traceback
@@ -108,6 +110,8 @@ class ViewerServer(ThreadingHTTPServer):
         self._overlay_cache: dict[tuple[str, str, int], bytes] = {}
         self._overlay_lock = threading.Lock()
         self._thumbs: OrderedDict[tuple[Any, ...], tuple[bytes, str]] = OrderedDict()
+        if ":" in host:  # an IPv6 address such as ::1
+            self.address_family = socket.AF_INET6
         super().__init__((host, port), _Handler)
 
     @property
@@ -171,7 +175,7 @@ class ViewerServer(ThreadingHTTPServer):
                 prob = np.asarray(z[name], dtype=np.float32)
         except (OSError, ValueError, KeyError) as e:
             raise _NotFound from e
-        png = overlay_png(prob)
+        png = overlay_png(prob, smooth=name == "prob_smoothed")
         with self._overlay_lock:
             if len(self._overlay_cache) > 32:
                 self._overlay_cache.clear()
@@ -334,10 +338,20 @@ class _Handler(BaseHTTPRequestHandler):
                 folders = srv.catalog.folders()
                 rows = [srv.catalog.row(sf) for sf in folders.values()]
                 rows += srv.catalog.cohort_rows(set(folders))
-                return self._json({"out_dir": srv.catalog.root.name, "slides": rows}, head)
+                cohort = srv.catalog.root / "cohort.csv"
+                has_cohort = cohort.is_file() and inside(srv.catalog.root, cohort)
+                return self._json(
+                    {"out_dir": srv.catalog.root.name, "slides": rows, "cohort_csv": has_cohort},
+                    head,
+                )
             if len(seg) == 3:
                 return self._json(srv.slide_details(self._folder(seg[2])), head)
             raise _NotFound
+        if seg == ["files", "cohort.csv"]:
+            table = srv.catalog.root / "cohort.csv"
+            if not (table.is_file() and inside(srv.catalog.root, table)):
+                raise _NotFound
+            return self._send(200, table.read_bytes(), "text/csv; charset=utf-8", head=head)
         if seg[0] == "slides" and len(seg) >= 3:
             return self._slide_route(self._folder(seg[1]), seg[2:], query, head)
         raise _NotFound

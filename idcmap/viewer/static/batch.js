@@ -122,7 +122,16 @@
       return r.json();
     })
     .then((data) => {
-      document.getElementById("where").textContent = data.out_dir + " · " + data.slides.length + " slide" + (data.slides.length === 1 ? "" : "s");
+      const where = document.getElementById("where");
+      where.textContent = data.out_dir + " · " + data.slides.length + " slide" + (data.slides.length === 1 ? "" : "s");
+      if (data.cohort_csv) {
+        const a = document.createElement("a");
+        a.href = "/files/cohort.csv";
+        a.setAttribute("download", "cohort.csv");
+        a.textContent = "cohort.csv";
+        where.appendChild(document.createTextNode(" · "));
+        where.appendChild(a);
+      }
       document.title = "idcmap · " + data.out_dir;
       rows = data.slides;
       if (!rows.length) {

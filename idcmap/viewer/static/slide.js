@@ -73,7 +73,7 @@
     document.title = "idcmap · " + info.slide;
     $("#name").textContent = info.slide;
     const mpp = info.mpp ? fmt(info.mpp, 3) + " µm/px" : "µm/px unknown";
-    $("#sub").textContent = [info.width_px + " × " + info.height_px + " px", mpp, info.vendor].filter(Boolean).join(" · ");
+    $("#sub").textContent = [info.width_px + " × " + info.height_px + " px", mpp, info.vendor, info.model].filter(Boolean).join(" · ");
     const dl = $("#figures");
     const figs = [
       ["IDC area", fmt(info.idc_area_mm2, 2) + " mm²"],
