@@ -2,38 +2,51 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-STAMP   := $(VENV)/.idcmap-installed
+# inference only (what `make demo` needs); the test/dev extras come on top for `make test`
+RUN_STAMP := $(VENV)/.idcmap-run
+DEV_STAMP := $(VENV)/.idcmap-dev
+DEV_EXTRAS ?= train,dev,distributed
 DEMO_SLIDE ?= $(firstword $(wildcard examples/*.tiff))
 DEMO_OUT   ?= demo-out
 
-.PHONY: env demo test lint bench clean
+.PHONY: env env-dev demo test lint bench clean
 
-env: $(STAMP)
+env: $(RUN_STAMP)
+env-dev: $(DEV_STAMP)
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
+	@echo "== creating $(VENV) with idcmap and its inference dependencies (torch, OpenSlide, ...)"
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[train,dev]'
-	touch $(STAMP)
+	$(BIN)/pip install -q --progress-bar off --upgrade pip
+	$(BIN)/pip install -q --progress-bar off -e .
+	@rm -f $(DEV_STAMP)
+	touch $@
 
-demo: $(STAMP)
+$(DEV_STAMP): $(RUN_STAMP)
+	@echo "== adding the test and development extras [$(DEV_EXTRAS)] (fastai, pytest, ruff, mypy, dask)"
+	$(BIN)/pip install -q --progress-bar off -e '.[$(DEV_EXTRAS)]'
+	touch $@
+
+demo: $(RUN_STAMP)
 	$(BIN)/idcmap run $(DEMO_SLIDE) --out $(DEMO_OUT) --overwrite
 	@echo
 	@echo "Outputs for $(DEMO_SLIDE) are in $(DEMO_OUT)/$(basename $(notdir $(DEMO_SLIDE)))/:"
 	@ls -l $(DEMO_OUT)/$(basename $(notdir $(DEMO_SLIDE)))/
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)
-	$(BIN)/ruff check idcmap tests benchmarks
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check idcmap tests benchmarks examples
+	$(BIN)/ruff format --check idcmap tests benchmarks examples
+	$(BIN)/mypy idcmap
 
 # Makes the benchmark slides once (~20 min on 2 cores; skipped when they exist), then runs the
 # benchmark (~6 min). WSInfer joins when its venv exists: benchmarks/wsinfer_compare.py --setup.
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/make_slides.py --mosaic ../shared/data/idc/slides/8975.tiff
 	$(BIN)/python benchmarks/run.py --slides 40x,l1l4,mosaic,2x2 --strides 50,25 \
 	    --cases e2e,floors,naive --wsinfer auto
 
 clean:
-	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache
+	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache .mypy_cache

@@ -1,5 +1,9 @@
 """Batch runs: many slides, one output folder, nothing lost.
 
+:func:`process_slide` is the unit of work (lock, clean-up, skip, segment, save → :class:`Outcome`);
+:func:`run_batch` runs it over a list of slides in this process, and a distributed runner can call
+it on a worker (``Outcome`` is a small picklable frozen dataclass).
+
 * A slide whose output folder exists (``<out>/<stem>/summary.json``) is skipped unless
   ``overwrite``; outputs are written to a temporary folder and renamed (see
   :meth:`SlideResult.save`), so an interrupted run never leaves a partial result under the final
@@ -7,12 +11,14 @@
 * Each slide is processed under an exclusive ``flock`` on ``<out>/.<stem>.lock``: two runs on the
   same folder never work on the same slide at once; a slide busy in another run is retried at the
   end of the queue, after waiting for that run to finish it. Locks die with their process
-  (kill -9 included), and leftovers of a killed run are removed when the slide is next taken.
+  (kill -9 included), the lock file is removed when the slide is finished, and leftovers of a
+  killed run are removed when the slide is next taken.
 * One failing slide is reported on one line and the batch goes on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import glob
 import os
@@ -23,42 +29,54 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from .api import Params, is_done, segment_slide, slide_stem
 from .errors import IDCMapError, OutputError
 from .model import IDCModel
+from .slide import SLIDE_SUFFIXES
 
-#: File name endings taken as slides when a folder is given.
-SLIDE_SUFFIXES = (
-    ".svs",
-    ".tif",
-    ".tiff",
-    ".ndpi",
-    ".vms",
-    ".vmu",
-    ".scn",
-    ".mrxs",
-    ".svslide",
-    ".bif",
-    ".dcm",
-    ".qptiff",
-    ".png",
-    ".jpg",
-    ".jpeg",
-)
+#: Values of :attr:`Outcome.status`.
+DONE, SKIPPED, FAILED, BUSY = "done", "skipped", "failed", "busy"
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one slide: ``status`` is ``done``, ``skipped`` or ``failed``."""
+    """What happened to one slide (small and picklable: a worker returns it to its client).
+
+    Attributes:
+        path: the slide path as given.
+        status: ``done``, ``skipped``, ``failed``, or ``busy`` (another run holds the slide's
+            lock; only from :func:`process_slide` with ``wait_for_lock=False``).
+        message: one short line: the figures of a done slide, the reason of a failed one.
+        out_dir: the slide's output folder (done and skipped slides), else None.
+        seconds: wall time of the segmentation and saving (0 when skipped / busy).
+        summary: the slide's ``summary.json`` content (done slides), else None.
+        detail: the full reason of a failure (the traceback of an internal error), for
+            ``--debug``; empty otherwise.
+    """
 
     path: str
     status: str
     message: str = ""
     out_dir: str | None = None
     seconds: float = 0.0
+    summary: dict[str, Any] | None = None
+    detail: str = ""
+
+    @property
+    def idc_area_mm2(self) -> float | None:
+        return None if self.summary is None else float(self.summary["idc_area_mm2"])
+
+    @property
+    def tissue_area_mm2(self) -> float | None:
+        return None if self.summary is None else float(self.summary["tissue_area_mm2"])
+
+    @property
+    def regions(self) -> int | None:
+        return None if self.summary is None else int(self.summary["regions"])
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
@@ -102,25 +120,43 @@ def check_output_dir(out_dir: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise OutputError(
-            f"cannot write to output folder {out_dir}: {e.strerror or e}; choose a writable --out"
+            f"cannot write to output folder {out_dir}: {e.strerror or e}; "
+            "choose a writable out_dir="
         ) from e
 
 
 @contextmanager
 def slide_lock(out_dir: Path, stem: str, *, wait: bool) -> Iterator[bool]:
-    """Hold ``<out>/.<stem>.lock``; yields False (without waiting) when another run holds it."""
-    fd = os.open(out_dir / f".{stem}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    """Hold ``<out>/.<stem>.lock``; yields False (without waiting) when another run holds it.
+
+    The lock file is removed on release. A run that opened the file before that unlink and then
+    gets the lock holds a lock on a file no longer at that path, so it checks, once it holds the
+    lock, that the path still names the file it locked (same device and inode) and starts over
+    otherwise: two runs can never both believe they hold the slide.
+    """
+    path = out_dir / f".{stem}.lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
+            os.close(fd)
             yield False
             return
         try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            on_disk = os.stat(path)
+        except FileNotFoundError:
+            on_disk = None
+        held = os.fstat(fd)
+        if on_disk is not None and (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino):
+            break
+        os.close(fd)  # the holder before us removed (and someone may have re-made) the file
+    try:
+        yield True
     finally:
+        with contextlib.suppress(OSError):  # still holding the lock: nobody else is using it
+            path.unlink()
+        fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
 
@@ -128,7 +164,7 @@ def remove_leftovers(out_dir: Path, stem: str) -> None:
     """Clean up after earlier, killed runs (call with the slide's lock held).
 
     ``.<stem>.tmp-*`` folders are unfinished outputs: removed. ``.<stem>.old-*`` is a finished
-    output that an ``--overwrite`` run had moved aside just before renaming its new one into
+    output that an ``overwrite`` run had moved aside just before renaming its new one into
     place: if the run died between the two renames, the finished output is put back.
     """
     final = out_dir / stem
@@ -145,6 +181,88 @@ def remove_leftovers(out_dir: Path, stem: str) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def _reason(e: IDCMapError, path: Path) -> str:
+    """The error's line without a leading ``<file>: `` (the outcome line names the file)."""
+    msg = " ".join(str(e).split())
+    for prefix in (str(path), path.name):
+        if msg.startswith(prefix + ": "):
+            return msg[len(prefix) + 2 :]
+    return msg
+
+
+def done_message(summary: dict[str, Any]) -> str:
+    """One line of a done slide's figures (regions, IDC and tissue areas)."""
+    n = int(summary["regions"])
+    return (
+        f"{n} IDC region{'s' if n != 1 else ''}, "
+        f"IDC {summary['idc_area_mm2']:.2f} mm² of {summary['tissue_area_mm2']:.2f} mm² tissue"
+    )
+
+
+def process_slide(
+    path: str | Path,
+    out_dir: str | Path,
+    *,
+    model: IDCModel,
+    params: Params,
+    overwrite: bool = False,
+    tiles_geojson: bool = False,
+    progress: bool = False,
+    debug: bool = False,
+    wait_for_lock: bool = True,
+) -> Outcome:
+    """Segment one slide into ``out_dir/<stem>/``, safely alongside other runs on that folder.
+
+    Takes the slide's lock (``wait_for_lock=False``: returns status ``busy`` at once when another
+    run holds it), removes leftovers of killed runs, skips a finished slide unless
+    ``overwrite``, then segments and saves it atomically. Never raises for a slide's own
+    problems (missing, unreadable, an internal error): they come back as a ``failed`` Outcome
+    whose message is one short line. ``out_dir`` must exist (see :func:`check_output_dir`).
+
+    Args:
+        debug: put the traceback of every failure in ``Outcome.detail`` (an internal error's
+            is always there; an :class:`IDCMapError`'s detail is otherwise its ``detail``).
+    """
+    out = Path(out_dir)
+    s = Path(path)
+    stem = slide_stem(s)
+    with slide_lock(out, stem, wait=wait_for_lock) as got:
+        if not got:
+            return Outcome(str(s), BUSY, "busy in another run")
+        remove_leftovers(out, stem)
+        if is_done(out, s) and not overwrite:
+            return Outcome(
+                str(s), SKIPPED, "already done (overwrite=True redoes it)", str(out / stem)
+            )
+        t0 = time.perf_counter()
+        try:
+            result = segment_slide(s, model=model, progress=progress, params=params)
+            final = result.save(out, tiles_geojson=tiles_geojson, overwrite=True)
+        except IDCMapError as e:
+            detail = "\n".join(filter(None, [e.detail, traceback.format_exc() if debug else ""]))
+            return Outcome(
+                str(s), FAILED, _reason(e, s), seconds=time.perf_counter() - t0, detail=detail
+            )
+        except Exception as e:  # an unforeseen bug (MemoryError included) must not cost the others
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            return Outcome(
+                str(s),
+                FAILED,
+                f"internal error {type(e).__name__}: {first} (debug=True shows the traceback; "
+                "please report it)",
+                seconds=time.perf_counter() - t0,
+                detail=traceback.format_exc(),
+            )
+        return Outcome(
+            str(s),
+            DONE,
+            done_message(result.summary),
+            str(final),
+            time.perf_counter() - t0,
+            summary=result.summary,
+        )
+
+
 def run_batch(
     slides: list[Path],
     out_dir: str | Path,
@@ -156,8 +274,12 @@ def run_batch(
     progress: bool = True,
     debug: bool = False,
     report: Callable[[str], None] = print,
+    describe: Callable[[Outcome], str] | None = None,
 ) -> list[Outcome]:
-    """Segment every slide into ``out_dir``; returns one :class:`Outcome` per slide, in order."""
+    """Segment every slide into ``out_dir`` with :func:`process_slide`; returns one
+    :class:`Outcome` per slide, in order. A slide busy in another run is taken again at the end,
+    waiting for that run: skipped if it finished it, redone if it died. Each outcome is
+    reported as it comes, one line made by ``describe`` (default :func:`format_outcome`)."""
     out = Path(out_dir)
     check_output_dir(out)
     params.validate()
@@ -169,9 +291,9 @@ def run_batch(
         if stem in seen and seen[stem].resolve() != s.resolve():
             outcomes[i] = Outcome(
                 str(s),
-                "failed",
+                FAILED,
                 f"same output name '{stem}' as {seen[stem]}; "
-                "rename one of the slides or run them into different --out folders",
+                "rename one of the slides or run them into different output folders",
             )
         else:
             seen.setdefault(stem, s)
@@ -185,66 +307,44 @@ def run_batch(
         position=0,
     )
     bar.update(len(outcomes))
+    kw: dict[str, Any] = {
+        "model": model,
+        "params": params,
+        "overwrite": overwrite,
+        "tiles_geojson": tiles_geojson,
+        "progress": progress,
+        "debug": debug,
+    }
+    describe = describe or format_outcome
     deferred: list[int] = []
-
-    def one(i: int, wait: bool) -> bool:
-        s = slides[i]
-        stem = slide_stem(s)
-        with slide_lock(out, stem, wait=wait) as got:
-            if not got:
-                return False
-            remove_leftovers(out, stem)
-            if is_done(out, s) and not overwrite:
-                outcomes[i] = Outcome(
-                    str(s), "skipped", "already done (pass --overwrite to redo)", str(out / stem)
-                )
-                return True
-            t0 = time.perf_counter()
-            try:
-                result = segment_slide(s, model=model, progress=progress, params=params)
-                final = result.save(out, tiles_geojson=tiles_geojson, overwrite=True)
-                n = len(result.regions)
-                msg = (
-                    f"{n} IDC region{'s' if n != 1 else ''}, "
-                    f"IDC {result.summary['idc_area_mm2']:.2f} mm² "
-                    f"of {result.summary['tissue_area_mm2']:.2f} mm² tissue"
-                )
-                outcomes[i] = Outcome(str(s), "done", msg, str(final), time.perf_counter() - t0)
-            except IDCMapError as e:
-                outcomes[i] = Outcome(str(s), "failed", str(e), seconds=time.perf_counter() - t0)
-            except (
-                MemoryError,
-                Exception,
-            ) as e:  # an unforeseen bug must not cost the other slides
-                if debug:
-                    traceback.print_exc()
-                outcomes[i] = Outcome(
-                    str(s),
-                    "failed",
-                    f"internal error {type(e).__name__}: {e} "
-                    "(rerun with --debug for the traceback and report it)",
-                    seconds=time.perf_counter() - t0,
-                )
-        return True
-
     for i in queue:
-        if not one(i, wait=False):
+        o = process_slide(slides[i], out, wait_for_lock=False, **kw)
+        if o.status == BUSY:
             deferred.append(i)
             continue
-        _report(outcomes[i], report, bar)
+        outcomes[i] = o
+        _report(describe(o), report, bar)
     for i in deferred:  # busy in another run: wait for it, then skip (done) or take over (it died)
-        one(i, wait=True)
-        _report(outcomes[i], report, bar)
+        outcomes[i] = process_slide(slides[i], out, wait_for_lock=True, **kw)
+        _report(describe(outcomes[i]), report, bar)
     bar.close()
     return [outcomes[i] for i in range(len(slides))]
 
 
-def _report(o: Outcome, report: Callable[[str], None], bar: tqdm) -> None:
-    mark = {"done": "✓", "skipped": "-", "failed": "✗"}[o.status]
-    where = f" → {o.out_dir}" if o.status == "done" else ""
-    secs = f" ({o.seconds:.1f} s)" if o.status == "done" else ""
+def format_outcome(o: Outcome, *, detail: bool = False) -> str:
+    """The one line of a slide: mark, path, message (and time and folder when done); with
+    ``detail``, a failure's detail follows on indented lines."""
+    mark = {DONE: "✓", SKIPPED: "-", FAILED: "✗", BUSY: "…"}[o.status]
+    where = f" → {o.out_dir}" if o.status == DONE else ""
+    secs = f" ({o.seconds:.1f} s)" if o.status == DONE else ""
     message = " ".join(o.message.split())  # one line per slide, whatever the reason says
     line = f"{mark} {o.path}: {message}{secs}{where}"
+    if detail and o.detail:
+        line += "\n" + "\n".join("    " + ln for ln in o.detail.rstrip().splitlines())
+    return line
+
+
+def _report(line: str, report: Callable[[str], None], bar: tqdm) -> None:
     if bar.disable:
         report(line)
     else:

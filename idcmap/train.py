@@ -1,8 +1,9 @@
 """Training of the IDC classifier with fastai (the optional extra ``idcmap[train]``).
 
 fastai is imported inside the functions, so ``import idcmap`` works without it. The network is
-the plain-torch :class:`idcmap.model.IDCNet`; the result is written with
-:func:`idcmap.model.save_model` (safetensors + JSON), never as a pickle.
+any registered architecture (:data:`idcmap.model.ARCHITECTURES`; by default ``idcnet-v1``,
+:class:`idcmap.archs.idcnet.IDCNet`); the result is written with
+:func:`idcmap.modelfile.save_model` (safetensors + JSON), never as a pickle.
 
 Data loading is kept cheap for a 2-core CPU: every patch is decoded once into one uint8 array and
 batches are cut from it and augmented on the whole batch in torch (8 dihedral symmetries, HED
@@ -12,12 +13,16 @@ stain jitter, brightness / contrast / saturation).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import math
+import os
 import platform
 import random
+import shlex
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +32,8 @@ import torch
 from . import data
 from .errors import UsageError
 from .evaluate import best_threshold, binary_metrics
-from .model import IDCModel, ModelConfig, resolve_device, save_model
+from .model import IDCModel, build_network, get_architecture, resolve_device
+from .modelfile import ModelConfig, save_model
 
 # Stain matrix (rows: optical density of haematoxylin, eosin, DAB in RGB; Ruifrok & Johnston).
 _RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
@@ -86,7 +92,7 @@ def _array_dl_class() -> type:
     """A fastai ``DataLoader`` over a uint8 N×3×H×W tensor that builds whole batches at once."""
     from fastai.data.load import DataLoader
 
-    class ArrayDL(DataLoader):  # type: ignore[misc]
+    class ArrayDL(DataLoader):
         def __init__(
             self,
             x: torch.Tensor,
@@ -150,8 +156,9 @@ def train(
     seed: int = 0,
     lr: float | None = None,
     batch_size: int = 256,
-    widths: Sequence[int] = (64, 192, 256),
-    dropout: float = 0.3,
+    architecture: str = "idcnet-v1",
+    arch_params: Mapping[str, Any] | None = None,
+    mpp: float = data.DATASET_MPP,
     weight_decay: float = 0.01,
     test_frac: float = 0.15,
     valid_frac: float = 0.12,
@@ -169,7 +176,12 @@ def train(
     version: str = "1.0.0",
     log: Any = print,
 ) -> ModelConfig:
-    """Train IDCNet on patch folders in the data set's layout and write ``out`` (.json).
+    """Train a network of ``architecture`` on patch folders in the data set's layout and write
+    ``out`` (.json).
+
+    ``arch_params`` are the architecture's keyword arguments (default: its ``default_params``;
+    given ones override those); ``mpp`` is the µm per pixel of the patches, which the model
+    will expect of slides (the IDC data set: 4).
 
     Patients are split per data folder (``mosaic_test`` test patients in folders written by
     :func:`idcmap.data.prepare_mosaics`, ``test_frac`` of the others; ``valid_frac`` validation),
@@ -189,7 +201,12 @@ def train(
 
     out = Path(out)
     if out.suffix != ".json":
-        raise UsageError(f"--out must end in .json, got {out}")
+        raise UsageError(f"out= must end in .json, got {out}")
+    if not mpp > 0:
+        raise UsageError(f"mpp= must be > 0 (µm per pixel of the patches), got {mpp}")
+    arch = get_architecture(architecture)
+    # as the model file will hold them (JSON: lists, not tuples), so the run records what it used
+    params = json.loads(json.dumps({**arch.default_params, **(arch_params or {})}))
     t_start = time.time()
     _seed_everything(seed)
     if threads:
@@ -215,7 +232,7 @@ def train(
         if not parts[s] or len({r.label for r in parts[s]}) < 2:
             raise UsageError(f"the {s} split needs patches of both classes; add data or patients")
     split_file = out.with_suffix(".split.json")
-    data.write_split(split, split_file, seed=seed, data=[str(d) for d in data_dirs])
+    data.write_split(split, split_file, seed=seed, data=[portable_path(d) for d in data_dirs])
     log(
         f"patients train/valid/test: {len(split['train'])}/{len(split['valid'])}/"
         f"{len(split['test'])}; patches {len(parts['train'])}/{len(parts['valid'])}/"
@@ -232,14 +249,14 @@ def train(
     cfg = ModelConfig(
         name=name,
         version=version,
-        architecture="idcnet-v1",
-        mpp=4.0,
+        architecture=arch.name,
+        mpp=float(mpp),
         patch_px=data.PATCH_PX,
-        mean=tuple(mean),
-        std=tuple(std),  # type: ignore[arg-type]
-        arch_params={"widths": [int(w) for w in widths], "dropout": dropout},
+        mean=(mean[0], mean[1], mean[2]),
+        std=(std[0], std[1], std[2]),
+        arch_params=params,
     )
-    net = cfg.build()
+    net = build_network(cfg)
     cpu = dev.type == "cpu"
     if cpu:
         net = net.to(memory_format=torch.channels_last)
@@ -322,7 +339,7 @@ def train(
 
     training = {
         "framework": "fastai",
-        "data": [str(d) for d in data_dirs],
+        "data": [portable_path(d) for d in data_dirs],
         "split_file": split_file.name,
         "seed": seed,
         "patients": split,
@@ -352,13 +369,32 @@ def train(
     import fastai
 
     training["fastai"] = fastai.__version__
-    cfg = ModelConfig(**{**cfg.__dict__, "threshold": thr, "training": training})
+    # the region threshold starts at the tile threshold; `idcmap evaluate tune-regions` tunes it
+    cfg = dataclasses.replace(cfg, tile_threshold=thr, region_threshold=thr, training=training)
     written = save_model(net.cpu(), cfg, out)
     log(
         f"model -> {out} (+ {out.with_suffix('.safetensors').name}); fit {fit_s:.0f} s, "
         f"total {time.time() - t_start:.0f} s"
     )
     return written
+
+
+def portable_path(path: str | Path) -> str:
+    """``path`` as a model file may record it without naming this machine's folders: relative
+    paths as given, absolute ones relative to the working directory when they lie below it,
+    else the last folder's name only."""
+    p = Path(path)
+    if not p.is_absolute():
+        return str(p)
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return p.name
+
+
+def portable_command(argv: Sequence[str]) -> str:
+    """A command line to record in a model file (absolute paths: :func:`portable_path`)."""
+    return shlex.join(portable_path(a) if os.path.isabs(a) else a for a in argv)
 
 
 def _num(v: Any) -> Any:

@@ -18,7 +18,13 @@ from tiffgen import (
     write_svs_like,
 )
 
-from idcmap.errors import ResolutionError, SlideError, UnsupportedImageError, UsageError
+from idcmap.errors import (
+    MppMismatchWarning,
+    ResolutionError,
+    SlideError,
+    UnsupportedImageError,
+    UsageError,
+)
 from idcmap.slide import Slide, SlideInfo, open_slide, slide_info
 
 warnings.filterwarnings("ignore", module="tiffslide")
@@ -101,7 +107,7 @@ def test_small_svs(shared: Path) -> None:
 
 @pytest.mark.parametrize("name", ["boxes.tiff", "small_HE_levels.tiff"])
 def test_72dpi_tags_need_mpp(shared: Path, name: str) -> None:
-    with pytest.raises(ResolutionError, match="--mpp"):
+    with pytest.raises(ResolutionError, match="mpp="):
         open_slide(shared / "wsi" / name)
     with open_slide(shared / "wsi" / name, mpp=0.5) as s:
         assert (s.info.mpp, s.info.mpp_source) == (0.5, "user")
@@ -129,7 +135,7 @@ def test_negative_files(shared: Path, name: str, match: str) -> None:
         msg = str(ei.value)
         assert "\n" not in msg and name in msg
     for backend in ("openslide", "tiffslide", "image"):
-        with pytest.raises(SlideError, match="--backend"):
+        with pytest.raises(SlideError, match="backend="):
             open_slide(path, backend=backend, mpp=0.5)
 
 
@@ -154,7 +160,7 @@ def test_missing_dir_and_bad_options(tmp_path: Path, gen: dict[str, Path]) -> No
     with pytest.raises(UsageError, match="backend"):
         open_slide(gen["cm"], backend="bioformats")
     for bad in (0, -1, 0.001, 1000, float("nan")):
-        with pytest.raises(UsageError, match="--mpp"):
+        with pytest.raises(UsageError, match="mpp="):
             open_slide(gen["cm"], mpp=bad)
 
 
@@ -176,7 +182,7 @@ def test_resolution_units(gen: dict[str, Path]) -> None:
     inch = slide_info(gen["inch"])
     assert inch.mpp == pytest.approx(0.25) and inch.mpp_y == pytest.approx(0.25)
     for key in ("nounit", "dpi72", "dpi96"):
-        with pytest.raises(ResolutionError, match="--mpp"):
+        with pytest.raises(ResolutionError, match="mpp="):
             slide_info(gen[key])
     assert slide_info(gen["dpi72"], mpp=0.3).mpp == 0.3
     # a striped TIFF read by tiffslide without backend mpp: the tags rule alone decides
@@ -219,8 +225,20 @@ def test_formats(gen: dict[str, Path], he: np.ndarray) -> None:
     assert slide_info(gen["ome"]).vendor == "ome"
 
 
+def test_mpp_contradicting_the_metadata_warns(gen: dict[str, Path]) -> None:
+    """The cm slide says 0.5 µm/px: more than 25 % away warns, naming both values."""
+    with pytest.warns(MppMismatchWarning, match=r"mpp=5 contradicts .* 0\.5 µm/px") as w:
+        assert slide_info(gen["cm"], mpp=5.0).mpp == 5.0
+    assert len(w) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for ok in (0.4, 0.6):  # within 25 %: no warning
+            slide_info(gen["cm"], mpp=ok)
+        slide_info(gen["nounit"], mpp=5.0)  # nothing to contradict
+
+
 def test_plain_images(gen: dict[str, Path], he: np.ndarray) -> None:
-    with pytest.raises(ResolutionError, match="--mpp"):
+    with pytest.raises(ResolutionError, match="mpp="):
         open_slide(gen["png"])
     for key in ("png", "jpg"):
         with open_slide(gen[key], mpp=4.0) as s:
@@ -235,7 +253,7 @@ def test_plain_images(gen: dict[str, Path], he: np.ndarray) -> None:
 def test_non_rgb(gen: dict[str, Path]) -> None:
     for key in ("u16", "gray", "ome_fl", "png16"):
         kw = {"mpp": 0.5} if key == "png16" else {}
-        with pytest.raises(UnsupportedImageError, match="--force-rgb"):
+        with pytest.raises(UnsupportedImageError, match="allow_non_rgb=True"):
             open_slide(gen[key], **kw)
         with open_slide(gen[key], allow_non_rgb=True, **kw) as s:
             assert s.info.converted_from

@@ -1,0 +1,105 @@
+"""The per-slide unit :func:`idcmap.runner.process_slide` and the slide lock.
+
+Real generated slides, the colour stand-in model (a real torch module) and real ``flock``s.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pickle
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pipeline_helpers import colour_model
+from tiffgen import write_pyramid_tiff
+
+from idcmap.api import Params
+from idcmap.runner import Outcome, process_slide, run_batch, slide_lock
+
+
+def _slide(path: Path) -> Path:
+    img = np.full((400, 600, 3), 255, np.uint8)
+    img[:300, :, 0] = np.kron(np.array([[90, 200, 240]], np.uint8), np.ones((300, 200), np.uint8))
+    img[:300, :, 1], img[:300, :, 2] = 40, 150
+    return write_pyramid_tiff(path, img, 2.0, downsamples=(1, 4), compression="zlib")
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _slide(tmp_path_factory.mktemp("runner") / "a.tiff")
+
+
+def test_process_slide_outcomes_are_small_and_picklable(tmp_path: Path, slide: Path) -> None:
+    model, params = colour_model(), Params(workers=0)
+    out = tmp_path / "out"
+    out.mkdir()
+    done = process_slide(slide, out, model=model, params=params)
+    assert done.status == "done" and done.out_dir == str(out / "a")
+    assert done.summary is not None and done.regions == done.summary["regions"]
+    assert done.tissue_area_mm2 == pytest.approx(done.summary["tissue_area_mm2"])
+    assert done.seconds > 0 and "mm²" in done.message and "\n" not in done.message
+    assert pickle.loads(pickle.dumps(done)) == done
+    skipped = process_slide(slide, out, model=model, params=params)
+    assert (skipped.status, skipped.out_dir, skipped.summary) == ("skipped", str(out / "a"), None)
+    assert "overwrite=True" in skipped.message  # the library speaks API, not flags
+    again = process_slide(slide, out, model=model, params=params, overwrite=True)
+    assert again.status == "done"
+    failed = process_slide(tmp_path / "missing.tiff", out, model=model, params=params)
+    assert failed.status == "failed" and failed.out_dir is None and failed.summary is None
+    assert pickle.loads(pickle.dumps(failed)) == failed
+
+
+def test_no_lock_file_stays_behind(tmp_path: Path, slide: Path) -> None:
+    """Done, failed, missing and folder inputs alike leave only their outputs."""
+    bad = tmp_path / "bad.tiff"
+    bad.write_bytes(b"II*\x00 not a tiff at all")
+    folder = tmp_path / "empty-folder"
+    folder.mkdir()
+    out = tmp_path / "out"
+    inputs = [slide, bad, tmp_path / "missing.svs", folder]
+    outcomes = run_batch(
+        inputs, out, model=colour_model(), params=Params(workers=0), progress=False, report=str
+    )
+    assert [o.status for o in outcomes] == ["done", "failed", "failed", "failed"]
+    assert sorted(p.name for p in out.iterdir()) == ["a"]
+
+
+def test_busy_slide_is_reported_busy_without_waiting(tmp_path: Path, slide: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    with slide_lock(out, "a", wait=False) as got:  # another run holds the slide
+        assert got
+        o = process_slide(slide, out, model=colour_model(), params=Params(), wait_for_lock=False)
+        assert o == Outcome(str(slide), "busy", "busy in another run")
+    assert not (out / "a").exists() and not (out / ".a.lock").exists()
+
+
+def test_lock_taken_on_a_removed_file_is_retried(tmp_path: Path) -> None:
+    """The flock/unlink race: a waiter that gets the lock of a file its holder removed (and that
+    a third run re-created) must not believe it holds the slide."""
+    path = tmp_path / ".s.lock"
+    fd1 = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd1, fcntl.LOCK_EX)  # holder 1
+    inside = threading.Event()
+
+    def waiter() -> None:
+        with slide_lock(tmp_path, "s", wait=True) as got:
+            assert got
+            inside.set()
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.3)  # the waiter has opened the first file and waits for its lock
+    path.unlink()  # holder 1 finishes: removes the file...
+    fd2 = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd2, fcntl.LOCK_EX)  # ...a third run creates a new one and locks it
+    os.close(fd1)  # holder 1 releases: the waiter gets a lock on the removed file
+    assert not inside.wait(0.5), "the waiter went in while the third run holds the slide"
+    os.close(fd2)
+    assert inside.wait(5.0)
+    t.join(5.0)
+    assert not path.exists()
