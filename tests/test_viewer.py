@@ -339,7 +339,7 @@ def test_cli_missing_folder_is_one_line(tmp_path: Path) -> None:
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         timeout=60,
     )
-    assert r.returncode == 2 and "no such output folder" in r.stderr
+    assert r.returncode == 2 and "no such folder; pass the --out folder" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -450,3 +450,16 @@ def test_slide_page_of_a_moved_slide_says_so(
     browser.evaluate("new Promise(r => setTimeout(r, 300))")
     browser.screenshot(shots / "slide-moved.png")
     assert browser.js_errors() == []
+
+
+def test_cli_busy_port_is_one_line_in_flags(server: ViewerServer, out_dir: Path) -> None:
+    port = str(server.server_address[1])
+    r = subprocess.run(
+        [sys.executable, "-m", "idcmap.viewer", str(out_dir), "--port", port, "--no-browser"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )
+    assert r.returncode == 2 and "pass another --port (--port 0: any free port)" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

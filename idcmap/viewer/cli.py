@@ -50,12 +50,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_view(args: argparse.Namespace) -> int:
     """Serve until Ctrl+C; returns the exit status (0)."""
+    from idcmap.errors import UsageError
+
     from .server import make_server
 
     def log(line: str) -> None:
         print(line, file=sys.stderr)
 
-    server = make_server(args.out, args.host, args.port, log=log if args.verbose else None)
+    if not args.out.is_dir():
+        raise UsageError(f"{args.out}: no such folder; pass the --out folder of an `idcmap run`")
+    try:
+        server = make_server(args.out, args.host, args.port, log=log if args.verbose else None)
+    except UsageError as e:  # the library speaks Python API; say it in flags
+        raise UsageError(str(e).replace("port=0", "--port 0").replace("port=", "--port")) from e
     url = server.url
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(

@@ -451,11 +451,11 @@ def make_server(
     """
     p = Path(out_dir)
     if not p.is_dir():
-        raise UsageError(f"{p}: no such output folder; pass the --out folder of `idcmap run`")
+        raise UsageError(f"{p}: no such folder; out_dir= must be the output folder of a run")
     try:
         return ViewerServer(p, host, port, log=log)
     except OSError as e:
         raise UsageError(
-            f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port "
-            "(0 = any free port)"
+            f"cannot listen on {host}:{port} ({e.strerror or e}); pass another port= "
+            "(port=0: any free port)"
         ) from e
