@@ -226,16 +226,47 @@ def test_bad_tile_addresses_are_404(server: ViewerServer, tile: str) -> None:
     assert status == 404 and b"Traceback" not in body
 
 
-def test_tiles_are_jpeg_of_the_slide(server: ViewerServer) -> None:
-    status, ctype, body = get(server, "/slides/8955/tiles/12/3_2.jpeg")
-    assert status == 200 and ctype == "image/jpeg"
-    tile = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
-    assert tile.shape == (256, 256, 3)  # 254 + 1 px overlap on both sides
-    with open_slide(EXAMPLE) as s:  # same pixels as the slide (JPEG round trip aside)
-        ref = s.read_region((3 * 254 - 1, 2 * 254 - 1), 0, (256, 256))
-    assert np.abs(tile.astype(int) - ref.astype(int)).mean() < 6
-    status, ctype, body = get(server, "/slides/8955/tiles/0/0_0.jpeg")
-    assert status == 200 and Image.open(io.BytesIO(body)).size == (1, 1)
+@pytest.mark.parametrize("below_top", [0, 1, 2, 3, 5])
+def test_tiles_match_openslides_own_deep_zoom(server: ViewerServer, below_top: int) -> None:
+    """Same tiles as openslide-python's DeepZoomGenerator over OpenSlide itself (the slide has
+    levels 1 and 4: Deep Zoom levels below the top read level 1 and resize)."""
+    import openslide
+    from openslide.deepzoom import DeepZoomGenerator
+
+    with openslide.OpenSlide(str(EXAMPLE)) as osr:
+        ref_dz = DeepZoomGenerator(osr, 254, 1, limit_bounds=True)
+        level = ref_dz.level_count - 1 - below_top
+        cols, rows = ref_dz.level_tiles[level]
+        for col, row in {(0, 0), (cols // 2, rows // 2), (cols - 1, rows - 1)}:
+            ref = np.asarray(ref_dz.get_tile(level, (col, row)).convert("RGB"), dtype=np.int16)
+            status, ctype, body = get(server, f"/slides/8955/tiles/{level}/{col}_{row}.jpeg")
+            assert status == 200 and ctype == "image/jpeg"
+            tile = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"), dtype=np.int16)
+            assert tile.shape == ref.shape
+            assert np.abs(tile - ref).mean() < 4  # JPEG q85 round trip
+
+
+def test_tiles_of_a_real_aperio_svs(shared: Path, tmp_path: Path) -> None:
+    """A real Aperio slide (OpenSlide test data) through the whole path: run, serve, tiles."""
+    svs = shared / "wsi" / "CMU-1-Small-Region.svs"
+    out = tmp_path / "out"
+    assert idcmap_main(["run", str(svs), "-o", str(out), "-q"]) == 0
+    srv = make_server(out, "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        d = json.loads(get(srv, "/api/slides/CMU-1-Small-Region")[2])
+        assert d["slide_error"] is None and d["mpp"] == pytest.approx(0.499)
+        assert (d["deepzoom"]["width"], d["deepzoom"]["height"]) == (2220, 2967)
+        top = d["deepzoom"]["max_level"]
+        status, _, body = get(srv, f"/slides/CMU-1-Small-Region/tiles/{top}/4_5.jpeg")
+        tile = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+        assert status == 200 and tile.shape == (256, 256, 3) and tile.std() > 10  # tissue
+        assert get(srv, f"/slides/CMU-1-Small-Region/tiles/{top + 1}/0_0.jpeg")[0] == 404
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
 
 
 def test_moved_slide_reports_and_the_rest_works(server: ViewerServer) -> None:
