@@ -202,6 +202,12 @@
       r._svg = { halo: halo, line: line, label: g, circle: c };
     }
     viewer.canvas.appendChild(svg);
+    // keep the navigator above the outlines and their numbers
+    if (viewer.navigator && viewer.navigator.element) {
+      let e = viewer.navigator.element;
+      while (e && e.parentNode !== viewer.container) e = e.parentNode;
+      if (e) e.style.zIndex = "3";
+    }
     state.svg = { svg: svg, shapes: shapes, labels: labels };
   }
 
@@ -216,8 +222,20 @@
     const s = (p1.x - p0.x) / state.width;
     state.svg.shapes.setAttribute("transform", "translate(" + p0.x + " " + p0.y + ") scale(" + s + ")");
     for (const r of state.info.regions) {
-      const p = imageToPixel(r.label[0], r.label[1]);
-      r._svg.label.setAttribute("transform", "translate(" + p.x.toFixed(1) + " " + p.y.toFixed(1) + ")");
+      // inside the region when it is big enough on screen; else beside its top-right corner,
+      // so that the badge does not hide a small focus
+      const b = r.bbox;
+      const rad = Number(r._svg.circle.getAttribute("r"));
+      let x, y;
+      if ((b[2] - b[0]) * s >= 3 * rad && (b[3] - b[1]) * s >= 3 * rad) {
+        const p = imageToPixel(r.label[0], r.label[1]);
+        x = p.x;
+        y = p.y;
+      } else {
+        x = p0.x + b[2] * s + rad + 2;
+        y = p0.y + b[1] * s - rad - 2;
+      }
+      r._svg.label.setAttribute("transform", "translate(" + x.toFixed(1) + " " + y.toFixed(1) + ")");
     }
     scalebar();
   }
