@@ -238,12 +238,16 @@ def test_tiles_match_openslides_own_deep_zoom(server: ViewerServer, below_top: i
         level = ref_dz.level_count - 1 - below_top
         cols, rows = ref_dz.level_tiles[level]
         for col, row in {(0, 0), (cols // 2, rows // 2), (cols - 1, rows - 1)}:
-            ref = np.asarray(ref_dz.get_tile(level, (col, row)).convert("RGB"), dtype=np.int16)
+            # openslide-python's thumbnail() may drop a pixel of an edge tile to keep the
+            # read's aspect ratio; ours has the tile's exact Deep Zoom size
+            size = ref_dz.get_tile_dimensions(level, (col, row))
+            ref_img = ref_dz.get_tile(level, (col, row)).convert("RGB")
+            ref = np.asarray(ref_img.resize(size, Image.Resampling.BILINEAR), dtype=np.int16)
             status, ctype, body = get(server, f"/slides/8955/tiles/{level}/{col}_{row}.jpeg")
             assert status == 200 and ctype == "image/jpeg"
             tile = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"), dtype=np.int16)
-            assert tile.shape == ref.shape
-            assert np.abs(tile - ref).mean() < 4  # JPEG q85 round trip
+            assert tile.shape == (size[1], size[0], 3)
+            assert np.abs(tile - ref).mean() < 4  # JPEG q85 round trip, box vs Lanczos
 
 
 def test_tiles_of_a_real_aperio_svs(shared: Path, tmp_path: Path) -> None:
