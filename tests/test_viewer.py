@@ -498,3 +498,28 @@ def test_cli_busy_port_is_one_line_in_flags(server: ViewerServer, out_dir: Path)
     )
     assert r.returncode == 2 and "pass another --port (--port 0: any free port)" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_slide_that_vanishes_while_viewed_says_so(
+    server: ViewerServer, out_dir: Path, browser: Browser, shots: Path
+) -> None:
+    slide = out_dir.parent / "vanish.tiff"
+    shutil.copy(EXAMPLE, slide)
+    shutil.copytree(out_dir / "8955", out_dir / "vanish")
+    (out_dir / "vanish" / "8955.geojson").rename(out_dir / "vanish" / "vanish.geojson")
+    summary = json.loads((out_dir / "vanish" / "summary.json").read_text())
+    summary["slide"]["path"] = str(slide)
+    (out_dir / "vanish" / "summary.json").write_text(json.dumps(summary))
+    browser.goto(server.url + "view/vanish")
+    browser.wait_for("window.idcmap && window.idcmap.ready()", 60)
+    assert browser.evaluate("document.getElementById('banner').hidden") is True
+    slide.rename(out_dir.parent / "vanished.tiff")
+    # zoom in: new tiles are asked for, fail, and the page asks the server why
+    browser.evaluate(
+        "window.idcmap.state.viewer.viewport.zoomTo(8, new OpenSeadragon.Point(0.3, 0.2), true); 0"
+    )
+    text = browser.wait_for(
+        "(b => b.hidden ? '' : b.innerText)(document.getElementById('banner'))", 30
+    )
+    assert "not there any more" in text
+    browser.screenshot(shots / "slide-vanished.png")
