@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -299,6 +300,22 @@ def test_broken_or_changed_slide_reports_and_the_rest_works(
     status, ctype, _ = get(server, f"/slides/{slide_id}/thumbnail.jpeg")
     assert status == 200 and ctype == "image/png"
     assert get(server, "/slides/8955/tiles/12/0_0.jpeg")[0] == 200
+
+
+def test_writes_are_refused_and_the_body_is_not_taken_for_a_request(server: ViewerServer) -> None:
+    host, port = server.server_address[:2]
+    with socket.create_connection((str(host), int(port)), timeout=30) as sock:
+        smuggled = b"GET /api/slides HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        sock.sendall(
+            b"POST /api/slides HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + f"Content-Length: {len(smuggled)}\r\n\r\n".encode()
+            + smuggled
+        )
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 405") and b"Allow: GET, HEAD" in reply
+    assert reply.count(b"HTTP/1.1 ") == 1  # the body was not answered as a second request
 
 
 def test_foreign_host_header_is_refused(server: ViewerServer) -> None:

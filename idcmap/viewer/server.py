@@ -134,10 +134,14 @@ class ViewerServer(ThreadingHTTPServer):
         """(picture, content type): the slide with its region outlines, or a placeholder that
         says why there is none. Kept per process (slides come and go from the slide cache)."""
         gj = sf.geojson_path()
+        try:
+            gj_mtime_ns = gj.stat().st_mtime_ns if gj is not None else 0
+        except OSError:
+            gj_mtime_ns = 0
         key = (
             sf.id,
             sf.summary_mtime_ns,
-            gj.stat().st_mtime_ns if gj is not None else 0,
+            gj_mtime_ns,
             file_key(self.catalog.slide_path(sf)),
         )
         with self._overlay_lock:
@@ -290,7 +294,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch(head=True)
 
     def _refuse(self) -> None:
-        self._text(HTTPStatus.METHOD_NOT_ALLOWED, "read-only: GET and HEAD only")
+        self.close_connection = True  # a request body we do not read must not be parsed next
+        body = b"read-only: GET and HEAD only\n"
+        self.send_response(HTTPStatus.METHOD_NOT_ALLOWED)
+        self.send_header("Allow", "GET, HEAD")
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
 
