@@ -339,6 +339,8 @@ def test_overlay_is_transparent_where_probability_is_low() -> None:
     assert smooth.shape == img.shape
     assert (smooth[..., 3] > 0).sum() <= (img[..., 3] > 0).sum() + k * k  # no colour off tissue
     assert smooth[k:, :k, 3].min() < smooth[k:, :k, 3].max()  # graded, not a block
+    tall = Image.open(io.BytesIO(overlay_png(prob, cell_aspect=1.5)))  # mpp_y = 1.5 mpp_x
+    assert tall.size == (img.shape[1], round(1.5 * k) * 2)
 
 
 def test_deep_zoom_frame_is_the_bounds_rectangle() -> None:

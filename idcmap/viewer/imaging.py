@@ -332,34 +332,43 @@ def _open_entry(
     return SlideEntry(key, None, _Handles(slide, handles), dz)
 
 
-def overlay_png(prob: np.ndarray, *, smooth: bool = False, max_px: int = 2_500_000) -> bytes:
+def overlay_png(
+    prob: np.ndarray,
+    *,
+    smooth: bool = False,
+    cell_aspect: float = 1.0,
+    max_px: int = 2_500_000,
+) -> bytes:
     """RGBA PNG of a probability grid (NaN = not tissue → transparent), coloured with
-    :data:`OVERLAY_STOPS`, each cell enlarged to k×k px (k ≤ 16, at most ``max_px`` pixels).
+    :data:`OVERLAY_STOPS`, each cell enlarged to kx × ky px (k ≤ 16, at most ``max_px`` pixels).
 
     ``smooth=False``: nearest neighbour, so that cell edges stay crisp when the browser scales
     the picture (the tiles the model saw). ``smooth=True``: bilinear between cell centres (over
     tissue cells only), for a map that is itself smooth; the tissue outline stays cell-exact.
+    ``cell_aspect``: a cell's height / width in slide px (1 for square pixels): the picture gets
+    the heatmap's true aspect ratio, as the viewer scales it by its width alone.
     """
     p = np.asarray(prob, dtype=np.float32)
     if p.ndim != 2 or p.size == 0:
         raise ValueError("the heatmap is empty")
     rows, cols = p.shape
-    k = int(max(1, min(16, math.isqrt(max_px // (rows * cols)))))
+    kx = int(max(1, min(16, math.isqrt(max_px // (rows * cols)))))
+    ky = max(1, round(kx * cell_aspect)) if math.isfinite(cell_aspect) and cell_aspect > 0 else kx
     valid = np.isfinite(p)
     v = np.clip(np.where(valid, p, 0.0), 0.0, 1.0)
-    if k > 1:
-        tissue = np.repeat(np.repeat(valid, k, axis=0), k, axis=1)
+    if kx > 1 or ky > 1:
+        tissue = np.repeat(np.repeat(valid, ky, axis=0), kx, axis=1)
         if smooth:
             from scipy import ndimage
 
             def up(a: np.ndarray) -> np.ndarray:
-                return ndimage.zoom(a, k, order=1, mode="nearest", grid_mode=True)
+                return ndimage.zoom(a, (ky, kx), order=1, mode="nearest", grid_mode=True)
 
             w = valid.astype(np.float32)
             with np.errstate(invalid="ignore", divide="ignore"):
                 v = np.clip(up(v * w) / np.maximum(up(w), 1e-6), 0.0, 1.0)
         else:
-            v = np.repeat(np.repeat(v, k, axis=0), k, axis=1)
+            v = np.repeat(np.repeat(v, ky, axis=0), kx, axis=1)
         valid = tissue
     xs = np.array([s[0] for s in OVERLAY_STOPS])
     rgba = np.zeros((*v.shape, 4), np.uint8)

@@ -177,9 +177,10 @@ class ViewerServer(ThreadingHTTPServer):
             with np.load(npz, allow_pickle=False) as z:
                 name = "prob_smoothed" if layer == "smoothed" and "prob_smoothed" in z else "prob"
                 prob = np.asarray(z[name], dtype=np.float32)
+                cw, ch = (float(v) for v in z["cell_level0_px"])
         except (OSError, ValueError, KeyError) as e:
             raise _NotFound from e
-        png = overlay_png(prob, smooth=name == "prob_smoothed")
+        png = overlay_png(prob, smooth=name == "prob_smoothed", cell_aspect=ch / cw if cw else 1)
         with self._overlay_lock:
             if len(self._overlay_cache) > 32:
                 self._overlay_cache.clear()
