@@ -233,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--debug", action="store_true", help="print tracebacks")
     info.set_defaults(func=cmd_info)
 
+    from .viewer.cli import add_parser as add_view_parser
+
+    add_view_parser(sub)
+
     try:
         from .cli_training import register
     except ImportError:  # training commands are optional
