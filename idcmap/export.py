@@ -513,7 +513,7 @@ def heatmap_npz(heatmap: Heatmap, path: PathLike, **extra: Any) -> None:
         raise ValueError(f"extra names clash with the heatmap's: {sorted(clash)}")
     arrays.update({k: np.asarray(v) for k, v in extra.items()})
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
+    np.savez_compressed(buf, **arrays)
     with open(path, "wb") as f:  # np.savez would append ".npz" to a path without it
         f.write(buf.getbuffer())
 

@@ -79,11 +79,6 @@ class ModelConfig:
         if math.isnan(self.region_threshold):
             object.__setattr__(self, "region_threshold", self.tile_threshold)
 
-    @property
-    def threshold(self) -> float:
-        """Read-only alias of :attr:`tile_threshold` while callers move to the new name."""
-        return self.tile_threshold
-
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with ``changes`` (field names as keywords)."""
         return dataclasses.replace(self, **changes)

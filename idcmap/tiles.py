@@ -65,7 +65,7 @@ class TileGrid:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.keep.shape  # type: ignore[return-value]
+        return self.keep.shape
 
     @property
     def cells_per_tile(self) -> int:
