@@ -291,7 +291,7 @@ def run_batch(
                 f"same output name '{stem}' as {seen[stem]}; "
                 "rename one of the slides or run them into different output folders",
             )
-            outcomes[i] = record_outcome(out, outcomes[i])
+            # not in cohort.csv: its row (keyed by output name) belongs to the other slide
         else:
             seen.setdefault(stem, s)
             queue.append(i)
