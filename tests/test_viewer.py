@@ -139,7 +139,7 @@ def browser() -> Iterator[Browser]:
 # --------------------------------------------------------------------------- plain HTTP
 
 
-def test_api_lists_finished_slide_folders_only(server: ViewerServer) -> None:
+def test_api_lists_finished_slide_folders_only(server: ViewerServer, out_dir: Path) -> None:
     status, ctype, body = get(server, "/api/slides")
     assert status == 200 and ctype.startswith("application/json")
     rows = {r["id"]: r for r in json.loads(body)["slides"]}
@@ -148,7 +148,9 @@ def test_api_lists_finished_slide_folders_only(server: ViewerServer) -> None:
     assert rows["8955"]["slide_file"] == "ok" and rows["moved"]["slide_file"] == "missing"
     assert rows["8955"]["foci"] == 1 and rows["8955"]["idc_area_mm2"] > 0
     assert 0 < rows["8955"]["idc_percent"] <= 100
-    assert rows["8955"]["largest_focus_mm"] is None  # not measured: shown as "—"
+    # idcmap run measures: the figure of summary.json's measurements block
+    m = json.loads((out_dir / "8955" / "summary.json").read_text())["measurements"]
+    assert rows["8955"]["largest_focus_mm"] == m["largest_focus_greatest_dimension_mm"] > 0
     assert rows["measured"]["largest_focus_mm"] == 3.21
     assert rows[None]["status"] == "failed" and "bad magic" in rows[None]["reason"]
     status, ctype, body = get(server, "/files/cohort.csv")
