@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -153,6 +153,7 @@ def process_slide(
     progress: bool = False,
     debug: bool = False,
     wait_for_lock: bool = True,
+    extra_outputs: Iterable[str] = (),
 ) -> Outcome:
     """Segment one slide into ``out_dir/<stem>/``, safely alongside other runs on that folder.
 
@@ -164,6 +165,7 @@ def process_slide(
     Every outcome but ``busy`` is recorded in ``out_dir/cohort.csv`` (:mod:`idcmap.cohort`).
 
     Args:
+        tiles_geojson, extra_outputs: opt-in outputs (see :data:`idcmap.outputs.OUTPUTS`).
         debug: put the traceback of every failure in ``Outcome.detail`` (an internal error's
             is always there; an :class:`IDCMapError`'s detail is otherwise its ``detail``).
     """
@@ -185,6 +187,7 @@ def process_slide(
                 tiles_geojson=tiles_geojson,
                 progress=progress,
                 debug=debug,
+                extra_outputs=extra_outputs,
             ),
         )
 
@@ -224,6 +227,7 @@ def _locked_process_slide(
     tiles_geojson: bool,
     progress: bool,
     debug: bool,
+    extra_outputs: Iterable[str],
 ) -> Outcome:
     """The work of :func:`process_slide` once the slide's lock is held."""
     stem = slide_stem(s)
@@ -233,7 +237,9 @@ def _locked_process_slide(
     t0 = time.perf_counter()
     try:
         result = segment_slide(s, model=model, progress=progress, params=params)
-        final = result.save(out, tiles_geojson=tiles_geojson, overwrite=True)
+        final = result.save(
+            out, tiles_geojson=tiles_geojson, overwrite=True, extra_outputs=extra_outputs
+        )
     except IDCMapError as e:
         detail = "\n".join(filter(None, [e.detail, traceback.format_exc() if debug else ""]))
         return Outcome(
@@ -271,6 +277,7 @@ def run_batch(
     debug: bool = False,
     report: Callable[[str], None] = print,
     describe: Callable[[Outcome], str] | None = None,
+    extra_outputs: Iterable[str] = (),
 ) -> list[Outcome]:
     """Segment every slide into ``out_dir`` with :func:`process_slide`; returns one
     :class:`Outcome` per slide, in order. A slide busy in another run is taken again at the end,
@@ -311,6 +318,7 @@ def run_batch(
         "tiles_geojson": tiles_geojson,
         "progress": progress,
         "debug": debug,
+        "extra_outputs": tuple(extra_outputs),
     }
     describe = describe or format_outcome
     deferred: list[int] = []
