@@ -28,7 +28,7 @@ import shapely
 from idcmap.api import segment_slide
 from idcmap.contours import contour_regions
 from idcmap.data import read_cells
-from idcmap.evaluate import Grid, truth_from_cells
+from idcmap.evaluate import truth_from_cells
 from idcmap.model import load_model
 from idcmap.regions import mask_to_regions, rasterize
 
@@ -53,8 +53,7 @@ def main() -> None:
         cells = args.data / f"{name}.cells.csv"
         res = segment_slide(slide, model=model, progress=False)
         hm = res.heatmap
-        grid = Grid(hm.shape[0], hm.shape[1], hm.origin_level0_px, hm.cell_level0_px)
-        truth = truth_from_cells(cells, grid)
+        truth = truth_from_cells(cells, hm)
         simplify = float(res.summary["parameters"]["simplify_um"])
         t = time.perf_counter()
         stair = mask_to_regions(res.mask, hm, simplify_um=simplify)
