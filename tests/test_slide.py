@@ -193,6 +193,29 @@ def test_resolution_units(gen: dict[str, Path]) -> None:
     assert (info.mpp, info.mpp_source) == (pytest.approx(0.5), "tiffslide.mpp-x")
 
 
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
+def test_anisotropic_pixels_keep_their_y_resolution(
+    tmp_path: Path, he: np.ndarray, backend: str
+) -> None:
+    """x and y µm/px differ (0.5 and 0.6): the y one comes from the y tag, not from x."""
+    import tifffile
+
+    path = tmp_path / "aniso.tiff"
+    tifffile.imwrite(
+        path,
+        he,
+        photometric="rgb",
+        tile=(256, 256),
+        compression="zlib",
+        metadata=None,
+        resolution=(1e4 / 0.5, 1e4 / 0.6),
+        resolutionunit="CENTIMETER",
+    )
+    info = slide_info(path, backend=backend)
+    assert info.mpp_source == f"{backend}.mpp-x"
+    assert (info.mpp, info.mpp_y) == (pytest.approx(0.5), pytest.approx(0.6))
+
+
 def test_idcmaps_own_resolution_rule(tmp_path: Path, he: np.ndarray) -> None:
     """Where no backend reads the resolution tags, idcmap's own rule decides (source
     "tiff-resolution"): a TIFF without ResolutionUnit (the TIFF default is inch; tiffslide then
