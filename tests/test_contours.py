@@ -46,6 +46,19 @@ def check(mask: np.ndarray, hm: Heatmap, threshold: float, **kw: float) -> list:
     # every mask cell centre inside, every other one outside: cell Dice unchanged
     assert np.array_equal(rasterize([r.polygon for r in regions], hm), mask)
     polys = [r.polygon for r in regions]
+    # marching squares: every vertex lies on a line joining two cell centres (grid x or y at
+    # c + 0.5), never on the staircase's cell corners (which would mean a fallback)
+    for p in polys:
+        xy = shapely.get_coordinates(p)
+        gx = (xy[:, 0] - hm.origin_level0_px[0]) / hm.cell_level0_px[0]
+        gy = (xy[:, 1] - hm.origin_level0_px[1]) / hm.cell_level0_px[1]
+
+        def on_centre_line(g: np.ndarray) -> np.ndarray:
+            return np.isclose((g - 0.5) % 1.0, 0.0, atol=1e-6) | np.isclose(
+                (g - 0.5) % 1.0, 1.0, atol=1e-6
+            )
+
+        assert np.all(on_centre_line(gx) | on_centre_line(gy))
     if polys:  # no overlaps between regions
         total = sum(p.area for p in polys)
         assert shapely.union_all(polys).area == pytest.approx(total, rel=1e-9)

@@ -83,6 +83,8 @@ def test_heatmap_picture(tmp_path: Path) -> None:
     assert len(ys) > 1000, "low-probability tissue must show the H&E unchanged"
     y0, x0 = ys.min(), xs.min()
     # 600-px picture for 3000 level-0 px: 5 level-0 px per picture px
+    low = arr[y0 + 1000 // 5, x0 + 1000 // 5]  # tissue at probability 0.05: no tint at all
+    assert tuple(low) == (230, 150, 190)
     inside = arr[y0 + 1000 // 5, x0 + 2300 // 5]
     assert not np.array_equal(inside, (230, 150, 190)), "high probability must be coloured"
     # a white line with a dark halo along the region's left edge (x = 1800 → picture col 360)
