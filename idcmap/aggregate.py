@@ -23,7 +23,7 @@ the model's safetensors as ``aggregator.*`` tensors and its description in the m
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -63,6 +63,39 @@ def _cell_um(heatmap: Heatmap) -> tuple[float, float]:
     )
 
 
+def _feature_maps(
+    heatmap: Heatmap, kinds: Sequence[str], sigmas_um: Sequence[float]
+) -> Iterator[np.ndarray]:
+    """The feature maps (float64 rows×cols), one at a time, in the aggregator's order:
+    ``logit_p``, then for each sigma ``logit_smooth``, ``tissue``, ``logit_max`` (those in
+    ``kinds``). One at a time so that :meth:`Aggregator.refine` holds a few grids, not F."""
+    from scipy import ndimage
+
+    unknown = [k for k in kinds if k not in FEATURE_KINDS]
+    if unknown:
+        raise ModelError(f"unknown aggregator feature(s) {unknown}; known: {FEATURE_KINDS}")
+    if not kinds or (set(kinds) != {"logit_p"} and not sigmas_um):
+        raise ModelError("an aggregator needs at least one feature (and sigmas for per-σ ones)")
+    prob = np.asarray(heatmap.prob, dtype=np.float64)
+    tissue = ~np.isnan(prob)
+    p0 = np.where(tissue, prob, 0.0)
+    ch_um, cw_um = _cell_um(heatmap)
+    if "logit_p" in kinds:
+        yield _logit(p0)
+    for s_um in sigmas_um:
+        sigma = (s_um / ch_um, s_um / cw_um)
+        if "logit_smooth" in kinds or "tissue" in kinds:
+            den = ndimage.gaussian_filter(tissue.astype(np.float64), sigma, mode="constant")
+            if "logit_smooth" in kinds:
+                num = ndimage.gaussian_filter(p0, sigma, mode="constant")
+                yield _logit(num / np.maximum(den, 1e-12))
+            if "tissue" in kinds:
+                yield den
+        if "logit_max" in kinds:
+            size = (2 * max(1, round(sigma[0])) + 1, 2 * max(1, round(sigma[1])) + 1)
+            yield _logit(ndimage.maximum_filter(p0, size=size, mode="constant"))
+
+
 def features(
     heatmap: Heatmap, kinds: Sequence[str], sigmas_um: Sequence[float]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -72,34 +105,8 @@ def features(
     there). Sigmas are in µm, converted to cells per axis, so strides 50, 25, 10... and
     non-square cells get the same physical neighbourhood.
     """
-    from scipy import ndimage
-
-    unknown = [k for k in kinds if k not in FEATURE_KINDS]
-    if unknown:
-        raise ModelError(f"unknown aggregator feature(s) {unknown}; known: {FEATURE_KINDS}")
-    prob = np.asarray(heatmap.prob, dtype=np.float64)
-    tissue = ~np.isnan(prob)
-    p0 = np.where(tissue, prob, 0.0)
-    t0 = tissue.astype(np.float64)
-    ch_um, cw_um = _cell_um(heatmap)
-    out: list[np.ndarray] = []
-    if "logit_p" in kinds:
-        out.append(_logit(p0))
-    for s_um in sigmas_um:
-        sigma = (s_um / ch_um, s_um / cw_um)
-        if "logit_smooth" in kinds or "tissue" in kinds:
-            den = ndimage.gaussian_filter(t0, sigma, mode="constant")
-            if "logit_smooth" in kinds:
-                num = ndimage.gaussian_filter(p0, sigma, mode="constant")
-                out.append(_logit(num / np.maximum(den, 1e-12)))
-            if "tissue" in kinds:
-                out.append(den)
-        if "logit_max" in kinds:
-            size = (2 * max(1, round(sigma[0])) + 1, 2 * max(1, round(sigma[1])) + 1)
-            out.append(_logit(ndimage.maximum_filter(p0, size=size, mode="constant")))
-    if not out:
-        raise ModelError("an aggregator needs at least one feature")
-    return np.stack(out, axis=-1), tissue
+    maps = list(_feature_maps(heatmap, kinds, sigmas_um))
+    return np.stack(maps, axis=-1), heatmap.tissue
 
 
 @dataclass(frozen=True)
@@ -156,10 +163,12 @@ class Aggregator:
         NaN outside tissue). Deterministic: float64 numpy and scipy filters only."""
         if heatmap.prob.size == 0 or not heatmap.tissue.any():
             return replace(heatmap, prob=np.asarray(heatmap.prob, dtype=np.float32))
-        x, tissue = features(heatmap, self.kinds, self.sigmas_um)
-        z = ((x - self.mean) / self.std) @ self.coef + self.bias
+        z = np.full(heatmap.shape, self.bias, dtype=np.float64)
+        maps = _feature_maps(heatmap, self.kinds, self.sigmas_um)
+        for i, f in enumerate(maps):  # streamed: a few grids in memory at any stride
+            z += (f - self.mean[i]) * (self.coef[i] / self.std[i])
         p = 1.0 / (1.0 + np.exp(-z))
-        return replace(heatmap, prob=np.where(tissue, p, np.nan).astype(np.float32))
+        return replace(heatmap, prob=np.where(heatmap.tissue, p, np.nan).astype(np.float32))
 
     # ---- model-file form ---------------------------------------------------------------------
 
