@@ -213,6 +213,10 @@ def test_pipeline_region_stage_is_the_aggregator_and_none_is_the_gaussian(v2) ->
     v1 = segment_slide(EXAMPLE, model=load_model("idc-v1", device="cpu"), progress=False)
     np.testing.assert_array_equal(off.mask, v1.mask)
     assert off.summary["parameters"]["aggregator"] == "none"
+    # a smoothing asked for means the fixed Gaussian, with the model's region threshold
+    sm = segment_slide(EXAMPLE, model=v2, progress=False, params=Params(smooth_um=400.0))
+    np.testing.assert_array_equal(sm.mask, v1.mask)
+    assert sm.threshold == v2.config.region_threshold == 0.64
 
 
 def test_regression_floor_v2_on_the_example_mosaic(v2) -> None:  # type: ignore[no-untyped-def]
