@@ -132,6 +132,12 @@ class Aggregator:
     training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        unknown = [k for k in self.kinds if k not in FEATURE_KINDS]
+        if unknown or len(set(self.kinds)) != len(self.kinds) or not self.kinds:
+            raise ModelError(
+                f"aggregator features {list(self.kinds)} must be distinct names among "
+                f"{list(FEATURE_KINDS)}; re-export the model"
+            )
         n = self.n_features
         for name in ("mean", "std", "coef"):
             v = np.asarray(getattr(self, name), dtype=np.float64)
@@ -167,7 +173,7 @@ class Aggregator:
         maps = _feature_maps(heatmap, self.kinds, self.sigmas_um)
         for i, f in enumerate(maps):  # streamed: a few grids in memory at any stride
             z += (f - self.mean[i]) * (self.coef[i] / self.std[i])
-        p = 1.0 / (1.0 + np.exp(-z))
+        p = 1.0 / (1.0 + np.exp(-np.clip(z, -500.0, 500.0)))
         return replace(heatmap, prob=np.where(heatmap.tissue, p, np.nan).astype(np.float32))
 
     # ---- model-file form ---------------------------------------------------------------------

@@ -153,6 +153,8 @@ def test_refuses_damaged_weights(tmp_path: Path) -> None:
     [
         (lambda a: a.update(kind="crf/9"), "unknown to this idcmap"),
         (lambda a: a.update(features=["logit_p"]), "has shape"),
+        (lambda a: a.update(features=["logit_p", "logit_smooth", "sobel"]), "distinct names"),
+        (lambda a: a.update(features=["logit_p", "logit_p", "logit_max"]), "distinct names"),
         (lambda a: a.update(sigmas_um=[200.0, -1.0, 800.0, 1600.0]), "must be > 0"),
         (lambda a: a.update(threshold=1.5), "not valid numbers"),
         (lambda a: a.pop("features"), "malformed"),
