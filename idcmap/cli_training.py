@@ -185,7 +185,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     ta.add_argument(
         "--sigmas-um",
-        type=float,
+        type=_pos_float,
         nargs="+",
         default=[200.0, 400.0, 800.0, 1600.0],
         help="context scales, µm (default: 200 400 800 1600)",
@@ -194,6 +194,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--features",
         nargs="+",
         default=["logit_p", "logit_smooth", "logit_max"],
+        choices=["logit_p", "logit_smooth", "tissue", "logit_max"],
         help="feature families (default: logit_p logit_smooth logit_max; also: tissue)",
     )
     ta.add_argument("--l2", type=float, default=1e-3, help="L2 penalty (default: 0.001)")

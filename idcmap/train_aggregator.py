@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .aggregate import Aggregator, fit_aggregator
+from .aggregate import FEATURE_KINDS, Aggregator, fit_aggregator
 from .errors import UsageError
 from .heatmap import Heatmap
 from .modelfile import ModelConfig, save_model
@@ -96,6 +96,11 @@ def train_aggregator(
 
     if not train_slides or not valid_slides:
         raise UsageError("train_aggregator needs training and validation slides")
+    bad = [k for k in kinds if k not in FEATURE_KINDS]
+    if bad or not kinds or len(set(kinds)) != len(kinds):
+        raise UsageError(f"kinds={list(kinds)}: use distinct names among {list(FEATURE_KINDS)}")
+    if not sigmas_um or any(not (s > 0) for s in sigmas_um):
+        raise UsageError(f"sigmas_um={list(sigmas_um)} must be µm > 0")
     t0 = time.perf_counter()
     m = model if isinstance(model, IDCModel) else load_model(model, device=device)
     train = slide_heatmaps(train_slides, train_truths, m, stride_px)
