@@ -70,8 +70,11 @@ def _heatmap_npz(r: SlideResult, path: Path) -> None:
 
 
 def _heatmap_png(r: SlideResult, path: Path) -> None:
-    sigma = r.summary.get("parameters", {}).get("smooth_um") or 0
+    params = r.summary.get("parameters", {})
+    sigma = params.get("smooth_um") or 0
     note = f" (smoothed, σ {sigma:g} µm)" if sigma else ""
+    if params.get("aggregator", "none") != "none":
+        note = " (refined by the context aggregator)"
     m = r.summary.get("measurements") or {}
     n = len(r.regions)
     caption = f"{n} IDC region{'s' if n != 1 else ''}"
