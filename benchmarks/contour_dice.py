@@ -39,13 +39,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--slides", default=TEST_SLIDES)
     ap.add_argument("--data", type=Path, default=Path("../shared/data/idc/slides"))
+    ap.add_argument("--model", default=None, help="model name or .json (default: the bundled)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--timing", action="store_true", help="time both outlines on a big heatmap")
     args = ap.parse_args()
     if args.timing:
         timing()
         return
-    model = load_model(None, device="cpu")
+    model = load_model(args.model, device="cpu")
+    print(f"model {model.config.name} {model.config.version}")
     rows = []
     tot = {k: [0.0, 0.0, 0.0] for k in ("cell_stair", "cell_smooth", "area_stair", "area_smooth")}
     for name in args.slides.split(","):

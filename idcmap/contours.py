@@ -40,7 +40,9 @@ from .regions import _CROSS, Region, _fix, mask_to_regions
 
 __all__ = ["DELTA", "contour_regions", "signed_surface"]
 
-#: How far (probability units) a cell whose side the mask overrules is put from the threshold.
+#: Least distance (probability units) of a cell centre's value from the level: a cell whose side
+#: the mask overrules, or whose probability is within DELTA of the threshold, is put this far
+#: on the mask's side, so every crossing stays ≥ ~1 % of a cell away from every cell centre.
 DELTA = 0.01
 
 
@@ -48,8 +50,8 @@ def signed_surface(mask: np.ndarray, prob: np.ndarray, threshold: float) -> np.n
     """``prob - threshold`` on a grid padded by one cell, its sign forced to the mask's.
 
     Returns:
-        float64 ``(rows + 2) × (cols + 2)``: > 0 exactly at (padded) mask cells, < 0 elsewhere,
-        never 0 and never NaN.
+        float64 ``(rows + 2) × (cols + 2)``: ≥ DELTA exactly at (padded) mask cells, ≤ −DELTA
+        elsewhere (never NaN).
     """
     rows, cols = mask.shape
     p = np.full((rows + 2, cols + 2), np.nan)
@@ -58,8 +60,10 @@ def signed_surface(mask: np.ndarray, prob: np.ndarray, threshold: float) -> np.n
     m[1:-1, 1:-1] = mask
     finite = np.isfinite(p)
     f = np.where(finite, p - threshold, 0.0)
-    f = np.where(m & (f <= 0), DELTA, f)  # filled holes (any tissue status), ties
-    f = np.where(~m & (f >= 0), -DELTA, f)  # removed small regions
+    # the mask's side, at least DELTA from the level: filled holes (any tissue status) and ties
+    # count as above, removed small regions as below, and no crossing comes closer to a cell
+    # centre than DELTA / (DELTA + 1) of a cell (so rounding or simplifying cannot flip it)
+    f = np.where(m, np.maximum(f, DELTA), np.minimum(f, -DELTA))
     # outside tissue: minus the mean of the positive edge neighbours (boundary on the cell edge)
     pos = np.where(finite & (f > 0), f, 0.0)
     total = ndimage.convolve(pos, _CROSS.astype(np.float64), mode="constant")
@@ -88,6 +92,29 @@ def _assemble(rings: list[np.ndarray]) -> list[shapely.Polygon]:
     for i in np.nonzero(depth % 2 == 1)[0]:
         holes.setdefault(int(parent[i]), []).append(rings[i])
     return [shapely.Polygon(rings[i], holes.get(int(i), [])) for i in np.nonzero(depth % 2 == 0)[0]]
+
+
+def _holds_its_cells(polys: np.ndarray, labels: np.ndarray, grid: Heatmap) -> np.ndarray:
+    """bool per component ``k`` (``polys[k - 1]``): its polygon contains exactly the centres of
+    the cells labelled ``k``."""
+    rows, cols = labels.shape
+    ox, oy = (float(v) for v in grid.origin_level0_px)
+    cw, ch = (float(v) for v in grid.cell_level0_px)
+    sizes = np.bincount(labels.ravel(), minlength=len(polys) + 1)
+    ok = np.zeros(len(polys), dtype=bool)
+    for k, poly in enumerate(polys):
+        if not isinstance(poly, shapely.Polygon) or poly.is_empty:
+            continue
+        # cells whose centre may be inside: the bounding box, one cell more on each side
+        x0, y0, x1, y1 = poly.bounds
+        c0, c1 = max(0, math.floor((x0 - ox) / cw) - 1), min(cols, math.ceil((x1 - ox) / cw) + 1)
+        r0, r1 = max(0, math.floor((y0 - oy) / ch) - 1), min(rows, math.ceil((y1 - oy) / ch) + 1)
+        xs = ox + (np.arange(c0, c1) + 0.5) * cw
+        ys = oy + (np.arange(r0, r1) + 0.5) * ch
+        inside = shapely.contains_xy(poly, xs[None, :], ys[:, None])
+        own = labels[r0:r1, c0:c1] == k + 1
+        ok[k] = int(own.sum()) == int(sizes[k + 1]) and bool(np.array_equal(inside, own))
+    return ok
 
 
 def contour_regions(
@@ -157,7 +184,9 @@ def contour_regions(
     if simplify_um > 0:
         simple = shapely.simplify(comp_poly, simplify_um / mpp, preserve_topology=True)
         bad = ~shapely.is_valid(simple) | shapely.is_empty(simple)
-        simple[bad] = [_fix(s, p) for s, p in zip(simple[bad], comp_poly[bad], strict=True)]
+        # a simplification that moved the boundary across a cell centre is not taken
+        bad |= ~_holds_its_cells(simple, labels, surface)
+        simple[bad] = comp_poly[bad]
         comp_poly = simple
     bad = ~shapely.is_valid(comp_poly)
     if bad.any():

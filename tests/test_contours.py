@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
-from idcmap.contours import contour_regions, signed_surface
+from idcmap.contours import DELTA, contour_regions, signed_surface
 from idcmap.heatmap import Heatmap
 from idcmap.regions import idc_mask, mask_to_regions, rasterize
 
@@ -133,13 +133,14 @@ def test_mask_overrules_the_surface() -> None:
     assert r.mean_prob == pytest.approx((48 * 0.9 + 0.2) / 49)
 
 
-def test_signed_surface_never_zero_or_nan() -> None:
-    prob = np.array([[0.5, np.nan], [0.4, 0.6]])
-    mask = np.array([[True, False], [True, True]])
+def test_signed_surface_keeps_off_the_level() -> None:
+    prob = np.array([[0.5, np.nan], [0.4, 0.6], [0.501, 0.499]])
+    mask = np.array([[True, False], [True, True], [True, False]])
     f = signed_surface(mask, prob, 0.5)
-    assert f.shape == (4, 4) and np.all(np.isfinite(f)) and np.all(f != 0)
+    assert f.shape == (5, 4) and np.all(np.isfinite(f)) and np.all(np.abs(f) >= DELTA)
     padded = np.pad(mask, 1)
     assert np.array_equal(f > 0, padded)
+    assert f[2, 2] == pytest.approx(0.1)  # far from the level: unchanged
 
 
 def test_empty_simplify_and_bad_arguments() -> None:
@@ -207,6 +208,8 @@ def test_property_simplified_still_valid(
     regions = contour_regions(mask, hm, thr, simplify_um=simplify_um)
     assert len(regions) == len(mask_to_regions(mask, hm))
     assert all(r.polygon.is_valid and not r.polygon.is_empty for r in regions)
+    # a simplification never moves a boundary across a cell centre: same cells as the mask
+    assert np.array_equal(rasterize([r.polygon for r in regions], hm), mask)
 
 
 def test_speed_1000x1000_blobs() -> None:
