@@ -336,11 +336,12 @@ def _colour_bar(
     def y_of(v: float) -> int:
         return bar_top + round((1 - v) * (bar_h - 1))
 
+    yt = y_of(threshold)
     for v in (0.0, 0.5, 1.0):
         yv = y_of(v)
         cd.line((x0 + bar_w, yv, x0 + bar_w + 5, yv), fill=(0, 0, 0), width=1)
-        cd.text((x0 + bar_w + 8, yv), f"{v:g}", fill=(0, 0, 0), font=small, anchor="lm")
-    yt = y_of(threshold)
+        if abs(yv - yt) > 1.8 * fs:  # the threshold's own label says it there
+            cd.text((x0 + bar_w + 8, yv), f"{v:g}", fill=(0, 0, 0), font=small, anchor="lm")
     cd.line((x0 - 5, yt, x0 + bar_w + 5, yt), fill=(0, 0, 0), width=5)
     cd.line((x0 - 5, yt, x0 + bar_w + 5, yt), fill=(255, 255, 255), width=2)
     cd.text(
