@@ -24,6 +24,7 @@ from .heatmap import Heatmap, smooth, stitch
 from .infer import InferenceStats, predict_grid
 from .model import IDCModel, load_model
 from .regions import Region, idc_mask, mask_to_regions
+from .remote import is_url, url_name
 from .slide import Slide, SlideInfo, open_slide
 from .tiles import Block, TileGrid, make_grid
 from .tissue import TissueMask, detect_tissue, tissue_mask_from_rgb
@@ -192,8 +193,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def slide_stem(path: str | Path) -> str:
-    """Output-folder name of a slide: its file name without extension (``a.ome.tiff`` → ``a``)."""
-    name = Path(path).name
+    """Output-folder name of a slide: its file name without extension (``a.ome.tiff`` → ``a``);
+    for a URL, its last path part (``https://h/b/a.svs?sig=…`` → ``a``)."""
+    name = url_name(path) if is_url(path) else Path(path).name
     for ext in (".ome.tiff", ".ome.tif"):
         if name.lower().endswith(ext):
             return name[: -len(ext)]

@@ -201,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="redo slides whose outputs exist")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     run.add_argument("--debug", action="store_true", help="print tracebacks")
+    run.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="one task per slide on a Dask cluster: tcp://HOST:8786, a scheduler file, or "
+        "local[:N] (this machine: one worker per GPU, or N CPU workers); see docs/cluster.md",
+    )
     run.set_defaults(func=cmd_run)
 
     info = sub.add_parser(
@@ -209,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Backend, vendor, dimensions, levels, µm/px and the level "
         "the pipeline will read.",
     )
-    info.add_argument("slide", type=Path)
+    info.add_argument("slide", help="slide file or URL")  # str: a URL keeps its //
     info.add_argument(
         "--backend", default="auto", choices=["auto", "openslide", "tiffslide", "image"]
     )
@@ -249,6 +255,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         force_rgb=args.force_rgb,
     )
     params.validate()
+    if args.scheduler or any("://" in str(s) for s in args.slides):  # a cluster, or URLs
+        from .distributed import run_cli
+
+        return run_cli(
+            args.slides,
+            args.out,
+            scheduler=args.scheduler,
+            model=args.model,
+            params=params,
+            overwrite=args.overwrite,
+            tiles_geojson=args.tiles_geojson,
+            progress=not args.quiet,
+            describe=lambda o: to_flags(format_outcome(o)),
+        )
     slides = expand_inputs(args.slides)
     model = load_model(args.model, device=args.device)
     if params.stride_px is not None:

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from .api import Params, is_done, segment_slide, slide_stem
 from .errors import IDCMapError, OutputError
 from .model import IDCModel
+from .remote import is_url
 
 #: File name endings taken as slides when a folder is given.
 SLIDE_SUFFIXES = (
@@ -233,7 +234,7 @@ def process_slide(
             anyway).
     """
     out = Path(out_dir)
-    s = Path(path)
+    s = path if is_url(path) else Path(path)  # Path() would merge the // of a URL
     stem = slide_stem(s)
     with slide_lock(out, stem, wait=wait_for_lock) as got:
         if not got:
