@@ -59,6 +59,7 @@ __all__ = [
     "connect",
     "local_cluster",
     "model_ref",
+    "plugin_name",
     "segment_slides",
 ]
 
@@ -130,11 +131,11 @@ class ModelCache(_PluginBase):
     """Worker plugin: the worker's models, loaded on first use and kept (keyed by sha256 and
     device), and torch's thread count set to the worker's ``nthreads`` (or ``torch_threads``).
 
-    Registered by :func:`segment_slides` under :data:`PLUGIN_NAME`; workers that join later
-    (``adapt``) get it too.
+    Registered by :func:`segment_slides` under :func:`plugin_name` (idempotent: a later batch
+    on the same cluster keeps the loaded models); workers that join later (``adapt``) get it too.
     """
 
-    idempotent = False
+    idempotent = True
 
     def __init__(self, torch_threads: int | None = None) -> None:
         self.torch_threads = torch_threads
@@ -169,6 +170,11 @@ class ModelCache(_PluginBase):
         self.__init__(state["torch_threads"])  # type: ignore[misc]
 
 
+def plugin_name(torch_threads: int | None = None) -> str:
+    """The :class:`ModelCache`'s name on the workers (one per torch-threads setting)."""
+    return PLUGIN_NAME if torch_threads is None else f"{PLUGIN_NAME}-t{torch_threads}"
+
+
 def _load(ref: ModelRef) -> IDCModel:
     from .model import load_model
 
@@ -189,13 +195,14 @@ def _slide_task(
     params: Params,
     overwrite: bool,
     tiles_geojson: bool,
+    plugin: str = PLUGIN_NAME,
 ) -> Outcome:
     """One slide on a worker (a module-level function: pickled by name, not by value)."""
     import torch
     from distributed import get_worker
 
-    plugin = get_worker().plugins.get(PLUGIN_NAME)
-    cache = plugin if isinstance(plugin, ModelCache) else ModelCache()
+    found = get_worker().plugins.get(plugin)
+    cache = found if isinstance(found, ModelCache) else ModelCache()
     model = cache.get(ref)  # a ModelError raises: retried on another worker, then reported
     threads = cache.threads()
     if torch.get_num_threads() != threads:  # set in the task's own thread (OpenMP is per thread)
@@ -391,7 +398,8 @@ def _on_cluster(
     client.submit(
         check_output_dir, out, pure=False, key=f"idcmap-check-out-{uuid.uuid4().hex}"
     ).result()
-    client.register_plugin(ModelCache(torch_threads), name=PLUGIN_NAME)
+    name = plugin_name(torch_threads)
+    client.register_plugin(ModelCache(torch_threads), name=name)
     resources = _resources(client, params.device)
     token = uuid.uuid4().hex[:8]
     futures = {}
@@ -404,6 +412,7 @@ def _on_cluster(
             params,
             overwrite,
             tiles_geojson,
+            name,
             key=f"idcmap-slide-{slide_stem(s)}-{token}",
             pure=False,
             retries=retries,
@@ -603,7 +612,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
         if is_url(item):
             out.append(item)
         else:
-            out.extend(str(p) for p in expand_local([item]))
+            out.extend(str(p) for p in expand_local([Path(item)]))
     return out
 
 

@@ -196,7 +196,7 @@ class _Scaling:
 
 
 class _TiffSlideReader:
-    def __init__(self, path: str, scaling: _Scaling | bool | None = None) -> None:
+    def __init__(self, path: Any, scaling: _Scaling | bool | None = None) -> None:
         """``scaling``: None for 8-bit RGB; True to compute a :class:`_Scaling`; or one to reuse."""
         import tiffslide
 

@@ -28,6 +28,7 @@ class RangeServer(ThreadingHTTPServer):
         self.root = Path(root).resolve()
         self.bytes_sent: Counter[str] = Counter()  # file name → body bytes sent
         self.requests: Counter[str] = Counter()
+        self.ranges: list[tuple[str, int, int]] = []  # (file name, first byte, length)
         self._count_lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _Handler)
 
@@ -35,10 +36,11 @@ class RangeServer(ThreadingHTTPServer):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
 
-    def count(self, name: str, n: int) -> None:
+    def count(self, name: str, start: int, n: int) -> None:
         with self._count_lock:
             self.bytes_sent[name] += n
             self.requests[name] += 1
+            self.ranges.append((name, start, n))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -98,7 +100,7 @@ class _Handler(BaseHTTPRequestHandler):
         with open(p, "rb") as f:
             f.seek(start)
             self.wfile.write(f.read(n))
-        self.server.count(p.name, n)
+        self.server.count(p.name, start, n)
 
 
 @contextmanager

@@ -113,12 +113,23 @@ def test_cluster_matches_serial(client: Any, slides: list[str], serial: Path, tm
     for s in slides[:3]:
         _same_result(serial, out, _stem(s))
     _no_leftovers(out)
+
     # the model crossed the network as a path and a sha256, and loaded once per worker
-    loads = client.run(lambda dask_worker: dask_worker.plugins[PLUGIN_NAME].loads)
-    assert all(n <= 1 for n in loads.values()) and sum(loads.values()) >= 1, loads
+    def loads(dask_worker: Any) -> int:
+        return dask_worker.plugins[PLUGIN_NAME].loads
+
+    before = client.run(loads)
+    assert all(n <= 1 for n in before.values()) and sum(before.values()) >= 1, before
     # a rerun skips everything (seen by the client: no task at all)
     again = list(segment_slides(slides[:3], out, client=client, progress=False))
     assert [o.status for o in again] == ["skipped"] * 3
+    # a new batch on the same cluster keeps the workers' models (the plugin is idempotent)
+    more = list(segment_slides(slides[:3], out, client=client, progress=False, overwrite=True))
+    assert [o.status for o in more] == ["done"] * 3
+    assert (
+        client.run(loads) == {w: max(n, 1) for w, n in before.items()}
+        or client.run(loads) == before
+    )
 
 
 def test_model_ref_carries_no_weights():
