@@ -66,7 +66,8 @@ def random_model(path: Path, seed: int = 0, widths: tuple[int, int, int] = (64, 
     """A random-weight IDCNet (default widths: the shipped model's compute cost) as a model file."""
     import torch
 
-    from idcmap.model import IDCNet, ModelConfig, save_model
+    from idcmap.archs.idcnet import IDCNet
+    from idcmap.modelfile import ModelConfig, save_model
 
     if path.exists():
         return path

@@ -14,11 +14,14 @@ import signal
 import sys
 import warnings
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import IDCMapError
+from .errors import IDCMapError, IDCMapWarning, UsageError
+from .params import Params
+from .slide import BACKENDS
 
 #: Python-API names (``Params`` fields, keyword arguments) whose CLI flag is not ``--name``.
 _FLAG_OF = {
@@ -56,6 +59,11 @@ _API_TERM = re.compile(r"(?<![\w./-])([a-z][a-z0-9_]*)=(True\b|'[^']*'|\"[^\"]*\
 def flag_of(name: str) -> str:
     """The CLI flag of a Python-API name (``stride_px`` → ``--stride``)."""
     return _FLAG_OF.get(name, "--" + name.replace("_", "-"))
+
+
+def _dest(name: str) -> str:
+    """argparse's attribute for the flag of a Python-API name (``stride_px`` → ``stride``)."""
+    return flag_of(name)[2:].replace("-", "_")
 
 
 def to_flags(text: str) -> str:
@@ -117,86 +125,103 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files or folders of slides")
     run.add_argument("--out", "-o", required=True, type=Path, help="output folder")
+    d = Params()  # the CLI's defaults are the library's
     run.add_argument(
         "--model", type=Path, default=None, help="model .json (default: the bundled model)"
     )
     run.add_argument(
-        "--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)"
+        "--device",
+        default=d.device,
+        help=f"auto | cpu | cuda | cuda:N | mps (default: {d.device})",
     )
     run.add_argument(
         "--backend",
-        default="auto",
-        choices=["auto", "openslide", "tiffslide", "image"],
-        help="slide reader (default: auto = OpenSlide, then tiffslide, then PIL)",
+        default=d.backend,
+        choices=list(BACKENDS),
+        help=f"slide reader (default: {d.backend} = OpenSlide, then tiffslide, then PIL)",
     )
     run.add_argument(
         "--mpp",
         type=_finite,
-        default=None,
-        help="µm per level-0 pixel, overriding or replacing the slide's metadata",
+        default=d.mpp,
+        help="µm per level-0 pixel, overriding or replacing the slide's metadata (a value "
+        "that contradicts the metadata by more than 25 %% is warned about)",
     )
     run.add_argument(
         "--stride",
         type=_positive_int,
-        default=None,
+        default=d.stride_px,
         help="tile step in model px; divides the patch size (default: patch size, 50)",
     )
     run.add_argument(
         "--threshold",
         type=_finite,
-        default=None,
-        help="threshold in [0, 1] of the smoothed IDC probability for the region mask "
-        "(default: the model's region threshold)",
+        default=d.threshold,
+        help="region threshold in [0, 1]: of the smoothed IDC probability, for the region "
+        "mask (default: the model's region_threshold; `idcmap info SLIDE` shows it). Not the "
+        "tile threshold that --tiles-geojson classifies tiles at",
     )
     run.add_argument(
-        "--batch-size", type=_positive_int, default=512, help="tiles per batch (default: 512)"
+        "--batch-size",
+        type=_positive_int,
+        default=d.batch_size,
+        help=f"tiles per batch (default: {d.batch_size})",
     )
     run.add_argument(
-        "--workers", type=int, default=2, help="background reader threads (default: 2)"
+        "--workers",
+        type=int,
+        default=d.workers,
+        help=f"background reader threads (default: {d.workers})",
     )
     run.add_argument(
         "--min-tissue",
         type=_finite,
-        default=0.2,
-        help="tissue fraction a tile needs to be evaluated (default: 0.2)",
+        default=d.min_tissue,
+        help=f"tissue fraction a tile needs to be evaluated (default: {d.min_tissue:g})",
     )
     run.add_argument(
-        "--tissue-mpp", type=_finite, default=16.0, help="µm/px of the tissue mask (default: 16)"
+        "--tissue-mpp",
+        type=_finite,
+        default=d.tissue_mpp,
+        help=f"µm/px of the tissue mask (default: {d.tissue_mpp:g})",
     )
     run.add_argument(
         "--smooth-um",
         type=_finite,
-        default=None,
+        default=d.smooth_um,
         help="sigma (µm) of the tissue-aware Gaussian smoothing of the heatmap before the "
         "region mask is drawn (default: the model's; 0 = none)",
     )
     run.add_argument(
         "--min-region-um2",
         type=_finite,
-        default=40_000.0,
-        help="drop IDC regions smaller than this, µm² (default: 40000 = one 200-µm tile)",
+        default=d.min_region_um2,
+        help=f"drop IDC regions smaller than this, µm² (default: {d.min_region_um2:g})",
     )
     run.add_argument(
         "--min-hole-um2",
         type=_finite,
-        default=40_000.0,
-        help="fill holes smaller than this, µm² (default: 40000)",
+        default=d.min_hole_um2,
+        help=f"fill holes smaller than this, µm² (default: {d.min_hole_um2:g})",
     )
     run.add_argument(
         "--simplify-um",
         type=_finite,
-        default=2.0,
-        help="polygon simplification tolerance, µm (default: 2)",
+        default=d.simplify_um,
+        help=f"polygon simplification tolerance, µm (default: {d.simplify_um:g})",
     )
     run.add_argument(
         "--force-rgb",
         action="store_true",
+        default=d.force_rgb,
         help="process images that are not 8-bit brightfield RGB anyway",
     )
     run.add_argument(
         "--tiles-geojson",
         action="store_true",
-        help="also write <stem>.tiles.geojson with every tile and its probability",
+        help="also write <stem>.tiles.geojson: every evaluated tile with its IDC probability, "
+        "classified IDC at the model's tile_threshold (per tile, unsmoothed; named in the "
+        "file and shown by `idcmap info`), not at the region threshold of --threshold",
     )
     run.add_argument("--overwrite", action="store_true", help="redo slides whose outputs exist")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -215,10 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Backend, vendor, dimensions, levels, µm/px and the level "
         "the pipeline will read.",
     )
-    info.add_argument("slide", help="slide file or URL")  # str: a URL keeps its //
-    info.add_argument(
-        "--backend", default="auto", choices=["auto", "openslide", "tiffslide", "image"]
-    )
+    info.add_argument("slide", type=Path)
+    info.add_argument("--backend", default="auto", choices=list(BACKENDS))
     info.add_argument("--mpp", type=_finite, default=None, help="µm per level-0 pixel override")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument("--debug", action="store_true", help="print tracebacks")
@@ -234,26 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .api import Params
     from .model import load_model
     from .runner import expand_inputs, format_outcome, run_batch
 
-    params = Params(
-        stride_px=args.stride,
-        threshold=args.threshold,
-        smooth_um=args.smooth_um,
-        mpp=args.mpp,
-        backend=args.backend,
-        device=args.device,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        min_tissue=args.min_tissue,
-        tissue_mpp=args.tissue_mpp,
-        min_region_um2=args.min_region_um2,
-        min_hole_um2=args.min_hole_um2,
-        simplify_um=args.simplify_um,
-        force_rgb=args.force_rgb,
-    )
+    # every Params field has the flag flag_of(field): --stride for stride_px, --mpp for mpp...
+    params = Params(**{f.name: getattr(args, _dest(f.name)) for f in fields(Params)})
     params.validate()
     if args.scheduler or any("://" in str(s) for s in args.slides):  # a cluster, or URLs
         from .distributed import run_cli
@@ -267,7 +275,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             tiles_geojson=args.tiles_geojson,
             progress=not args.quiet,
-            describe=lambda o: to_flags(format_outcome(o)),
+            describe=lambda o: to_flags(format_outcome(o, detail=args.debug)),
         )
     slides = expand_inputs(args.slides)
     model = load_model(args.model, device=args.device)
@@ -284,20 +292,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         tiles_geojson=args.tiles_geojson,
         progress=not args.quiet,
         debug=args.debug,
-        describe=lambda o: to_flags(format_outcome(o)),
+        describe=lambda o: to_flags(format_outcome(o, detail=args.debug)),
     )
     done = sum(o.status == "done" for o in outcomes)
     skipped = sum(o.status == "skipped" for o in outcomes)
     failed = [o for o in outcomes if o.status == "failed"]
+    # the reasons of the failures are on their ✗ lines above, one line each
     print(f"idcmap: {done} done, {skipped} skipped, {len(failed)} failed; outputs in {args.out}")
-    if failed:  # the reasons are on the ✗ lines above: one line per failure
-        print(f"idcmap: failed: {', '.join(o.path for o in failed)}")
     return 1 if failed else 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .model import bundled_model_path
-    from .slide import open_slide
+    from .slide import SLIDE_SUFFIXES, open_slide
+
+    folder: Path = args.slide
+    if folder.is_dir() and not any(folder.glob("*.dcm")):  # a DICOM series folder is one slide
+        n = sum(1 for q in folder.iterdir() if q.name.lower().endswith(SLIDE_SUFFIXES))
+        raise UsageError(
+            f"info takes one slide; {folder} is a folder ({n} slide{'s' * (n != 1)} in it): "
+            "pass one of its files"
+        )
 
     with open_slide(args.slide, backend=args.backend, mpp=args.mpp) as slide:
         d: dict[str, Any] = slide.info.to_dict()
@@ -306,6 +321,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             level = slide.best_level_for_mpp(float(cfg["mpp"]))
             d["pipeline"] = {
                 "model_mpp": cfg["mpp"],
+                "region_threshold": cfg.get("region_threshold"),
+                "tile_threshold": cfg.get("tile_threshold", cfg.get("threshold")),
                 "level_read": level,
                 "level_read_mpp": round(slide.level_mpp(level), 4),
             }
@@ -348,7 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     old = signal.signal(signal.SIGTERM, on_term)
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():
+            _one_line_warnings()
+            return int(args.func(args))
     except IDCMapError as e:
         if debug:
             raise
@@ -385,7 +404,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, old)
 
 
-def _one_line(e: BaseException) -> str:
+def _one_line_warnings() -> None:
+    """idcmap's own warnings as one ``idcmap: warning:`` line each, in flag terms (call inside
+    ``warnings.catch_warnings()``: it restores the defaults)."""
+    default = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *rest: Any, **kw: Any) -> None:
+        if not issubclass(category, IDCMapWarning):
+            default(message, category, *rest, **kw)
+            return
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"idcmap: warning: {to_flags(_one_line(message))}", file=sys.stderr)
+
+    warnings.simplefilter("always", IDCMapWarning)  # every slide's own warning, not the first
+    warnings.showwarning = show
+
+
+def _one_line(e: BaseException | str) -> str:
     return " ".join(str(e).split())
 
 

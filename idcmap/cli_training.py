@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import argparse
-import shlex
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from .errors import UsageError
 
@@ -28,7 +29,24 @@ def _frac(s: str) -> float:
     return v
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _pos_float(s: str) -> float:
+    v = float(s)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {s!r}")
+    return v
+
+
+def _arch_param(s: str) -> tuple[str, Any]:
+    key, sep, value = s.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=JSON, got {s!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value  # a bare word: a string
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``prepare-data``, ``train`` and ``evaluate`` to ``subparsers``."""
     prep = subparsers.add_parser(
         "prepare-data",
@@ -44,8 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     tr = subparsers.add_parser(
         "train",
         help="train the IDC classifier with fastai",
-        description="Train IDCNet on patch folders in the IDC data set's layout; patients are "
-        "split into train/valid/test by a seed (written to OUT.split.json).",
+        description="Train a network (by default IDCNet, idcnet-v1) on patch folders in the IDC "
+        "data set's layout; patients are split into train/valid/test by a seed (written to "
+        "OUT.split.json).",
     )
     tr.add_argument(
         "--data",
@@ -67,13 +86,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     tr.add_argument("--batch-size", type=_pos_int, default=256)
     tr.add_argument(
+        "--arch",
+        default="idcnet-v1",
+        metavar="NAME",
+        help="architecture (a name registered in idcmap.model.ARCHITECTURES; default: idcnet-v1)",
+    )
+    tr.add_argument(
+        "--arch-param",
+        action="append",
+        default=[],
+        type=_arch_param,
+        metavar="KEY=JSON",
+        help="an argument of the architecture, e.g. widths=[64,192,256] (repeatable; default: "
+        "the architecture's own)",
+    )
+    tr.add_argument(
         "--widths",
         type=_pos_int,
         nargs=3,
-        default=[64, 192, 256],
-        help="IDCNet channel widths (default: 64 192 256)",
+        default=None,
+        help="idcnet-v1 channel widths (default: 64 192 256)",
     )
-    tr.add_argument("--dropout", type=_frac, default=0.3)
+    tr.add_argument("--dropout", type=_frac, default=None, help="idcnet-v1 (default: 0.3)")
+    tr.add_argument(
+        "--mpp",
+        type=_pos_float,
+        default=4.0,
+        help="µm per pixel of the patches, which the model will expect of slides "
+        "(default: 4, the IDC data set)",
+    )
     tr.add_argument("--wd", type=float, default=0.01, help="weight decay (default: 0.01)")
     tr.add_argument(
         "--test-frac",
@@ -164,7 +205,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="choose heatmap smoothing and region threshold on validation slides",
         description="Grid-search the heatmap smoothing (µm) and the region threshold that "
         "maximise the pooled Dice on slides with ground truth. Use validation "
-        "slides only; --write stores the choice in the model's JSON.",
+        "slides only; --write MODEL_JSON writes the model with that choice (the weights "
+        "unchanged) to a path you name.",
     )
     et.add_argument("slides", nargs="+", type=Path, metavar="SLIDE")
     et.add_argument(
@@ -179,8 +221,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     et.add_argument("--device", default="auto")
     et.add_argument(
         "--write",
-        action="store_true",
-        help="write smooth_um and region_threshold into the model's JSON",
+        type=Path,
+        default=None,
+        metavar="MODEL_JSON",
+        help="write the model with the chosen smooth_um and region_threshold to MODEL_JSON "
+        "(its weights copied beside it; may be --model itself, never the bundled model's file)",
     )
     et.add_argument("--out", "-o", type=Path, default=None, help="report JSON")
     et.add_argument("--debug", action="store_true", help="print tracebacks")
@@ -196,8 +241,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from .train import portable_command, train
 
+    arch_params = dict(args.arch_param)
+    if args.widths is not None:
+        arch_params["widths"] = args.widths
+    if args.dropout is not None:
+        arch_params["dropout"] = args.dropout
     cfg = train(
         args.data,
         args.out,
@@ -205,8 +255,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         lr=args.lr,
         batch_size=args.batch_size,
-        widths=args.widths,
-        dropout=args.dropout,
+        architecture=args.arch,
+        arch_params=arch_params,
+        mpp=args.mpp,
         weight_decay=args.wd,
         test_frac=args.test_frac,
         valid_frac=args.valid_frac,
@@ -218,10 +269,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         progress=not args.quiet,
-        command="idcmap " + shlex.join(sys.argv[1:]),
+        command=portable_command(["idcmap", *sys.argv[1:]]),
     )
     print(
-        f"idcmap: model {args.out} (threshold {cfg.threshold:.2f}, "
+        f"idcmap: model {args.out} (tile threshold {cfg.tile_threshold:.2f}, "
         f"sha256 {cfg.weights_sha256[:12]}…)"
     )
     return 0
@@ -258,10 +309,9 @@ def _truths(args: argparse.Namespace) -> list[Path]:
 
 
 def cmd_tune_regions(args: argparse.Namespace) -> int:
-    import json
-
     from .evaluate import tune_regions, write_json
-    from .model import _find_config, bundled_model_path
+    from .modelfile import bundled_model_path, find_config, read_config, save_config, weights_path
+    from .train import portable_command
 
     rep = tune_regions(args.slides, _truths(args), args.model, device=args.device)
     b = rep["best"]
@@ -273,19 +323,20 @@ def cmd_tune_regions(args: argparse.Namespace) -> int:
         write_json(rep, args.out)
         print(f"idcmap: report -> {args.out}")
     if args.write:
-        path = _find_config(args.model if args.model is not None else bundled_model_path())
-        cfg = json.loads(path.read_text())
-        cfg["smooth_um"] = b["smooth_um"]
-        cfg["region_threshold"] = b["threshold"]
-        cfg.setdefault("training", {})["regions"] = {
+        src = find_config(args.model if args.model is not None else bundled_model_path())
+        cfg = read_config(src)
+        regions = {
             "chosen_on": [Path(s).stem for s in args.slides],
             "pooled_dice": round(b["dice"], 4),
-            "command": " ".join(["idcmap", *sys.argv[1:]]) if sys.argv else "",
+            "command": portable_command(["idcmap", *sys.argv[1:]]),
         }
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(cfg, indent=2) + "\n")
-        tmp.replace(path)
-        print(f"idcmap: wrote smooth_um and region_threshold into {path}")
+        tuned = cfg.replace(
+            smooth_um=float(b["smooth_um"]),
+            region_threshold=float(b["threshold"]),
+            training={**cfg.training, "regions": regions},
+        )
+        save_config(tuned, args.write, weights_path(src, cfg))
+        print(f"idcmap: model with smooth_um and region_threshold -> {args.write}")
     return 0
 
 

@@ -11,7 +11,7 @@ import csv
 import json
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ import numpy as np
 from .errors import UsageError
 
 PATCH_PX = 50
+DATASET_MPP = 4.0  # µm per pixel of the IDC data set's slides and patches
 NAME_RE = re.compile(
     r"^(?P<patient>[^_/]+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<label>[01])\.png$"
 )
@@ -155,7 +156,7 @@ def prepare_mosaics(slides_dir: str | Path, out_dir: str | Path) -> dict[str, in
 
 
 def split_patients(
-    groups: dict[str, Sequence[str]],
+    groups: Mapping[str, Sequence[str]],
     seed: int = 0,
     test_frac: float = 0.15,
     valid_frac: float = 0.12,

@@ -13,8 +13,8 @@ outputs renamed into place only when complete. The client receives only the smal
 * **GPU**: when the device is CUDA (``device='cuda'``, or ``'auto'`` on a cluster whose workers
   declare a ``GPU`` resource), each task asks for ``resources={"GPU": 1}``: start GPU workers with
   ``--resources GPU=1`` (one worker per GPU; :func:`local_cluster` does it on one machine).
-* **Threads**: torch's intra-op threads in a worker follow the worker's ``nthreads`` (or
-  ``torch_threads=``), set in the worker process only.
+* **Threads**: torch's intra-op threads follow the worker's ``nthreads`` (or
+  ``torch_threads=``), set for each task and restored after it.
 * **Faults**: a slide's own failure (bad file, no µm/px) is a ``failed`` Outcome, reported once
   and never retried. A worker that dies mid-slide (SIGKILL, out of memory, node lost) makes the
   scheduler run the slide again on another worker (up to ``distributed.scheduler.
@@ -28,7 +28,6 @@ outputs renamed into place only when complete. The client receives only the smal
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 import uuid
@@ -103,25 +102,22 @@ def model_ref(model: IDCModel | str | os.PathLike[str] | None, device: str = "au
     Raises:
         ModelError: no config, or a model that was never saved to a file.
     """
-    from .model import IDCModel, _find_config, bundled_model_path
+    from .model import IDCModel
+    from .modelfile import bundled_model_path, find_config, read_config
 
     if isinstance(model, IDCModel):
         if model.path is None:
             raise ModelError(
                 "this model was never saved to a file and cannot be sent to workers; save it "
-                "with idcmap.model.save_model() and pass its .json path as model="
+                "with idcmap.modelfile.save_model() and pass its .json path as model="
             )
         path: Path | None = Path(model.path)
     else:
-        path = None if model is None else _find_config(Path(model))
+        path = None if model is None else find_config(Path(model))
     bundled = bundled_model_path()
     if path is not None and path.resolve() == bundled.resolve():
         path = None
-    cfg_path = path or bundled
-    try:
-        sha = str(json.loads(cfg_path.read_text()).get("weights_sha256", ""))
-    except (OSError, ValueError, AttributeError) as e:
-        raise ModelError(f"cannot read model config {cfg_path}: {e}; re-export the model") from e
+    sha = read_config(path or bundled).weights_sha256
     if isinstance(model, IDCModel) and model.sha256:
         sha = model.sha256
     return ModelRef(None if path is None else str(path.resolve()), sha, device)
@@ -198,25 +194,24 @@ def _slide_task(
     plugin: str = PLUGIN_NAME,
 ) -> Outcome:
     """One slide on a worker (a module-level function: pickled by name, not by value)."""
-    import torch
     from distributed import get_worker
+
+    from .model import torch_threads as use_torch_threads
 
     found = get_worker().plugins.get(plugin)
     cache = found if isinstance(found, ModelCache) else ModelCache()
     model = cache.get(ref)  # a ModelError raises: retried on another worker, then reported
-    threads = cache.threads()
-    if torch.get_num_threads() != threads:  # set in the task's own thread (OpenMP is per thread)
-        torch.set_num_threads(threads)
-    return process_slide(
-        path,
-        out_dir,
-        model=model,
-        params=params,
-        overwrite=overwrite,
-        tiles_geojson=tiles_geojson,
-        progress=False,
-        wait_for_lock=True,  # another client holds it: wait, then skip (done) or take over
-    )
+    with use_torch_threads(cache.threads()):  # for this task, restored after it
+        return process_slide(
+            path,
+            out_dir,
+            model=model,
+            params=params,
+            overwrite=overwrite,
+            tiles_geojson=tiles_geojson,
+            progress=False,
+            wait_for_lock=True,  # another client holds it: wait, then skip (done) or take over
+        )
 
 
 # --------------------------------------------------------------------------- batches
@@ -386,14 +381,10 @@ def _on_cluster(
 
     if not queue:
         return
-    ref = model_ref(model, params.device)
-    if ref.config_path is None:
-        from .model import bundled_model_path
+    from .modelfile import bundled_model_path, read_config
 
-        patch_px = int(json.loads(bundled_model_path().read_text())["patch_px"])
-    else:
-        patch_px = int(json.loads(Path(ref.config_path).read_text())["patch_px"])
-    _check_stride(params, patch_px)
+    ref = model_ref(model, params.device)
+    _check_stride(params, read_config(ref.config_path or bundled_model_path()).patch_px)
     # the output folder as the workers see it (this process may not see it at all)
     client.submit(
         check_output_dir, out, pure=False, key=f"idcmap-check-out-{uuid.uuid4().hex}"
@@ -675,10 +666,9 @@ def run_cli(
             client.close()
         if cluster is not None:
             cluster.close()
+    # the reasons of the failures are on their ✗ lines above, one line each
     report(
         f"idcmap: {counts['done']} done, {counts['skipped']} skipped, {len(failed)} failed; "
         f"outputs in {out_dir}"
     )
-    if failed:
-        report(f"idcmap: failed: {', '.join(failed)}")
     return 1 if failed else 0

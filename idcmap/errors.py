@@ -8,7 +8,16 @@ from __future__ import annotations
 
 
 class IDCMapError(Exception):
-    """Base class of every error idcmap raises on purpose."""
+    """Base class of every error idcmap raises on purpose.
+
+    ``str(error)`` is one short line: what went wrong and what to do, in Python-API terms
+    (``mpp=0.25``, ``overwrite=True``; the CLI translates them to flags). ``detail`` holds what
+    would make the line long (each backend's own error message), shown with ``--debug``.
+    """
+
+    def __init__(self, message: str, *, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class UsageError(IDCMapError):
@@ -33,3 +42,11 @@ class ModelError(IDCMapError):
 
 class OutputError(IDCMapError):
     """The output folder cannot be written (permissions, full disk, a file in the way)."""
+
+
+class IDCMapWarning(UserWarning):
+    """Base class of idcmap's warnings (the CLI prints each on one line)."""
+
+
+class MppMismatchWarning(IDCMapWarning):
+    """The ``mpp`` given contradicts the slide's own metadata by more than 25 %."""

@@ -7,16 +7,29 @@ compared on the heatmap's cell grid.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import UsageError
+from .export import write_json
+from .heatmap import Heatmap
+
+__all__ = [
+    "binary_metrics",
+    "dice_from_counts",
+    "dice_iou",
+    "evaluate_patches",
+    "evaluate_slides",
+    "read_truth",
+    "truth_from_cells",
+    "truth_from_geojson",
+    "tune_regions",
+    "write_json",
+]
 
 # --------------------------------------------------------------------------------------------
 # Patch level
@@ -116,7 +129,7 @@ def evaluate_patches(
     x = data.load_patches(recs)
     p = m.predict(x, batch_size=batch_size)
     y = np.array([r.label for r in recs])
-    thr = m.config.threshold if threshold is None else threshold
+    thr = m.config.tile_threshold if threshold is None else threshold
     rep = patch_report(y, p, [r.patient for r in recs], thr)
     rep["model"] = {"path": str(m.path), "sha256": m.sha256, "version": m.config.version}
     rep["data"] = [str(d) for d in data_dirs]
@@ -156,22 +169,11 @@ def format_patch_table(rep: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Grid:
-    """A cell grid on level 0: cell (r, c) covers x ∈ [ox + c*w, ox + (c+1)*w), y likewise with
-    h; ``cell`` is w = h or (w, h) in level-0 px."""
-
-    rows: int
-    cols: int
-    origin: tuple[float, float]
-    cell: float | tuple[float, float]
-
-    def centres(self) -> tuple[np.ndarray, np.ndarray]:
-        """Level-0 (x, y) of every cell's centre, each rows×cols."""
-        cw, ch = self.cell if isinstance(self.cell, tuple) else (self.cell, self.cell)
-        cx = self.origin[0] + (np.arange(self.cols) + 0.5) * cw
-        cy = self.origin[1] + (np.arange(self.rows) + 0.5) * ch
-        return np.meshgrid(cx, cy)
+def dice_from_counts(intersection: int, pred: int, truth: int) -> tuple[float, float]:
+    """(Dice, IoU) from cell counts: both masks empty counts as perfect agreement (1.0)."""
+    union = pred + truth - intersection
+    dice = 2 * intersection / (pred + truth) if pred + truth else 1.0
+    return dice, (intersection / union if union else 1.0)
 
 
 def dice_iou(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
@@ -181,23 +183,17 @@ def dice_iou(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
         raise ValueError(f"mask shapes differ: {pred.shape} vs {truth.shape}")
     inter = int((pred & truth).sum())
     p, t = int(pred.sum()), int(truth.sum())
-    union = p + t - inter
-    return {
-        "dice": 2 * inter / (p + t) if p + t else 1.0,
-        "iou": inter / union if union else 1.0,
-        "intersection": inter,
-        "pred_cells": p,
-        "truth_cells": t,
-    }
+    dice, iou = dice_from_counts(inter, p, t)
+    return {"dice": dice, "iou": iou, "intersection": inter, "pred_cells": p, "truth_cells": t}
 
 
-def truth_from_cells(cells_csv: str | Path, grid: Grid) -> np.ndarray:
-    """IDC truth on ``grid``: a cell is IDC when its centre lies in a ``cells.csv`` cell labelled
-    1 (cells absent from the file — glass — are not IDC)."""
+def truth_from_cells(cells_csv: str | Path, grid: Heatmap) -> np.ndarray:
+    """IDC truth on the heatmap's grid: a cell is IDC when its centre lies in a ``cells.csv``
+    cell labelled 1 (cells absent from the file — glass — are not IDC)."""
     from .data import read_cells
 
-    cx, cy = grid.centres()
-    out = np.zeros((grid.rows, grid.cols), dtype=bool)
+    cx, cy = grid.cell_centres_level0()
+    out = np.zeros(grid.shape, dtype=bool)
     for x, y, w, h, label in read_cells(cells_csv):
         if label != 1:
             continue
@@ -205,34 +201,26 @@ def truth_from_cells(cells_csv: str | Path, grid: Grid) -> np.ndarray:
     return out
 
 
-def truth_from_geojson(path: str | Path, grid: Grid) -> np.ndarray:
-    """IDC truth on ``grid`` from a QuPath GeoJSON (level-0 px): a cell is IDC when its centre
-    lies in a polygon whose classification name contains "IDC"/"tumor" (or that has none)."""
+def truth_from_geojson(path: str | Path, grid: Heatmap, class_name: str = "IDC") -> np.ndarray:
+    """IDC truth on the heatmap's grid from a QuPath GeoJSON (level-0 px): a cell is IDC when
+    its centre lies in a polygon classified exactly ``class_name`` (the rule of
+    :func:`idcmap.export.read_geojson_polygons`: unclassified and other classes are not IDC)."""
     import shapely
-    from shapely.geometry import shape
+
+    from .export import read_geojson_polygons
 
     try:
-        d = json.loads(Path(path).read_text())
+        polygons = read_geojson_polygons(path, class_name=class_name)
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot read GeoJSON {path}: {e}") from e
-    feats = d.get("features", [d]) if isinstance(d, dict) else d
-    geoms = []
-    for f in feats:
-        props = f.get("properties") or {}
-        cls = props.get("classification") or {}
-        name = str(cls.get("name", "") if isinstance(cls, dict) else cls).lower()
-        if name and not any(k in name for k in ("idc", "tumor", "tumour", "carcinoma")):
-            continue
-        if f.get("geometry"):
-            geoms.append(shape(f["geometry"]))
-    cx, cy = grid.centres()
-    if not geoms:
-        return np.zeros((grid.rows, grid.cols), dtype=bool)
-    region = shapely.union_all(geoms)
+    if not polygons:
+        return np.zeros(grid.shape, dtype=bool)
+    cx, cy = grid.cell_centres_level0()
+    region = shapely.union_all(polygons)
     return shapely.contains_xy(region, cx.ravel(), cy.ravel()).reshape(cx.shape)
 
 
-def read_truth(path: str | Path, grid: Grid) -> np.ndarray:
+def read_truth(path: str | Path, grid: Heatmap) -> np.ndarray:
     path = Path(path)
     if path.name.endswith(".csv"):
         return truth_from_cells(path, grid)
@@ -243,9 +231,9 @@ def read_truth(path: str | Path, grid: Grid) -> np.ndarray:
 
 def mosaic_probabilities(
     slide: str | Path, model: Any, cell: int = 50, batch_size: int = 512
-) -> tuple[np.ndarray, Grid]:
-    """Fallback without the pipeline: predict every ``cell``-px cell of a 4 µm/px mosaic
-    (glass included; edge cells padded) and return the probability grid."""
+) -> Heatmap:
+    """Without the pipeline: predict every ``cell``-px cell of a mosaic at the model's µm/px
+    (glass included; edge cells padded); the heatmap has one tile per cell."""
     from .data import pad_patch, read_level0
 
     img = read_level0(slide)
@@ -259,33 +247,23 @@ def mosaic_probabilities(
         ]
     )
     prob = model.predict(tiles, batch_size=batch_size).reshape(rows, cols)
-    return prob, Grid(rows, cols, (0.0, 0.0), float(cell))
+    mpp = float(model.config.mpp)
+    return Heatmap(prob, (0.0, 0.0), (float(cell), float(cell)), mpp, mpp, cell, cell)
 
 
 def slide_prediction(
     slide: str | Path, model: Any, threshold: float | None, use_pipeline: bool = True
-) -> tuple[np.ndarray, Grid, str]:
+) -> tuple[np.ndarray, Heatmap, str]:
     """Predicted IDC mask of a slide on its heatmap grid, via :func:`idcmap.api.segment_slide`
-    when importable, else by tiling the mosaic directly. Returns (mask, grid, method)."""
+    (``use_pipeline``), else by tiling the mosaic directly. Returns (mask, grid, method)."""
     if use_pipeline:
-        try:
-            from .api import segment_slide  # type: ignore[attr-defined]
-        except ImportError:
-            segment_slide = None
-        if segment_slide is not None:
-            res = segment_slide(slide, model=model, threshold=threshold, progress=False)
-            hm = res.heatmap
-            rows, cols = hm.prob.shape
-            ox, oy = hm.origin_level0_px
-            cell = hm.cell_level0_px
-            cell = (
-                (float(cell[0]), float(cell[1])) if isinstance(cell, (tuple, list)) else float(cell)
-            )
-            grid = Grid(rows, cols, (float(ox), float(oy)), cell)
-            return np.asarray(res.mask, dtype=bool), grid, "idcmap.api.segment_slide"
-    prob, grid = mosaic_probabilities(slide, model)
-    thr = model.config.threshold if threshold is None else threshold
-    return prob >= thr, grid, "direct mosaic tiling (50-px cells, no smoothing)"
+        from .api import segment_slide
+
+        res = segment_slide(slide, model=model, threshold=threshold, progress=False)
+        return np.asarray(res.mask, dtype=bool), res.heatmap, "idcmap.api.segment_slide"
+    hm = mosaic_probabilities(slide, model)
+    thr = model.config.tile_threshold if threshold is None else threshold
+    return hm.prob >= thr, hm, "direct mosaic tiling (50-px cells, no smoothing)"
 
 
 def comparison_png(
@@ -338,10 +316,10 @@ def evaluate_slides(
         raise UsageError(f"{len(slides)} slides but {len(truths)} truth files; pass one per slide")
     m = model if isinstance(model, IDCModel) else load_model(model, device=device)
     cfg = m.config
-    region = (
-        cfg.region_threshold if use_pipeline and cfg.region_threshold is not None else cfg.threshold
-    )
-    thr = region if threshold is None else threshold
+    # the pipeline's mask uses the region threshold (of the smoothed heatmap); direct tiling
+    # classifies each tile at the tile threshold
+    default = cfg.region_threshold if use_pipeline else cfg.tile_threshold
+    thr = default if threshold is None else threshold
     per: dict[str, Any] = {}
     tot = {"intersection": 0, "pred_cells": 0, "truth_cells": 0}
     for s, t in zip(slides, truths, strict=True):
@@ -352,8 +330,8 @@ def evaluate_slides(
             {
                 "truth": str(t),
                 "method": method,
-                "grid": [grid.rows, grid.cols],
-                "cell_level0_px": grid.cell,
+                "grid": list(grid.shape),
+                "cell_level0_px": list(grid.cell_level0_px),
             }
         )
         if png_dir is not None:
@@ -363,11 +341,11 @@ def evaluate_slides(
         per[Path(s).stem] = r
         for k in tot:
             tot[k] += r[k]
-    p, t, i = tot["pred_cells"], tot["truth_cells"], tot["intersection"]
+    dice, iou = dice_from_counts(tot["intersection"], tot["pred_cells"], tot["truth_cells"])
     pooled = {
         **tot,
-        "dice": 2 * i / (p + t) if p + t else 1.0,
-        "iou": i / (p + t - i) if p + t - i else 1.0,
+        "dice": dice,
+        "iou": iou,
         "mean_dice": float(np.mean([v["dice"] for v in per.values()])),
     }
     smooth_um = cfg.smooth_um if use_pipeline else 0.0
@@ -402,9 +380,7 @@ def tune_regions(
     cases = []
     for s, t in zip(slides, truths, strict=True):
         res = segment_slide(s, model=m, progress=False, params=Params(smooth_um=0.0))
-        hm = res.heatmap
-        grid = Grid(hm.shape[0], hm.shape[1], hm.origin_level0_px, hm.cell_level0_px)
-        cases.append((hm, read_truth(t, grid)))
+        cases.append((res.heatmap, read_truth(t, res.heatmap)))
     table = []
     for sigma in smooth_um:
         probs = [(np.nan_to_num(smooth(hm, float(sigma)).prob, nan=0.0), t) for hm, t in cases]
@@ -415,7 +391,7 @@ def tune_regions(
                 inter += int((mask & truth).sum())
                 pred += int(mask.sum())
                 true += int(truth.sum())
-            dice = 2 * inter / (pred + true) if pred + true else 1.0
+            dice, _ = dice_from_counts(inter, pred, true)
             table.append({"smooth_um": float(sigma), "threshold": float(thr), "dice": dice})
     best = max(table, key=lambda r: r["dice"])
     return {
@@ -443,29 +419,3 @@ def format_slide_table(rep: dict[str, Any]) -> str:
         f"mean Dice over slides {rep['pooled']['mean_dice']:.3f}; threshold {rep['threshold']:.2f}",
     ]
     return "\n".join(lines)
-
-
-def write_json(obj: Any, path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(_finite(obj), indent=2, default=_json_default) + "\n")
-
-
-def _finite(o: Any) -> Any:
-    """NaN → None, so that the JSON is strict."""
-    if isinstance(o, float) and math.isnan(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")

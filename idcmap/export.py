@@ -47,7 +47,6 @@ __all__ = [
     "mask_png",
     "read_geojson_polygons",
     "regions_to_geojson",
-    "validate_qupath_geojson",
     "write_json",
 ]
 
@@ -57,8 +56,6 @@ PathLike = str | os.PathLike[str]
 IDC_COLOR: tuple[int, int, int] = (200, 0, 0)
 #: RGB colour of tiles below the threshold ("Other", QuPath's own colour for that class).
 OTHER_COLOR: tuple[int, int, int] = (255, 200, 0)
-#: objectType values QuPath knows.
-QUPATH_OBJECT_TYPES = frozenset({"annotation", "detection", "tile", "cell", "tma_core", "root"})
 
 _PRECISION_PX = 0.01
 
@@ -114,23 +111,26 @@ def regions_to_geojson(
     tiles: Heatmap | None = None,
     class_name: str = "IDC",
     color: Sequence[int] = IDC_COLOR,
-    threshold: float = 0.5,
+    tile_threshold: float = 0.5,
 ) -> dict[str, Any]:
     """QuPath FeatureCollection of the IDC regions (and optionally the heatmap cells as tiles).
 
     Args:
         regions: the regions (polygons in level-0 px, QuPath frame).
         tiles: a heatmap: also write one ``"objectType": "tile"`` Feature per evaluated cell
-            (NaN cells are skipped), its box in level-0 px, measurement ``"IDC probability"``,
-            classified ``class_name`` when ``prob >= threshold`` and ``"Other"`` otherwise (so
-            QuPath colours them; Measure → Show measurement maps shows the probability).
-            Tiles are locked, as WSInfer writes them.
+            (NaN cells are skipped), its box in level-0 px, measurements ``"IDC probability"``
+            and ``"Tile threshold"``, classified ``class_name`` when ``prob >= tile_threshold``
+            and ``"Other"`` otherwise (so QuPath colours them; Measure → Show measurement maps
+            shows the probability). Tiles are locked, as WSInfer writes them.
         class_name: QuPath class of the regions.
         color: RGB of that class, 3 ints in 0–255.
-        threshold: probability at which a tile is classified ``class_name`` (tiles only).
+        tile_threshold: probability at which a tile is classified ``class_name`` (tiles
+            only): the model's per-tile threshold, not the region threshold that the region
+            mask applies to the smoothed heatmap.
 
     Returns:
-        ``{"type": "FeatureCollection", "features": [...]}`` (JSON-serialisable, NaN-free).
+        ``{"type": "FeatureCollection", "features": [...]}`` (JSON-serialisable, NaN-free);
+        with ``tiles``, also the foreign member ``"idcmap": {"tile_threshold": ...}``.
     """
     features: list[dict[str, Any]] = []
     for i, region in enumerate(regions):
@@ -159,19 +159,30 @@ def regions_to_geojson(
                 },
             }
         )
-    if tiles is not None:
-        features.extend(_tile_features(tiles, class_name, color, threshold))
-    return {"type": "FeatureCollection", "features": features}
+    if tiles is None:
+        return {"type": "FeatureCollection", "features": features}
+    features.extend(_tile_features(tiles, class_name, color, tile_threshold))
+    return {
+        "type": "FeatureCollection",
+        "features": features,
+        "idcmap": {
+            "tile_threshold": float(tile_threshold),
+            "tile_classification": f"{class_name} when the tile's IDC probability ≥ "
+            "tile_threshold (the model's per-tile threshold; regions use the region threshold "
+            "of the smoothed heatmap)",
+        },
+    }
 
 
 def _tile_features(
-    heatmap: Heatmap, class_name: str, color: Sequence[int], threshold: float
+    heatmap: Heatmap, class_name: str, color: Sequence[int], tile_threshold: float
 ) -> Iterable[dict[str, Any]]:
     prob = np.asarray(heatmap.prob, dtype=np.float64)
     ox, oy = (float(v) for v in heatmap.origin_level0_px)
     cw, ch = (float(v) for v in heatmap.cell_level0_px)
     idc = _classification(class_name, color)
     other = _classification("Other", OTHER_COLOR)
+    thr = float(tile_threshold)
     rows, cols = np.nonzero(np.isfinite(prob))
     for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
         x0, y0 = _round(ox + c * cw), _round(oy + r * ch)
@@ -187,9 +198,9 @@ def _tile_features(
             },
             "properties": {
                 "objectType": "tile",
-                "classification": dict(idc if p >= threshold else other),
+                "classification": dict(idc if p >= tile_threshold else other),
                 "isLocked": True,
-                "measurements": {"IDC probability": p},
+                "measurements": {"IDC probability": p, "Tile threshold": thr},
             },
         }
 
@@ -269,114 +280,6 @@ def read_geojson_polygons(
             continue
         out.append(polys[0] if len(polys) == 1 else shapely.union_all(polys))
     return out
-
-
-def _check_position(pos: Any, where: str) -> None:
-    if (
-        not isinstance(pos, list)
-        or len(pos) not in (2, 3)
-        or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            for v in pos
-        )
-    ):
-        raise ValueError(f"{where}: a position must be [x, y] finite numbers, got {pos!r}")
-
-
-def _check_polygon_coords(rings: Any, where: str) -> None:
-    if not isinstance(rings, list) or not rings:
-        raise ValueError(f"{where}: a Polygon needs a non-empty list of rings")
-    for j, ring in enumerate(rings):
-        w = f"{where} ring {j}"
-        if not isinstance(ring, list) or len(ring) < 4:
-            raise ValueError(f"{w}: a ring needs at least 4 positions")
-        for pos in ring:
-            _check_position(pos, w)
-        if ring[0] != ring[-1]:
-            raise ValueError(f"{w}: ring not closed (first position != last)")
-
-
-def validate_qupath_geojson(obj: Any) -> None:
-    """Check that ``obj`` is a FeatureCollection QuPath imports as intended.
-
-    Checks, in order, for each Feature: ``type``, a unique non-empty string ``id``, a Polygon or
-    MultiPolygon geometry with closed rings of finite ``[x, y]`` positions that shapely finds
-    valid, ``properties.objectType`` one of QuPath's, ``classification`` (when present — it is
-    required for annotations) with a non-empty ``name`` and a ``color`` of 3 ints in 0–255,
-    and ``measurements`` (when present) mapping names to finite numbers.
-
-    Raises:
-        ValueError: naming the first problem found (and the feature's index).
-    """
-    if not isinstance(obj, Mapping) or obj.get("type") != "FeatureCollection":
-        raise ValueError("top level: 'type' must be 'FeatureCollection'")
-    features = obj.get("features")
-    if not isinstance(features, list):
-        raise ValueError("top level: 'features' must be a list")
-    seen_ids: dict[str, int] = {}
-    for i, f in enumerate(features):
-        w = f"feature {i}"
-        if not isinstance(f, Mapping) or f.get("type") != "Feature":
-            raise ValueError(f"{w}: 'type' must be 'Feature'")
-        fid = f.get("id")
-        if not isinstance(fid, str) or not fid:
-            raise ValueError(f"{w}: 'id' missing (QuPath needs a unique id per object)")
-        if fid in seen_ids:
-            raise ValueError(f"{w}: 'id' {fid!r} repeats feature {seen_ids[fid]}'s")
-        seen_ids[fid] = i
-        g = f.get("geometry")
-        if not isinstance(g, Mapping):
-            raise ValueError(f"{w}: 'geometry' missing")
-        gtype = g.get("type")
-        coords = g.get("coordinates")
-        if gtype == "Polygon":
-            _check_polygon_coords(coords, f"{w} geometry")
-        elif gtype == "MultiPolygon":
-            if not isinstance(coords, list) or not coords:
-                raise ValueError(f"{w} geometry: a MultiPolygon needs a non-empty list")
-            for k, poly in enumerate(coords):
-                _check_polygon_coords(poly, f"{w} geometry polygon {k}")
-        else:
-            raise ValueError(f"{w} geometry: type must be Polygon or MultiPolygon, got {gtype!r}")
-        geom = shapely.geometry.shape(g)
-        if not geom.is_valid:
-            raise ValueError(f"{w} geometry: invalid ({shapely.is_valid_reason(geom)})")
-        props = f.get("properties")
-        if not isinstance(props, Mapping):
-            raise ValueError(f"{w}: 'properties' missing")
-        otype = props.get("objectType")
-        if otype not in QUPATH_OBJECT_TYPES:
-            raise ValueError(
-                f"{w}: properties.objectType must be one of {sorted(QUPATH_OBJECT_TYPES)}, "
-                f"got {otype!r}"
-            )
-        cls = props.get("classification")
-        if cls is None and otype == "annotation":
-            raise ValueError(f"{w}: properties.classification missing")
-        if cls is not None:
-            if not isinstance(cls, Mapping):
-                raise ValueError(f"{w}: properties.classification must be an object")
-            name = cls.get("name")
-            if not isinstance(name, str) or not name:
-                raise ValueError(f"{w}: classification.name must be a non-empty string")
-            color = cls.get("color")
-            if (
-                not isinstance(color, list)
-                or len(color) != 3
-                or not all(
-                    isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in color
-                )
-            ):
-                raise ValueError(
-                    f"{w}: classification.color must be [r, g, b], 3 ints in 0-255, got {color!r}"
-                )
-        meas = props.get("measurements")
-        if meas is not None:
-            if not isinstance(meas, Mapping):
-                raise ValueError(f"{w}: properties.measurements must be an object")
-            for k, v in meas.items():
-                if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                    raise ValueError(f"{w}: measurement {k!r} must be a finite number, got {v!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -638,9 +541,14 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_json(obj: Any, path: PathLike) -> None:
-    """Write ``obj`` as UTF-8 JSON, indent 2, trailing newline.
+    """Write ``obj`` as UTF-8 JSON, indent 2, trailing newline (the one JSON writer of idcmap:
+    outputs, reports, model files' side files).
 
-    NaN and ±inf become ``null``; numpy scalars and arrays, tuples and paths become plain JSON.
+    The rule: the file is strict JSON (RFC 8259 has no NaN), so NaN and ±inf become ``null``
+    ("no value": e.g. the mean probability of a region without evaluated cells, an AUC with one
+    class); numpy scalars and arrays, tuples and paths become plain JSON. Missing parent
+    folders are created.
     """
     text = json.dumps(_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(text + "\n", encoding="utf-8")

@@ -46,11 +46,15 @@ class Heatmap:
     def cell_area_um2(self) -> float:
         return self.cell_level0_px[0] * self.cell_level0_px[1] * self.slide_mpp**2
 
-    def cell_bounds_level0(self, row: int, col: int) -> tuple[float, float, float, float]:
-        """(x0, y0, x1, y1) of one cell in level-0 px."""
+    def cell_centres_level0(self) -> tuple[np.ndarray, np.ndarray]:
+        """Level-0 (x, y) of every cell's centre, each rows×cols (cell (r, c) covers
+        x ∈ [ox + c·w, ox + (c+1)·w), y likewise)."""
+        rows, cols = self.shape
         ox, oy = self.origin_level0_px
         cw, ch = self.cell_level0_px
-        return (ox + col * cw, oy + row * ch, ox + (col + 1) * cw, oy + (row + 1) * ch)
+        cx = ox + (np.arange(cols) + 0.5) * cw
+        cy = oy + (np.arange(rows) + 0.5) * ch
+        return np.meshgrid(cx, cy)  # type: ignore[return-value]
 
 
 def stitch(
@@ -112,5 +116,6 @@ def smooth(heatmap: Heatmap, sigma_um: float) -> Heatmap:
     )
     den = ndimage.gaussian_filter(weight, sigma, mode="constant")
     with np.errstate(invalid="ignore", divide="ignore"):
+        # den > 0 on every tissue cell (it weighs itself); the guard only avoids 0/0 elsewhere
         out = np.where(tissue, num / np.maximum(den, 1e-12), np.nan)
     return replace(heatmap, prob=out.astype(np.float32))

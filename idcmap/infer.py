@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .model import IDCModel
+from .model import torch_threads as use_torch_threads
 from .slide import Slide
 from .tiles import Block, TileGrid, iter_blocks, plan_blocks
 
@@ -35,7 +36,6 @@ class InferenceStats:
     model_s: float = 0.0
     wait_s: float = 0.0
     wall_s: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def predict_grid(
@@ -48,16 +48,22 @@ def predict_grid(
     progress: bool = True,
     desc: str = "tiles",
     on_block: Callable[[Block], None] | None = None,
+    torch_threads: int | None = None,
 ) -> tuple[np.ndarray, InferenceStats]:
     """IDC probability of every kept tile of ``grid``.
 
     Reads the pyramid level nearest-finer to the model's µm/px in large blocks (see
-    :mod:`idcmap.tiles`). Where the model supports it (stride a multiple of 5 px), a block is
-    evaluated fully convolutionally, so overlapping tiles share their computation; otherwise the
-    kept tiles are cut out and batched.
+    :mod:`idcmap.tiles`). Where the model's architecture declares dense evaluation at the
+    grid's stride (IDCNet: multiples of 5 px), a block is evaluated fully convolutionally, so
+    overlapping tiles share their computation; otherwise the kept tiles are cut out and batched.
 
     ``on_block`` (optional) sees every block's pixels after the model (e.g. to build a
     thumbnail from the same decode).
+
+    ``torch_threads`` (optional, CPU only) runs the model with that many torch threads for this
+    call and restores torch's process-wide setting afterwards; ``None`` leaves it alone. Give
+    the reader workers their cores with :func:`threads_beside_readers` (what the CLI does):
+    torch's threads spin-wait for each other, so one pre-empted by a reader stalls the rest.
 
     Returns:
         (float32 rows×cols probabilities, NaN where the tile was not kept; statistics).
@@ -69,7 +75,6 @@ def predict_grid(
     prob = np.full(grid.shape, np.nan, dtype=np.float32)
     dense_ok = model.supports_dense(grid.stride_px)
     t_start = time.perf_counter()
-    threads = _model_threads(model, workers)
     bar = tqdm(
         total=grid.n_tiles,
         desc=desc,
@@ -78,7 +83,7 @@ def predict_grid(
         leave=False,
         dynamic_ncols=True,
     )
-    try:
+    with bar, use_torch_threads(torch_threads if model.device.type == "cpu" else None):
         t_wait = time.perf_counter()
         for block in iter_blocks(slide, grid, level, blocks, workers=workers):
             t0 = time.perf_counter()
@@ -102,31 +107,23 @@ def predict_grid(
             t_wait = time.perf_counter()
             stats.model_s += t_wait - t0
             bar.update(n_keep)
-    finally:
-        bar.close()
-        if threads is not None:
-            torch.set_num_threads(threads)
     stats.wall_s = time.perf_counter() - t_start
     return prob, stats
 
 
-def _model_threads(model: IDCModel, workers: int) -> int | None:
-    """On the CPU, leave the reader workers their cores: torch gets ``cores - workers`` threads
-    (at least 1) while the grid runs. Returns the previous thread count to restore, or None.
+def threads_beside_readers(workers: int) -> int | None:
+    """The torch thread count that leaves ``workers`` reader threads their cores: the cores
+    this process may use minus ``workers``, at least 1 (None when ``workers`` is 0: nothing to
+    leave). Pass it as ``predict_grid(torch_threads=...)``.
 
     Sharing cores hurts more than it seems: torch's threads wait for each other at every
     operation (spinning), so one of them pre-empted by a reader stalls the others — on 2 cores
     with 2 readers, 2 torch threads made the model 5x slower than 1 (benchmarks/README.md).
     """
-    if model.device.type != "cpu" or workers <= 0:
+    if workers <= 0:
         return None
-    before = torch.get_num_threads()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    want = max(1, min(before, (cores or 1) - workers))
-    if want == before:
-        return None
-    torch.set_num_threads(want)
-    return before
+    return max(1, min(torch.get_num_threads(), (cores or 1) - workers))
 
 
 def _predict_dense(model: IDCModel, block: Block, grid: TileGrid) -> np.ndarray:

@@ -36,26 +36,8 @@ from tqdm.auto import tqdm
 from .api import Params, is_done, segment_slide, slide_stem
 from .errors import IDCMapError, OutputError
 from .model import IDCModel
-from .remote import is_url
-
-#: File name endings taken as slides when a folder is given.
-SLIDE_SUFFIXES = (
-    ".svs",
-    ".tif",
-    ".tiff",
-    ".ndpi",
-    ".vms",
-    ".vmu",
-    ".scn",
-    ".mrxs",
-    ".svslide",
-    ".bif",
-    ".dcm",
-    ".qptiff",
-    ".png",
-    ".jpg",
-    ".jpeg",
-)
+from .remote import is_url, url_name
+from .slide import SLIDE_SUFFIXES
 
 #: Values of :attr:`Outcome.status`.
 DONE, SKIPPED, FAILED, BUSY = "done", "skipped", "failed", "busy"
@@ -200,6 +182,15 @@ def remove_leftovers(out_dir: Path, stem: str) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def _reason(e: IDCMapError, path: str | Path) -> str:
+    """The error's line without a leading ``<file>: `` (the outcome line names the file)."""
+    msg = " ".join(str(e).split())
+    for prefix in (str(path), url_name(path) if is_url(path) else Path(path).name):
+        if msg.startswith(prefix + ": "):
+            return msg[len(prefix) + 2 :]
+    return msg
+
+
 def done_message(summary: dict[str, Any]) -> str:
     """One line of a done slide's figures (regions, IDC and tissue areas)."""
     n = int(summary["regions"])
@@ -230,8 +221,8 @@ def process_slide(
     whose message is one short line. ``out_dir`` must exist (see :func:`check_output_dir`).
 
     Args:
-        debug: also print the traceback of an internal error (it is in ``Outcome.detail``
-            anyway).
+        debug: put the traceback of every failure in ``Outcome.detail`` (an internal error's
+            is always there; an :class:`IDCMapError`'s detail is otherwise its ``detail``).
     """
     out = Path(out_dir)
     s = path if is_url(path) else Path(path)  # Path() would merge the // of a URL
@@ -249,18 +240,19 @@ def process_slide(
             result = segment_slide(s, model=model, progress=progress, params=params)
             final = result.save(out, tiles_geojson=tiles_geojson, overwrite=True)
         except IDCMapError as e:
-            return Outcome(str(s), FAILED, str(e), seconds=time.perf_counter() - t0)
+            detail = "\n".join(filter(None, [e.detail, traceback.format_exc() if debug else ""]))
+            return Outcome(
+                str(s), FAILED, _reason(e, s), seconds=time.perf_counter() - t0, detail=detail
+            )
         except Exception as e:  # an unforeseen bug (MemoryError included) must not cost the others
-            tb = traceback.format_exc()
-            if debug:
-                print(tb, end="")
+            first = (str(e).strip().splitlines() or [""])[0][:200]
             return Outcome(
                 str(s),
                 FAILED,
-                f"internal error {type(e).__name__}: {e} (rerun with debug=True for the traceback "
-                "and report it)",
+                f"internal error {type(e).__name__}: {first} (debug=True shows the traceback; "
+                "please report it)",
                 seconds=time.perf_counter() - t0,
-                detail=tb,
+                detail=traceback.format_exc(),
             )
         return Outcome(
             str(s),
@@ -340,13 +332,17 @@ def run_batch(
     return [outcomes[i] for i in range(len(slides))]
 
 
-def format_outcome(o: Outcome) -> str:
-    """The one line of a slide: mark, path, message (and time and folder when done)."""
+def format_outcome(o: Outcome, *, detail: bool = False) -> str:
+    """The one line of a slide: mark, path, message (and time and folder when done); with
+    ``detail``, a failure's detail follows on indented lines."""
     mark = {DONE: "✓", SKIPPED: "-", FAILED: "✗", BUSY: "…"}[o.status]
     where = f" → {o.out_dir}" if o.status == DONE else ""
     secs = f" ({o.seconds:.1f} s)" if o.status == DONE else ""
     message = " ".join(o.message.split())  # one line per slide, whatever the reason says
-    return f"{mark} {o.path}: {message}{secs}{where}"
+    line = f"{mark} {o.path}: {message}{secs}{where}"
+    if detail and o.detail:
+        line += "\n" + "\n".join("    " + ln for ln in o.detail.rstrip().splitlines())
+    return line
 
 
 def _report(line: str, report: Callable[[str], None], bar: tqdm) -> None:

@@ -39,6 +39,7 @@ import contextlib
 import math
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,7 +48,13 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from idcmap.errors import ResolutionError, SlideError, UnsupportedImageError, UsageError
+from idcmap.errors import (
+    MppMismatchWarning,
+    ResolutionError,
+    SlideError,
+    UnsupportedImageError,
+    UsageError,
+)
 
 __all__ = [
     "BACKENDS",
@@ -59,11 +66,33 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "openslide", "tiffslide", "image")
+#: File name endings taken as slides when a folder is given.
+SLIDE_SUFFIXES = (
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".vms",
+    ".vmu",
+    ".scn",
+    ".mrxs",
+    ".svslide",
+    ".bif",
+    ".dcm",
+    ".qptiff",
+    ".png",
+    ".jpg",
+    ".jpeg",
+)
 PLAUSIBLE_MPP = (0.05, 20.0)
 """µm/px accepted from file metadata (backend properties, TIFF tags, image dpi)."""
 USER_MPP = (0.01, 100.0)
 """µm/px accepted from the user (``mpp=``)."""
 _CHUNK_PX = 4096
+#: Slack of the float arithmetic between level-0 px and level px (x / downsample, rounded down
+#: or up): far below a pixel, far above the rounding error of coordinates below 2**31 px. One
+#: value for every snap in slide.py and tiles.py.
+PX_EPS = 1e-6
 _PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 _MPP_HINT = "pass mpp=0.25 for a 40x scan, mpp=0.5 for 20x"
 
@@ -298,8 +327,8 @@ class _ImageReader:
 
 def _non_rgb_message(path: str, what: str) -> str:
     return (
-        f"{Path(path).name} is not 8-bit brightfield RGB ({what}); idcmap's model needs H&E "
-        "RGB. allow_non_rgb=True processes it anyway (channels min–max scaled to 8-bit RGB)"
+        f"{Path(path).name}: not 8-bit brightfield RGB ({what}); allow_non_rgb=True "
+        "processes it anyway (channels min–max scaled to RGB)"
     )
 
 
@@ -373,10 +402,7 @@ def _mpp_from_tags(page: Any) -> tuple[tuple[float, float] | None, str | None]:
     mx, my = per_unit / xres, per_unit / yres
     if not (_plausible(mx) and _plausible(my)):
         dpi = xres * 25400 / per_unit
-        return None, (
-            f"its TIFF resolution tags say {mx:.4g} µm/px ({dpi:.0f} dpi), "
-            "a screen-style value that means nothing"
-        )
+        return None, (f"its TIFF tags say {mx:.4g} µm/px ({dpi:.0f} dpi), a screen value")
     return (mx, my), None
 
 
@@ -405,7 +431,7 @@ class Slide:
         self.info = info
         self._reader: _Reader | None = reader
         self._factory = factory
-        self._failed: str | None = None
+        self._failed: tuple[str, str] | None = None  # (message, detail) of a failed read
         self._lock = threading.Lock()
 
     # -- resolution
@@ -449,7 +475,7 @@ class Slide:
         x0, y0 = int(location_level0_px[0]), int(location_level0_px[1])
         d = self.info.level_downsamples[level]
         lw, lh = self.info.level_dimensions[level]
-        lx, ly = math.floor(x0 / d + 1e-9), math.floor(y0 / d + 1e-9)
+        lx, ly = math.floor(x0 / d + PX_EPS), math.floor(y0 / d + PX_EPS)
         ix0, iy0 = max(lx, 0), max(ly, 0)
         ix1, iy1 = min(lx + w, lw), min(ly + h, lh)
         if ix1 <= ix0 or iy1 <= iy0:
@@ -465,7 +491,7 @@ class Slide:
 
     def _read(self, loc: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         if self._failed is not None:
-            raise SlideError(self._failed)
+            raise SlideError(self._failed[0], detail=self._failed[1])
         if self._reader is None:
             raise SlideError(f"{self._name}: the slide was closed; open it again")
         try:
@@ -474,19 +500,20 @@ class Slide:
         except UnsupportedImageError:
             raise
         except Exception as e:
+            other = "tiffslide" if self.info.backend == "openslide" else "openslide"
             self._failed = (
-                f"{self._name}: cannot read pixels at level {level}, {size[0]}x{size[1]} px at "
-                f"{loc} with {self.info.backend} ({_reason(e)}); the file may be corrupt or "
-                f"truncated: re-export or re-scan it, or try backend="
-                f"{'tiffslide' if self.info.backend == 'openslide' else 'openslide'}"
+                f"{self._name}: cannot read pixels at level {level} (corrupt or truncated?); "
+                f"re-export or re-scan it, or try backend={other}",
+                f"{self.info.backend} read of {size[0]}x{size[1]} px at {loc}: {_reason(e)}",
             )
-            raise SlideError(self._failed) from e
+            raise SlideError(self._failed[0], detail=self._failed[1]) from e
         if arr.shape != (size[1], size[0], 3) or arr.dtype != np.uint8:
             self._failed = (
                 f"{self._name}: {self.info.backend} returned {arr.shape} "
-                f"{arr.dtype} for a {size[0]}x{size[1]} read; try another backend="
+                f"{arr.dtype} for a {size[0]}x{size[1]} read; try another backend=",
+                "",
             )
-            raise SlideError(self._failed)
+            raise SlideError(self._failed[0])
         return arr
 
     def read_at_mpp(self, target_mpp: float) -> tuple[np.ndarray, tuple[float, float]]:
@@ -504,9 +531,9 @@ class Slide:
         out_h = max(1, round(bh * self.info.mpp_y / target_mpp))
         level = self.best_level_for_mpp(target_mpp)
         d = self.info.level_downsamples[level]
-        lx0, ly0 = math.floor(bx / d + 1e-9), math.floor(by / d + 1e-9)
-        lw = max(1, math.ceil((bx + bw) / d - 1e-9) - lx0)
-        lh = max(1, math.ceil((by + bh) / d - 1e-9) - ly0)
+        lx0, ly0 = math.floor(bx / d + PX_EPS), math.floor(by / d + PX_EPS)
+        lw = max(1, math.ceil((bx + bw) / d - PX_EPS) - lx0)
+        lh = max(1, math.ceil((by + bh) / d - PX_EPS) - ly0)
         k = max(1, min(lw // out_w, lh // out_h))
         chunk = max(k, (_CHUNK_PX // k) * k)
         small = np.empty((math.ceil(lh / k), math.ceil(lw / k), 3), np.uint8)
@@ -515,7 +542,7 @@ class Slide:
         def read_chunks(handle: Slide, todo: list[tuple[int, int]]) -> None:
             for cx, cy in todo:
                 cw, ch = min(chunk, lw - cx), min(chunk, lh - cy)
-                loc = (math.ceil((lx0 + cx) * d - 1e-7), math.ceil((ly0 + cy) * d - 1e-7))
+                loc = (math.ceil((lx0 + cx) * d - PX_EPS), math.ceil((ly0 + cy) * d - PX_EPS))
                 part = handle.read_region(loc, level, (cw, ch))
                 small[
                     cy // k : cy // k + math.ceil(ch / k), cx // k : cx // k + math.ceil(cw / k)
@@ -549,7 +576,7 @@ class Slide:
         try:
             reader = self._factory()
         except Exception as e:
-            raise SlideError(f"{self._name}: cannot reopen ({_reason(e)})") from e
+            raise SlideError(f"{self._name}: cannot reopen", detail=_reason(e)) from e
         return Slide(self.info, reader, self._factory)
 
     def close(self) -> None:
@@ -613,8 +640,8 @@ def _resolve_path(path: str | os.PathLike[str]) -> str:
         if dcm:  # a DICOM WSI series: OpenSlide opens it from any of its files
             return str(dcm[0])
         raise SlideError(
-            f"{p} is a folder without slides; pass slide files (e.g. {p}/*.svs) "
-            "or a folder holding one DICOM WSI series (.dcm files)"
+            f"{p}: a folder without slides; pass its slide files, or a folder of one DICOM WSI "
+            "series (.dcm)"
         )
     if not os.access(p, os.R_OK):
         raise SlideError(f"{p}: permission denied; make the file readable")
@@ -637,7 +664,7 @@ def _probe(reader: _Reader) -> None:
     w, h = reader.level_dimensions[lvl]
     d = reader.level_downsamples[lvl]
     pw, ph = min(16, w), min(16, h)
-    loc = (math.ceil((w - pw) // 2 * d - 1e-7), math.ceil((h - ph) // 2 * d - 1e-7))
+    loc = (math.ceil((w - pw) // 2 * d - PX_EPS), math.ceil((h - ph) // 2 * d - PX_EPS))
     reader.read(loc, lvl, (pw, ph))
 
 
@@ -739,7 +766,7 @@ def open_slide(
             continue
         info = _build_info(spath, bk, reader, facts, mpp)
         return Slide(info, reader, factory)
-    raise SlideError(_open_failure(spath, backend, facts, errors))
+    raise SlideError(_open_failure(spath, backend, facts), detail="; ".join(errors))
 
 
 def _image_factory(path: str, first: _ImageReader) -> Callable[[], _Reader]:
@@ -759,25 +786,24 @@ def _close_quietly(reader: Any) -> None:
             reader.close()
 
 
-def _open_failure(path: str, backend: str, facts: _TiffFacts | None, errors: list[str]) -> str:
+def _open_failure(path: str, backend: str, facts: _TiffFacts | None) -> str:
+    """The one-line reason a slide could not be opened (each backend's error is the detail)."""
     name = Path(path).name
-    detail = "; ".join(errors)
     if backend != "auto":
-        return f"{name}: cannot be read with backend={backend} ({detail}); try backend=auto"
+        return f"{name}: cannot be read with backend={backend}; try backend=auto"
     if facts is None:
         with open(path, "rb") as f:
             head = f.read(4)
         looks_tiff = head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
         if looks_tiff:
-            return f"{name}: a damaged or truncated TIFF ({detail}); copy or export it again"
+            return f"{name}: a damaged or truncated TIFF; copy or export it again"
         return (
-            f"{name}: not a slide or image format idcmap can read ({detail}); "
-            "convert it to a tiled pyramidal TIFF or check that the file is complete"
+            f"{name}: not a slide or image format idcmap can read; convert it to a tiled "
+            "pyramidal TIFF"
         )
     return (
-        f"{name}: the file opens but its pixels cannot be decoded ({detail}); it may be "
-        "corrupt, truncated or use an unsupported compression: re-export it (e.g. as a "
-        "JPEG tiled pyramidal TIFF)"
+        f"{name}: its pixels cannot be decoded (corrupt, truncated or an unsupported "
+        "compression); re-export it"
     )
 
 
@@ -787,6 +813,8 @@ def _build_info(
     props = reader.properties
     w0, h0 = reader.level_dimensions[0]
     mpp, mpp_y, source = _resolution(path, backend, reader, facts, user_mpp)
+    if user_mpp is not None:
+        _warn_if_contradicted(path, backend, reader, facts, user_mpp)
     bounds = (0, 0, w0, h0)
     if backend == "openslide":
         b = [_float(props.get(f"openslide.bounds-{k}")) for k in ("x", "y", "width", "height")]
@@ -831,7 +859,7 @@ def _resolution(
         if _plausible(mx) and _plausible(my):
             return mx, my, f"{backend}.mpp-x"  # type: ignore[return-value]
         if mx is not None:
-            notes.append(f"its metadata says {mx:.4g} µm/px, which is implausible")
+            notes.append(f"it says {mx:.4g} µm/px, implausible")
     if facts is not None:
         if facts.res_mpp is not None:
             return facts.res_mpp[0], facts.res_mpp[1], "tiff-resolution"
@@ -844,7 +872,31 @@ def _resolution(
             return mx, my, "image-dpi"
         notes.append(f"its {dpi[0]:.0f} dpi tag means nothing for a slide")
     note = f" ({'; '.join(notes)})" if notes else ""
-    raise ResolutionError(f"{Path(path).name} has no usable µm/px metadata{note}; {_MPP_HINT}")
+    raise ResolutionError(f"{Path(path).name}: no usable µm/px metadata{note}; {_MPP_HINT}")
+
+
+#: ``mpp=`` may differ from the slide's own metadata by this factor before a warning.
+MPP_MISMATCH = 1.25
+
+
+def _warn_if_contradicted(
+    path: str, backend: str, reader: Any, facts: _TiffFacts | None, user_mpp: float
+) -> None:
+    """Warn (:class:`MppMismatchWarning`) when ``mpp=`` contradicts the slide's metadata by
+    more than 25 %: areas would be off by the square of the ratio (e.g. 100x for 10x)."""
+    try:
+        meta, _, source = _resolution(path, backend, reader, facts, None)
+    except ResolutionError:
+        return  # nothing to contradict
+    if max(user_mpp / meta, meta / user_mpp) > MPP_MISMATCH:
+        warnings.warn(
+            MppMismatchWarning(
+                f"{Path(path).name}: mpp={user_mpp:g} contradicts the slide's own "
+                f"{meta:.4g} µm/px ({source}); if that is right, areas are off "
+                f"{(user_mpp / meta) ** 2:.3g}x"
+            ),
+            stacklevel=4,
+        )
 
 
 def slide_info(path: str | os.PathLike[str], **kw: Any) -> SlideInfo:

@@ -20,12 +20,13 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .errors import SlideError, UsageError
-from .slide import Slide
+from .slide import PX_EPS, Slide
 from .tissue import TissueMask
 
 #: Largest block side, in pixels of the level that is read. Bounds the memory of one read: the
@@ -134,6 +135,7 @@ def make_grid(
         level0_per_model_px=(fx, fy),
         bounds_level0_px=(bx, by, bw, bh),
         tissue_fraction=tile_frac.astype(np.float32),
+        # min_tissue 0 still needs some tissue: 1e-6 is below any real fraction (1 px of 1e6)
         keep=tile_frac >= max(min_tissue, 1e-6),
     )
 
@@ -227,9 +229,9 @@ def read_block(
     fx0, fy0 = (bx + mx0 * fx) / d, (by + my0 * fy) / d
     fx1, fy1 = (bx + (mx0 + w_m) * fx) / d, (by + (my0 + h_m) * fy) / d
     lim_x1, lim_y1 = min((bx + bw) / d, lw), min((by + bh) / d, lh)
-    ix0, iy0 = math.floor(fx0 + 1e-6), math.floor(fy0 + 1e-6)
-    ix1 = min(math.ceil(fx1 - 1e-6), math.floor(lim_x1 + 1e-6))
-    iy1 = min(math.ceil(fy1 - 1e-6), math.floor(lim_y1 + 1e-6))
+    ix0, iy0 = math.floor(fx0 + PX_EPS), math.floor(fy0 + PX_EPS)
+    ix1 = min(math.ceil(fx1 - PX_EPS), math.floor(lim_x1 + PX_EPS))
+    iy1 = min(math.ceil(fy1 - PX_EPS), math.floor(lim_y1 + PX_EPS))
     out = np.full((h_m, w_m, 3), 255, dtype=np.uint8)
     t0 = time.perf_counter()
     if ix1 <= ix0 or iy1 <= iy0:
@@ -237,7 +239,7 @@ def read_block(
     region = slide.read_region((round(ix0 * d), round(iy0 * d)), level, (ix1 - ix0, iy1 - iy0))
     t1 = time.perf_counter()
     sx, sy = d / fx, d / fy  # model px per level px (≤ 1 when the level is finer)
-    if abs(sx - 1) < 1e-6 and abs(sy - 1) < 1e-6:
+    if abs(sx - 1) < PX_EPS and abs(sy - 1) < PX_EPS:  # same scale: no resize
         resized = region
         ox, oy = ix0 - fx0, iy0 - fy0
     else:
@@ -320,7 +322,11 @@ def iter_blocks(
             except SlideError:
                 raise
             except Exception as e:  # decoding errors from deep inside a backend
-                raise SlideError(f"cannot read {slide.info.path}: {e}") from e
+                name = Path(slide.info.path).name
+                raise SlideError(
+                    f"{name}: cannot read pixels (corrupt or truncated?); re-export or re-scan it",
+                    detail=f"{type(e).__name__}: {e}",
+                ) from e
     finally:
         for f in pending:
             f.cancel()

@@ -11,7 +11,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from idcmap.model import IDCModel, IDCNet, ModelConfig, save_model
+from idcmap.archs import Architecture
+from idcmap.archs.idcnet import IDCNet
+from idcmap.model import IDCModel
+from idcmap.modelfile import ModelConfig, save_model
 
 
 def _logits(p: torch.Tensor) -> torch.Tensor:
@@ -35,6 +38,14 @@ class DenseColourNet(ColourNet):
         return _logits(p).float()
 
 
+#: What the runtime may do with them: ColourNet only tiles; DenseColourNet is evaluated densely
+#: at the strides IDCNet is (multiples of 5 px), so pipeline tests take the same paths.
+COLOUR = Architecture(name="colour", build=lambda mean, std: ColourNet())
+DENSE_COLOUR = Architecture(
+    name="colour", build=lambda mean, std: DenseColourNet(), dense_step_px=5
+)
+
+
 def colour_config(threshold: float = 0.5) -> ModelConfig:
     return ModelConfig(
         name="colour",
@@ -44,13 +55,16 @@ def colour_config(threshold: float = 0.5) -> ModelConfig:
         patch_px=50,
         mean=(0.0, 0.0, 0.0),
         std=(1.0, 1.0, 1.0),
-        threshold=threshold,
+        tile_threshold=threshold,
     )
 
 
 def colour_model(dense: bool = False, threshold: float = 0.5) -> IDCModel:
-    net = DenseColourNet() if dense else ColourNet()
-    return IDCModel(colour_config(threshold), net, torch.device("cpu"))
+    arch = DENSE_COLOUR if dense else COLOUR
+    cfg = colour_config(threshold)
+    return IDCModel(
+        cfg, arch.build(mean=cfg.mean, std=cfg.std), torch.device("cpu"), architecture=arch
+    )
 
 
 def tiny_model_file(folder: Path, seed: int = 0) -> Path:
@@ -65,7 +79,7 @@ def tiny_model_file(folder: Path, seed: int = 0) -> Path:
         patch_px=50,
         mean=(0.5, 0.5, 0.5),
         std=(0.25, 0.25, 0.25),
-        threshold=0.5,
+        tile_threshold=0.5,
         arch_params={"widths": [8, 16, 16]},
     )
     path = folder / "tiny.json"

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import shapely
+from geojson_check import validate_qupath_geojson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -26,7 +27,6 @@ from idcmap.export import (
     mask_png,
     read_geojson_polygons,
     regions_to_geojson,
-    validate_qupath_geojson,
     write_json,
 )
 from idcmap.heatmap import Heatmap
@@ -103,7 +103,7 @@ def test_empty_feature_collection(tmp_path: Path) -> None:
 def test_tiles() -> None:
     prob = np.array([[0.1, np.nan], [0.7, 0.5]], np.float32)
     hm = make_heatmap(prob, origin=(10.0, 20.0), cell=(100.5, 100.5))
-    fc = json_round_trip(regions_to_geojson([], tiles=hm, threshold=0.5))
+    fc = json_round_trip(regions_to_geojson([], tiles=hm, tile_threshold=0.5))
     validate_qupath_geojson(fc)
     tiles = fc["features"]
     assert len(tiles) == 3  # the NaN cell is not a tile
@@ -113,6 +113,9 @@ def test_tiles() -> None:
     assert by_prob[0.1]["properties"]["classification"]["name"] == "Other"
     assert by_prob[0.7]["properties"]["classification"]["name"] == "IDC"
     assert by_prob[0.5]["properties"]["classification"]["name"] == "IDC"  # >= threshold
+    # the file names the threshold its tiles are classified at: the tile threshold
+    assert fc["idcmap"]["tile_threshold"] == 0.5
+    assert all(t["properties"]["measurements"]["Tile threshold"] == 0.5 for t in tiles)
     assert by_prob[0.7]["geometry"]["coordinates"] == [
         [[10.0, 120.5], [110.5, 120.5], [110.5, 221.0], [10.0, 221.0], [10.0, 120.5]]
     ]

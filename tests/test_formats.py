@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import shapely
 import tifffile
+from geojson_check import validate_qupath_geojson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -41,7 +42,7 @@ from tiffgen import (
 
 from idcmap.api import Params, segment_slide
 from idcmap.cli import main
-from idcmap.export import read_geojson_polygons, validate_qupath_geojson
+from idcmap.export import read_geojson_polygons
 from idcmap.regions import rasterize
 from idcmap.slide import open_slide
 

@@ -9,11 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from tiffgen import synthetic_he, write_pyramid_tiff
+from torch import nn
 
+from idcmap.api import segment_slide
+from idcmap.archs import Architecture
 from idcmap.data import list_patches, load_patches, read_level0
-from idcmap.errors import ModelError
+from idcmap.errors import ModelError, UsageError
 from idcmap.evaluate import binary_metrics
-from idcmap.model import bundled_model_path, load_model
+from idcmap.model import ARCHITECTURES, load_model, register_architecture
+from idcmap.modelfile import ModelConfig, bundled_model_path, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_PATCHES = ROOT / "tests" / "fixtures" / "patches"
@@ -44,7 +50,7 @@ def test_shipped_model_on_fixture_test_patches(model) -> None:  # type: ignore[n
     assert not {r.patient for r in recs} & set(model.config.training["patients"]["train"])
     y = np.array([r.label for r in recs])
     p = model.predict(load_patches(recs))
-    m = binary_metrics(y, p, model.config.threshold)
+    m = binary_metrics(y, p, model.config.tile_threshold)
     assert m["roc_auc"] >= AUC_FLOOR, m
     assert m["balanced_accuracy"] >= 0.80, m
 
@@ -52,7 +58,7 @@ def test_shipped_model_on_fixture_test_patches(model) -> None:  # type: ignore[n
 def test_shipped_config_describes_itself(model) -> None:  # type: ignore[no-untyped-def]
     c = model.config
     assert (c.name, c.architecture, c.mpp, c.patch_px) == ("idcmap-idc", "idcnet-v1", 4.0, 50)
-    assert 0.0 < c.threshold < 1.0
+    assert 0.0 < c.tile_threshold < 1.0 and 0.0 < c.region_threshold < 1.0
     assert len(c.weights_sha256) == 64
     t = c.training
     assert t["framework"] == "fastai" and t["epochs"] >= 1
@@ -115,8 +121,6 @@ def test_dense_equals_tiles_on_a_real_mosaic(model, stride: int) -> None:  # typ
 def test_fast_engine_equals_the_plain_torch_network(model, stride: int) -> None:  # type: ignore[no-untyped-def]
     """predict/predict_dense run a folded matrix-product engine; it must compute what the plain
     nn.Module computes, tile by tile (forward) and densely (forward_dense)."""
-    import torch
-
     img = read_level0(EXAMPLE_SLIDES[0])
     h, w = img.shape[:2]
     y0, x0 = (h // 2 - 200) // 5 * 5, (w // 2 - 200) // 5 * 5
@@ -135,3 +139,155 @@ def test_fast_engine_equals_the_plain_torch_network(model, stride: int) -> None:
         ref_tiles = torch.softmax(model.net(tiles), 1)[:, 1].numpy().reshape(n_r, n_c)
     np.testing.assert_allclose(ref_dense, ref_tiles, atol=1e-5, rtol=0)
     np.testing.assert_allclose(model.predict_dense(block, stride), ref_dense, atol=1e-4, rtol=0)
+
+
+# ---- a second architecture: one module (here, this test) and one registry entry --------------
+
+
+class MeanColourNet(nn.Module):
+    """Logits from the mean colour of a patch: tiny, real, and trivially densifiable."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], patch_px: int = 50):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+        self.head = nn.Conv2d(3, 2, 1)
+        self.patch_px = patch_px
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(((x - self.mean) / self.std).mean((2, 3), keepdim=True)).flatten(1)
+
+
+class DenseMeanColourNet(MeanColourNet):
+    def forward_dense(self, x: torch.Tensor, stride_px: int) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        return self.head(nn.functional.avg_pool2d(x, self.patch_px, stride=stride_px))
+
+
+MEAN_COLOUR = Architecture(name="mean-colour-test", build=MeanColourNet)
+DENSE_MEAN_COLOUR = Architecture(
+    name="dense-mean-colour-test", build=DenseMeanColourNet, dense_step_px=1
+)
+
+
+@pytest.fixture()
+def mean_colour_files(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Both architectures registered, and one model file of each with the same weights."""
+    for arch in (MEAN_COLOUR, DENSE_MEAN_COLOUR):
+        register_architecture(arch)
+    torch.manual_seed(0)
+    net = MeanColourNet((0.8, 0.6, 0.7), (0.15, 0.2, 0.15))
+    paths = {}
+    for arch in (MEAN_COLOUR, DENSE_MEAN_COLOUR):
+        cfg = ModelConfig(
+            name="mean colour",
+            version="0",
+            architecture=arch.name,
+            mpp=4.0,
+            patch_px=50,
+            mean=(0.8, 0.6, 0.7),
+            std=(0.15, 0.2, 0.15),
+        )
+        paths[arch.name] = tmp_path / f"{arch.name}.json"
+        save_model(net, cfg, paths[arch.name])
+    yield paths
+    for arch in (MEAN_COLOUR, DENSE_MEAN_COLOUR):
+        ARCHITECTURES.pop(arch.name)
+
+
+def test_a_second_architecture_loads_and_predicts(mean_colour_files: dict[str, Path]) -> None:
+    m = load_model(mean_colour_files["mean-colour-test"], device="cpu")
+    assert type(m.net) is MeanColourNet and not m.supports_dense(50)
+    x = synthetic_he(100, 150, seed=3, tissue=0.8)
+    tiles = np.stack([x[r : r + 50, c : c + 50] for r in (0, 50) for c in (0, 50, 100)])
+    t = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255
+    mean = torch.tensor([0.8, 0.6, 0.7]).view(1, 3, 1, 1)
+    std = torch.tensor([0.15, 0.2, 0.15]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        logits = m.net.head(((t - mean) / std).mean((2, 3), keepdim=True)).flatten(1)
+    want = torch.softmax(logits, 1)[:, 1].numpy()
+    np.testing.assert_allclose(m.predict(tiles, batch_size=4), want, atol=1e-5)
+    with pytest.raises(ValueError, match="densely"):
+        m.predict_dense(x, 50)
+
+    d = load_model(mean_colour_files["dense-mean-colour-test"], device="cpu")
+    assert d.supports_dense(50) and d.supports_dense(7)
+    np.testing.assert_allclose(d.predict_dense(x, 50).reshape(-1), want, atol=1e-5)
+
+
+def test_a_second_architecture_runs_the_pipeline(
+    mean_colour_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """The tile path (no dense capability) and the dense path give the same heatmap."""
+    img = synthetic_he(1400, 1700, seed=4, tissue=0.6)
+    slide = write_pyramid_tiff(
+        tmp_path / "he.tiff", img, 4.0, downsamples=(1, 4), compression="zlib"
+    )
+    tiles = segment_slide(
+        slide, model=mean_colour_files["mean-colour-test"], stride=25, progress=False
+    )
+    dense = segment_slide(
+        slide, model=mean_colour_files["dense-mean-colour-test"], stride=25, progress=False
+    )
+    assert np.isfinite(tiles.heatmap.prob).sum() > 100
+    np.testing.assert_allclose(tiles.heatmap.prob, dense.heatmap.prob, atol=1e-5, equal_nan=True)
+
+
+def test_architecture_registry_refuses_what_it_cannot_run(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register_architecture(Architecture(name="idcnet-v1", build=MeanColourNet))
+    with pytest.raises(ValueError, match="engine needs dense_step_px"):
+        Architecture(name="x", build=MeanColourNet, engine=lambda net, dev: net)  # type: ignore[arg-type,return-value]
+    cfg = ModelConfig(
+        name="x", version="0", architecture="no-such-arch", mpp=4.0, patch_px=50,
+        mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2),
+    )  # fmt: skip
+    save_model(MeanColourNet(cfg.mean, cfg.std), cfg, tmp_path / "x.json")
+    with pytest.raises(ModelError, match="unknown architecture 'no-such-arch'"):
+        load_model(tmp_path / "x.json", device="cpu")
+
+
+def test_writing_into_the_package_is_refused(model_copy: Path) -> None:
+    from idcmap.modelfile import read_config, save_config
+
+    cfg = read_config(model_copy)
+    with pytest.raises(UsageError, match="package"):
+        save_config(cfg, bundled_model_path(), model_copy.with_suffix(".safetensors"))
+    out = model_copy.parent / "elsewhere" / "tuned.json"
+    written = save_config(cfg.replace(smooth_um=123.0), out, model_copy.with_suffix(".safetensors"))
+    m = load_model(out, device="cpu")
+    assert m.config.smooth_um == 123.0 and m.sha256 == written.weights_sha256 == cfg.weights_sha256
+
+
+# ---- process-wide torch settings ----------------------------------------------------------------
+
+
+def test_predict_grid_changes_torch_threads_only_when_asked(tmp_path: Path) -> None:
+    from idcmap.infer import predict_grid, threads_beside_readers
+    from idcmap.slide import open_slide
+    from idcmap.tiles import make_grid
+
+    img = synthetic_he(600, 700, seed=5, tissue=0.7)
+    path = write_pyramid_tiff(tmp_path / "he.tiff", img, 4.0, downsamples=(1,), compression="zlib")
+    model = load_model(device="cpu")
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    with open_slide(path) as slide:
+        grid = make_grid(slide, None, model_mpp=4.0, patch_px=50, stride_px=50, min_tissue=0.0)
+        kw = {
+            "workers": 1,
+            "progress": False,
+            "on_block": lambda b: seen.append(torch.get_num_threads()),
+        }
+        plain, _ = predict_grid(slide, grid, model, **kw)  # type: ignore[arg-type]
+        assert set(seen) == {before} and torch.get_num_threads() == before
+        seen.clear()
+        want = before + 1  # any count different from the current one
+        asked, _ = predict_grid(slide, grid, model, torch_threads=want, **kw)  # type: ignore[arg-type]
+        assert set(seen) == {want} and torch.get_num_threads() == before  # restored
+    np.testing.assert_allclose(plain, asked, atol=1e-5)  # thread counts may sum in other orders
+    n = threads_beside_readers(1)
+    assert n is not None and 1 <= n <= before and threads_beside_readers(0) is None

@@ -13,12 +13,12 @@ import numpy as np
 import openslide
 import pytest
 import shapely
+from geojson_check import validate_qupath_geojson
 from pipeline_helpers import colour_model, tiny_model_file
 from tiffgen import write_pyramid_tiff
 
 from idcmap.api import Params, segment_slide
 from idcmap.cli import main
-from idcmap.export import validate_qupath_geojson
 from idcmap.regions import rasterize
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -195,6 +195,35 @@ def test_outputs_written(tmp_path: Path) -> None:
         assert key in s
     assert s["slide"]["mpp"] == 4.0
     assert not list((tmp_path / "out").glob(".cells.tmp-*"))
+
+
+def test_outputs_table_and_save_errors_speak_api(tmp_path: Path) -> None:
+    from idcmap.errors import OutputError
+    from idcmap.outputs import OUTPUT_FILES, OUTPUTS
+
+    assert tuple(o.file_name for o in OUTPUTS if o.option is None) == OUTPUT_FILES
+    assert OUTPUTS[-1].file_name == "summary.json"  # written last: it marks the slide done
+    path, _ = cell_slide(tmp_path, 4.0, (1,))
+    res = segment_slide(path, model=colour_model(), progress=False)
+    out = res.save(tmp_path / "out", extra_outputs={"tiles_geojson"})
+    assert (out / "cells.tiles.geojson").is_file()
+    with pytest.raises(OutputError, match="overwrite=True") as e:
+        res.save(tmp_path / "out", overwrite=False)
+    assert "--" not in str(e.value)  # the library speaks API; the CLI translates
+    with pytest.raises(ValueError, match="unknown extra outputs"):
+        res.save(tmp_path / "out", extra_outputs={"nonsense"})
+
+
+def test_keyword_arguments_override_params(tmp_path: Path) -> None:
+    path, _ = cell_slide(tmp_path, 4.0, (1,))
+    model = tiny_model_file(tmp_path)
+    params = Params(device="cpu", stride_px=25, workers=0)
+    res = segment_slide(path, model=model, progress=False, params=params, device="auto")
+    assert res.summary["parameters"]["device"] == "auto"  # "auto" is a value, not "unset"
+    assert res.summary["parameters"]["stride_px"] == 25
+    res = segment_slide(path, model=model, progress=False, params=params, stride=50)
+    assert res.summary["parameters"]["device"] == "cpu"
+    assert res.summary["parameters"]["stride_px"] == 50
 
 
 def test_cli_run_batch_continues_after_bad_slides(

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tiffgen import (
+    drop_tag,
     synthetic_he,
     write_image,
     write_ome_tiff,
@@ -18,7 +19,13 @@ from tiffgen import (
     write_svs_like,
 )
 
-from idcmap.errors import ResolutionError, SlideError, UnsupportedImageError, UsageError
+from idcmap.errors import (
+    MppMismatchWarning,
+    ResolutionError,
+    SlideError,
+    UnsupportedImageError,
+    UsageError,
+)
 from idcmap.slide import Slide, SlideInfo, open_slide, slide_info
 
 warnings.filterwarnings("ignore", module="tiffslide")
@@ -179,9 +186,33 @@ def test_resolution_units(gen: dict[str, Path]) -> None:
         with pytest.raises(ResolutionError, match="mpp="):
             slide_info(gen[key])
     assert slide_info(gen["dpi72"], mpp=0.3).mpp == 0.3
-    # a striped TIFF read by tiffslide without backend mpp: the tags rule alone decides
+    # tiffslide computes a striped TIFF's µm/px from its tags itself (cm and inch alike), so
+    # this is tiffslide's rule, not idcmap's (see test_idcmaps_own_resolution_rule)
     info = slide_info(gen["striped"], backend="tiffslide")
-    assert info.mpp == pytest.approx(0.5)
+    assert (info.mpp, info.mpp_source) == (pytest.approx(0.5), "tiffslide.mpp-x")
+
+
+def test_idcmaps_own_resolution_rule(tmp_path: Path, he: np.ndarray) -> None:
+    """Where no backend reads the resolution tags, idcmap's own rule decides (source
+    "tiff-resolution"): a TIFF without ResolutionUnit (the TIFF default is inch; tiffslide then
+    gives no µm/px), and any TIFF read with backend="image" (PIL). Both units, both ways."""
+    import tifffile
+
+    from idcmap.slide import _mpp_from_tags
+
+    for unit, mpp in (("cm", 0.5), ("inch", 0.25)):
+        path = write_striped_tiff(tmp_path / f"{unit}.tiff", he, mpp, resolution_unit=unit)
+        with tifffile.TiffFile(path) as tif:
+            assert _mpp_from_tags(tif.pages.first) == ((pytest.approx(mpp),) * 2, None)
+        info = slide_info(path, backend="image")
+        assert (info.mpp, info.mpp_source) == (pytest.approx(mpp), "tiff-resolution")
+    # no ResolutionUnit tag: the TIFF default, inch (50,800 px per inch = 0.5 µm/px)
+    nounit = drop_tag(write_striped_tiff(tmp_path / "nounit.tiff", he, 0.5, "inch"), 296)
+    with tifffile.TiffFile(nounit) as tif:
+        assert "ResolutionUnit" not in tif.pages.first.tags
+    info = slide_info(nounit)
+    assert (info.backend, info.mpp_source) == ("tiffslide", "tiff-resolution")
+    assert (info.mpp, info.mpp_y) == (pytest.approx(0.5), pytest.approx(0.5))
 
 
 def test_levels_and_best_level(gen: dict[str, Path]) -> None:
@@ -217,6 +248,18 @@ def test_formats(gen: dict[str, Path], he: np.ndarray) -> None:
             assert np.abs(px - he[50:80, 100:140]).mean() <= tol, key
     assert slide_info(gen["svs"]).vendor == "aperio"
     assert slide_info(gen["ome"]).vendor == "ome"
+
+
+def test_mpp_contradicting_the_metadata_warns(gen: dict[str, Path]) -> None:
+    """The cm slide says 0.5 µm/px: more than 25 % away warns, naming both values."""
+    with pytest.warns(MppMismatchWarning, match=r"mpp=5 contradicts .* 0\.5 µm/px") as w:
+        assert slide_info(gen["cm"], mpp=5.0).mpp == 5.0
+    assert len(w) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for ok in (0.4, 0.6):  # within 25 %: no warning
+            slide_info(gen["cm"], mpp=ok)
+        slide_info(gen["nounit"], mpp=5.0)  # nothing to contradict
 
 
 def test_plain_images(gen: dict[str, Path], he: np.ndarray) -> None:

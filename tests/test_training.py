@@ -13,7 +13,6 @@ import pytest
 
 from idcmap import data
 from idcmap.evaluate import (
-    Grid,
     best_threshold,
     binary_metrics,
     dice_iou,
@@ -21,6 +20,7 @@ from idcmap.evaluate import (
     truth_from_cells,
     truth_from_geojson,
 )
+from idcmap.heatmap import Heatmap
 from idcmap.model import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,7 +122,7 @@ def test_tiny_real_training_run(idc_data: Path, tmp_path: Path) -> None:
         seed=1,
         max_patches=320,
         batch_size=64,
-        widths=(16, 32, 32),
+        arch_params={"widths": (16, 32, 32)},
         lr_find_iters=8,
         progress=False,
         log=lambda *a: None,
@@ -132,10 +132,13 @@ def test_tiny_real_training_run(idc_data: Path, tmp_path: Path) -> None:
     assert not set(split["train"]) & set(split["test"])
     assert cfg.training["patients"]["test"] == split["test"]
     assert cfg.training["patches"]["train"] == 320
-    assert cfg.arch_params["widths"] == [16, 32, 32]
+    assert cfg.arch_params == {"widths": [16, 32, 32], "dropout": 0.3}  # given + the default
+    assert (cfg.architecture, cfg.mpp) == ("idcnet-v1", 4.0)
     assert all(0.3 < m < 0.95 for m in cfg.mean) and all(0.03 < s < 0.5 for s in cfg.std)
-    assert 0.0 < cfg.threshold < 1.0
+    assert 0.0 < cfg.tile_threshold < 1.0 and cfg.region_threshold == cfg.tile_threshold
     assert cfg.training["lr_find_suggestion"] > 0
+    # no absolute path of this machine in the model file (the data folder lies outside the cwd)
+    assert cfg.training["data"] == split["data"] == ["patches"]
 
     model = load_model(out, device="cpu")
     assert model.sha256 == cfg.weights_sha256
@@ -194,9 +197,9 @@ def test_dice_iou_and_truth_rasterisation(tmp_path: Path) -> None:
 
     csv = tmp_path / "s.cells.csv"
     csv.write_text("x,y,width,height,label\n0,0,50,50,1\n50,0,50,50,0\n100,50,50,31,1\n")
-    grid = Grid(2, 3, (0.0, 0.0), 50.0)
+    grid = Heatmap(np.zeros((2, 3), np.float32), (0.0, 0.0), (50.0, 50.0), 4.0, 4.0, 50, 50)
     np.testing.assert_array_equal(truth_from_cells(csv, grid), [[1, 0, 0], [0, 0, 1]])
-    fine = Grid(4, 6, (0.0, 0.0), 25.0)  # a stride-25 heatmap grid
+    fine = Heatmap(np.zeros((4, 6), np.float32), (0.0, 0.0), (25.0, 25.0), 4.0, 4.0, 25, 50)
     assert truth_from_cells(csv, fine)[:2, :2].all() and truth_from_cells(csv, fine).sum() == 6
 
     gj = tmp_path / "a.geojson"
@@ -282,3 +285,42 @@ def test_evaluate_slides_command(tmp_path: Path) -> None:
     r = rep["per_slide"][slide.stem]
     assert r["truth_cells"] > 0 and 0.5 < r["dice"] <= 1.0
     assert Path(r["png"]).is_file()
+
+
+@pytest.mark.skipif(not EXAMPLE_SLIDES, reason="no example mosaic in examples/")
+def test_tune_regions_writes_a_model_where_told(tmp_path: Path) -> None:
+    """--write names the model file to write; the bundled model's own file is never touched."""
+    from idcmap.errors import UsageError
+    from idcmap.model import bundled_model_path
+
+    slide = EXAMPLE_SLIDES[0]
+    bundled = bundled_model_path().read_bytes()
+    args = ["evaluate", "tune-regions", str(slide), "--device", "cpu"]
+    with pytest.raises(UsageError, match="package"):
+        _cli([*args, "--write", str(bundled_model_path())])
+    assert bundled_model_path().read_bytes() == bundled
+    out = tmp_path / "tuned" / "idc-tuned.json"
+    assert _cli([*args, "--write", str(out)]) == 0
+    tuned, shipped = load_model(out, device="cpu"), load_model(device="cpu")
+    assert tuned.sha256 == shipped.sha256
+    assert out.with_suffix(".safetensors").read_bytes() == (
+        bundled_model_path().with_suffix(".safetensors").read_bytes()
+    )
+    regions = tuned.config.training["regions"]
+    assert regions["chosen_on"] == [slide.stem] and 0.0 < regions["pooled_dice"] <= 1.0
+    assert tuned.config.tile_threshold == shipped.config.tile_threshold
+    assert 0.0 < tuned.config.region_threshold < 1.0
+
+
+def test_recorded_paths_name_no_folder_of_this_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from idcmap.train import portable_command, portable_path
+
+    monkeypatch.chdir(tmp_path)
+    assert portable_path(tmp_path / "data" / "patches") == "data/patches"  # below the cwd
+    assert portable_path("/srv/elsewhere/mosaics") == "mosaics"  # elsewhere: the name only
+    assert portable_path("../shared/patches") == "../shared/patches"  # relative: as given
+    assert portable_command(["idcmap", "train", "--out", "/srv/run/m.json", "--seed", "0"]) == (
+        "idcmap train --out m.json --seed 0"
+    )

@@ -21,6 +21,7 @@ from PIL import Image
 
 __all__ = [
     "downsample_image",
+    "drop_tag",
     "synthetic_he",
     "write_image",
     "write_ome_tiff",
@@ -248,6 +249,32 @@ def write_striped_tiff(
         metadata=None,
         **_resolution_kw(mpp, resolution_unit, None),
     )
+    return path
+
+
+def drop_tag(path: str | Path, code: int) -> Path:
+    """Remove tag ``code`` from the first IFD of a classic little-endian TIFF, in place.
+
+    tifffile always writes ``ResolutionUnit``; scanners' exports sometimes omit it (the TIFF
+    default is inch). The IFD's entries after the removed one move up 12 bytes; values stored
+    out of line keep their offsets.
+    """
+    import struct
+
+    path = Path(path)
+    data = bytearray(path.read_bytes())
+    if data[:4] != b"II*\x00":
+        raise ValueError("drop_tag handles classic little-endian TIFFs only")
+    (ifd,) = struct.unpack_from("<I", data, 4)
+    (n,) = struct.unpack_from("<H", data, ifd)
+    entries = [bytes(data[ifd + 2 + 12 * i : ifd + 14 + 12 * i]) for i in range(n)]
+    (next_ifd,) = struct.unpack_from("<I", data, ifd + 2 + 12 * n)
+    kept = [e for e in entries if struct.unpack_from("<H", e)[0] != code]
+    if len(kept) == n:
+        raise ValueError(f"tag {code} is not in the first IFD")
+    block = struct.pack("<H", len(kept)) + b"".join(kept) + struct.pack("<I", next_ifd)
+    data[ifd : ifd + len(block)] = block
+    path.write_bytes(bytes(data))
     return path
 
 

@@ -1,0 +1,71 @@
+"""Every knob of one run (:class:`Params`), with its unit and its check.
+
+A light module (no torch): the CLI takes its defaults from here without loading the pipeline.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from .errors import UsageError
+from .slide import BACKENDS, USER_MPP
+
+__all__ = ["Params"]
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+@dataclass(frozen=True)
+class Params:
+    """Every knob of one run, with its unit. ``None`` means "the model's default"."""
+
+    stride_px: int | None = None  # model px; default = patch size
+    threshold: float | None = None  # region threshold of the smoothed heatmap; default: model
+    smooth_um: float | None = None  # heatmap smoothing sigma, µm; default = the model's
+    mpp: float | None = None  # µm per level-0 px, overrides the slide's metadata
+    backend: str = "auto"
+    device: str = "auto"
+    batch_size: int = 512
+    workers: int = 2  # background reader threads
+    min_tissue: float = 0.2  # tissue fraction a tile needs to be evaluated
+    tissue_mpp: float = 16.0  # µm/px of the tissue mask
+    min_region_um2: float = 40_000.0  # IDC regions smaller than this are dropped
+    min_hole_um2: float = 40_000.0  # holes smaller than this are filled
+    simplify_um: float = 2.0  # polygon simplification tolerance
+    force_rgb: bool = False  # process non-brightfield images anyway
+
+    def validate(self) -> None:
+        """Check every knob; a bad value raises :class:`UsageError` naming it (``name=value``).
+
+        What needs the model (the stride dividing the patch size) or the machine (a CUDA
+        device being there) is checked where they are known.
+        """
+        if self.stride_px is not None and (
+            not isinstance(self.stride_px, int) or self.stride_px <= 0
+        ):
+            raise UsageError(f"stride_px={self.stride_px} must be a positive integer (model px)")
+        if self.threshold is not None and not (0.0 <= self.threshold <= 1.0):
+            raise UsageError(f"threshold={self.threshold} must lie in [0, 1] (an IDC probability)")
+        lo, hi = USER_MPP
+        if self.mpp is not None and not (math.isfinite(self.mpp) and lo <= self.mpp <= hi):
+            raise UsageError(
+                f"mpp={self.mpp} must be µm per pixel between {lo:g} and {hi:g} (0.25 for 40x)"
+            )
+        if self.backend not in BACKENDS:
+            raise UsageError(f"backend={self.backend} is unknown; use one of {', '.join(BACKENDS)}")
+        if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
+            raise UsageError(f"device={self.device} is unknown; use auto, cpu, cuda, cuda:N or mps")
+        if self.batch_size < 1:
+            raise UsageError(f"batch_size={self.batch_size} must be ≥ 1")
+        if self.workers < 0:
+            raise UsageError(f"workers={self.workers} must be ≥ 0")
+        for name in ("min_region_um2", "min_hole_um2", "simplify_um", "tissue_mpp", "smooth_um"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                raise UsageError(f"{name}={v} must be a number ≥ 0")
+        if self.tissue_mpp <= 0:
+            raise UsageError(f"tissue_mpp={self.tissue_mpp} must be µm per pixel > 0")
+        if not 0.0 <= self.min_tissue <= 1.0:
+            raise UsageError(f"min_tissue={self.min_tissue} must lie in [0, 1]")
