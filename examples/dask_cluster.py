@@ -14,7 +14,8 @@ import sys
 
 from distributed import Client
 
-from idcmap.distributed import expand_inputs, local_cluster, segment_slides
+from idcmap import segment_slides
+from idcmap.distributed import expand_inputs, local_cluster
 
 
 def main() -> int:
