@@ -92,8 +92,12 @@ def throughput(slides: list[str], work: Path, workers: list[int]) -> list[dict[s
     out = work / "serial"
     shutil.rmtree(out, ignore_errors=True)
     check_output_dir(out)
+    from idcmap.infer import threads_beside_readers
+    from idcmap.model import torch_threads
+
     t0 = time.perf_counter()
-    got = [process_slide(s, out, model=model, params=Params(device="cpu")) for s in slides]
+    with torch_threads(threads_beside_readers(Params().workers)):  # as `idcmap run` does
+        got = [process_slide(s, out, model=model, params=Params(device="cpu")) for s in slides]
     wall = time.perf_counter() - t0
     rows.append(_row("in-process (client=None)", slides, wall, got, None, None))
     for n in workers:

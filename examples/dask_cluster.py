@@ -26,7 +26,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, help="workers of the local cluster")
     args = ap.parse_args()
 
-    cluster = None if args.scheduler else local_cluster(args.workers, dashboard_address=None)
+    cluster = None if args.scheduler else local_cluster(args.workers)
     with Client(args.scheduler or cluster) as client:
         print(
             f"{len(client.scheduler_info()['workers'])} workers; dashboard {client.dashboard_link}"

@@ -28,6 +28,7 @@ outputs renamed into place only when complete. The client receives only the smal
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import uuid
@@ -245,7 +246,8 @@ def segment_slides(
         progress: a bar over the slides.
         retries: reruns of a task that raised outside its slide (e.g. the model file missing
             on a worker); a slide's own failures are never retried.
-        torch_threads: torch threads per worker (default: the worker's ``nthreads``).
+        torch_threads: torch's threads while a slide runs (restored after it); default: the
+            worker's ``nthreads`` on a cluster, torch's own setting in this process.
 
     Raises:
         UsageError, ModelError, OutputError: before any slide, for the whole batch.
@@ -261,7 +263,9 @@ def segment_slides(
             bar.update(1)
             yield o
         if client is None:
-            yield from _serial(queue, out, model, p, overwrite, tiles_geojson, progress, bar)
+            yield from _serial(
+                queue, out, model, p, overwrite, tiles_geojson, progress, torch_threads, bar
+            )
         else:
             yield from _on_cluster(
                 client, queue, out, model, p, overwrite, tiles_geojson, retries, torch_threads, bar
@@ -331,9 +335,11 @@ def _serial(
     overwrite: bool,
     tiles_geojson: bool,
     progress: bool,
+    torch_threads: int | None,
     bar: Any,
 ) -> Iterator[Outcome]:
     from .model import IDCModel, load_model
+    from .model import torch_threads as use_torch_threads
 
     if not queue:
         return
@@ -344,15 +350,16 @@ def _serial(
         net = load_model(None if model is None else Path(model), device=params.device)
     _check_stride(params, net.config.patch_px)
     for s in queue:
-        o = process_slide(
-            s,
-            out,
-            model=net,
-            params=params,
-            overwrite=overwrite,
-            tiles_geojson=tiles_geojson,
-            progress=progress and bar.disable,  # tile bars only when there is no slide bar
-        )
+        with use_torch_threads(torch_threads):  # per slide: not left set between yields
+            o = process_slide(
+                s,
+                out,
+                model=net,
+                params=params,
+                overwrite=overwrite,
+                tiles_geojson=tiles_geojson,
+                progress=progress and bar.disable,  # tile bars only when there is no slide bar
+            )
         bar.update(1)
         yield o
 
@@ -522,7 +529,9 @@ def local_cluster(
             "cls": Scheduler,
             "options": {"host": host, "dashboard_address": dashboard_address},
         }
-        return SpecCluster(scheduler=scheduler, workers=workers, name="idcmap-gpus")
+        return SpecCluster(
+            scheduler=scheduler, workers=workers, name="idcmap-gpus", silence_logs=logging.ERROR
+        )
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return LocalCluster(
         n_workers=n_workers or max(1, cores or 1),
@@ -530,6 +539,7 @@ def local_cluster(
         processes=True,
         host=host,
         dashboard_address=dashboard_address,
+        silence_logs=logging.ERROR,  # not the nanny's "still alive after 4 s" at close
     )
 
 
@@ -632,6 +642,11 @@ def run_cli(
 
     describe = describe or format_outcome
     slides = expand_inputs(inputs)
+    threads = None
+    if not scheduler:  # in this process: what `idcmap run` does, readers keep their cores
+        from .infer import threads_beside_readers
+
+        threads = threads_beside_readers(params.workers)
     client, cluster = connect(scheduler) if scheduler else (None, None)
     try:
         if client is not None:
@@ -652,6 +667,7 @@ def run_cli(
             overwrite=overwrite,
             progress=progress,
             tiles_geojson=tiles_geojson,
+            torch_threads=threads,
         ):
             counts[o.status] = counts.get(o.status, 0) + 1
             if o.status == FAILED:

@@ -223,7 +223,8 @@ def test_cuda_needs_gpu_workers(client: Any, slides: list[str], tmp_path: Path):
         list(segment_slides(slides[:1], tmp_path, client=client, params=Params(device="cuda")))
 
 
-def test_example_script(client: Any, slides: list[str], tmp_path: Path):
+def test_example_script_local_cluster(slides: list[str], tmp_path: Path):
+    """examples/dask_cluster.py as a user runs it: it starts its own local cluster."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     r = subprocess.run(
         [
@@ -232,8 +233,8 @@ def test_example_script(client: Any, slides: list[str], tmp_path: Path):
             slides[3],
             "--out",
             str(tmp_path),
-            "--scheduler",
-            client.scheduler.address,
+            "--workers",
+            "1",
         ],
         capture_output=True,
         text=True,
@@ -241,7 +242,8 @@ def test_example_script(client: Any, slides: list[str], tmp_path: Path):
         env=env,
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "done" in r.stdout and (tmp_path / _stem(slides[3]) / "summary.json").is_file()
+    assert "1 workers" in r.stdout and "done" in r.stdout, r.stdout
+    assert (tmp_path / _stem(slides[3]) / "summary.json").is_file()
 
 
 def test_worker_killed_mid_slide(client: Any, slides: list[str], tmp_path: Path):
