@@ -276,3 +276,18 @@ def test_worker_killed_mid_slide(client: Any, slides: list[str], tmp_path: Path)
     _no_leftovers(tmp_path)  # no partial folder, no lock file
     survivors = client.run(os.getpid)
     assert pids != survivors  # the nanny replaced the killed worker
+
+
+def test_url_names_and_missing_fsspec_backend():
+    import importlib.util
+
+    from idcmap.api import slide_stem
+    from idcmap.errors import SlideError
+    from idcmap.slide import open_slide
+
+    assert slide_stem("https://h.org/c/TCGA-A1.svs?X-Amz-Signature=ab%2Fc") == "TCGA-A1"
+    assert slide_stem("s3://bucket/dir/a%20b.ome.tiff") == "a b"
+    if importlib.util.find_spec("s3fs") is not None:
+        pytest.skip("s3fs is installed: the missing-backend message cannot be shown")
+    with pytest.raises(SlideError, match=r"needs the s3fs package"):
+        open_slide("s3://bucket/a.svs")
