@@ -6,15 +6,21 @@ overhead per task, and the bytes a worker reads per slide.
 
 Cases (each prints a table; all figures go to ``--json`` too):
 
-1. **throughput**: the same slides in this process (``segment_slides(client=None)``), then on a
+1. **throughput**: the same slides in this process (``process_slide`` one after another, model
+   loaded before the clock, torch threads as ``idcmap run`` sets them), then on a
    ``LocalCluster`` of 1 and of 2 single-threaded worker processes. Workers are warmed first
    (torch imported, model loaded through the plugin), so the figure is the steady state of a
    long batch; cluster start-up is printed apart.
+   **paired**: in this process and on one warm worker alternately, ``--repeats`` rounds over
+   ``--paired-slides`` slides (what running inside a worker costs, on a machine whose load
+   drifts).
 2. **scheduler**: ``--noop`` no-op tasks submitted one per key and gathered with
    ``as_completed`` (what ``segment_slides`` does), on 2 workers: seconds per task.
 3. **bytes**: the slides served by a local HTTP server with Range support (``tests/
    http_range.py``) and read by the workers through fsspec + tiffslide: body bytes and requests
    per slide against the file size, and slides per hour when reading over HTTP.
+4. **blocks**: the ``bytes`` case in this process for several fsspec block sizes and caches
+   (how ``idcmap.remote.BLOCK_BYTES`` / ``CACHE_TYPE`` were chosen).
 """
 
 from __future__ import annotations
@@ -113,7 +119,12 @@ def throughput(slides: list[str], work: Path, workers: list[int]) -> list[dict[s
 
 
 def _row(
-    case: str, slides: list[str], wall: float, got: list[Any], start: float | None, w: float | None
+    case: str,
+    slides: list[str],
+    wall: float,
+    got: list[Any],
+    start: float | None = None,
+    w: float | None = None,
 ) -> dict[str, Any]:
     done = sum(o.status == "done" for o in got)
     busy = sum(o.seconds for o in got)
@@ -127,6 +138,33 @@ def _row(
         "cluster_start_s": None if start is None else round(start, 2),
         "warm_s": None if w is None else round(w, 2),
     }
+
+
+def paired(slides: list[str], work: Path, repeats: int) -> list[dict[str, Any]]:
+    """In this process and on one warm worker, alternately: the cost of running in a worker."""
+    from idcmap.api import Params
+    from idcmap.infer import threads_beside_readers
+    from idcmap.model import load_model, torch_threads
+    from idcmap.runner import check_output_dir, process_slide
+
+    model = load_model(None, device="cpu")
+    c, client, _ = cluster(1)
+    rows = []
+    try:
+        warm(client)
+        for r in range(repeats):
+            out = work / f"paired-serial-{r}"
+            check_output_dir(out)
+            t0 = time.perf_counter()
+            with torch_threads(threads_beside_readers(Params().workers)):
+                got = [process_slide(s, out, model=model, params=Params()) for s in slides]
+            rows.append(_row(f"in-process, round {r + 1}", slides, time.perf_counter() - t0, got))
+            wall, got = batch(slides, work / f"paired-dask-{r}", client)
+            rows.append(_row(f"1 warm worker, round {r + 1}", slides, wall, got))
+    finally:
+        client.close()
+        c.close()
+    return rows
 
 
 def scheduler_overhead(n_tasks: int) -> dict[str, Any]:
@@ -176,6 +214,7 @@ def bytes_read(slides: list[str], work: Path, n_workers: int) -> list[dict[str, 
                 wall, got = batch(urls, work / "http", client)
                 for s, o in zip(group, sorted(got, key=lambda o: urls.index(o.path)), strict=True):
                     name = Path(s).name
+                    out_b = sum(f.stat().st_size for f in Path(o.out_dir or work).glob("*"))
                     rows.append(
                         {
                             "slide": name,
@@ -187,6 +226,7 @@ def bytes_read(slides: list[str], work: Path, n_workers: int) -> list[dict[str, 
                             ),
                             "requests": srv.requests[name],
                             "slide_s": round(o.seconds, 2),
+                            "out_MB": round(out_b / 1e6, 2) if o.out_dir else None,
                             "level_read": (o.summary or {}).get("slide", {}).get("level_read"),
                         }
                     )
@@ -200,6 +240,48 @@ def bytes_read(slides: list[str], work: Path, n_workers: int) -> list[dict[str, 
     finally:
         client.close()
         c.close()
+    return rows
+
+
+def blocks(slides: list[str]) -> list[dict[str, Any]]:
+    """Bytes and requests per slide over HTTP for fsspec block sizes and caches, in this
+    process (one slide at a time, ``segment_slide``): how ``idcmap.remote``'s setting was chosen."""
+    from http_range import serve
+
+    import idcmap.remote as remote
+    from idcmap.api import segment_slide
+    from idcmap.model import load_model
+
+    model = load_model(None, device="cpu")
+    saved = remote.BLOCK_BYTES, remote.CACHE_TYPE
+    rows = []
+    try:
+        for cache, block in (
+            ("readahead", 5 << 20),  # fsspec's default
+            ("readahead", 1 << 18),
+            ("blockcache", 1 << 16),
+            ("blockcache", 1 << 18),
+            ("blockcache", 1 << 20),
+            ("none", 1 << 16),
+        ):
+            remote.BLOCK_BYTES, remote.CACHE_TYPE = block, cache
+            for s in slides:
+                with serve(Path(s).parent) as srv:
+                    t0 = time.perf_counter()
+                    segment_slide(f"{srv.url}/{Path(s).name}", model=model, progress=False)
+                    rows.append(
+                        {
+                            "cache": cache,
+                            "block_KiB": block >> 10,
+                            "slide": Path(s).name,
+                            "file_MB": round(Path(s).stat().st_size / 1e6, 2),
+                            "read_MB": round(srv.bytes_sent[Path(s).name] / 1e6, 2),
+                            "requests": srv.requests[Path(s).name],
+                            "wall_s": round(time.perf_counter() - t0, 2),
+                        }
+                    )
+    finally:
+        remote.BLOCK_BYTES, remote.CACHE_TYPE = saved
     return rows
 
 
@@ -219,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", default="1,2", help="worker counts (default: 1,2)")
     ap.add_argument("--noop", type=int, default=2000, help="no-op tasks (default: 2000)")
     ap.add_argument("--http-slides", nargs="*", default=None, help="slides for the bytes case")
-    ap.add_argument("--cases", default="throughput,scheduler,bytes")
+    ap.add_argument("--cases", default="throughput,paired,scheduler,bytes,blocks")
+    ap.add_argument("--paired-slides", type=int, default=10, help="slides of the paired case")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of the paired case")
     ap.add_argument("--json", type=Path, default=HERE / "_work" / "dask_bench.json")
     a = ap.parse_args(argv)
     slides = a.slides or sorted(str(p) for p in SHARED.glob("*.tiff"))
@@ -240,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
             rows = throughput(slides, work, [int(x) for x in a.workers.split(",")])
             print(f"\n## throughput ({len(slides)} slides)\n\n{table(rows)}")
             result["throughput"] = rows
+        if "paired" in cases:
+            rows = paired(slides[: a.paired_slides], work, a.repeats)
+            print(f"\n## in-process vs one worker, alternately\n\n{table(rows)}")
+            result["paired"] = rows
         if "scheduler" in cases:
             row = scheduler_overhead(a.noop)
             print(f"\n## scheduler overhead\n\n{table([row])}")
@@ -248,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
             rows = bytes_read(a.http_slides or slides, work, 2)
             print(f"\n## bytes read per slide (over HTTP, tiffslide)\n\n{table(rows)}")
             result["bytes"] = rows
+        if "blocks" in cases:
+            rows = blocks(a.http_slides or slides[:1])
+            print(f"\n## fsspec block size and cache over HTTP (in this process)\n\n{table(rows)}")
+            result["blocks"] = rows
     result["load_after"] = os.getloadavg()
     print(f"\nload {result['load_after'][0]:.2f} (1 min) at the end")
     a.json.parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ REMOTE_SCHEMES = ("http", "https", "s3", "gs", "gcs", "az", "abfs")
 #: HTTP; with 256 KiB blocks in an LRU, the 377 MB 40x benchmark slide costs 8.3 MB in 34
 #: requests (read-ahead 256 KiB: 17.5 MB / 71; no cache: 5.2 MB / 387). See docs/cluster.md.
 BLOCK_BYTES = 1 << 18
+CACHE_TYPE = "blockcache"
 
 _PACKAGES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
 
@@ -146,7 +147,7 @@ def open_remote_slide(
 
 def _open_file(url: str) -> Any:
     fs, path = _fs(url)
-    return fs.open(path, "rb", block_size=BLOCK_BYTES, cache_type="blockcache")
+    return fs.open(path, "rb", block_size=BLOCK_BYTES, cache_type=CACHE_TYPE)
 
 
 class _RemoteReader(_TiffSlideReader):
