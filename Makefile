@@ -9,7 +9,7 @@ DEV_EXTRAS ?= train,dev,distributed
 DEMO_SLIDE ?= $(firstword $(wildcard examples/*.tiff))
 DEMO_OUT   ?= demo-out
 
-.PHONY: env env-dev demo test lint bench clean
+.PHONY: env env-dev demo test lint bench mutate clean
 
 env: $(RUN_STAMP)
 env-dev: $(DEV_STAMP)
@@ -47,6 +47,11 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/make_slides.py --mosaic ../shared/data/idc/slides/8975.tiff
 	$(BIN)/python benchmarks/run.py --slides 40x,l1l4,mosaic,2x2 --strides 50,25 \
 	    --cases e2e,floors,naive --wsinfer auto
+
+# A fixed list of realistic one-line bugs in slide, tiles, heatmap and regions, each run against
+# the tests that cover its module (~20 min on 2 cores; not part of `make test`). Prints the score.
+mutate: $(DEV_STAMP)
+	nice -n 15 $(BIN)/python benchmarks/mutate.py
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache .mypy_cache

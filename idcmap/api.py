@@ -153,6 +153,7 @@ def segment_slide(
         run_kw: dict[str, Any] = {
             "batch_size": p.batch_size,
             "workers": p.workers,
+            "torch_threads": p.torch_threads,
             "progress": progress,
             "desc": slide_stem(path),
         }

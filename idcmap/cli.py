@@ -14,7 +14,7 @@ import signal
 import sys
 import warnings
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,21 +31,7 @@ _FLAG_OF = {
 }
 #: Python-API names the library's messages may mention (``name=value``), translated by
 #: :func:`to_flags`.
-_API_NAMES = {
-    "stride_px",
-    "threshold",
-    "smooth_um",
-    "mpp",
-    "backend",
-    "device",
-    "batch_size",
-    "workers",
-    "min_tissue",
-    "tissue_mpp",
-    "min_region_um2",
-    "min_hole_um2",
-    "simplify_um",
-    "force_rgb",
+_API_NAMES = {f.name for f in fields(Params)} | {
     "allow_non_rgb",
     "overwrite",
     "tiles_geojson",
@@ -174,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"background reader threads (default: {d.workers})",
     )
     run.add_argument(
+        "--torch-threads",
+        type=_positive_int,
+        default=d.torch_threads,
+        help="torch threads for the model on CPU (default: the cores left beside --workers)",
+    )
+    run.add_argument(
         "--min-tissue",
         type=_finite,
         default=d.min_tissue,
@@ -247,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--debug", action="store_true", help="print tracebacks")
     info.set_defaults(func=cmd_info)
 
+    from .viewer.cli import add_parser as add_view_parser
+
+    add_view_parser(sub)
+
     try:
         from .cli_training import register
     except ImportError:  # training commands are optional
@@ -263,7 +259,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     # every Params field has the flag flag_of(field): --stride for stride_px, --mpp for mpp...
     params = Params(**{f.name: getattr(args, _dest(f.name)) for f in fields(Params)})
     params.validate()
-    if args.scheduler or any("://" in str(s) for s in args.slides):  # a cluster, or URLs
+    # the CLI owns its process: readers get their cores (on a cluster, each worker's nthreads)
+    if params.torch_threads is None and not args.scheduler:
+        from .infer import threads_beside_readers
+
+        params = replace(params, torch_threads=threads_beside_readers(params.workers))
+    if args.scheduler or any("://" in str(s) for s in args.slides):  # a Dask cluster, or URLs
         from .distributed import run_cli
 
         return run_cli(

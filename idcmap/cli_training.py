@@ -310,9 +310,18 @@ def _truths(args: argparse.Namespace) -> list[Path]:
 
 def cmd_tune_regions(args: argparse.Namespace) -> int:
     from .evaluate import tune_regions, write_json
-    from .modelfile import bundled_model_path, find_config, read_config, save_config, weights_path
+    from .modelfile import (
+        bundled_model_path,
+        check_destination,
+        find_config,
+        read_config,
+        save_config,
+        weights_path,
+    )
     from .train import portable_command
 
+    if args.write is not None:
+        check_destination(args.write)  # before the slides are run, not after
     rep = tune_regions(args.slides, _truths(args), args.model, device=args.device)
     b = rep["best"]
     print(

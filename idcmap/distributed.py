@@ -13,8 +13,8 @@ outputs renamed into place only when complete. The client receives only the smal
 * **GPU**: when the device is CUDA (``device='cuda'``, or ``'auto'`` on a cluster whose workers
   declare a ``GPU`` resource), each task asks for ``resources={"GPU": 1}``: start GPU workers with
   ``--resources GPU=1`` (one worker per GPU; :func:`local_cluster` does it on one machine).
-* **Threads**: torch's intra-op threads follow the worker's ``nthreads`` (or
-  ``torch_threads=``), set for each task and restored after it.
+* **Threads**: torch's threads follow ``params.torch_threads`` or, when it is None, the
+  worker's ``nthreads``, set for each task and restored after it.
 * **Faults**: a slide's own failure (bad file, no µm/px) is a ``failed`` Outcome, reported once
   and never retried. A worker that dies mid-slide (SIGKILL, out of memory, node lost) makes the
   scheduler run the slide again on another worker (up to ``distributed.scheduler.
@@ -126,7 +126,8 @@ def model_ref(model: IDCModel | str | os.PathLike[str] | None, device: str = "au
 
 class ModelCache(_PluginBase):
     """Worker plugin: the worker's models, loaded on first use and kept (keyed by sha256 and
-    device), and torch's thread count set to the worker's ``nthreads`` (or ``torch_threads``).
+    device); it also knows the worker's ``nthreads`` (torch's threads when the task's params
+    leave them to the worker).
 
     Registered by :func:`segment_slides` under :func:`plugin_name` (idempotent: a later batch
     on the same cluster keeps the loaded models); workers that join later (``adapt``) get it too.
@@ -134,8 +135,7 @@ class ModelCache(_PluginBase):
 
     idempotent = True
 
-    def __init__(self, torch_threads: int | None = None) -> None:
-        self.torch_threads = torch_threads
+    def __init__(self) -> None:
         self._models: dict[tuple[str | None, str, str], IDCModel] = {}
         self._lock = threading.Lock()
         self._nthreads = 1
@@ -158,18 +158,18 @@ class ModelCache(_PluginBase):
             return model
 
     def threads(self) -> int:
-        return max(1, self.torch_threads or self._nthreads)
+        return max(1, self._nthreads)
 
-    def __getstate__(self) -> dict[str, Any]:  # sent to the workers: settings only
-        return {"torch_threads": self.torch_threads}
+    def __getstate__(self) -> dict[str, Any]:  # sent to the workers: no models, no lock
+        return {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["torch_threads"])  # type: ignore[misc]
+        self.__init__()  # type: ignore[misc]
 
 
-def plugin_name(torch_threads: int | None = None) -> str:
-    """The :class:`ModelCache`'s name on the workers (one per torch-threads setting)."""
-    return PLUGIN_NAME if torch_threads is None else f"{PLUGIN_NAME}-t{torch_threads}"
+def plugin_name() -> str:
+    """The :class:`ModelCache`'s name on the workers."""
+    return PLUGIN_NAME
 
 
 def _load(ref: ModelRef) -> IDCModel:
@@ -202,7 +202,8 @@ def _slide_task(
     found = get_worker().plugins.get(plugin)
     cache = found if isinstance(found, ModelCache) else ModelCache()
     model = cache.get(ref)  # a ModelError raises: retried on another worker, then reported
-    with use_torch_threads(cache.threads()):  # for this task, restored after it
+    # params.torch_threads, if given, is applied by the pipeline itself around the model
+    with use_torch_threads(None if params.torch_threads else cache.threads()):
         return process_slide(
             path,
             out_dir,
@@ -229,7 +230,6 @@ def segment_slides(
     progress: bool = True,
     tiles_geojson: bool = False,
     retries: int = 2,
-    torch_threads: int | None = None,
 ) -> Iterator[Outcome]:
     """Segment many slides into ``out_dir``; yields one :class:`~idcmap.runner.Outcome` per
     input as it finishes (in completion order; ``Outcome.path`` says which).
@@ -241,13 +241,12 @@ def segment_slides(
             every worker sees (a shared file system).
         client: a ``distributed.Client``: one task per slide on its cluster; None: this process.
         model: a loaded model (saved to a file), a model ``.json`` path, or None (bundled).
-        params: pipeline parameters (:class:`~idcmap.api.Params`).
+        params: pipeline parameters (:class:`~idcmap.api.Params`); with a ``client``,
+            ``torch_threads=None`` means each worker's ``nthreads``.
         overwrite: redo slides whose outputs exist (else they come back ``skipped``).
         progress: a bar over the slides.
         retries: reruns of a task that raised outside its slide (e.g. the model file missing
             on a worker); a slide's own failures are never retried.
-        torch_threads: torch's threads while a slide runs (restored after it); default: the
-            worker's ``nthreads`` on a cluster, torch's own setting in this process.
 
     Raises:
         UsageError, ModelError, OutputError: before any slide, for the whole batch.
@@ -263,12 +262,10 @@ def segment_slides(
             bar.update(1)
             yield o
         if client is None:
-            yield from _serial(
-                queue, out, model, p, overwrite, tiles_geojson, progress, torch_threads, bar
-            )
+            yield from _serial(queue, out, model, p, overwrite, tiles_geojson, progress, bar)
         else:
             yield from _on_cluster(
-                client, queue, out, model, p, overwrite, tiles_geojson, retries, torch_threads, bar
+                client, queue, out, model, p, overwrite, tiles_geojson, retries, bar
             )
     finally:
         bar.close()
@@ -335,11 +332,9 @@ def _serial(
     overwrite: bool,
     tiles_geojson: bool,
     progress: bool,
-    torch_threads: int | None,
     bar: Any,
 ) -> Iterator[Outcome]:
     from .model import IDCModel, load_model
-    from .model import torch_threads as use_torch_threads
 
     if not queue:
         return
@@ -350,16 +345,15 @@ def _serial(
         net = load_model(None if model is None else Path(model), device=params.device)
     _check_stride(params, net.config.patch_px)
     for s in queue:
-        with use_torch_threads(torch_threads):  # per slide: not left set between yields
-            o = process_slide(
-                s,
-                out,
-                model=net,
-                params=params,
-                overwrite=overwrite,
-                tiles_geojson=tiles_geojson,
-                progress=progress and bar.disable,  # tile bars only when there is no slide bar
-            )
+        o = process_slide(
+            s,
+            out,
+            model=net,
+            params=params,
+            overwrite=overwrite,
+            tiles_geojson=tiles_geojson,
+            progress=progress and bar.disable,  # tile bars only when there is no slide bar
+        )
         bar.update(1)
         yield o
 
@@ -380,7 +374,6 @@ def _on_cluster(
     overwrite: bool,
     tiles_geojson: bool,
     retries: int,
-    torch_threads: int | None,
     bar: Any,
 ) -> Iterator[Outcome]:
     _need_distributed()
@@ -396,8 +389,8 @@ def _on_cluster(
     client.submit(
         check_output_dir, out, pure=False, key=f"idcmap-check-out-{uuid.uuid4().hex}"
     ).result()
-    name = plugin_name(torch_threads)
-    client.register_plugin(ModelCache(torch_threads), name=name)
+    name = plugin_name()
+    client.register_plugin(ModelCache(), name=name)
     resources = _resources(client, params.device)
     token = uuid.uuid4().hex[:8]
     futures = {}
@@ -642,11 +635,7 @@ def run_cli(
 
     describe = describe or format_outcome
     slides = expand_inputs(inputs)
-    threads = None
-    if not scheduler:  # in this process: what `idcmap run` does, readers keep their cores
-        from .infer import threads_beside_readers
 
-        threads = threads_beside_readers(params.workers)
     client, cluster = connect(scheduler) if scheduler else (None, None)
     try:
         if client is not None:
@@ -667,7 +656,6 @@ def run_cli(
             overwrite=overwrite,
             progress=progress,
             tiles_geojson=tiles_geojson,
-            torch_threads=threads,
         ):
             counts[o.status] = counts.get(o.status, 0) + 1
             if o.status == FAILED:

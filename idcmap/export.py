@@ -380,7 +380,9 @@ def heatmap_png(
     pw, ph = max(1, round(tw * scale)), max(1, round(th * scale))
     img = Image.fromarray(thumb, "RGB")
     if (pw, ph) != (tw, th):
-        img = img.resize((pw, ph), Image.Resampling.LANCZOS if scale < 1 else Image.BILINEAR)
+        img = img.resize(
+            (pw, ph), Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BILINEAR
+        )
     base = np.asarray(img, dtype=np.float32)
     # level-0 size of one picture pixel
     psx, psy = sx * tw / pw, sy * th / ph
@@ -500,7 +502,7 @@ def heatmap_npz(heatmap: Heatmap, path: PathLike, **extra: Any) -> None:
         raise ValueError(f"extra names clash with the heatmap's: {sorted(clash)}")
     arrays.update({k: np.asarray(v) for k, v in extra.items()})
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
+    np.savez_compressed(buf, **arrays)
     with open(path, "wb") as f:  # np.savez would append ".npz" to a path without it
         f.write(buf.getbuffer())
 

@@ -35,7 +35,7 @@ class Heatmap:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.prob.shape  # type: ignore[return-value]
+        return self.prob.shape
 
     @property
     def tissue(self) -> np.ndarray:
@@ -54,7 +54,8 @@ class Heatmap:
         cw, ch = self.cell_level0_px
         cx = ox + (np.arange(cols) + 0.5) * cw
         cy = oy + (np.arange(rows) + 0.5) * ch
-        return np.meshgrid(cx, cy)  # type: ignore[return-value]
+        gx, gy = np.meshgrid(cx, cy)
+        return gx, gy
 
 
 def stitch(

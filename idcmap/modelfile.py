@@ -79,11 +79,6 @@ class ModelConfig:
         if math.isnan(self.region_threshold):
             object.__setattr__(self, "region_threshold", self.tile_threshold)
 
-    @property
-    def threshold(self) -> float:
-        """Read-only alias of :attr:`tile_threshold` while callers move to the new name."""
-        return self.tile_threshold
-
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with ``changes`` (field names as keywords)."""
         return dataclasses.replace(self, **changes)
@@ -214,7 +209,7 @@ def save_model(net: nn.Module, config: ModelConfig, json_path: str | Path) -> Mo
     sha256. Returns the config as written."""
     from safetensors.torch import save_file
 
-    json_path = _destination(json_path)
+    json_path = check_destination(json_path)
     weights = json_path.with_suffix(".safetensors")
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,7 +224,7 @@ def save_config(config: ModelConfig, json_path: str | Path, weights: str | Path)
     re-tuned config): the weights are copied next to ``json_path`` unless they are there
     already, checked against ``config.weights_sha256``, and the config is written. Returns the
     config as written."""
-    json_path = _destination(json_path)
+    json_path = check_destination(json_path)
     weights = Path(weights)
     target = json_path.with_suffix(".safetensors")
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -248,7 +243,7 @@ def save_config(config: ModelConfig, json_path: str | Path, weights: str | Path)
     return cfg
 
 
-def _destination(json_path: str | Path) -> Path:
+def check_destination(json_path: str | Path) -> Path:
     """Check a path a model is to be written to: a ``.json``, outside the installed package
     (whose bundled model must stay as shipped, with its sha256)."""
     json_path = Path(json_path)

@@ -29,6 +29,9 @@ class Params:
     device: str = "auto"
     batch_size: int = 512
     workers: int = 2  # background reader threads
+    # torch threads for the model on CPU during the call (restored after); None leaves torch's
+    # process-wide setting alone (the CLI passes the cores left beside the readers)
+    torch_threads: int | None = None
     min_tissue: float = 0.2  # tissue fraction a tile needs to be evaluated
     tissue_mpp: float = 16.0  # µm/px of the tissue mask
     min_region_um2: float = 40_000.0  # IDC regions smaller than this are dropped
@@ -61,6 +64,10 @@ class Params:
             raise UsageError(f"batch_size={self.batch_size} must be ≥ 1")
         if self.workers < 0:
             raise UsageError(f"workers={self.workers} must be ≥ 0")
+        if self.torch_threads is not None and (
+            not isinstance(self.torch_threads, int) or self.torch_threads < 1
+        ):
+            raise UsageError(f"torch_threads={self.torch_threads} must be a positive integer")
         for name in ("min_region_um2", "min_hole_um2", "simplify_um", "tissue_mpp", "smooth_um"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v >= 0):

@@ -211,6 +211,7 @@ def process_slide(
     progress: bool = False,
     debug: bool = False,
     wait_for_lock: bool = True,
+    extra_outputs: Iterable[str] = (),
 ) -> Outcome:
     """Segment one slide into ``out_dir/<stem>/``, safely alongside other runs on that folder.
 
@@ -221,6 +222,7 @@ def process_slide(
     whose message is one short line. ``out_dir`` must exist (see :func:`check_output_dir`).
 
     Args:
+        tiles_geojson, extra_outputs: opt-in outputs (see :data:`idcmap.outputs.OUTPUTS`).
         debug: put the traceback of every failure in ``Outcome.detail`` (an internal error's
             is always there; an :class:`IDCMapError`'s detail is otherwise its ``detail``).
     """
@@ -238,7 +240,9 @@ def process_slide(
         t0 = time.perf_counter()
         try:
             result = segment_slide(s, model=model, progress=progress, params=params)
-            final = result.save(out, tiles_geojson=tiles_geojson, overwrite=True)
+            final = result.save(
+                out, tiles_geojson=tiles_geojson, overwrite=True, extra_outputs=extra_outputs
+            )
         except IDCMapError as e:
             detail = "\n".join(filter(None, [e.detail, traceback.format_exc() if debug else ""]))
             return Outcome(
@@ -276,6 +280,7 @@ def run_batch(
     debug: bool = False,
     report: Callable[[str], None] = print,
     describe: Callable[[Outcome], str] | None = None,
+    extra_outputs: Iterable[str] = (),
 ) -> list[Outcome]:
     """Segment every slide into ``out_dir`` with :func:`process_slide`; returns one
     :class:`Outcome` per slide, in order. A slide busy in another run is taken again at the end,
@@ -315,6 +320,7 @@ def run_batch(
         "tiles_geojson": tiles_geojson,
         "progress": progress,
         "debug": debug,
+        "extra_outputs": tuple(extra_outputs),
     }
     describe = describe or format_outcome
     deferred: list[int] = []

@@ -187,8 +187,12 @@ class _OpenSlideReader:
         import openslide
 
         self._osr = openslide.OpenSlide(path)
-        self.level_dimensions = tuple(tuple(int(v) for v in d) for d in self._osr.level_dimensions)
-        self.level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
+        self.level_dimensions: tuple[tuple[int, int], ...] = tuple(
+            (int(w), int(h)) for w, h in self._osr.level_dimensions
+        )
+        self.level_downsamples: tuple[float, ...] = tuple(
+            float(d) for d in self._osr.level_downsamples
+        )
         self.properties = dict(self._osr.properties)
         self.vendor = self.properties.get("openslide.vendor")
 
@@ -196,7 +200,8 @@ class _OpenSlideReader:
         self, location_level0_px: tuple[int, int], level: int, size: tuple[int, int]
     ) -> np.ndarray:
         img = self._osr.read_region(location_level0_px, level, size)
-        if img.mode == "RGBA" and img.getextrema()[3][0] == 255:
+        extrema: Any = img.getextrema()  # per band (min, max)
+        if img.mode == "RGBA" and extrema[3][0] == 255:
             return np.asarray(img.convert("RGB"))  # opaque: PIL drops alpha in one C pass
         return _flatten_alpha(np.asarray(img.convert("RGBA")))
 
@@ -230,8 +235,12 @@ class _TiffSlideReader:
         import tiffslide
 
         self._ts = tiffslide.TiffSlide(path)
-        self.level_dimensions = tuple(tuple(int(v) for v in d) for d in self._ts.level_dimensions)
-        self.level_downsamples = tuple(float(d) for d in self._ts.level_downsamples)
+        self.level_dimensions: tuple[tuple[int, int], ...] = tuple(
+            (int(w), int(h)) for w, h in self._ts.level_dimensions
+        )
+        self.level_downsamples: tuple[float, ...] = tuple(
+            float(d) for d in self._ts.level_downsamples
+        )
         self.properties = dict(self._ts.properties)
         self.vendor = self.properties.get("tiffslide.vendor")
         if scaling is True:
@@ -295,8 +304,8 @@ class _ImageReader:
             shared.setflags(write=False)
         self.array = shared
         h, w = shared.shape[:2]
-        self.level_dimensions = ((w, h),)
-        self.level_downsamples = (1.0,)
+        self.level_dimensions: tuple[tuple[int, int], ...] = ((int(w), int(h)),)
+        self.level_downsamples: tuple[float, ...] = (1.0,)
         self.properties: dict[str, Any] = {}
 
     def _to_rgb(self, im: Image.Image, path: str, allow_non_rgb: bool) -> np.ndarray:

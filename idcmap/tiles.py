@@ -65,7 +65,7 @@ class TileGrid:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.keep.shape  # type: ignore[return-value]
+        return self.keep.shape
 
     @property
     def cells_per_tile(self) -> int:
@@ -125,9 +125,15 @@ def make_grid(
         cell_frac = _cell_tissue_fraction(
             tissue, rows + k - 1, cols + k - 1, stride_px * fx, stride_px * fy
         )
-    # tile fraction = mean of its k×k cells (summed-area table)
-    sat = np.pad(cell_frac, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
-    tile_frac = (sat[k:, k:] - sat[:-k, k:] - sat[k:, :-k] + sat[:-k, :-k]) / (k * k)
+    # tile fraction = mean of its k×k cells, as k row sums then k column sums: no summed-area
+    # table, whose float cancellation would put a tile at exactly min_tissue on either side of it
+    rows_k = np.zeros((rows, cols + k - 1))
+    for dy in range(k):
+        rows_k += cell_frac[dy : dy + rows]
+    tile_frac = np.zeros((rows, cols))
+    for dx in range(k):
+        tile_frac += rows_k[:, dx : dx + cols]
+    tile_frac /= k * k
     return TileGrid(
         model_mpp=model_mpp,
         patch_px=patch_px,

@@ -77,6 +77,7 @@ def colour_jitter(
     scale, shift = 1 + u(n, 3, s=hed), u(n, 1, 3, s=hed_bias)
     a = m_inv.unsqueeze(0) * scale.unsqueeze(1) @ m  # N×3×3
     h, w = x.shape[2:]
+    # optical density; the floor only guards log(0): 1e-3 < 1/255, the darkest non-zero pixel
     od = -torch.log(x.clamp_min(1e-3)).flatten(2).transpose(1, 2)  # N×HW×3
     od = torch.baddbmm(shift @ m, od, a)
     x = torch.exp(-od).transpose(1, 2).reshape(n, 3, h, w)

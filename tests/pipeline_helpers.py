@@ -18,7 +18,7 @@ from idcmap.modelfile import ModelConfig, save_model
 
 
 def _logits(p: torch.Tensor) -> torch.Tensor:
-    p = p.clamp(1e-6, 1 - 1e-6)
+    p = p.clamp(1e-6, 1 - 1e-6)  # finite logits for a red of 0 or 255
     lg = torch.log(p / (1 - p))
     return torch.stack([torch.zeros_like(lg), lg], 1)
 

@@ -14,8 +14,10 @@ from pipeline_helpers import colour_model
 from tiffgen import write_pyramid_tiff
 
 from idcmap.api import Params, segment_slide
-from idcmap.heatmap import stitch
-from idcmap.tiles import BLOCK_MODEL_PX
+from idcmap.heatmap import Heatmap, smooth, stitch
+from idcmap.slide import open_slide
+from idcmap.tiles import BLOCK_MODEL_PX, MAX_READ_PX, make_grid, plan_blocks
+from idcmap.tissue import TissueMask
 
 
 def expected_heatmap(red: np.ndarray, patch: int, stride: int) -> np.ndarray:
@@ -111,3 +113,77 @@ def test_stitch_full_grid_edges() -> None:
     assert out[0, 0] == prob[0, 0] and out[-1, -1] == prob[-1, -1]
     assert out[0, 1] == pytest.approx(prob[0, :2].mean())
     assert out[1, 1] == pytest.approx(prob[:2, :2].mean())
+
+
+@pytest.mark.parametrize("stride", [50, 25, 10])
+def test_tile_tissue_fraction_and_keep(tmp_path: Path, stride: int) -> None:
+    """Tile tissue fractions against a random tissue mask of 5 level-0 px per mask px (model =
+    level 0 at 4 µm/px): a tile's fraction is the share of mask pixels whose centre lies in it;
+    a tile exactly at min_tissue is kept."""
+    img = np.full((400, 600, 3), 200, np.uint8)
+    path = write_pyramid_tiff(tmp_path / "s.tiff", img, 4.0, downsamples=(1,), compression="zlib")
+    mask = np.random.default_rng(stride).random((80, 120)) < 0.5
+    tissue = TissueMask(mask, (0.0, 0.0), (5.0, 5.0), 20.0, np.zeros((80, 120, 3), np.uint8))
+    with open_slide(path) as slide:
+        grid = make_grid(slide, tissue, model_mpp=4.0, patch_px=50, stride_px=stride)
+    rows, cols = grid.shape
+    padded = np.zeros((rows * stride // 5 + 10, cols * stride // 5 + 10))
+    padded[:80, :120] = mask
+    s = stride // 5  # mask px per stride
+    expect = np.array(
+        [
+            [padded[r * s : r * s + 10, c * s : c * s + 10].mean() for c in range(cols)]
+            for r in range(rows)
+        ]
+    )
+    np.testing.assert_allclose(grid.tissue_fraction, expect, atol=1e-6)
+    with open_slide(path) as slide:
+        kept = make_grid(
+            slide, tissue, model_mpp=4.0, patch_px=50, stride_px=stride, min_tissue=0.5
+        ).keep
+    clear = np.abs(expect - 0.5) > 1e-9
+    assert (kept[clear] == (expect[clear] > 0.5)).all()
+    if stride == 50:  # fractions are exact here (n / 100): a tile at exactly 0.5 is kept
+        at = expect == 0.5
+        assert at.any() and kept[at].all()
+
+
+@pytest.mark.parametrize("stride", [50, 25, 10, 5])
+def test_blocks_stay_within_their_size_limits(tmp_path: Path, stride: int) -> None:
+    img = np.full((1500, 2600, 3), 200, np.uint8)
+    path = write_pyramid_tiff(tmp_path / "s.tiff", img, 4.0, downsamples=(1,), compression="zlib")
+    with open_slide(path) as slide:
+        grid = make_grid(slide, None, model_mpp=4.0, patch_px=50, stride_px=stride)
+    blocks = plan_blocks(grid, 1.0)
+    assert len(blocks) > 1
+    covered = np.zeros(grid.shape, int)
+    for r0, r1, c0, c1 in blocks:
+        for n in (r1 - r0, c1 - c0):
+            side = (n - 1) * stride + 50  # model px = level px here
+            assert side <= min(BLOCK_MODEL_PX, MAX_READ_PX)
+        covered[r0:r1, c0:c1] += 1
+    assert (covered == 1).all()  # every tile in exactly one block
+
+
+def _hm(prob: np.ndarray, cell_um: float = 200.0) -> Heatmap:
+    return Heatmap(
+        prob.astype(np.float32), (0.0, 0.0), (cell_um / 4, cell_um / 4), 4.0, 4.0, 50, 50
+    )
+
+
+def test_smooth_sigma_is_in_um_and_tissue_aware() -> None:
+    from scipy import ndimage
+
+    prob = np.zeros((15, 15))
+    prob[7, 7] = 1.0
+    out = smooth(_hm(prob), 400.0).prob  # sigma 400 µm = 2 cells of 200 µm
+    ref = ndimage.gaussian_filter(prob, 2.0, mode="constant") / ndimage.gaussian_filter(
+        np.ones_like(prob), 2.0, mode="constant"
+    )
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+    # constant IDC probability beside glass (NaN) stays constant: glass does not pull it down
+    flat = np.full((9, 9), 0.8)
+    flat[:, :4] = np.nan
+    sm = smooth(_hm(flat), 400.0).prob
+    assert np.isnan(sm[:, :4]).all()
+    np.testing.assert_allclose(sm[:, 4:], 0.8, atol=1e-6)

@@ -226,6 +226,19 @@ def test_keyword_arguments_override_params(tmp_path: Path) -> None:
     assert res.summary["parameters"]["stride_px"] == 50
 
 
+def test_library_leaves_torch_threads_alone_unless_asked(tmp_path: Path) -> None:
+    import torch
+
+    path, _ = cell_slide(tmp_path, 4.0, (1,))
+    model = tiny_model_file(tmp_path)
+    before = torch.get_num_threads()
+    segment_slide(path, model=model, progress=False, params=Params(workers=2))
+    assert torch.get_num_threads() == before
+    res = segment_slide(path, model=model, progress=False, params=Params(torch_threads=1))
+    assert torch.get_num_threads() == before  # set for the call, restored after
+    assert res.summary["parameters"]["torch_threads"] == 1
+
+
 def test_cli_run_batch_continues_after_bad_slides(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -214,6 +214,23 @@ def test_idc_mask_min_region_and_hole_in_um2() -> None:
     assert not m[0].any() and not m[:, 0].any()
 
 
+def test_idc_mask_background_at_the_grid_border_is_never_a_hole() -> None:
+    """A small notch of background open to the grid border stays open, however small."""
+    mask = grid(
+        """
+        ##.##
+        #####
+        #####
+        #...#
+        #####
+        """
+    )
+    hm = make_heatmap(np.where(mask, 0.9, 0.1))
+    m = idc_mask(hm, 0.5, min_region_um2=0, min_hole_um2=10 * hm.cell_area_um2)
+    assert not m[0, 2]  # the notch touches the border: not a hole
+    assert m[3, 1:4].all()  # the enclosed 3 cells are
+
+
 def test_idc_mask_fills_non_tissue_holes() -> None:
     prob = np.full((5, 5), 0.9, np.float32)
     prob[2, 2] = np.nan  # a lumen: not tissue

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tiffgen import (
+    downsample_image,
     drop_tag,
     synthetic_he,
     write_image,
@@ -192,6 +193,29 @@ def test_resolution_units(gen: dict[str, Path]) -> None:
     assert (info.mpp, info.mpp_source) == (pytest.approx(0.5), "tiffslide.mpp-x")
 
 
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
+def test_anisotropic_pixels_keep_their_y_resolution(
+    tmp_path: Path, he: np.ndarray, backend: str
+) -> None:
+    """x and y µm/px differ (0.5 and 0.6): the y one comes from the y tag, not from x."""
+    import tifffile
+
+    path = tmp_path / "aniso.tiff"
+    tifffile.imwrite(
+        path,
+        he,
+        photometric="rgb",
+        tile=(256, 256),
+        compression="zlib",
+        metadata=None,
+        resolution=(1e4 / 0.5, 1e4 / 0.6),
+        resolutionunit="CENTIMETER",
+    )
+    info = slide_info(path, backend=backend)
+    assert info.mpp_source == f"{backend}.mpp-x"
+    assert (info.mpp, info.mpp_y) == (pytest.approx(0.5), pytest.approx(0.6))
+
+
 def test_idcmaps_own_resolution_rule(tmp_path: Path, he: np.ndarray) -> None:
     """Where no backend reads the resolution tags, idcmap's own rule decides (source
     "tiff-resolution"): a TIFF without ResolutionUnit (the TIFF default is inch; tiffslide then
@@ -301,6 +325,23 @@ def test_read_region_edges(gen: dict[str, Path], he: np.ndarray) -> None:
         assert s.read_region((0, 0), 2, (0, 5)).shape == (5, 0, 3)
         with pytest.raises(UsageError, match="level"):
             s.read_region((0, 0), 3, (4, 4))
+
+
+def test_read_region_at_a_reduced_level_floors_the_location(
+    gen: dict[str, Path], he: np.ndarray
+) -> None:
+    """A level-0 location maps to level px by flooring: pixel-exact with tiffslide on a lossless
+    pyramid, for locations that are not multiples of the downsample (OpenSlide renders those
+    with a sub-pixel shift; idcmap's own reads always start on level pixels)."""
+    level1 = downsample_image(he, 4)
+    with open_slide(gen["zlib"], backend="tiffslide") as s:
+        assert s.info.level_downsamples[1] == 4.0
+        m = 32  # white margin: reads may start before the image or run past its end
+        padded = np.pad(level1, ((m, m), (m, m), (0, 0)), constant_values=255)
+        for x0, y0 in ((0, 0), (3, 2), (6, 7), (13, 17), (398, 201), (-2, -6), (894, 590)):
+            out = s.read_region((x0, y0), 1, (20, 10))
+            ly, lx = y0 // 4 + m, x0 // 4 + m
+            np.testing.assert_array_equal(out, padded[ly : ly + 10, lx : lx + 20], str((x0, y0)))
 
 
 def test_tiny_slide(gen: dict[str, Path]) -> None:
