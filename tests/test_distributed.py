@@ -223,6 +223,26 @@ def test_cuda_needs_gpu_workers(client: Any, slides: list[str], tmp_path: Path):
         list(segment_slides(slides[:1], tmp_path, client=client, params=Params(device="cuda")))
 
 
+def test_gpu_workers_get_the_slides(client: Any, slides: list[str], tmp_path: Path):
+    """device='auto' on a cluster where one worker declares GPU=1: every slide task asks for it
+    and runs there (the worker has no GPU: 'auto' then computes on its CPU)."""
+    from distributed import get_task_stream
+
+    async def declare(dask_worker: Any, n: float) -> None:
+        await dask_worker.set_resources(GPU=n)
+
+    gpu = sorted(client.scheduler_info()["workers"])[0]
+    client.run(declare, n=1, workers=[gpu])
+    try:
+        with get_task_stream(client) as ts:
+            got = list(segment_slides(slides[:2], tmp_path, client=client, progress=False))
+        assert [o.status for o in got] == ["done", "done"]
+        ran = {t["worker"] for t in ts.data if str(t["key"]).startswith("idcmap-slide-")}
+        assert ran == {gpu}, ran
+    finally:
+        client.run(declare, n=0, workers=[gpu])
+
+
 def test_example_script_local_cluster(slides: list[str], tmp_path: Path):
     """examples/dask_cluster.py as a user runs it: it starts its own local cluster."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
