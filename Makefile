@@ -49,7 +49,7 @@ bench: $(DEV_STAMP)
 	    --cases e2e,floors,naive --wsinfer auto
 
 # A fixed list of realistic one-line bugs in slide, tiles, heatmap and regions, each run against
-# the tests that cover its module (~20 min on 2 cores; not part of `make test`). Prints the score.
+# the tests that cover its module (~5 min on 2 idle cores; not part of `make test`). Prints the score.
 mutate: $(DEV_STAMP)
 	nice -n 15 $(BIN)/python benchmarks/mutate.py
 

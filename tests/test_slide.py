@@ -216,6 +216,21 @@ def test_anisotropic_pixels_keep_their_y_resolution(
     assert (info.mpp, info.mpp_y) == (pytest.approx(0.5), pytest.approx(0.6))
 
 
+def test_transparent_pixels_read_as_white(tmp_path: Path, he: np.ndarray) -> None:
+    """An RGBA slide: fully transparent pixels are white (as QuPath paints them over a white
+    background), opaque ones keep their colour, half-transparent ones are blended with white."""
+    rgba = np.dstack([he, np.full(he.shape[:2], 255, np.uint8)])
+    rgba[:, :300, 3] = 0
+    rgba[:, 300:400, 3] = 128
+    path = write_pyramid_tiff(tmp_path / "rgba.tiff", rgba, 0.5, compression="zlib")
+    with open_slide(path, backend="tiffslide") as s:
+        out = s.read_region((0, 0), 0, (900, 600)).astype(int)
+    assert (out[:, :300] == 255).all()
+    np.testing.assert_array_equal(out[:, 400:], he[:, 400:])
+    half = (he[:, 300:400].astype(int) * 128 + 255 * 127 + 127) // 255
+    np.testing.assert_array_equal(out[:, 300:400], half)
+
+
 def test_idcmaps_own_resolution_rule(tmp_path: Path, he: np.ndarray) -> None:
     """Where no backend reads the resolution tags, idcmap's own rule decides (source
     "tiff-resolution"): a TIFF without ResolutionUnit (the TIFF default is inch; tiffslide then
