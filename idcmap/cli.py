@@ -276,6 +276,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             tiles_geojson=args.tiles_geojson,
             progress=not args.quiet,
+            debug=args.debug,
             describe=lambda o: to_flags(format_outcome(o, detail=args.debug)),
         )
     slides = expand_inputs(args.slides)

@@ -57,10 +57,14 @@ __all__ = [
     "ModelCache",
     "ModelRef",
     "connect",
+    "dashboard_link",
+    "expand_inputs",
     "local_cluster",
     "model_ref",
     "plugin_name",
+    "run_cli",
     "segment_slides",
+    "visible_gpus",
 ]
 
 #: Name of the :class:`ModelCache` plugin on the workers.
@@ -98,7 +102,7 @@ class ModelRef:
 def model_ref(model: IDCModel | str | os.PathLike[str] | None, device: str = "auto") -> ModelRef:
     """A :class:`ModelRef` for a loaded model, a model path, or None (the bundled model).
 
-    Reads only the model's JSON config here (no torch): the client stays light.
+    Reads only the model's JSON config here: the weights stay on disk, for the workers.
 
     Raises:
         ModelError: no config, or a model that was never saved to a file.
@@ -193,6 +197,7 @@ def _slide_task(
     overwrite: bool,
     tiles_geojson: bool,
     plugin: str = PLUGIN_NAME,
+    debug: bool = False,
 ) -> Outcome:
     """One slide on a worker (a module-level function: pickled by name, not by value)."""
     from distributed import get_worker
@@ -212,6 +217,7 @@ def _slide_task(
             overwrite=overwrite,
             tiles_geojson=tiles_geojson,
             progress=False,
+            debug=debug,
             wait_for_lock=True,  # another client holds it: wait, then skip (done) or take over
         )
 
@@ -230,6 +236,7 @@ def segment_slides(
     progress: bool = True,
     tiles_geojson: bool = False,
     retries: int = 2,
+    debug: bool = False,
 ) -> Iterator[Outcome]:
     """Segment many slides into ``out_dir``; yields one :class:`~idcmap.runner.Outcome` per
     input as it finishes (in completion order; ``Outcome.path`` says which).
@@ -247,6 +254,7 @@ def segment_slides(
         progress: a bar over the slides.
         retries: reruns of a task that raised outside its slide (e.g. the model file missing
             on a worker); a slide's own failures are never retried.
+        debug: every failure's traceback in ``Outcome.detail``.
 
     Raises:
         UsageError, ModelError, OutputError: before any slide, for the whole batch.
@@ -262,10 +270,10 @@ def segment_slides(
             bar.update(1)
             yield o
         if client is None:
-            yield from _serial(queue, out, model, p, overwrite, tiles_geojson, progress, bar)
+            yield from _serial(queue, out, model, p, overwrite, tiles_geojson, progress, debug, bar)
         else:
             yield from _on_cluster(
-                client, queue, out, model, p, overwrite, tiles_geojson, retries, bar
+                client, queue, out, model, p, overwrite, tiles_geojson, retries, debug, bar
             )
     finally:
         bar.close()
@@ -332,6 +340,7 @@ def _serial(
     overwrite: bool,
     tiles_geojson: bool,
     progress: bool,
+    debug: bool,
     bar: Any,
 ) -> Iterator[Outcome]:
     from .model import IDCModel, load_model
@@ -353,6 +362,7 @@ def _serial(
             overwrite=overwrite,
             tiles_geojson=tiles_geojson,
             progress=progress and bar.disable,  # tile bars only when there is no slide bar
+            debug=debug,
         )
         bar.update(1)
         yield o
@@ -374,6 +384,7 @@ def _on_cluster(
     overwrite: bool,
     tiles_geojson: bool,
     retries: int,
+    debug: bool,
     bar: Any,
 ) -> Iterator[Outcome]:
     _need_distributed()
@@ -404,6 +415,7 @@ def _on_cluster(
             overwrite,
             tiles_geojson,
             name,
+            debug,
             key=f"idcmap-slide-{slide_stem(s)}-{token}",
             pure=False,
             retries=retries,
@@ -620,6 +632,7 @@ def run_cli(
     overwrite: bool = False,
     tiles_geojson: bool = False,
     progress: bool = True,
+    debug: bool = False,
     describe: Any = None,
     report: Any = print,
 ) -> int:
@@ -656,6 +669,7 @@ def run_cli(
             overwrite=overwrite,
             progress=progress,
             tiles_geojson=tiles_geojson,
+            debug=debug,
         ):
             counts[o.status] = counts.get(o.status, 0) + 1
             if o.status == FAILED:
