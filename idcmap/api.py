@@ -35,8 +35,9 @@ class SlideResult:
     Attributes:
         slide: what the reader saw (backend, levels, µm/px, bounds).
         heatmap: IDC probability per grid cell (NaN outside tissue), tiles stitched.
-        smoothed: ``heatmap`` after the tissue-aware Gaussian (``smooth_um``) the mask is
-            drawn from (the same object when ``smooth_um`` is 0).
+        smoothed: the refined heatmap the mask is drawn from: the model's learned aggregator
+            (:mod:`idcmap.aggregate`) when it has one, else the tissue-aware Gaussian
+            (``smooth_um``; the same object as ``heatmap`` when it is 0).
         mask: bool IDC mask on the heatmap grid (after clean-up).
         regions: IDC regions as shapely polygons in level-0 px (QuPath frame).
         tissue: the tissue mask and thumbnail.
@@ -143,8 +144,11 @@ def segment_slide(
     net = model if isinstance(model, IDCModel) else load_model(model, device=p.device)
     cfg = net.config
     stride_px = p.stride_px or cfg.patch_px
-    thr = cfg.region_threshold if p.threshold is None else p.threshold
-    smooth_um = cfg.smooth_um if p.smooth_um is None else p.smooth_um
+    # the learned aggregator draws the regions unless asked for the fixed Gaussian
+    agg = net.aggregator if p.aggregator == "auto" and p.smooth_um is None else None
+    default_thr = cfg.region_threshold if agg is None else agg.threshold
+    thr = default_thr if p.threshold is None else p.threshold
+    smooth_um = 0.0 if agg is not None else cfg.smooth_um if p.smooth_um is None else p.smooth_um
     timings["load_model"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -174,7 +178,9 @@ def segment_slide(
     )
     timings["stitch"] = time.perf_counter() - t
     t = time.perf_counter()
-    smoothed = smooth(heatmap, smooth_um)
+    smoothed = agg.refine(heatmap) if agg is not None else smooth(heatmap, smooth_um)
+    timings["aggregate" if agg is not None else "smooth"] = time.perf_counter() - t
+    t = time.perf_counter()
     mask = idc_mask(smoothed, thr, min_region_um2=p.min_region_um2, min_hole_um2=p.min_hole_um2)
     regions = mask_to_regions(mask, heatmap, simplify_um=p.simplify_um)
     timings["regions"] = time.perf_counter() - t
@@ -188,6 +194,7 @@ def segment_slide(
             "stride_px": stride_px,
             "threshold": thr,
             "smooth_um": smooth_um,
+            "aggregator": agg.kind_name if agg is not None else "none",
             "tile_threshold": cfg.tile_threshold,
         },
         heatmap=heatmap,

@@ -20,7 +20,7 @@ from typing import Any
 
 from . import __version__
 from .errors import IDCMapError, IDCMapWarning, UsageError
-from .params import Params
+from .params import AGGREGATORS, Params
 from .slide import BACKENDS
 
 #: Python-API names (``Params`` fields, keyword arguments) whose CLI flag is not ``--name``.
@@ -113,7 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", "-o", required=True, type=Path, help="output folder")
     d = Params()  # the CLI's defaults are the library's
     run.add_argument(
-        "--model", type=Path, default=None, help="model .json (default: the bundled model)"
+        "--model",
+        type=Path,
+        default=None,
+        help="model .json, or a bundled model by name (idc-v2, the default; idc-v1)",
     )
     run.add_argument(
         "--device",
@@ -183,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.smooth_um,
         help="sigma (µm) of the tissue-aware Gaussian smoothing of the heatmap before the "
         "region mask is drawn (default: the model's; 0 = none)",
+    )
+    run.add_argument(
+        "--aggregator",
+        choices=AGGREGATORS,
+        default=d.aggregator,
+        help="region stage: auto = the model's learned context aggregator when it has one "
+        "(idc-v2), else the Gaussian of --smooth-um; none = the Gaussian (giving --smooth-um "
+        "implies none)",
     )
     run.add_argument(
         "--min-region-um2",
@@ -323,7 +334,10 @@ def cmd_info(args: argparse.Namespace) -> int:
             level = slide.best_level_for_mpp(float(cfg["mpp"]))
             d["pipeline"] = {
                 "model_mpp": cfg["mpp"],
-                "region_threshold": cfg.get("region_threshold"),
+                "region_threshold": (cfg.get("aggregator") or {}).get(
+                    "threshold", cfg.get("region_threshold")
+                ),
+                "region_stage": (cfg.get("aggregator") or {}).get("kind", "fixed Gaussian"),
                 "tile_threshold": cfg.get("tile_threshold", cfg.get("threshold")),
                 "level_read": level,
                 "level_read_mpp": round(slide.level_mpp(level), 4),

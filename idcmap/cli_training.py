@@ -156,12 +156,62 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--debug", action="store_true", help="print tracebacks")
     tr.set_defaults(func=cmd_train)
 
+    ta = subparsers.add_parser(
+        "train-aggregator",
+        help="train the learned context aggregator of a model on whole-slide mosaics",
+        description="Run the model over whole slides with ground truth, fit the context "
+        "aggregator (a multi-scale logistic regression over the heatmap) on the training "
+        "slides, choose its region threshold on the validation slides, and write the model "
+        "with it (same network weights) to OUT. Slides: --train/--valid, or --slides-dir with "
+        "--split (the <patient>.tiff of each split's patients).",
+    )
+    ta.add_argument("--out", "-o", required=True, type=Path, help="model .json to write")
+    ta.add_argument(
+        "--model", type=Path, default=None, help="model .json or bundled name (default: idc-v2)"
+    )
+    ta.add_argument("--train", nargs="+", type=Path, default=None, metavar="SLIDE")
+    ta.add_argument("--valid", nargs="+", type=Path, default=None, metavar="SLIDE")
+    ta.add_argument(
+        "--slides-dir", type=Path, default=None, help="folder of <patient>.tiff + .cells.csv"
+    )
+    ta.add_argument(
+        "--split", type=Path, default=None, help="split JSON naming train / valid patients"
+    )
+    ta.add_argument(
+        "--stride",
+        type=_pos_int,
+        default=None,
+        help="tile step of the training heatmaps, model px (default: the patch size)",
+    )
+    ta.add_argument(
+        "--sigmas-um",
+        type=_pos_float,
+        nargs="+",
+        default=[200.0, 400.0, 800.0, 1600.0],
+        help="context scales, µm (default: 200 400 800 1600)",
+    )
+    ta.add_argument(
+        "--features",
+        nargs="+",
+        default=["logit_p", "logit_smooth", "logit_max"],
+        choices=["logit_p", "logit_smooth", "tissue", "logit_max"],
+        help="feature families (default: logit_p logit_smooth logit_max; also: tissue)",
+    )
+    ta.add_argument("--l2", type=float, default=1e-3, help="L2 penalty (default: 0.001)")
+    ta.add_argument("--name", default=None, help="model name (default: the base model's)")
+    ta.add_argument("--version", default=None, help="model version (default: the base's)")
+    ta.add_argument("--device", default="auto")
+    ta.add_argument("--debug", action="store_true", help="print tracebacks")
+    ta.set_defaults(func=cmd_train_aggregator)
+
     ev = subparsers.add_parser("evaluate", help="measure a model on labelled patches or slides")
     evs = ev.add_subparsers(dest="what", metavar="{patches,slides}")
     evs.required = True
     ep = evs.add_parser("patches", help="ROC AUC, F1, balanced accuracy... on patch folders")
     ep.add_argument("--data", nargs="+", required=True, type=Path, metavar="DIR")
-    ep.add_argument("--model", type=Path, default=None, help="model .json (default: bundled)")
+    ep.add_argument(
+        "--model", type=Path, default=None, help="model .json or bundled name (default: idc-v2)"
+    )
     ep.add_argument(
         "--patients-from",
         type=Path,
@@ -186,13 +236,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="cells.csv or QuPath .geojson per slide (default: <stem>.cells.csv beside each slide)",
     )
-    es.add_argument("--model", type=Path, default=None, help="model .json (default: bundled)")
+    es.add_argument(
+        "--model", type=Path, default=None, help="model .json or bundled name (default: idc-v2)"
+    )
     es.add_argument("--threshold", type=float, default=None, help="default: the model's")
     es.add_argument("--device", default="auto")
     es.add_argument(
         "--direct",
         action="store_true",
         help="tile the mosaic directly instead of using idcmap.api.segment_slide",
+    )
+    es.add_argument(
+        "--aggregator",
+        choices=["auto", "none"],
+        default="auto",
+        help="region stage: auto = the model's context aggregator when it has one (the fixed "
+        "Gaussian is then reported beside it), none = the fixed Gaussian",
     )
     es.add_argument(
         "--out", "-o", type=Path, default=None, help="report JSON; the PNGs go beside it"
@@ -217,7 +276,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="cells.csv or QuPath .geojson per slide (default: <stem>.cells.csv)",
     )
-    et.add_argument("--model", type=Path, default=None, help="model .json (default: bundled)")
+    et.add_argument(
+        "--model", type=Path, default=None, help="model .json or bundled name (default: idc-v2)"
+    )
     et.add_argument("--device", default="auto")
     et.add_argument(
         "--write",
@@ -274,6 +335,64 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(
         f"idcmap: model {args.out} (tile threshold {cfg.tile_threshold:.2f}, "
         f"sha256 {cfg.weights_sha256[:12]}…)"
+    )
+    return 0
+
+
+def _split_slides(
+    args: argparse.Namespace,
+) -> tuple[list[Path], list[Path], list[Path], list[Path]]:
+    from .data import read_split
+
+    if args.train or args.valid:
+        if not (args.train and args.valid) or args.split or args.slides_dir:
+            raise UsageError("pass both --train and --valid, or --slides-dir with --split")
+        train, valid = list(args.train), list(args.valid)
+    else:
+        if not (args.slides_dir and args.split):
+            raise UsageError("pass --train and --valid slides, or --slides-dir with --split")
+        split = read_split(args.split)
+        have = {p.stem: p for p in sorted(Path(args.slides_dir).glob("*.tif*"))}
+        train = [have[p] for p in split["train"] if p in have]
+        valid = [have[p] for p in split["valid"] if p in have]
+        if not train or not valid:
+            raise UsageError(
+                f"{args.slides_dir} has no slides of the split's train or valid patients"
+            )
+    truths = []
+    for group in (train, valid):
+        ts = [s.with_name(s.name.rsplit(".", 1)[0] + ".cells.csv") for s in group]
+        for t in ts:
+            if not t.is_file():
+                raise UsageError(f"ground truth {t} not found (a <stem>.cells.csv per slide)")
+        truths.append(ts)
+    return train, truths[0], valid, truths[1]
+
+
+def cmd_train_aggregator(args: argparse.Namespace) -> int:
+    from .train import portable_command
+    from .train_aggregator import train_aggregator
+
+    train, train_t, valid, valid_t = _split_slides(args)
+    cfg = train_aggregator(
+        train,
+        train_t,
+        valid,
+        valid_t,
+        args.out,
+        model=args.model,
+        kinds=args.features,
+        sigmas_um=args.sigmas_um,
+        l2=args.l2,
+        stride_px=args.stride,
+        device=args.device,
+        name=args.name,
+        version=args.version,
+        command=portable_command(["idcmap", *sys.argv[1:]]),
+    )
+    print(
+        f"idcmap: model {args.out} with a context aggregator (region threshold "
+        f"{cfg.aggregator['threshold']:.2f}, sha256 {cfg.weights_sha256[:12]}…)"
     )
     return 0
 
@@ -362,6 +481,7 @@ def cmd_evaluate_slides(args: argparse.Namespace) -> int:
         device=args.device,
         png_dir=png_dir,
         use_pipeline=not args.direct,
+        aggregator=args.aggregator,
     )
     print(format_slide_table(rep))
     if args.out:

@@ -252,15 +252,33 @@ def mosaic_probabilities(
 
 
 def slide_prediction(
-    slide: str | Path, model: Any, threshold: float | None, use_pipeline: bool = True
+    slide: str | Path,
+    model: Any,
+    threshold: float | None,
+    use_pipeline: bool = True,
+    aggregator: str = "auto",
 ) -> tuple[np.ndarray, Heatmap, str]:
     """Predicted IDC mask of a slide on its heatmap grid, via :func:`idcmap.api.segment_slide`
-    (``use_pipeline``), else by tiling the mosaic directly. Returns (mask, grid, method)."""
+    (``use_pipeline``; ``aggregator`` as :attr:`idcmap.params.Params.aggregator`), else by
+    tiling the mosaic directly. Returns (mask, raw heatmap, method)."""
     if use_pipeline:
         from .api import segment_slide
+        from .params import Params
 
-        res = segment_slide(slide, model=model, threshold=threshold, progress=False)
-        return np.asarray(res.mask, dtype=bool), res.heatmap, "idcmap.api.segment_slide"
+        res = segment_slide(
+            slide,
+            model=model,
+            threshold=threshold,
+            progress=False,
+            params=Params(aggregator=aggregator),
+        )
+        stage = res.summary["parameters"].get("aggregator", "none")
+        how = (
+            f"aggregator {stage}"
+            if stage != "none"
+            else f"Gaussian {res.summary['parameters']['smooth_um']:g} µm"
+        )
+        return np.asarray(res.mask, dtype=bool), res.heatmap, f"idcmap.api.segment_slide ({how})"
     hm = mosaic_probabilities(slide, model)
     thr = model.config.tile_threshold if threshold is None else threshold
     return hm.prob >= thr, hm, "direct mosaic tiling (50-px cells, no smoothing)"
@@ -308,9 +326,17 @@ def evaluate_slides(
     device: str = "auto",
     png_dir: str | Path | None = None,
     use_pipeline: bool = True,
+    aggregator: str = "auto",
 ) -> dict[str, Any]:
-    """Dice / IoU of the predicted IDC mask against the truth, per slide and pooled."""
+    """Dice / IoU of the predicted IDC mask against the truth, per slide and pooled.
+
+    When the model's learned aggregator draws the masks, the same heatmaps are also scored
+    with the fixed Gaussian (the model's ``smooth_um`` and ``region_threshold``), reported as
+    ``fixed_gaussian``: both region stages from one pass over the tiles.
+    """
+    from .heatmap import smooth
     from .model import IDCModel, load_model
+    from .regions import idc_mask
 
     if len(slides) != len(truths):
         raise UsageError(f"{len(slides)} slides but {len(truths)} truth files; pass one per slide")
@@ -318,14 +344,26 @@ def evaluate_slides(
     cfg = m.config
     # the pipeline's mask uses the region threshold (of the smoothed heatmap); direct tiling
     # classifies each tile at the tile threshold
-    default = cfg.region_threshold if use_pipeline else cfg.tile_threshold
+    agg = m.aggregator if use_pipeline and aggregator == "auto" else None
+    default = cfg.tile_threshold
+    if use_pipeline:
+        default = agg.threshold if agg is not None else cfg.region_threshold
     thr = default if threshold is None else threshold
     per: dict[str, Any] = {}
     tot = {"intersection": 0, "pred_cells": 0, "truth_cells": 0}
+    gauss = {"intersection": 0, "pred_cells": 0, "truth_cells": 0}
+    gauss_per: dict[str, float] = {}
     for s, t in zip(slides, truths, strict=True):
-        pred, grid, method = slide_prediction(s, m, threshold, use_pipeline=use_pipeline)
+        pred, grid, method = slide_prediction(
+            s, m, threshold, use_pipeline=use_pipeline, aggregator=aggregator
+        )
         truth = read_truth(t, grid)
         r = dice_iou(pred, truth)
+        if agg is not None:
+            g = dice_iou(idc_mask(smooth(grid, cfg.smooth_um), cfg.region_threshold), truth)
+            gauss_per[Path(s).stem] = g["dice"]
+            for k in gauss:
+                gauss[k] += g[k]
         r.update(
             {
                 "truth": str(t),
@@ -348,14 +386,27 @@ def evaluate_slides(
         "iou": iou,
         "mean_dice": float(np.mean([v["dice"] for v in per.values()])),
     }
-    smooth_um = cfg.smooth_um if use_pipeline else 0.0
-    return {
+    smooth_um = cfg.smooth_um if use_pipeline and agg is None else 0.0
+    rep: dict[str, Any] = {
         "threshold": thr,
         "smooth_um": smooth_um,
+        "aggregator": agg.kind_name if agg is not None else "none",
         "per_slide": per,
         "pooled": pooled,
         "model": {"path": str(m.path), "sha256": m.sha256, "version": m.config.version},
     }
+    if agg is not None:
+        g_dice, g_iou = dice_from_counts(
+            gauss["intersection"], gauss["pred_cells"], gauss["truth_cells"]
+        )
+        rep["fixed_gaussian"] = {
+            "smooth_um": cfg.smooth_um,
+            "threshold": cfg.region_threshold,
+            "pooled": {**gauss, "dice": g_dice, "iou": g_iou},
+            "mean_dice": float(np.mean(list(gauss_per.values()))),
+            "per_slide_dice": gauss_per,
+        }
+    return rep
 
 
 def tune_regions(
@@ -416,6 +467,17 @@ def format_slide_table(rep: dict[str, Any]) -> str:
     lines += [
         "-" * len(head),
         row("pooled", rep["pooled"]),
-        f"mean Dice over slides {rep['pooled']['mean_dice']:.3f}; threshold {rep['threshold']:.2f}",
+        f"mean Dice over slides {rep['pooled']['mean_dice']:.3f}; threshold {rep['threshold']:.2f}"
+        + (
+            f"; region stage: aggregator {rep['aggregator']}"
+            if rep.get("aggregator", "none") != "none"
+            else ""
+        ),
     ]
+    g = rep.get("fixed_gaussian")
+    if g:
+        lines.append(
+            f"same heatmaps, fixed Gaussian {g['smooth_um']:g} µm at {g['threshold']:.2f}: pooled "
+            f"Dice {g['pooled']['dice']:.3f}, mean over slides {g['mean_dice']:.3f}"
+        )
     return "\n".join(lines)

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .aggregate import PREFIX as AGG_PREFIX
+from .aggregate import Aggregator
 from .archs import Architecture, Engine, idcnet
 from .errors import ModelError, UsageError
 from .modelfile import ModelConfig, bundled_model_path, find_config, read_config, read_weights
@@ -132,6 +134,8 @@ class IDCModel:
         path: the model JSON it came from, if any.
         architecture: what the runtime may do with ``net`` (default: the registered
             architecture that ``config.architecture`` names).
+        aggregator: the learned aggregation stage of the model file (``config.aggregator``),
+            ``None`` when it has none.
     """
 
     def __init__(
@@ -141,8 +145,10 @@ class IDCModel:
         device: torch.device,
         path: Path | None = None,
         architecture: Architecture | None = None,
+        aggregator: Aggregator | None = None,
     ) -> None:
         self.config = config
+        self.aggregator = aggregator
         self.path = path
         self.device = device
         self.architecture = architecture or get_architecture(config.architecture)
@@ -284,10 +290,18 @@ def load_model(path: str | Path | None = None, device: str = "auto") -> IDCModel
     cfg = read_config(json_path)
     net = build_network(cfg)
     state = read_weights(json_path, cfg)
+    agg_state = {k: state.pop(k) for k in [k for k in state if k.startswith(AGG_PREFIX)]}
+    aggregator = None
+    if cfg.aggregator:
+        aggregator = Aggregator.from_model_file(cfg.aggregator, agg_state)
+    elif agg_state:
+        raise ModelError(
+            f"{json_path} has aggregator tensors but no 'aggregator' section; re-export the model"
+        )
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:  # missing, unexpected or mis-shaped tensors
         raise ModelError(
             f"weights of {json_path} do not fit its architecture: {e}; re-export the model"
         ) from e
-    return IDCModel(cfg, net, dev, path=json_path)
+    return IDCModel(cfg, net, dev, path=json_path, aggregator=aggregator)

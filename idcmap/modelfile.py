@@ -30,7 +30,9 @@ from torch import nn
 from .errors import ModelError, UsageError
 
 FORMAT = "idcmap-model/1"
-BUNDLED_MODEL = "idc-v1"
+#: The model :func:`bundled_model_path` names by default; the others load by name
+#: (``load_model("idc-v1")``, ``--model idc-v1``).
+BUNDLED_MODEL = "idc-v2"
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,10 @@ class ModelConfig:
         weights_file: file name of the safetensors weights, next to the JSON.
         weights_sha256: sha256 of that file; checked at load.
         training: free-form training summary (data, split, epochs, metrics).
+        aggregator: the learned aggregation stage (:mod:`idcmap.aggregate`) as the JSON
+            describes it (kind, features, sigmas, region threshold); its numbers are the
+            ``aggregator.*`` tensors of the safetensors. Empty: no aggregator (the fixed
+            Gaussian ``smooth_um`` draws the regions).
     """
 
     name: str
@@ -73,6 +79,7 @@ class ModelConfig:
     weights_file: str = ""
     weights_sha256: str = ""
     training: dict[str, Any] = field(default_factory=dict)
+    aggregator: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
 
     def __post_init__(self) -> None:
@@ -113,6 +120,7 @@ class ModelConfig:
                 weights_file=str(d.get("weights_file", "")),
                 weights_sha256=str(d.get("weights_sha256", "")),
                 training=dict(d.get("training", {})),
+                aggregator=dict(d.get("aggregator") or {}),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(
@@ -133,18 +141,27 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def bundled_model_path() -> Path:
-    """Path of the JSON of the model shipped inside the package."""
-    return Path(str(resources.files("idcmap") / "models" / f"{BUNDLED_MODEL}.json"))
+def bundled_model_path(name: str = BUNDLED_MODEL) -> Path:
+    """Path of the JSON of a model shipped inside the package (default: the default one)."""
+    return Path(str(resources.files("idcmap") / "models" / f"{name}.json"))
+
+
+def bundled_models() -> list[str]:
+    """Names of the models shipped inside the package (``idc-v1``, ``idc-v2``...)."""
+    folder = Path(str(resources.files("idcmap") / "models"))
+    return sorted(q.stem for q in folder.glob("*.json") if not q.name.endswith(".split.json"))
 
 
 # ---- reading ------------------------------------------------------------------------------------
 
 
 def find_config(path: str | Path) -> Path:
-    """The model JSON that ``path`` names: itself, the JSON beside a ``.safetensors``, or the one
-    model JSON of a folder (a training split file ``*.split.json`` beside it is no model)."""
+    """The model JSON that ``path`` names: itself, the JSON beside a ``.safetensors``, the one
+    model JSON of a folder (a training split file ``*.split.json`` beside it is no model), or
+    a bundled model by name (``idc-v1``) when no such file exists."""
     p = Path(path)
+    if not p.exists() and str(path) in bundled_models():  # a bundled model by name: idc-v1
+        return bundled_model_path(str(path))
     if p.is_dir():
         found = sorted(q for q in p.glob("*.json") if not q.name.endswith(".split.json"))
         if len(found) != 1:
@@ -204,14 +221,24 @@ def read_weights(json_path: str | Path, config: ModelConfig) -> dict[str, torch.
 # ---- writing ------------------------------------------------------------------------------------
 
 
-def save_model(net: nn.Module, config: ModelConfig, json_path: str | Path) -> ModelConfig:
+def save_model(
+    net: nn.Module,
+    config: ModelConfig,
+    json_path: str | Path,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+) -> ModelConfig:
     """Write ``net``'s weights as safetensors next to ``json_path`` and the config with their
-    sha256. Returns the config as written."""
+    sha256. ``extra_tensors`` (e.g. the aggregator's ``aggregator.*``) go into the same file.
+    Returns the config as written."""
     from safetensors.torch import save_file
 
     json_path = check_destination(json_path)
     weights = json_path.with_suffix(".safetensors")
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    for k, v in (extra_tensors or {}).items():
+        if k in state:
+            raise ValueError(f"tensor {k!r} would overwrite a weight of the network")
+        state[k] = v.detach().cpu().contiguous()
     json_path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(weights), metadata={"format": FORMAT})
     cfg = config.replace(weights_file=weights.name, weights_sha256=sha256_file(weights))

@@ -69,8 +69,11 @@ def _heatmap_npz(r: SlideResult, path: Path) -> None:
 
 
 def _heatmap_png(r: SlideResult, path: Path) -> None:
-    sigma = r.summary.get("parameters", {}).get("smooth_um") or 0
+    params = r.summary.get("parameters", {})
+    sigma = params.get("smooth_um") or 0
     note = f" (smoothed, sigma {sigma:g} µm)" if sigma else ""
+    if params.get("aggregator", "none") != "none":
+        note = " (context aggregator)"
     heatmap_png(
         r.smoothed,
         r.tissue.thumbnail,

@@ -14,6 +14,8 @@ from .slide import BACKENDS, USER_MPP
 
 __all__ = ["Params"]
 
+#: Values of :attr:`Params.aggregator`.
+AGGREGATORS = ("auto", "none")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
@@ -24,6 +26,9 @@ class Params:
     stride_px: int | None = None  # model px; default = patch size
     threshold: float | None = None  # region threshold of the smoothed heatmap; default: model
     smooth_um: float | None = None  # heatmap smoothing sigma, µm; default = the model's
+    # region stage: "auto" = the model's learned aggregator when it has one, else the fixed
+    # Gaussian (smooth_um); "none" = the fixed Gaussian. A smooth_um given implies "none".
+    aggregator: str = "auto"
     mpp: float | None = None  # µm per level-0 px, overrides the slide's metadata
     backend: str = "auto"
     device: str = "auto"
@@ -60,6 +65,10 @@ class Params:
             raise UsageError(f"backend={self.backend} is unknown; use one of {', '.join(BACKENDS)}")
         if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
             raise UsageError(f"device={self.device} is unknown; use auto, cpu, cuda, cuda:N or mps")
+        if self.aggregator not in AGGREGATORS:
+            raise UsageError(
+                f"aggregator={self.aggregator!r} is unknown; use {' or '.join(AGGREGATORS)}"
+            )
         if self.batch_size < 1:
             raise UsageError(f"batch_size={self.batch_size} must be ≥ 1")
         if self.workers < 0:

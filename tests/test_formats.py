@@ -587,7 +587,10 @@ def test_property_cell_slide_to_geojson_round_trips_to_the_mask(case: dict[str, 
     hm = res.heatmap
     assert hm.shape == red.shape
     tissue = hm.tissue
-    idc = (red >= 128) & tissue
+    # a glass cell enclosed by tissue is a small hole that the tissue mask fills: it is evaluated,
+    # and its white pixels read as red 255
+    red_seen = np.where(glass, 255, red)
+    idc = (red_seen >= 128) & tissue
     np.testing.assert_array_equal(res.mask, idc)
     gj = json.loads(json.dumps(res.to_geojson()))
     validate_qupath_geojson(gj)
