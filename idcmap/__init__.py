@@ -1,7 +1,8 @@
 """idcmap: invasive ductal carcinoma (IDC) regions on H&E whole-slide images.
 
 ``segment_slide(path)`` runs the whole pipeline on one slide; ``load_model()`` loads the bundled
-model once for many slides. Heavy modules (torch) are imported on first use.
+model once for many slides; ``segment_slides(paths, out_dir, client=...)`` runs a batch, in this
+process or one Dask task per slide on a cluster. Heavy modules (torch) are imported on first use.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ _EXPORTS = {
     "load_model": "idcmap.model",
     "IDCModel": "idcmap.model",
     "open_slide": "idcmap.slide",
+    "segment_slides": "idcmap.distributed",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -23,6 +23,7 @@ from .model import IDCModel, load_model
 from .outputs import OUTPUT_FILES, save_outputs
 from .params import Params
 from .regions import Region, idc_mask, mask_to_regions
+from .remote import is_url, url_name
 from .slide import Slide, SlideInfo, open_slide
 from .summary import build_summary
 from .tiles import TileGrid, make_grid
@@ -103,8 +104,9 @@ class SlideResult:
 
 
 def slide_stem(path: str | Path) -> str:
-    """Output-folder name of a slide: its file name without extension (``a.ome.tiff`` → ``a``)."""
-    name = Path(path).name
+    """Output-folder name of a slide: its file name without extension (``a.ome.tiff`` → ``a``);
+    for a URL, its last path part (``https://h/b/a.svs?sig=…`` → ``a``)."""
+    name = url_name(path) if is_url(path) else Path(path).name
     for ext in (".ome.tiff", ".ome.tif"):
         if name.lower().endswith(ext):
             return name[: -len(ext)]

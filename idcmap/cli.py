@@ -257,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="no progress bars (without a terminal: one line per slide, no bars, anyway)",
     )
     run.add_argument("--debug", action="store_true", help="print tracebacks")
+    run.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="one task per slide on a Dask cluster: tcp://HOST:8786, a scheduler file, or "
+        "local[:N] (this machine: one worker per GPU, or N CPU workers); see docs/cluster.md",
+    )
     run.set_defaults(func=cmd_run)
 
     info = sub.add_parser(
@@ -293,24 +299,45 @@ def cmd_run(args: argparse.Namespace) -> int:
     # every Params field has the flag flag_of(field): --stride for stride_px, --mpp for mpp...
     params = Params(**{f.name: getattr(args, _dest(f.name)) for f in fields(Params)})
     params.validate()
-    if params.torch_threads is None:  # the CLI owns its process: readers get their cores
+    # the CLI owns its process: readers get their cores (on a cluster, each worker's nthreads)
+    if params.torch_threads is None and not args.scheduler:
         from .infer import threads_beside_readers
 
         params = replace(params, torch_threads=threads_beside_readers(params.workers))
     if not args.slides and not args.lists:
         raise UsageError("no slides: give slide files or folders, or --list FILE")
-    listed = [p for lf in args.lists for p in read_slide_list(lf)]
-    slides = expand_inputs([*args.slides, *listed], recursive=args.recursive)
+    inputs = [*args.slides, *(p for lf in args.lists for p in read_slide_list(lf))]
     # in a log (stderr not a terminal) redrawn bars are noise: one numbered line per slide instead
     interactive = sys.stderr.isatty()
     count = 0
+    total = 0
 
     def describe(o: Outcome) -> str:
         nonlocal count
         count += 1
         line = to_flags(format_outcome(o, detail=args.debug))
-        return line if interactive else f"{line} [{count}/{len(slides)}]"
+        return line if interactive else f"{line} [{count}/{total}]"
 
+    if args.scheduler or any("://" in str(s) for s in inputs):  # a Dask cluster, or URLs
+        from .distributed import expand_inputs as expand_with_urls
+        from .distributed import run_cli
+
+        total = len(expand_with_urls(inputs, recursive=args.recursive))
+        return run_cli(
+            inputs,
+            args.out,
+            scheduler=args.scheduler,
+            model=args.model,
+            params=params,
+            overwrite=args.overwrite,
+            tiles_geojson=args.tiles_geojson,
+            progress=not args.quiet and interactive,
+            debug=args.debug,
+            recursive=args.recursive,
+            describe=describe,
+        )
+    slides = expand_inputs(inputs, recursive=args.recursive)
+    total = len(slides)
     model = load_model(args.model, device=args.device)
     if params.stride_px is not None:
         from .tiles import check_stride

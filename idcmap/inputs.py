@@ -24,8 +24,9 @@ from .slide import SLIDE_SUFFIXES
 __all__ = ["expand_inputs", "read_slide_list"]
 
 
-def read_slide_list(list_file: str | Path) -> list[Path]:
-    """Slide paths of a list file (see the module docstring for the format).
+def read_slide_list(list_file: str | Path) -> list[str | Path]:
+    """Slide paths of a list file (see the module docstring for the format); URLs
+    (``https://…``, ``s3://…``) are kept as they are.
 
     Raises:
         UsageError: the list cannot be read, is not text, or names no slide.
@@ -42,7 +43,7 @@ def read_slide_list(list_file: str | Path) -> list[Path]:
     except OSError as e:
         raise UsageError(f"cannot read slide list {lf}: {e.strerror or e}") from e
     base = lf.parent
-    out: list[Path] = []
+    out: list[str | Path] = []
     for line in text.splitlines():
         s = line.strip()
         if not s or s.startswith("#"):
@@ -50,6 +51,9 @@ def read_slide_list(list_file: str | Path) -> list[Path]:
         cut = s.find(" #")
         if cut >= 0:
             s = s[:cut].rstrip()
+        if "://" in s:  # a URL: Path() would fold its //
+            out.append(s)
+            continue
         p = Path(os.path.expanduser(s))
         out.append(p if p.is_absolute() else base / p)
     if not out:

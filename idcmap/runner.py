@@ -37,6 +37,7 @@ from .errors import IDCMapError, OutputError
 from .inputs import expand_inputs  # noqa: F401  (re-exported: runner.expand_inputs)
 from .locking import file_lock
 from .model import IDCModel
+from .remote import is_url, url_name
 
 #: Values of :attr:`Outcome.status`.
 DONE, SKIPPED, FAILED, BUSY = "done", "skipped", "failed", "busy"
@@ -124,10 +125,10 @@ def remove_leftovers(out_dir: Path, stem: str) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def _reason(e: IDCMapError, path: Path) -> str:
+def _reason(e: IDCMapError, path: str | Path) -> str:
     """The error's line without a leading ``<file>: `` (the outcome line names the file)."""
     msg = " ".join(str(e).split())
-    for prefix in (str(path), path.name):
+    for prefix in (str(path), url_name(path) if is_url(path) else Path(path).name):
         if msg.startswith(prefix + ": "):
             return msg[len(prefix) + 2 :]
     return msg
@@ -170,7 +171,7 @@ def process_slide(
             is always there; an :class:`IDCMapError`'s detail is otherwise its ``detail``).
     """
     out = Path(out_dir)
-    s = Path(path)
+    s = path if is_url(path) else Path(path)  # Path() would merge the // of a URL
     stem = slide_stem(s)
     with slide_lock(out, stem, wait=wait_for_lock) as got:
         if not got:
@@ -218,7 +219,7 @@ def record_outcome(out_dir: str | Path, o: Outcome) -> Outcome:
 
 
 def _locked_process_slide(
-    s: Path,
+    s: str | Path,
     out: Path,
     *,
     model: IDCModel,

@@ -230,7 +230,7 @@ class _Scaling:
 
 
 class _TiffSlideReader:
-    def __init__(self, path: str, scaling: _Scaling | bool | None = None) -> None:
+    def __init__(self, path: Any, scaling: _Scaling | bool | None = None) -> None:
         """``scaling``: None for 8-bit RGB; True to compute a :class:`_Scaling`; or one to reuse."""
         import tiffslide
 
@@ -687,7 +687,8 @@ def open_slide(
     """Open a slide (see the module docstring for backends and the µm/px rules).
 
     Args:
-        path: a slide file (or a folder holding one DICOM WSI series).
+        path: a slide file (or a folder holding one DICOM WSI series), or an ``http(s)://``,
+            ``s3://`` or ``gs://`` URL of a TIFF-based slide (read with tiffslide).
         backend: "auto", "openslide", "tiffslide" or "image".
         mpp: µm per level-0 pixel given by the user; overrides the file's metadata.
         allow_non_rgb: convert 16-bit / single-channel / multi-channel images to 8-bit RGB
@@ -709,6 +710,11 @@ def open_slide(
                 "the scan's µm per pixel (about 0.25 for 40x, 0.5 for 20x)"
             )
         mpp = m
+    if isinstance(path, str) and "://" in path:  # a URL: fsspec + tiffslide (idcmap.remote)
+        from .remote import is_url, open_remote_slide
+
+        if is_url(path):
+            return open_remote_slide(path, backend=backend, mpp=mpp, allow_non_rgb=allow_non_rgb)
     spath = _resolve_path(path)
     name = Path(spath).name
     facts = _tiff_facts(spath)
