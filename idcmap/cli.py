@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Backend, vendor, dimensions, levels, µm/px and the level "
         "the pipeline will read.",
     )
-    info.add_argument("slide", type=Path)
+    info.add_argument("slide", help="a slide file, a DICOM series folder or a URL")
     info.add_argument("--backend", default="auto", choices=list(BACKENDS))
     info.add_argument("--mpp", type=_finite, default=None, help="µm per level-0 pixel override")
     info.add_argument("--json", action="store_true", help="print JSON")
@@ -363,34 +363,34 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .model import bundled_model_path
+    from .modelfile import bundled_model_path, read_config
+    from .remote import is_url
     from .slide import SLIDE_SUFFIXES, open_slide
 
-    folder: Path = args.slide
-    if folder.is_dir() and not any(folder.glob("*.dcm")):  # a DICOM series folder is one slide
+    folder = Path(args.slide)
+    if not is_url(args.slide) and folder.is_dir() and not any(folder.glob("*.dcm")):
+        # a DICOM series folder is one slide; any other folder is a mistake
         n = sum(1 for q in folder.iterdir() if q.name.lower().endswith(SLIDE_SUFFIXES))
         raise UsageError(
             f"info takes one slide; {folder} is a folder ({n} slide{'s' * (n != 1)} in it): "
             "pass one of its files"
         )
 
-    with open_slide(args.slide, backend=args.backend, mpp=args.mpp) as slide:
+    cfg = read_config(bundled_model_path())
+    with open_slide(
+        args.slide if is_url(args.slide) else folder, backend=args.backend, mpp=args.mpp
+    ) as slide:
         d: dict[str, Any] = slide.info.to_dict()
-        try:
-            cfg = json.loads(bundled_model_path().read_text())
-            level = slide.best_level_for_mpp(float(cfg["mpp"]))
-            d["pipeline"] = {
-                "model_mpp": cfg["mpp"],
-                "region_threshold": (cfg.get("aggregator") or {}).get(
-                    "threshold", cfg.get("region_threshold")
-                ),
-                "region_stage": (cfg.get("aggregator") or {}).get("kind", "fixed Gaussian"),
-                "tile_threshold": cfg.get("tile_threshold", cfg.get("threshold")),
-                "level_read": level,
-                "level_read_mpp": round(slide.level_mpp(level), 4),
-            }
-        except (OSError, KeyError, ValueError):
-            pass
+        level = slide.best_level_for_mpp(cfg.mpp)
+        d["pipeline"] = {
+            "model": f"{cfg.name} {cfg.version}",
+            "model_mpp": cfg.mpp,
+            "region_stage": cfg.aggregator.get("kind", "fixed Gaussian"),
+            "region_threshold": cfg.aggregator.get("threshold", cfg.region_threshold),
+            "tile_threshold": cfg.tile_threshold,
+            "level_read": level,
+            "level_read_mpp": round(slide.level_mpp(level), 4),
+        }
     if args.json:
         print(json.dumps(d, indent=2))
         return 0

@@ -311,3 +311,13 @@ def test_url_names_and_missing_fsspec_backend():
         pytest.skip("s3fs is installed: the missing-backend message cannot be shown")
     with pytest.raises(SlideError, match=r"needs the s3fs package"):
         open_slide("s3://bucket/a.svs")
+
+
+def test_info_on_a_url(slides: list[str], capsys: pytest.CaptureFixture[str]):
+    """`idcmap info URL` opens the slide over HTTP (the URL's // survives the CLI)."""
+    from idcmap.cli import main
+
+    with serve(Path(slides[0]).parent) as srv:
+        assert main(["info", f"{srv.url}/{Path(slides[0]).name}", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["backend"] == "tiffslide" and info["mpp"] == pytest.approx(4.0)
