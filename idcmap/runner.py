@@ -69,7 +69,7 @@ class Outcome:
 
     @property
     def idc_area_mm2(self) -> float | None:
-        return None if self.summary is None else float(self.summary["idc_area_mm2"])
+        return None if self.summary is None else drawn_idc_area_mm2(self.summary)
 
     @property
     def tissue_area_mm2(self) -> float | None:
@@ -134,12 +134,19 @@ def _reason(e: IDCMapError, path: str | Path) -> str:
     return msg
 
 
+def drawn_idc_area_mm2(summary: dict[str, Any]) -> float:
+    """IDC area of the drawn regions (the GeoJSON polygons), as cohort.csv and heatmap.png give
+    it; summaries without measurements (idcmap 0.1) have only the mask's cell count."""
+    return float(summary.get("measurements", {}).get("idc_area_mm2", summary["idc_area_mm2"]))
+
+
 def done_message(summary: dict[str, Any]) -> str:
-    """One line of a done slide's figures (regions, IDC and tissue areas)."""
+    """One line of a done slide's figures (regions, IDC area of the regions, tissue area)."""
     n = int(summary["regions"])
     return (
         f"{n} IDC region{'s' if n != 1 else ''}, "
-        f"IDC {summary['idc_area_mm2']:.2f} mm² of {summary['tissue_area_mm2']:.2f} mm² tissue"
+        f"IDC {drawn_idc_area_mm2(summary):.2f} mm² of {summary['tissue_area_mm2']:.2f} mm² "
+        "tissue"
     )
 
 
