@@ -592,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--model",
         default="bundled",
-        help="model .json, 'bundled' (idc-v1), or 'random' (random IDCNet, default widths)",
+        help="model .json, 'bundled' (the package's default, idc-v2), or 'random' (random IDCNet)",
     )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=2, help="reader threads")

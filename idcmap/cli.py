@@ -282,12 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_view_parser(sub)
 
-    try:
-        from .cli_training import register
-    except ImportError:  # training commands are optional
-        pass
-    else:
-        register(sub)
+    # training commands: always listed; fastai is imported (and asked for) only when one runs
+    from .cli_training import register
+
+    register(sub)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""The training-side subcommands of the CLI: ``prepare-data``, ``train``, ``evaluate``.
+"""The training-side subcommands of the CLI: ``prepare-data``, ``train``, ``train-aggregator``,
+``evaluate``.
 
 :func:`register` adds them to the main parser's subparsers (see :mod:`idcmap.cli`). Heavy imports
 (fastai, the data) happen inside the handlers.

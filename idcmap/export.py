@@ -1,4 +1,4 @@
-"""Export stage: QuPath GeoJSON, heatmap picture and array, mask, JSON summary.
+"""Export stage: QuPath GeoJSON, the heatmap array, JSON (the pictures: :mod:`idcmap.render`).
 
 Coordinates in every GeoJSON written or read here are **level-0 pixels in QuPath's frame**
 (origin at the top-left of the image QuPath shows, which already accounts for OpenSlide's
@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 import shapely
-from PIL import Image, ImageDraw, ImageFont
 
 from .heatmap import Heatmap
 from .regions import Region
@@ -47,9 +46,7 @@ __all__ = [
     "IDC_COLOR",
     "OTHER_COLOR",
     "heatmap_npz",
-    "heatmap_png",
     "load_heatmap_npz",
-    "mask_png",
     "read_geojson_polygons",
     "regions_to_geojson",
     "write_json",
@@ -292,196 +289,6 @@ def read_geojson_polygons(
             continue
         out.append(polys[0] if len(polys) == 1 else shapely.union_all(polys))
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# pictures
-
-# viridis, sampled every 0.1 (the published colour map); interpolated linearly to 256 entries
-_VIRIDIS_ANCHORS = np.array(
-    [
-        (68, 1, 84),
-        (72, 36, 117),
-        (65, 68, 135),
-        (53, 95, 141),
-        (42, 120, 142),
-        (33, 145, 140),
-        (34, 168, 132),
-        (68, 191, 112),
-        (122, 209, 81),
-        (189, 223, 38),
-        (253, 231, 37),
-    ],
-    dtype=np.float64,
-)
-
-
-def colormap_lut(n: int = 256) -> np.ndarray:
-    """uint8 ``n × 3`` viridis look-up table (index ``round(p · (n - 1))`` for probability p)."""
-    t = np.linspace(0.0, 1.0, n)
-    xp = np.linspace(0.0, 1.0, len(_VIRIDIS_ANCHORS))
-    lut = np.stack([np.interp(t, xp, _VIRIDIS_ANCHORS[:, k]) for k in range(3)], axis=1)
-    return np.clip(np.rint(lut), 0, 255).astype(np.uint8)
-
-
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    from .render import font  # the shipped DejaVu Sans: µ, σ, ≥ render (not as boxes)
-
-    return font(size)
-
-
-def _as_rgb(thumbnail: np.ndarray) -> np.ndarray:
-    t = np.asarray(thumbnail)
-    if t.dtype != np.uint8:
-        raise ValueError(f"thumbnail must be uint8, got {t.dtype}")
-    if t.ndim == 2:
-        t = np.repeat(t[:, :, None], 3, axis=2)
-    if t.ndim != 3 or t.shape[2] not in (3, 4):
-        raise ValueError(f"thumbnail must be H×W, H×W×3 or H×W×4, got shape {t.shape}")
-    return np.ascontiguousarray(t[:, :, :3])
-
-
-def heatmap_png(
-    heatmap: Heatmap,
-    thumbnail: np.ndarray,
-    thumb_origin_level0_px: tuple[float, float],
-    thumb_px_level0: tuple[float, float],
-    path: PathLike,
-    *,
-    threshold: float | None = None,
-    title: str | None = None,
-    alpha: float = 0.6,
-    max_side: int = 2000,
-) -> None:
-    """PNG of the heatmap over the slide thumbnail, with a colour bar.
-
-    The heatmap is resampled onto the thumbnail's pixel grid with nearest neighbour, using the
-    level-0 geometry of both: thumbnail pixel ``(i, j)`` covers level-0 x from
-    ``thumb_origin_level0_px[0] + j · thumb_px_level0[0]`` (same for y). Cells outside tissue
-    (NaN) and outside the heatmap are not painted, so the thumbnail shows through; the others
-    are painted with viridis at opacity ``alpha``; cells at or above ``threshold`` are outlined
-    in white. The picture is scaled so that its long side is at most ``max_side`` px (and a
-    small thumbnail is enlarged to be readable).
-
-    Args:
-        heatmap: the heatmap.
-        thumbnail: uint8 H×W×3 (or ×4, or H×W grey) picture of the slide.
-        thumb_origin_level0_px: level-0 (x, y) of the thumbnail's top-left corner (QuPath frame).
-        thumb_px_level0: level-0 px per thumbnail pixel, (x, y).
-        path: PNG file to write.
-        threshold: the IDC threshold, marked on the colour bar and outlined (None: neither).
-        title: text above the picture (e.g. the slide name).
-        alpha: opacity of the heatmap colours, 0–1.
-        max_side: upper bound of the PNG's long side, px.
-    """
-    thumb = _as_rgb(thumbnail)
-    th, tw = thumb.shape[:2]
-    if th == 0 or tw == 0:
-        raise ValueError("empty thumbnail")
-    sx, sy = (float(v) for v in thumb_px_level0)
-    tx, ty = (float(v) for v in thumb_origin_level0_px)
-
-    # size of the picture part: long side within [~800, max_side - colour bar panel]
-    panel_w = max(150, min(260, max_side // 8))
-    header_h = 40 if title else 12
-    avail = max(200, max_side - panel_w - 12)
-    scale = min(avail / tw, (max_side - header_h - 12) / th)
-    if scale >= 1.0:
-        scale = min(scale, max(1.0, 1000.0 / max(tw, th)))
-    pw, ph = max(1, round(tw * scale)), max(1, round(th * scale))
-    img = Image.fromarray(thumb, "RGB")
-    if (pw, ph) != (tw, th):
-        img = img.resize(
-            (pw, ph), Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BILINEAR
-        )
-    base = np.asarray(img, dtype=np.float32)
-    # level-0 size of one picture pixel
-    psx, psy = sx * tw / pw, sy * th / ph
-
-    # nearest-neighbour resampling of the heatmap on the picture grid (pixel centres)
-    prob = np.asarray(heatmap.prob, dtype=np.float32)
-    rows, cols = prob.shape
-    ox, oy = (float(v) for v in heatmap.origin_level0_px)
-    cw, ch = (float(v) for v in heatmap.cell_level0_px)
-    cx = np.floor((tx + (np.arange(pw) + 0.5) * psx - ox) / cw).astype(np.int64)
-    cy = np.floor((ty + (np.arange(ph) + 0.5) * psy - oy) / ch).astype(np.int64)
-    okx, oky = (cx >= 0) & (cx < cols), (cy >= 0) & (cy < rows)
-    sampled = np.full((ph, pw), np.nan, dtype=np.float32)
-    if okx.any() and oky.any():
-        sampled[np.ix_(oky, okx)] = prob[np.ix_(cy[oky], cx[okx])]
-    valid = np.isfinite(sampled)
-    lut = colormap_lut()
-    idx = np.clip(np.rint(np.nan_to_num(sampled) * 255), 0, 255).astype(np.int64)
-    colour = lut[idx].astype(np.float32)
-    a = float(np.clip(alpha, 0.0, 1.0))
-    out = base.copy()
-    out[valid] = (1 - a) * base[valid] + a * colour[valid]
-    if threshold is not None:
-        above = valid & (sampled >= threshold)
-        edge = np.zeros_like(above)
-        edge[:, 1:] |= above[:, 1:] != above[:, :-1]
-        edge[1:, :] |= above[1:, :] != above[:-1, :]
-        out[edge] = (255, 255, 255)
-    picture = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "RGB")
-
-    # canvas: title on top, picture left, colour bar right
-    canvas_h = max(ph + header_h + 12, 320)
-    canvas = Image.new("RGB", (pw + panel_w + 12, canvas_h), (255, 255, 255))
-    canvas.paste(picture, (12, header_h))
-    draw = ImageDraw.Draw(canvas)
-    fs = int(np.clip(round(max(pw, ph) / 110), 12, 20))  # font size, px
-    if title:
-        draw.text((12, 8), title, fill=(0, 0, 0), font=_font(fs + 4))
-    font = _font(fs)
-    bar_x0 = pw + 12 + 24
-    bar_w = 26
-    bar_top = header_h + 30
-    bar_h = min(max(ph - 60, 200), canvas_h - bar_top - 30)
-    grad = lut[np.linspace(255, 0, bar_h).round().astype(np.int64)]  # top = 1
-    canvas.paste(
-        Image.fromarray(np.repeat(grad[:, None, :], bar_w, axis=1), "RGB"), (bar_x0, bar_top)
-    )
-    draw.rectangle((bar_x0 - 1, bar_top - 1, bar_x0 + bar_w, bar_top + bar_h), outline=(0, 0, 0))
-    draw.text((bar_x0 - 12, header_h + 4), "IDC probability", fill=(0, 0, 0), font=font)
-
-    def tick(p: float, label: str) -> None:
-        y = bar_top + round((1 - p) * (bar_h - 1))
-        draw.line((bar_x0 + bar_w, y, bar_x0 + bar_w + 6, y), fill=(0, 0, 0), width=2)
-        draw.text((bar_x0 + bar_w + 9, y - fs // 2 - 1), label, fill=(0, 0, 0), font=font)
-
-    tick(1.0, "1")
-    tick(0.0, "0")
-    if threshold is not None:
-        tick(float(threshold), f"{threshold:.2f} threshold")
-        draw.line(
-            (
-                bar_x0 - 4,
-                bar_top + round((1 - threshold) * (bar_h - 1)),
-                bar_x0 + bar_w,
-                bar_top + round((1 - threshold) * (bar_h - 1)),
-            ),
-            fill=(255, 255, 255),
-            width=2,
-        )
-    legend_y = bar_top + bar_h + 10
-    if legend_y + 20 < canvas_h:
-        draw.text(
-            (bar_x0 - 12, legend_y),
-            "no colour: not tissue",
-            fill=(80, 80, 80),
-            font=_font(max(11, fs - 3)),
-        )
-    canvas.save(path, format="PNG", compress_level=1)
-
-
-def mask_png(mask: np.ndarray, path: PathLike) -> None:
-    """8-bit grey PNG of a boolean mask on the heatmap grid (one pixel per cell; 255 = IDC)."""
-    m = np.asarray(mask)
-    if m.ndim != 2:
-        raise ValueError(f"mask must be 2-D, got shape {m.shape}")
-    Image.fromarray(np.where(m.astype(bool), 255, 0).astype(np.uint8), "L").save(
-        path, format="PNG", compress_level=1
-    )
 
 
 # --------------------------------------------------------------------------------------------

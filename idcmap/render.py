@@ -12,7 +12,7 @@
 
 Geometry: a picture pixel ``(i, j)`` of the thumbnail covers level-0 x from
 ``thumb_origin_level0_px[0] + j · thumb_px_level0[0]`` (likewise y), as in
-:func:`idcmap.export.heatmap_png`; polygons are in level-0 px (QuPath frame).
+the heatmap picture; polygons are in level-0 px (QuPath frame).
 """
 
 from __future__ import annotations
@@ -46,6 +46,44 @@ _HALO = (0, 0, 0)
 _LINE = (255, 255, 255)
 
 
+# viridis, sampled every 0.1 (the published colour map); interpolated linearly to 256 entries
+_VIRIDIS_ANCHORS = np.array(
+    [
+        (68, 1, 84),
+        (72, 36, 117),
+        (65, 68, 135),
+        (53, 95, 141),
+        (42, 120, 142),
+        (33, 145, 140),
+        (34, 168, 132),
+        (68, 191, 112),
+        (122, 209, 81),
+        (189, 223, 38),
+        (253, 231, 37),
+    ],
+    dtype=np.float64,
+)
+
+
+def colormap_lut(n: int = 256) -> np.ndarray:
+    """uint8 ``n × 3`` viridis look-up table (index ``round(p · (n - 1))`` for probability p)."""
+    t = np.linspace(0.0, 1.0, n)
+    xp = np.linspace(0.0, 1.0, len(_VIRIDIS_ANCHORS))
+    lut = np.stack([np.interp(t, xp, _VIRIDIS_ANCHORS[:, k]) for k in range(3)], axis=1)
+    return np.clip(np.rint(lut), 0, 255).astype(np.uint8)
+
+
+def _as_rgb(thumbnail: np.ndarray) -> np.ndarray:
+    t = np.asarray(thumbnail)
+    if t.dtype != np.uint8:
+        raise ValueError(f"thumbnail must be uint8, got {t.dtype}")
+    if t.ndim == 2:
+        t = np.repeat(t[:, :, None], 3, axis=2)
+    if t.ndim != 3 or t.shape[2] not in (3, 4):
+        raise ValueError(f"thumbnail must be H×W, H×W×3 or H×W×4, got shape {t.shape}")
+    return np.ascontiguousarray(t[:, :, :3])
+
+
 @lru_cache(maxsize=32)
 def font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
     """DejaVu Sans (bold) at ``size`` px, from the package's ``fonts`` folder."""
@@ -54,8 +92,6 @@ def font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
 
 
 def _viridis() -> np.ndarray:
-    from .export import colormap_lut
-
     return colormap_lut().astype(np.float32)
 
 
@@ -191,8 +227,6 @@ def heatmap_picture(
         fade_from: probability below which the overlay is fully transparent.
         max_alpha: overlay opacity at and above the threshold.
     """
-    from .export import _as_rgb
-
     thumb = _as_rgb(thumbnail)
     th, tw = thumb.shape[:2]
     if th == 0 or tw == 0:

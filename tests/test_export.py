@@ -15,16 +15,12 @@ import shapely
 from geojson_check import validate_qupath_geojson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 from test_regions import grid, heatmap_and_mask, make_heatmap
 
 from idcmap.export import (
     IDC_COLOR,
-    colormap_lut,
     heatmap_npz,
-    heatmap_png,
     load_heatmap_npz,
-    mask_png,
     read_geojson_polygons,
     regions_to_geojson,
     write_json,
@@ -275,99 +271,6 @@ def test_property_geojson_valid_and_round_trips(
             assert ring_sign(ring) > 0
     if simplify_cells == 0:
         assert np.array_equal(rasterize(back[: len(regions)], hm), mask)
-
-
-# ------------------------------------------------------------------------- pictures
-
-
-def test_colormap_lut() -> None:
-    lut = colormap_lut()
-    assert lut.shape == (256, 3) and lut.dtype == np.uint8
-    assert tuple(lut[0]) == (68, 1, 84) and tuple(lut[-1]) == (253, 231, 37)
-    luminance = lut @ np.array([0.299, 0.587, 0.114])
-    assert np.all(np.diff(luminance) > -0.5)  # perceptually ordered: never darker
-
-
-def realistic_case() -> tuple[Heatmap, np.ndarray, tuple[float, float], tuple[float, float]]:
-    """A 'slide' 60 000 × 40 000 level-0 px at 0.25 µm/px: a pink tissue ellipse on white, a
-    heatmap of 200 µm cells (800 level-0 px) with a hot IDC blob, NaN outside tissue, and a
-    thumbnail at 32 level-0 px per pixel (1875 × 1250)."""
-    w0, h0 = 60_000, 40_000
-    thumb_px = (32.0, 32.0)
-    th, tw = int(h0 / thumb_px[1]), int(w0 / thumb_px[0])
-    yy, xx = np.mgrid[0:th, 0:tw]
-    xs0, ys0 = (xx + 0.5) * thumb_px[0], (yy + 0.5) * thumb_px[1]
-    tissue = ((xs0 - 30_000) / 25_000) ** 2 + ((ys0 - 20_000) / 15_000) ** 2 < 1
-    rng = np.random.default_rng(1)
-    thumb = np.full((th, tw, 3), 245, np.uint8)
-    pink = np.array([220, 150, 190]) + rng.normal(0, 12, (th, tw, 3))
-    thumb[tissue] = np.clip(pink[tissue], 0, 255).astype(np.uint8)
-    cell = 800.0
-    rows, cols = int(h0 / cell), int(w0 / cell)
-    cy, cx = (np.mgrid[0:rows, 0:cols] + 0.5) * cell
-    in_tissue = ((cx - 30_000) / 25_000) ** 2 + ((cy - 20_000) / 15_000) ** 2 < 1
-    prob = np.exp(-(((cx - 22_000) / 7_000) ** 2 + ((cy - 17_000) / 5_000) ** 2))
-    prob = np.clip(prob + rng.normal(0, 0.05, prob.shape), 0, 1).astype(np.float32)
-    prob[~in_tissue] = np.nan
-    hm = make_heatmap(prob, origin=(0.0, 0.0), cell=(cell, cell), mpp=0.25)
-    return hm, thumb, (0.0, 0.0), thumb_px
-
-
-def test_heatmap_png_realistic(tmp_path: Path) -> None:
-    hm, thumb, origin, px = realistic_case()
-    path = tmp_path / "heatmap.png"
-    heatmap_png(hm, thumb, origin, px, path, threshold=0.5, title="realistic.svs")
-    with Image.open(path) as im:
-        assert im.format == "PNG"
-        assert 800 <= max(im.size) <= 2000
-        rgb = np.asarray(im.convert("RGB"))
-    # the background (no tissue, no heatmap) is the thumbnail's own white
-    assert tuple(rgb[40, 30]) == (245, 245, 245)
-    # somewhere the heatmap's hot end (yellow-green) shows
-    assert np.any((rgb[:, :, 1] > 180) & (rgb[:, :, 2] < 120))
-
-
-def test_heatmap_png_geometry(tmp_path: Path) -> None:
-    """Nearest-neighbour resampling uses level-0 geometry: offset origins and sizes."""
-    prob = np.array([[0.0, 1.0]], np.float32)  # left cell 0, right cell 1
-    hm = make_heatmap(prob, origin=(1000.0, 500.0), cell=(100.0, 100.0))
-    thumb = np.full((40, 60, 3), 128, np.uint8)  # covers x 900..1500, y 400..800 at 10 px/px
-    path = tmp_path / "g.png"
-    heatmap_png(hm, thumb, (900.0, 400.0), (10.0, 10.0), path, alpha=1.0, max_side=400)
-    with Image.open(path) as im:
-        rgb = np.asarray(im.convert("RGB"))
-    # picture scaled from 60 px wide to fit; find it at (12, 12) in the canvas (top margin 12)
-    scale = (400 - max(150, min(260, 400 // 8)) - 12) / 60
-    scale = min(scale, (400 - 12 - 12) / 40)
-
-    def at(x0: float, y0: float) -> tuple[int, ...]:
-        """Canvas pixel at level-0 (x0, y0)."""
-        return tuple(rgb[12 + int((y0 - 400) / 10 * scale), 12 + int((x0 - 900) / 10 * scale)])
-
-    lut = colormap_lut()
-    assert at(1050, 550) == tuple(lut[0])
-    assert at(1150, 550) == tuple(lut[255])
-    assert at(950, 550) == (128, 128, 128)  # left of the heatmap
-    assert at(1050, 700) == (128, 128, 128)  # below it
-
-
-def test_heatmap_png_limits(tmp_path: Path) -> None:
-    hm = make_heatmap(np.full((3, 3), 0.5), origin=(0.0, 0.0), cell=(10.0, 10.0))
-    big = np.zeros((1000, 5000, 3), np.uint8)
-    heatmap_png(hm, big, (0, 0), (0.006, 0.006), tmp_path / "big.png")
-    small = np.zeros((30, 20), np.uint8)  # grey and tiny
-    heatmap_png(hm, small, (0, 0), (1.5, 1.0), tmp_path / "small.png")
-    with Image.open(tmp_path / "big.png") as a, Image.open(tmp_path / "small.png") as b:
-        assert max(a.size) <= 2000
-        assert 300 <= max(b.size) <= 2000
-
-
-def test_mask_png(tmp_path: Path) -> None:
-    mask = np.array([[True, False, True], [False, False, True]])
-    mask_png(mask, tmp_path / "mask.png")
-    with Image.open(tmp_path / "mask.png") as im:
-        assert im.mode == "L" and im.size == (3, 2)
-        assert np.array_equal(np.asarray(im), np.where(mask, 255, 0))
 
 
 # ------------------------------------------------------------------------- arrays, JSON

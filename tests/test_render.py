@@ -13,6 +13,7 @@ from PIL import Image
 from idcmap.evaluate import FN_COLOR, FP_COLOR, TP_COLOR, comparison_png
 from idcmap.heatmap import Heatmap
 from idcmap.render import (
+    colormap_lut,
     font,
     heatmap_picture,
     legend_panel,
@@ -133,3 +134,11 @@ def test_legend_and_comparison_png(tmp_path: Path) -> None:
     arr = np.asarray(Image.open(out).convert("RGB"))
     for c in (TP_COLOR, FP_COLOR, FN_COLOR):  # legend swatches in the pure colours
         assert np.all(arr == c, axis=2).any(), c
+
+
+def test_colormap_lut() -> None:
+    lut = colormap_lut()
+    assert lut.shape == (256, 3) and lut.dtype == np.uint8
+    assert tuple(lut[0]) == (68, 1, 84) and tuple(lut[-1]) == (253, 231, 37)
+    luminance = lut @ np.array([0.299, 0.587, 0.114])
+    assert np.all(np.diff(luminance) > -0.5)  # perceptually ordered: never darker
