@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from pipeline_helpers import colour_model
 from tiffgen import write_pyramid_tiff
 
 from idcmap.api import Params, segment_slide
 from idcmap.heatmap import Heatmap, smooth, stitch
 from idcmap.slide import open_slide
-from idcmap.tiles import BLOCK_MODEL_PX, MAX_READ_PX, make_grid, plan_blocks
+from idcmap.tiles import BLOCK_MODEL_PX, MAX_READ_PX, make_grid, plan_blocks, read_block
 from idcmap.tissue import TissueMask
 
 
@@ -187,3 +188,35 @@ def test_smooth_sigma_is_in_um_and_tissue_aware() -> None:
     sm = smooth(_hm(flat), 400.0).prob
     assert np.isnan(sm[:, :4]).all()
     np.testing.assert_allclose(sm[:, 4:], 0.8, atol=1e-6)
+
+
+def test_block_reads_stop_at_the_bounds_and_round_a_fractional_origin(tmp_path: Path) -> None:
+    """Bounds (103, 51, 597, 449) inside a 1 µm/px slide with data all around them, read at its
+    4 µm/px level (no resize): the bounds origin falls at level px (25.75, 12.75), so model px
+    (0, 0) is level px (26, 13) (rounded, not truncated to 25, 12); tiles past the bounds' right
+    and bottom edges (level px 175, 125) are padded with white, not filled with the frame's
+    pixels beyond them. OpenSlide leaves the frame of a Leica SCN transparent outside its
+    bounds, where a leak would read white anyway, so the bounds rectangle of a plain pyramid
+    is replaced here (as in test_slide.py's test_bounds_region) to give it pixels to leak."""
+    from dataclasses import replace
+
+    img = np.random.default_rng(11).integers(0, 256, (800, 1000, 3), dtype=np.uint8)
+    path = write_pyramid_tiff(
+        tmp_path / "b.tiff", img, 1.0, downsamples=(1, 4), tile=128, compression="zlib"
+    )
+    level1 = tifffile.imread(path, key=1)  # the level's own pixels, read without idcmap
+    bx, by, bw, bh = 103, 51, 597, 449
+    with open_slide(path) as slide:
+        slide.info = replace(slide.info, bounds_level0_px=(bx, by, bw, bh))
+        level = slide.best_level_for_mpp(4.0)
+        assert slide.info.level_downsamples[level] == 4.0
+        grid = make_grid(slide, None, model_mpp=4.0, patch_px=50, stride_px=50)
+        assert grid.shape == (3, 3)
+        blocks = plan_blocks(grid, 4.0)
+        assert blocks == [(0, 3, 0, 3)]
+        block = read_block(slide, grid, level, (0, 3), (0, 3))
+    expect = np.full((150, 150, 3), 255, np.uint8)
+    x0, y0 = round(bx / 4), round(by / 4)  # 26, 13
+    x1, y1 = (bx + bw) // 4, (by + bh) // 4  # 175, 125: the last level px wholly inside
+    expect[: y1 - y0, : x1 - x0] = level1[y0:y1, x0:x1]
+    np.testing.assert_array_equal(block.pixels, expect)

@@ -461,3 +461,19 @@ def test_bounds_region(gen: dict[str, Path], he: np.ndarray) -> None:
         assert to_qupath_px(s.info, 100, 60) == (0, 0)
         tm = detect_tissue(s, target_mpp=8.0)
         assert tm.origin_level0_px == (0.0, 0.0) and tm.mask.shape == (20, 40)
+
+
+def test_read_at_mpp_non_square_pixels(tmp_path: Path) -> None:
+    """1 × 2 µm pixels read at 4 µm/px: each output px is the mean of a 4 (x) × 2 (y) block of
+    level-0 px. The integer pre-reduction must use the smaller of the two factors (2): the
+    larger (4) would average 4 rows, then stretch them back over 2 output rows."""
+    img = np.random.default_rng(5).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    path = write_pyramid_tiff(
+        tmp_path / "ns.tiff", img, 1.0, downsamples=(1,), compression="zlib", mpp_y=2.0
+    )
+    with open_slide(path) as s:
+        assert (s.info.mpp, s.info.mpp_y) == (pytest.approx(1.0), pytest.approx(2.0))
+        rgb, (sx, sy) = s.read_at_mpp(4.0)
+    assert rgb.shape == (120, 80, 3) and (sx, sy) == (4.0, 2.0)
+    ref = img.reshape(120, 2, 80, 4, 3).astype(np.float64).mean(axis=(1, 3))
+    assert np.abs(rgb - ref).max() <= 1.0  # two roundings to uint8

@@ -72,7 +72,9 @@ def downsample_image(arr: np.ndarray, factor: float) -> np.ndarray:
     return res.round().astype(arr.dtype)
 
 
-def _resolution_kw(mpp: float | None, resolution_unit: str | None, dpi: float | None) -> dict:
+def _resolution_kw(
+    mpp: float | None, resolution_unit: str | None, dpi: float | None, mpp_y: float | None = None
+) -> dict:
     """tifffile resolution keywords: µm/px → px per cm / inch; dpi → 72-dpi style tags."""
     if dpi is not None:
         return {"resolution": (dpi, dpi), "resolutionunit": "INCH"}
@@ -80,7 +82,8 @@ def _resolution_kw(mpp: float | None, resolution_unit: str | None, dpi: float | 
         return {"resolution": (1, 1), "resolutionunit": "NONE"}
     per_unit = {"cm": 1e4, "centimeter": 1e4, "inch": 25400.0}[resolution_unit.lower()]
     unit = "INCH" if resolution_unit.lower() == "inch" else "CENTIMETER"
-    return {"resolution": (per_unit / mpp, per_unit / mpp), "resolutionunit": unit}
+    res = (per_unit / mpp, per_unit / (mpp_y or mpp))
+    return {"resolution": res, "resolutionunit": unit}
 
 
 def _photometric(arr: np.ndarray) -> str:
@@ -100,6 +103,7 @@ def write_pyramid_tiff(
     description: str | None = None,
     subifds: bool = False,
     bigtiff: bool = False,
+    mpp_y: float | None = None,
 ) -> Path:
     """A tiled pyramidal TIFF: level ``i`` is ``image`` downsampled by ``downsamples[i]``.
 
@@ -113,6 +117,7 @@ def write_pyramid_tiff(
         description: ImageDescription of level 0 (e.g. an Aperio header).
         subifds: store reduced levels as SubIFDs of page 0 (OpenSlide generic-tiff ignores them)
             instead of as further pages.
+        mpp_y: µm per level-0 pixel along y when pixels are not square (default: ``mpp``).
     """
     path = Path(path)
     if downsamples[0] != 1:
@@ -120,7 +125,7 @@ def write_pyramid_tiff(
     levels = [downsample_image(image, d) for d in downsamples]
     if compression == "jpeg" and image.dtype != np.uint8:
         raise ValueError("JPEG needs uint8; use compression='zlib'")
-    res = _resolution_kw(mpp, resolution_unit, dpi)
+    res = _resolution_kw(mpp, resolution_unit, dpi, mpp_y)
     phot = _photometric(image)
     common = {"tile": (tile, tile), "compression": compression, "photometric": phot, **res}
     if compression == "jpeg" and phot == "rgb":
