@@ -37,8 +37,8 @@ test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check idcmap tests benchmarks examples
-	$(BIN)/ruff format --check idcmap tests benchmarks examples
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy idcmap
 
 # Makes the benchmark slides once (~20 min on 2 cores; skipped when they exist), then runs the
