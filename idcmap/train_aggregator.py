@@ -10,6 +10,7 @@ in the safetensors, and the ``aggregator`` section in the JSON.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -129,16 +130,7 @@ def train_aggregator(
         "seconds": round(time.perf_counter() - t0, 1),
         "command": command,
     }
-    agg = Aggregator(
-        kinds=agg.kinds,
-        sigmas_um=agg.sigmas_um,
-        mean=agg.mean,
-        std=agg.std,
-        coef=agg.coef,
-        bias=agg.bias,
-        threshold=thr,
-        training=record,
-    )
+    agg = dataclasses.replace(agg, threshold=thr, training=record)
     cfg = m.config.replace(
         name=name or m.config.name,
         version=version or m.config.version,
