@@ -23,8 +23,8 @@ from pathlib import Path
 
 CHILD = r"""
 import json, sys, time, tempfile
-from idcmap.api import segment_slide
-from idcmap.model import load_model
+from idcmap.pipeline.segment import segment_slide
+from idcmap.model.runtime import load_model
 from idcmap.params import Params
 slide, model, device = sys.argv[1], sys.argv[2], sys.argv[4]
 stride, threads = int(sys.argv[3]), int(sys.argv[5])

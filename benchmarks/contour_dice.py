@@ -1,11 +1,11 @@
 """Staircase vs smooth region outlines on the test mosaics: cell Dice and area Dice.
 
-For each mosaic the bundled model runs once (idcmap.api.segment_slide with default parameters);
-the same mask is then outlined twice: cell edges (idcmap.regions.mask_to_regions) and the
-threshold contour of the smoothed surface (idcmap.contours.contour_regions). Figures:
+For each mosaic the bundled model runs once (idcmap.pipeline.segment.segment_slide with default parameters);
+the same mask is then outlined twice: cell edges (idcmap.pipeline.regions.mask_to_regions) and the
+threshold contour of the smoothed surface (idcmap.pipeline.contours.contour_regions). Figures:
 
-* cell Dice: the polygons rasterised at the cell centres (idcmap.regions.rasterize) against the
-  truth of ``cells.csv`` on the same grid (idcmap.evaluate.truth_from_cells) — what
+* cell Dice: the polygons rasterised at the cell centres (idcmap.pipeline.regions.rasterize) against the
+  truth of ``cells.csv`` on the same grid (idcmap.train.evaluate.truth_from_cells) — what
   ``idcmap evaluate slides`` measures;
 * area Dice: polygon areas against the union of the truth's IDC rectangles (sub-cell; the truth
   itself is a 200-µm staircase, which favours staircase outlines);
@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import shapely
 
-from idcmap.api import segment_slide
-from idcmap.contours import contour_regions
-from idcmap.data import read_cells
-from idcmap.evaluate import truth_from_cells
-from idcmap.model import load_model
-from idcmap.regions import mask_to_regions, rasterize
+from idcmap.model.runtime import load_model
+from idcmap.pipeline.contours import contour_regions
+from idcmap.pipeline.regions import mask_to_regions, rasterize
+from idcmap.pipeline.segment import segment_slide
+from idcmap.train.data import read_cells
+from idcmap.train.evaluate import truth_from_cells
 
 TEST_SLIDES = "8865,8913,8955,8984,9035,14082"
 
@@ -112,8 +112,8 @@ def timing() -> None:
     """Both outlines of a 1000×1000-cell heatmap of smoothed noise (≈1150 regions)."""
     from scipy import ndimage
 
-    from idcmap.heatmap import Heatmap
-    from idcmap.regions import idc_mask
+    from idcmap.pipeline.heatmap import Heatmap
+    from idcmap.pipeline.regions import idc_mask
 
     rng = np.random.default_rng(0)
     noise = ndimage.gaussian_filter(rng.random((1000, 1000)), 3).astype(np.float32)

@@ -20,7 +20,7 @@ Cases (each prints a table; all figures go to ``--json`` too):
    http_range.py``) and read by the workers through fsspec + tiffslide: body bytes and requests
    per slide against the file size, and slides per hour when reading over HTTP.
 4. **blocks**: the ``bytes`` case in this process for several fsspec block sizes and caches
-   (how ``idcmap.remote.BLOCK_BYTES`` / ``CACHE_TYPE`` were chosen).
+   (how ``idcmap.io.remote.BLOCK_BYTES`` / ``CACHE_TYPE`` were chosen).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def cluster(n: int) -> tuple[Any, Any, float]:
 
 
 def warm(client: Any) -> float:
-    from idcmap.distributed import ModelCache, model_ref, plugin_name
+    from idcmap.batch.cluster import ModelCache, model_ref, plugin_name
 
     t0 = time.perf_counter()
     client.register_plugin(ModelCache(), name=plugin_name())
@@ -78,7 +78,7 @@ def warm(client: Any) -> float:
 
 
 def batch(slides: list[str], out: Path, client: Any) -> tuple[float, list[Any]]:
-    from idcmap.distributed import segment_slides
+    from idcmap.batch.cluster import segment_slides
 
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
@@ -89,17 +89,17 @@ def batch(slides: list[str], out: Path, client: Any) -> tuple[float, list[Any]]:
 def throughput(slides: list[str], work: Path, workers: list[int]) -> list[dict[str, Any]]:
     rows = []
     # in-process: model loaded before the clock, like a warm worker
-    from idcmap.model import load_model
-    from idcmap.runner import check_output_dir, process_slide
+    from idcmap.batch.runner import check_output_dir, process_slide
+    from idcmap.model.runtime import load_model
 
     model = load_model(None, device="cpu")
-    from idcmap.api import Params
+    from idcmap.params import Params
 
     out = work / "serial"
     shutil.rmtree(out, ignore_errors=True)
     check_output_dir(out)
-    from idcmap.infer import threads_beside_readers
-    from idcmap.model import torch_threads
+    from idcmap.model.runtime import torch_threads
+    from idcmap.pipeline.infer import threads_beside_readers
 
     t0 = time.perf_counter()
     with torch_threads(threads_beside_readers(Params().workers)):  # as `idcmap run` does
@@ -142,10 +142,10 @@ def _row(
 
 def paired(slides: list[str], work: Path, repeats: int) -> list[dict[str, Any]]:
     """In this process and on one warm worker, alternately: the cost of running in a worker."""
-    from idcmap.api import Params
-    from idcmap.infer import threads_beside_readers
-    from idcmap.model import load_model, torch_threads
-    from idcmap.runner import check_output_dir, process_slide
+    from idcmap.batch.runner import check_output_dir, process_slide
+    from idcmap.model.runtime import load_model, torch_threads
+    from idcmap.params import Params
+    from idcmap.pipeline.infer import threads_beside_readers
 
     model = load_model(None, device="cpu")
     c, client, _ = cluster(1)
@@ -245,12 +245,12 @@ def bytes_read(slides: list[str], work: Path, n_workers: int) -> list[dict[str, 
 
 def blocks(slides: list[str]) -> list[dict[str, Any]]:
     """Bytes and requests per slide over HTTP for fsspec block sizes and caches, in this
-    process (one slide at a time, ``segment_slide``): how ``idcmap.remote``'s setting was chosen."""
+    process (one slide at a time, ``segment_slide``): how ``idcmap.io.remote``'s setting was chosen."""
     from http_range import serve
 
-    import idcmap.remote as remote
-    from idcmap.api import segment_slide
-    from idcmap.model import load_model
+    import idcmap.io.remote as remote
+    from idcmap.model.runtime import load_model
+    from idcmap.pipeline.segment import segment_slide
 
     model = load_model(None, device="cpu")
     saved = remote.BLOCK_BYTES, remote.CACHE_TYPE

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from distributed import Client
 
-    from idcmap.distributed import segment_slides
+    from idcmap.batch.cluster import segment_slides
 
     result: dict[str, Any] = {"slides": len(slides), "jobs": a.jobs, "cores_per_job": a.cores}
     with tempfile.TemporaryDirectory(prefix="idcmap-slurm-") as tmp:

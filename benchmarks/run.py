@@ -2,7 +2,7 @@
 
 Every case runs in a fresh subprocess (so its peak RSS is its own, read with ``os.wait4``):
 
-* ``e2e``: :func:`idcmap.api.segment_slide` + ``save`` (all outputs), for each slide and stride:
+* ``e2e``: :func:`idcmap.pipeline.segment.segment_slide` + ``save`` (all outputs), for each slide and stride:
   wall time, tiles/s, peak RSS and where the time goes (``summary.json`` ``timings_s``);
 * ``floors``: on the same slide, grid and model: the I/O floor, a pure decode of the pyramid
   level that is read (``read_region`` over the same blocks, no resize, no model; 1 thread and
@@ -66,8 +66,8 @@ def random_model(path: Path, seed: int = 0, widths: tuple[int, int, int] = (64, 
     """A random-weight IDCNet (default widths: the shipped model's compute cost) as a model file."""
     import torch
 
-    from idcmap.archs.idcnet import IDCNet
-    from idcmap.modelfile import ModelConfig, save_model
+    from idcmap.model.archs.idcnet import IDCNet
+    from idcmap.model.modelfile import ModelConfig, save_model
 
     if path.exists():
         return path
@@ -102,9 +102,9 @@ def _sync(model: Any) -> None:
 
 
 def _grid(slide: Any, model: Any, stride: int) -> Any:
-    from idcmap.api import Params
-    from idcmap.tiles import make_grid
-    from idcmap.tissue import detect_tissue
+    from idcmap.params import Params
+    from idcmap.pipeline.tiles import make_grid
+    from idcmap.pipeline.tissue import detect_tissue
 
     p = Params()
     tissue = detect_tissue(slide, target_mpp=p.tissue_mpp)
@@ -124,8 +124,9 @@ def _grid(slide: Any, model: Any, stride: int) -> Any:
 
 
 def child_e2e(a: argparse.Namespace) -> dict[str, Any]:
-    from idcmap.api import Params, segment_slide
-    from idcmap.model import load_model
+    from idcmap.model.runtime import load_model
+    from idcmap.params import Params
+    from idcmap.pipeline.segment import segment_slide
 
     _setup_torch(a)
     t0 = time.perf_counter()
@@ -180,10 +181,10 @@ def child_e2e(a: argparse.Namespace) -> dict[str, Any]:
 def child_floors(a: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
-    from idcmap.infer import _predict_dense
-    from idcmap.model import load_model
-    from idcmap.slide import open_slide
-    from idcmap.tiles import plan_blocks, read_block
+    from idcmap.io.open import open_slide
+    from idcmap.model.runtime import load_model
+    from idcmap.pipeline.infer import _predict_dense
+    from idcmap.pipeline.tiles import plan_blocks, read_block
 
     _setup_torch(a)
     model = load_model(a.model, device=a.device)
@@ -326,8 +327,8 @@ def child_naive(a: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     from PIL import Image
 
-    from idcmap.model import load_model
-    from idcmap.slide import open_slide
+    from idcmap.io.open import open_slide
+    from idcmap.model.runtime import load_model
 
     _setup_torch(a)
     model = load_model(a.model, device=a.device)
@@ -617,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.model == "random":
         a.model = str(random_model(WORK / "random-idcnet.json"))
     elif a.model == "bundled":
-        from idcmap.model import bundled_model_path
+        from idcmap.model.runtime import bundled_model_path
 
         a.model = str(bundled_model_path())
     results: dict[str, Any] = {

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from tiffgen import write_pyramid_tiff  # noqa: E402
 
-from idcmap.cli import main as idcmap_main  # noqa: E402
+from idcmap.cli.main import main as idcmap_main  # noqa: E402
 from idcmap.viewer.server import make_server  # noqa: E402
 
 WORK = ROOT / "benchmarks" / "_work" / "viewer"

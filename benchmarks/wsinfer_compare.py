@@ -43,7 +43,7 @@ def export(model_json: Path, out: Path) -> tuple[Path, Path]:
     """TorchScript (logits) + WSInfer config of an idcmap model file."""
     import torch
 
-    from idcmap.model import load_model
+    from idcmap.model.runtime import load_model
 
     model = load_model(model_json, device="cpu")
     cfg = model.config
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         setup()
     if a.slide:
         sys.path.insert(0, str(HERE.parent))
-        from idcmap.model import bundled_model_path
+        from idcmap.model.runtime import bundled_model_path
 
         model = bundled_model_path() if a.model == "bundled" else Path(a.model)
         print(

@@ -15,7 +15,7 @@ import sys
 from distributed import Client
 
 from idcmap import segment_slides
-from idcmap.distributed import expand_inputs, local_cluster
+from idcmap.batch.cluster import expand_inputs, local_cluster
 
 
 def main() -> int:

@@ -3,30 +3,39 @@
 ``segment_slide(path)`` runs the whole pipeline on one slide; ``load_model()`` loads the bundled
 model once for many slides; ``segment_slides(paths, out_dir, client=...)`` runs a batch, in this
 process or one Dask task per slide on a cluster. Heavy modules (torch) are imported on first use.
+
+The package follows the pipeline: :mod:`idcmap.io` (slides) → :mod:`idcmap.pipeline` (tissue,
+tiles, model, heatmap, aggregate, regions) → :mod:`idcmap.output` (files) → :mod:`idcmap.batch`
+(cohorts, Dask) → :mod:`idcmap.cli`; :mod:`idcmap.model` holds the model files and runtime,
+:mod:`idcmap.train` training and evaluation, :mod:`idcmap.viewer` the browser viewer.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-__version__ = "0.2.0"
+from idcmap._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from idcmap.batch.cluster import segment_slides as segment_slides
+    from idcmap.io.open import open_slide as open_slide
+    from idcmap.model.runtime import IDCModel as IDCModel
+    from idcmap.model.runtime import load_model as load_model
+    from idcmap.params import Params as Params
+    from idcmap.pipeline.result import SlideResult as SlideResult
+    from idcmap.pipeline.segment import segment_slide as segment_slide
+
+__version__ = "0.3.0.dev0"
 
 _EXPORTS = {
-    "segment_slide": "idcmap.api",
-    "SlideResult": "idcmap.api",
-    "Params": "idcmap.api",
-    "load_model": "idcmap.model",
-    "IDCModel": "idcmap.model",
-    "open_slide": "idcmap.slide",
-    "segment_slides": "idcmap.distributed",
+    "segment_slide": "pipeline.segment",
+    "SlideResult": "pipeline.result",
+    "Params": "params",
+    "load_model": "model.runtime",
+    "IDCModel": "model.runtime",
+    "open_slide": "io.open",
+    "segment_slides": "batch.cluster",
 }
 
 __all__ = ["__version__", *_EXPORTS]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'idcmap' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

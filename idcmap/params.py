@@ -9,8 +9,9 @@ import math
 import re
 from dataclasses import dataclass
 
-from .errors import UsageError
-from .slide import BACKENDS, USER_MPP
+from idcmap.errors import UsageError
+from idcmap.io.mpp import USER_MPP
+from idcmap.io.readers import BACKENDS
 
 __all__ = ["AGGREGATORS", "OUTLINES", "Params"]
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from idcmap.archs import Architecture
-from idcmap.archs.idcnet import IDCNet
-from idcmap.model import IDCModel
-from idcmap.modelfile import ModelConfig, save_model
+from idcmap.model.archs import Architecture
+from idcmap.model.archs.idcnet import IDCNet
+from idcmap.model.modelfile import ModelConfig, save_model
+from idcmap.model.runtime import IDCModel
 
 
 def _logits(p: torch.Tensor) -> torch.Tensor:

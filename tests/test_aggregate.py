@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-from idcmap.aggregate import KIND, Aggregator, features, fit_aggregator
-from idcmap.api import segment_slide
 from idcmap.errors import ModelError
-from idcmap.evaluate import dice_iou, evaluate_slides, read_truth, roc_auc
-from idcmap.heatmap import Heatmap
-from idcmap.model import load_model
-from idcmap.modelfile import bundled_model_path, read_config, save_model
+from idcmap.model.modelfile import bundled_model_path, read_config, save_model
+from idcmap.model.runtime import load_model
 from idcmap.params import Params
-from idcmap.regions import idc_mask
+from idcmap.pipeline.aggregate import KIND, Aggregator, features, fit_aggregator
+from idcmap.pipeline.heatmap import Heatmap
+from idcmap.pipeline.regions import idc_mask
+from idcmap.pipeline.segment import segment_slide
+from idcmap.train.evaluate import dice_iou, evaluate_slides, read_truth, roc_auc
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "8955.tiff"
@@ -243,7 +243,7 @@ def test_pipeline_equals_evaluate_slides_on_a_shared_mosaic(shared: Path, v2) ->
 def test_tiny_real_aggregator_training_run(shared: Path, tmp_path: Path) -> None:
     """train-aggregator end to end on two small mosaics (seconds): the model it writes loads,
     keeps the network's weights and draws the regions with its own aggregator."""
-    from idcmap.cli import main
+    from idcmap.cli.main import main
 
     slides = shared / "idc" / "slides"
     out = tmp_path / "tiny.json"
@@ -281,7 +281,7 @@ def test_tiny_real_aggregator_training_run(shared: Path, tmp_path: Path) -> None
 def test_train_aggregator_cli_errors_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from idcmap.cli import main
+    from idcmap.cli.main import main
 
     rc = main(["train-aggregator", "--train", str(EXAMPLE), "--out", str(tmp_path / "x.json")])
     err = capsys.readouterr().err.strip()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from idcmap.cohort import (
+from idcmap.output.cohort import (
     COHORT_FILE,
     COLUMNS,
     CohortRow,

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
-from idcmap.contours import DELTA, contour_regions, signed_surface
-from idcmap.heatmap import Heatmap
-from idcmap.regions import idc_mask, mask_to_regions, rasterize
+from idcmap.pipeline.contours import DELTA, contour_regions, signed_surface
+from idcmap.pipeline.heatmap import Heatmap
+from idcmap.pipeline.regions import idc_mask, mask_to_regions, rasterize
 
 
 def make_heatmap(

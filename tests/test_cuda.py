@@ -13,8 +13,8 @@ import pytest
 import torch
 from tiffgen import synthetic_he, write_pyramid_tiff
 
-from idcmap.api import segment_slide
-from idcmap.model import IDCModel, load_model, resolve_device
+from idcmap.model.runtime import IDCModel, load_model, resolve_device
+from idcmap.pipeline.segment import segment_slide
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
 

@@ -25,15 +25,15 @@ aiohttp = pytest.importorskip("aiohttp", reason="needs aiohttp for http:// slide
 
 from http_range import serve  # noqa: E402
 
-from idcmap.api import Params  # noqa: E402
-from idcmap.distributed import (  # noqa: E402
+from idcmap.batch.cluster import (  # noqa: E402
     PLUGIN_NAME,
     connect,
     model_ref,
     segment_slides,
 )
+from idcmap.batch.runner import Outcome  # noqa: E402
 from idcmap.errors import UsageError  # noqa: E402
-from idcmap.runner import Outcome  # noqa: E402
+from idcmap.params import Params  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: small IDC mosaics (0.4–1 s each on this machine)
@@ -140,7 +140,7 @@ def test_model_ref_carries_no_weights():
 def test_bad_file_one_line_nonzero_exit(
     client: Any, slides: list[str], shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ):
-    from idcmap.cli import main
+    from idcmap.cli.main import main
 
     bad = shared / "wsi" / "negative" / "broken.svs"
     addr = client.scheduler.address
@@ -301,9 +301,9 @@ def test_worker_killed_mid_slide(client: Any, slides: list[str], tmp_path: Path)
 def test_url_names_and_missing_fsspec_backend():
     import importlib.util
 
-    from idcmap.api import slide_stem
     from idcmap.errors import SlideError
-    from idcmap.slide import open_slide
+    from idcmap.io.open import open_slide
+    from idcmap.io.urls import slide_stem
 
     assert slide_stem("https://h.org/c/TCGA-A1.svs?X-Amz-Signature=ab%2Fc") == "TCGA-A1"
     assert slide_stem("s3://bucket/dir/a%20b.ome.tiff") == "a b"
@@ -315,7 +315,7 @@ def test_url_names_and_missing_fsspec_backend():
 
 def test_info_on_a_url(slides: list[str], capsys: pytest.CaptureFixture[str]):
     """`idcmap info URL` opens the slide over HTTP (the URL's // survives the CLI)."""
-    from idcmap.cli import main
+    from idcmap.cli.main import main
 
     with serve(Path(slides[0]).parent) as srv:
         assert main(["info", f"{srv.url}/{Path(slides[0]).name}", "--json"]) == 0

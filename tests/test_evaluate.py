@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from idcmap.errors import UsageError
-from idcmap.evaluate import dice_from_counts, dice_iou, truth_from_geojson
-from idcmap.evaluate import write_json as evaluate_write_json
-from idcmap.export import write_json
-from idcmap.heatmap import Heatmap
+from idcmap.output.export import write_json
+from idcmap.pipeline.heatmap import Heatmap
+from idcmap.train.evaluate import dice_from_counts, dice_iou, truth_from_geojson
+from idcmap.train.evaluate import write_json as evaluate_write_json
 
 
 def _square(x0: float, y0: float, side: float, cls: object) -> dict:

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_regions import grid, heatmap_and_mask, make_heatmap
 
-from idcmap.export import (
+from idcmap.output.export import (
     IDC_COLOR,
     heatmap_npz,
     load_heatmap_npz,
@@ -25,8 +25,8 @@ from idcmap.export import (
     regions_to_geojson,
     write_json,
 )
-from idcmap.heatmap import Heatmap
-from idcmap.regions import Region, mask_to_regions, rasterize
+from idcmap.pipeline.heatmap import Heatmap
+from idcmap.pipeline.regions import Region, mask_to_regions, rasterize
 
 
 def json_round_trip(obj: Any) -> Any:

@@ -40,11 +40,12 @@ from tiffgen import (
     write_svs_like,
 )
 
-from idcmap.api import Params, segment_slide
-from idcmap.cli import main
-from idcmap.export import read_geojson_polygons
-from idcmap.regions import rasterize
-from idcmap.slide import open_slide
+from idcmap.cli.main import main
+from idcmap.io.open import open_slide
+from idcmap.output.export import read_geojson_polygons
+from idcmap.params import Params
+from idcmap.pipeline.regions import rasterize
+from idcmap.pipeline.segment import segment_slide
 
 warnings.filterwarnings("ignore", module="tiffslide")
 

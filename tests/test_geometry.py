@@ -14,11 +14,12 @@ import tifffile
 from pipeline_helpers import colour_model
 from tiffgen import write_pyramid_tiff
 
-from idcmap.api import Params, segment_slide
-from idcmap.heatmap import Heatmap, smooth, stitch
-from idcmap.slide import open_slide
-from idcmap.tiles import BLOCK_MODEL_PX, MAX_READ_PX, make_grid, plan_blocks, read_block
-from idcmap.tissue import TissueMask
+from idcmap.io.open import open_slide
+from idcmap.params import Params
+from idcmap.pipeline.heatmap import Heatmap, smooth, stitch
+from idcmap.pipeline.segment import segment_slide
+from idcmap.pipeline.tiles import BLOCK_MODEL_PX, MAX_READ_PX, make_grid, plan_blocks, read_block
+from idcmap.pipeline.tissue import TissueMask
 
 
 def expected_heatmap(red: np.ndarray, patch: int, stride: int) -> np.ndarray:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from idcmap.batch.inputs import expand_inputs, read_slide_list
 from idcmap.errors import UsageError
-from idcmap.inputs import expand_inputs, read_slide_list
 
 
 def touch(p: Path) -> Path:

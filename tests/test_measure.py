@@ -9,7 +9,7 @@ import pytest
 import shapely
 from shapely import affinity
 
-from idcmap.measure import (
+from idcmap.pipeline.measure import (
     RegionMeasurements,
     caliper_diameters_um,
     measure_polygon,
@@ -110,7 +110,7 @@ def test_slide_figures() -> None:
 
 
 def test_measurements_summary() -> None:
-    from idcmap.measure import NOTE, measurements_summary
+    from idcmap.pipeline.measure import NOTE, measurements_summary
 
     polys = [px(shapely.box(0, 0, 3000, 1000)), px(shapely.box(5000, 0, 6000, 1000))]
     per, block = measurements_summary(polys, 40.0, MPP_X, MPP_Y)

@@ -13,13 +13,13 @@ import torch
 from tiffgen import synthetic_he, write_pyramid_tiff
 from torch import nn
 
-from idcmap.api import segment_slide
-from idcmap.archs import Architecture
-from idcmap.data import list_patches, load_patches, read_level0
 from idcmap.errors import ModelError, UsageError
-from idcmap.evaluate import binary_metrics
-from idcmap.model import ARCHITECTURES, load_model, register_architecture
-from idcmap.modelfile import ModelConfig, bundled_model_path, save_model
+from idcmap.model.archs import Architecture
+from idcmap.model.modelfile import ModelConfig, bundled_model_path, save_model
+from idcmap.model.runtime import ARCHITECTURES, load_model, register_architecture
+from idcmap.pipeline.segment import segment_slide
+from idcmap.train.data import list_patches, load_patches, read_level0
+from idcmap.train.evaluate import binary_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_PATCHES = ROOT / "tests" / "fixtures" / "patches"
@@ -251,7 +251,7 @@ def test_architecture_registry_refuses_what_it_cannot_run(tmp_path: Path) -> Non
 
 
 def test_writing_into_the_package_is_refused(model_copy: Path) -> None:
-    from idcmap.modelfile import read_config, save_config
+    from idcmap.model.modelfile import read_config, save_config
 
     cfg = read_config(model_copy)
     with pytest.raises(UsageError, match="package"):
@@ -266,9 +266,9 @@ def test_writing_into_the_package_is_refused(model_copy: Path) -> None:
 
 
 def test_predict_grid_changes_torch_threads_only_when_asked(tmp_path: Path) -> None:
-    from idcmap.infer import predict_grid, threads_beside_readers
-    from idcmap.slide import open_slide
-    from idcmap.tiles import make_grid
+    from idcmap.io.open import open_slide
+    from idcmap.pipeline.infer import predict_grid, threads_beside_readers
+    from idcmap.pipeline.tiles import make_grid
 
     img = synthetic_he(600, 700, seed=5, tissue=0.7)
     path = write_pyramid_tiff(tmp_path / "he.tiff", img, 4.0, downsamples=(1,), compression="zlib")

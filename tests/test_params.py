@@ -7,7 +7,7 @@ from dataclasses import fields
 
 import pytest
 
-from idcmap.cli import main
+from idcmap.cli.main import main
 from idcmap.errors import UsageError
 from idcmap.params import Params
 

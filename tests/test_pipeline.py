@@ -17,9 +17,10 @@ from geojson_check import validate_qupath_geojson
 from pipeline_helpers import colour_model, tiny_model_file
 from tiffgen import write_pyramid_tiff
 
-from idcmap.api import Params, segment_slide
-from idcmap.cli import main
-from idcmap.regions import rasterize
+from idcmap.cli.main import main
+from idcmap.params import Params
+from idcmap.pipeline.regions import rasterize
+from idcmap.pipeline.segment import segment_slide
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent (CI has it)")
@@ -202,7 +203,7 @@ def test_outputs_written(tmp_path: Path) -> None:
 
 def test_outputs_table_and_save_errors_speak_api(tmp_path: Path) -> None:
     from idcmap.errors import OutputError
-    from idcmap.outputs import OUTPUT_FILES, OUTPUTS
+    from idcmap.output.folder import OUTPUT_FILES, OUTPUTS
 
     assert tuple(o.file_name for o in OUTPUTS if o.option is None) == OUTPUT_FILES
     assert OUTPUTS[-1].file_name == "summary.json"  # written last: it marks the slide done

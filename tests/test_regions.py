@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from idcmap.heatmap import Heatmap
-from idcmap.regions import Region, idc_mask, mask_to_regions, rasterize
+from idcmap.pipeline.heatmap import Heatmap
+from idcmap.pipeline.regions import Region, idc_mask, mask_to_regions, rasterize
 
 
 def make_heatmap(

@@ -10,9 +10,7 @@ import pytest
 import shapely
 from PIL import Image
 
-from idcmap.evaluate import FN_COLOR, FP_COLOR, TP_COLOR, comparison_png
-from idcmap.heatmap import Heatmap
-from idcmap.render import (
+from idcmap.output.render import (
     colormap_lut,
     font,
     heatmap_picture,
@@ -22,6 +20,8 @@ from idcmap.render import (
     overlay_alpha,
     save_png,
 )
+from idcmap.pipeline.heatmap import Heatmap
+from idcmap.train.evaluate import FN_COLOR, FP_COLOR, TP_COLOR, comparison_png
 
 
 def _glyph(ch: str, bold: bool = False) -> np.ndarray:

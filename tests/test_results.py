@@ -16,8 +16,9 @@ from PIL import Image
 from pipeline_helpers import colour_model, tiny_model_file
 from tiffgen import write_pyramid_tiff
 
-from idcmap.api import Params, segment_slide
-from idcmap.cli import main
+from idcmap.cli.main import main
+from idcmap.params import Params
+from idcmap.pipeline.segment import segment_slide
 
 
 def block_slide(path: Path, mpp: float = 4.0) -> Path:

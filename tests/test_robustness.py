@@ -29,10 +29,10 @@ from PIL import Image
 from pipeline_helpers import tiny_model_file
 from tiffgen import write_pyramid_tiff
 
-from idcmap.api import OUTPUT_FILES
-from idcmap.cli import main
+from idcmap.cli.main import main
 from idcmap.errors import ModelError, UsageError
-from idcmap.export import load_heatmap_npz
+from idcmap.output.export import load_heatmap_npz
+from idcmap.output.folder import OUTPUT_FILES
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent (CI has it)")

@@ -1,4 +1,4 @@
-"""The per-slide unit :func:`idcmap.runner.process_slide` and the slide lock.
+"""The per-slide unit :func:`idcmap.batch.runner.process_slide` and the slide lock.
 
 Real generated slides, the colour stand-in model (a real torch module) and real ``flock``s.
 """
@@ -17,8 +17,8 @@ import pytest
 from pipeline_helpers import colour_model
 from tiffgen import write_pyramid_tiff
 
-from idcmap.api import Params
-from idcmap.runner import Outcome, process_slide, run_batch, slide_lock
+from idcmap.batch.runner import Outcome, process_slide, run_batch, slide_lock
+from idcmap.params import Params
 
 
 def _slide(path: Path) -> Path:

@@ -27,7 +27,9 @@ from idcmap.errors import (
     UnsupportedImageError,
     UsageError,
 )
-from idcmap.slide import Slide, SlideInfo, open_slide, slide_info
+from idcmap.io.mpp import mpp_from_tags
+from idcmap.io.open import open_slide, slide_info
+from idcmap.io.slide import Slide, SlideInfo
 
 warnings.filterwarnings("ignore", module="tiffslide")
 
@@ -237,12 +239,10 @@ def test_idcmaps_own_resolution_rule(tmp_path: Path, he: np.ndarray) -> None:
     gives no µm/px), and any TIFF read with backend="image" (PIL). Both units, both ways."""
     import tifffile
 
-    from idcmap.slide import _mpp_from_tags
-
     for unit, mpp in (("cm", 0.5), ("inch", 0.25)):
         path = write_striped_tiff(tmp_path / f"{unit}.tiff", he, mpp, resolution_unit=unit)
         with tifffile.TiffFile(path) as tif:
-            assert _mpp_from_tags(tif.pages.first) == ((pytest.approx(mpp),) * 2, None)
+            assert mpp_from_tags(tif.pages.first) == ((pytest.approx(mpp),) * 2, None)
         info = slide_info(path, backend="image")
         assert (info.mpp, info.mpp_source) == (pytest.approx(mpp), "tiff-resolution")
     # no ResolutionUnit tag: the TIFF default, inch (50,800 px per inch = 0.5 µm/px)
@@ -449,8 +449,8 @@ def test_bounds_region(gen: dict[str, Path], he: np.ndarray) -> None:
     """With OpenSlide bounds, read_at_mpp covers only the bounds rectangle (QuPath's image)."""
     from dataclasses import replace
 
-    from idcmap.slide import to_qupath_px
-    from idcmap.tissue import detect_tissue
+    from idcmap.io.slide import to_qupath_px
+    from idcmap.pipeline.tissue import detect_tissue
 
     with open_slide(gen["cm"]) as s:
         s.info = replace(s.info, bounds_level0_px=(100, 60, 640, 320))

@@ -10,8 +10,8 @@ import pytest
 from tiffgen import GLASS_RGB, synthetic_he, write_image, write_pyramid_tiff
 
 from idcmap.errors import UsageError
-from idcmap.slide import open_slide
-from idcmap.tissue import TissueMask, detect_tissue, tissue_mask_from_rgb
+from idcmap.io.open import open_slide
+from idcmap.pipeline.tissue import TissueMask, detect_tissue, tissue_mask_from_rgb
 
 
 def _cell_fraction(mask: TissueMask, x: int, y: int, w: int, h: int) -> float:

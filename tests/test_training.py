@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from idcmap import data
-from idcmap.evaluate import (
+from idcmap.model.runtime import load_model
+from idcmap.pipeline.heatmap import Heatmap
+from idcmap.train import data
+from idcmap.train.evaluate import (
     best_threshold,
     binary_metrics,
     dice_iou,
@@ -20,8 +22,6 @@ from idcmap.evaluate import (
     truth_from_cells,
     truth_from_geojson,
 )
-from idcmap.heatmap import Heatmap
-from idcmap.model import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_PATCHES = ROOT / "tests" / "fixtures" / "patches"
@@ -38,7 +38,7 @@ def idc_data() -> Path:
 
 
 def _cli(argv: list[str]) -> int:
-    from idcmap.cli_training import register
+    from idcmap.cli.training import register
 
     parser = argparse.ArgumentParser(prog="idcmap")
     register(parser.add_subparsers(dest="command"))
@@ -112,7 +112,7 @@ def test_prepare_mosaics_cuts_every_cell(idc_data: Path, tmp_path: Path) -> None
 
 def test_tiny_real_training_run(idc_data: Path, tmp_path: Path) -> None:
     """One epoch of fastai on a few hundred real patches → a model file the pipeline loads."""
-    from idcmap.train import train
+    from idcmap.train.patches import train
 
     out = tmp_path / "tiny.json"
     cfg = train(
@@ -154,7 +154,7 @@ def test_tiny_real_training_run(idc_data: Path, tmp_path: Path) -> None:
 def test_augmentations_keep_range_and_shape() -> None:
     import torch
 
-    from idcmap.train import colour_jitter, dihedral
+    from idcmap.train.patches import colour_jitter, dihedral
 
     x = torch.rand(16, 3, 50, 50)
     d = dihedral(x)
@@ -291,7 +291,7 @@ def test_evaluate_slides_command(tmp_path: Path) -> None:
 def test_tune_regions_writes_a_model_where_told(tmp_path: Path) -> None:
     """--write names the model file to write; the bundled model's own file is never touched."""
     from idcmap.errors import UsageError
-    from idcmap.model import bundled_model_path
+    from idcmap.model.runtime import bundled_model_path
 
     slide = EXAMPLE_SLIDES[0]
     bundled = bundled_model_path().read_bytes()
@@ -315,7 +315,7 @@ def test_tune_regions_writes_a_model_where_told(tmp_path: Path) -> None:
 def test_recorded_paths_name_no_folder_of_this_machine(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from idcmap.train import portable_command, portable_path
+    from idcmap.train.patches import portable_command, portable_path
 
     monkeypatch.chdir(tmp_path)
     assert portable_path(tmp_path / "data" / "patches") == "data/patches"  # below the cwd

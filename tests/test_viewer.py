@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from idcmap.cli import main as idcmap_main
-from idcmap.slide import open_slide
+from idcmap.cli.main import main as idcmap_main
+from idcmap.io.open import open_slide
 from idcmap.viewer.imaging import OVERLAY_STOPS, _BoundsGeometry, overlay_png
 from idcmap.viewer.server import ViewerServer, make_server
 

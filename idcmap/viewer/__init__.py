@@ -7,6 +7,6 @@ measurements, a scale bar). See ``docs/viewer.md``.
 
 from __future__ import annotations
 
-from .server import ViewerServer, make_server
+from idcmap.viewer.server import ViewerServer, make_server
 
 __all__ = ["ViewerServer", "make_server"]

@@ -6,8 +6,7 @@ import argparse
 import sys
 
 from idcmap.errors import IDCMapError
-
-from .cli import add_parser
+from idcmap.viewer.cli import add_parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,8 +51,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_view(args: argparse.Namespace) -> int:
     """Serve until Ctrl+C; returns the exit status (0)."""
     from idcmap.errors import UsageError
-
-    from .server import make_server
+    from idcmap.viewer.server import make_server
 
     def log(line: str) -> None:
         print(line, file=sys.stderr)

@@ -1,6 +1,6 @@
 """Pixels for the viewer: Deep Zoom tiles from the slide, thumbnails, the heatmap overlay.
 
-Slides are opened with :func:`idcmap.slide.open_slide` (same backends, µm/px rules and error
+Slides are opened with :func:`idcmap.io.slide.open_slide` (same backends, µm/px rules and error
 messages as ``idcmap run``); openslide-python's :class:`~openslide.deepzoom.DeepZoomGenerator`
 lays out the Deep Zoom pyramid over the slide's *bounds rectangle* (``limit_bounds=True``), so a
 Deep Zoom level-0 pixel is a pixel of QuPath's frame, the frame of every idcmap output.
@@ -24,7 +24,8 @@ from openslide.deepzoom import DeepZoomGenerator
 from PIL import Image, ImageDraw, ImageFont
 
 from idcmap.errors import IDCMapError, SlideError
-from idcmap.slide import Slide, open_slide
+from idcmap.io.open import open_slide
+from idcmap.io.slide import Slide
 
 __all__ = [
     "OVERLAY_STOPS",
@@ -57,7 +58,7 @@ OVERLAY_STOPS: tuple[tuple[float, tuple[int, int, int], float], ...] = (
 
 class _BoundsGeometry(AbstractSlide):
     """The geometry :class:`DeepZoomGenerator` needs (levels, bounds), read from a
-    :class:`~idcmap.slide.SlideInfo`; pixels come from :class:`SlideEntry` instead."""
+    :class:`~idcmap.io.slide.SlideInfo`; pixels come from :class:`SlideEntry` instead."""
 
     def __init__(self, slide: Slide) -> None:
         super().__init__()

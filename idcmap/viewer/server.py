@@ -43,9 +43,8 @@ from urllib.parse import parse_qs, unquote
 import numpy as np
 
 from idcmap.errors import IDCMapError, UsageError
-
-from .catalog import Catalog, SlideFolder, inside
-from .imaging import (
+from idcmap.viewer.catalog import Catalog, SlideFolder, inside
+from idcmap.viewer.imaging import (
     OVERLAY_STOPS,
     TILE_OVERLAP_PX,
     TILE_PX,

@@ -1,0 +1,133 @@
+"""Batch inputs: slide lists (``--list slides.txt``), folders, folders searched recursively.
+
+A list file has one slide path per line; blank lines and lines whose first non-blank character
+is ``#`` are ignored, and so is the rest of a line after `` #`` (space, hash) — a ``#`` inside a
+file name (``case#3.svs``) is kept. Relative paths are taken relative to the **list file's
+folder**, so a list travels with its slides. A missing slide stays in the list: it fails on
+its own line and the batch goes on.
+
+Folders: the slides directly inside, or with ``recursive=True`` in every sub-folder too (sorted,
+hidden files and folders skipped, symlinked folders not followed, an idcmap output folder — one
+with a ``summary.json`` — never taken as input, so ``--out`` inside the input folder is safe).
+A folder whose slide files are all ``.dcm`` is one DICOM WSI series, kept as one slide.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from idcmap.errors import UsageError
+from idcmap.io.open import SLIDE_SUFFIXES
+
+__all__ = ["expand_inputs", "read_slide_list"]
+
+
+def read_slide_list(list_file: str | Path) -> list[str | Path]:
+    """Slide paths of a list file (see the module docstring for the format); URLs
+    (``https://…``, ``s3://…``) are kept as they are.
+
+    Raises:
+        UsageError: the list cannot be read, is not text, or names no slide.
+    """
+    lf = Path(list_file)
+    try:
+        text = lf.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UsageError(f"slide list {lf} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"slide list {lf} is a folder; give a text file of paths") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"slide list {lf} is not UTF-8 text (one slide path per line)") from None
+    except OSError as e:
+        raise UsageError(f"cannot read slide list {lf}: {e.strerror or e}") from e
+    base = lf.parent
+    out: list[str | Path] = []
+    for line in text.splitlines():
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        cut = s.find(" #")
+        if cut >= 0:
+            s = s[:cut].rstrip()
+        if "://" in s:  # a URL: Path() would fold its //
+            out.append(s)
+            continue
+        p = Path(os.path.expanduser(s))
+        out.append(p if p.is_absolute() else base / p)
+    if not out:
+        raise UsageError(f"slide list {lf} names no slide (one path per line, # for comments)")
+    return out
+
+
+def _slides_in(folder: Path) -> list[Path]:
+    try:
+        return sorted(
+            q
+            for q in folder.iterdir()
+            if not q.name.startswith(".")
+            and q.name.lower().endswith(SLIDE_SUFFIXES)
+            and q.is_file()
+        )
+    except OSError:
+        return []
+
+
+def _is_output_folder(folder: Path) -> bool:
+    return (folder / "summary.json").is_file()
+
+
+def _walk(folder: Path, out: list[Path]) -> None:
+    """Depth-first, sorted: the slides of ``folder`` then those of its sub-folders."""
+    if _is_output_folder(folder):
+        return
+    found = _slides_in(folder)
+    if found and all(q.suffix.lower() == ".dcm" for q in found):
+        out.append(folder)  # one DICOM series; its sub-folders are not searched
+        return
+    out.extend(found)
+    try:
+        subs = sorted(
+            d
+            for d in folder.iterdir()
+            if not d.name.startswith(".") and d.is_dir() and not d.is_symlink()
+        )
+    except OSError:
+        return
+    for d in subs:
+        _walk(d, out)
+
+
+def expand_inputs(inputs: Iterable[str | Path], *, recursive: bool = False) -> list[Path]:
+    """Slide paths from files and folders, in order, each path once.
+
+    A folder contributes the slides directly inside it (``recursive=True``: in its sub-folders
+    too). A folder without slides, like a missing file, is kept as it is, so that it fails on
+    its own line and the batch goes on.
+    """
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            before = len(out)
+            if recursive:
+                _walk(p, out)
+            else:
+                found = _slides_in(p)
+                if found and all(q.suffix.lower() == ".dcm" for q in found):
+                    out.append(p)
+                else:
+                    out.extend(found)
+            if len(out) == before:
+                out.append(p)  # "a folder without slides" on its own line
+        else:
+            out.append(p)
+    seen: set[Path] = set()
+    unique: list[Path] = []
+    for p in out:
+        key = Path(os.path.abspath(p))
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique

@@ -1,0 +1,367 @@
+"""Batch runs: many slides, one output folder, nothing lost.
+
+:func:`process_slide` is the unit of work (lock, clean-up, skip, segment, save → :class:`Outcome`);
+:func:`run_batch` runs it over a list of slides in this process, and a distributed runner can call
+it on a worker (``Outcome`` is a small picklable frozen dataclass).
+
+* A slide whose output folder exists (``<out>/<stem>/summary.json``) is skipped unless
+  ``overwrite``; outputs are written to a temporary folder and renamed (see
+  :meth:`SlideResult.save`), so an interrupted run never leaves a partial result under the final
+  name.
+* Each slide is processed under an exclusive ``flock`` on ``<out>/.<stem>.lock``: two runs on the
+  same folder never work on the same slide at once; a slide busy in another run is retried at the
+  end of the queue, after waiting for that run to finish it. Locks die with their process
+  (kill -9 included), the lock file is removed when the slide is finished, and leftovers of a
+  killed run are removed when the slide is next taken.
+* One failing slide is reported on one line and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from idcmap.batch.inputs import expand_inputs  # noqa: F401  (re-exported: runner.expand_inputs)
+from idcmap.batch.locking import file_lock
+from idcmap.errors import IDCMapError, OutputError
+from idcmap.io.urls import is_url, slide_stem, url_name
+from idcmap.model.runtime import IDCModel
+from idcmap.output.cohort import COHORT_FILE, row_from_summary, summary_of, update_cohort
+from idcmap.output.folder import is_done
+from idcmap.params import Params
+from idcmap.pipeline.segment import segment_slide
+
+#: Values of :attr:`Outcome.status`.
+DONE, SKIPPED, FAILED, BUSY = "done", "skipped", "failed", "busy"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one slide (small and picklable: a worker returns it to its client).
+
+    Attributes:
+        path: the slide path as given.
+        status: ``done``, ``skipped``, ``failed``, or ``busy`` (another run holds the slide's
+            lock; only from :func:`process_slide` with ``wait_for_lock=False``).
+        message: one short line: the figures of a done slide, the reason of a failed one.
+        out_dir: the slide's output folder (done and skipped slides), else None.
+        seconds: wall time of the segmentation and saving (0 when skipped / busy).
+        summary: the slide's ``summary.json`` content (done slides), else None.
+        detail: the full reason of a failure (the traceback of an internal error), for
+            ``--debug``; empty otherwise.
+    """
+
+    path: str
+    status: str
+    message: str = ""
+    out_dir: str | None = None
+    seconds: float = 0.0
+    summary: dict[str, Any] | None = None
+    detail: str = ""
+
+    @property
+    def idc_area_mm2(self) -> float | None:
+        return None if self.summary is None else drawn_idc_area_mm2(self.summary)
+
+    @property
+    def tissue_area_mm2(self) -> float | None:
+        return None if self.summary is None else float(self.summary["tissue_area_mm2"])
+
+    @property
+    def regions(self) -> int | None:
+        return None if self.summary is None else int(self.summary["regions"])
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Fail early, once, when the output folder cannot be written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".idcmap-write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(
+            f"cannot write to output folder {out_dir}: {e.strerror or e}; "
+            "choose a writable out_dir="
+        ) from e
+
+
+@contextmanager
+def slide_lock(out_dir: Path, stem: str, *, wait: bool) -> Iterator[bool]:
+    """Hold ``<out>/.<stem>.lock``; yields False (without waiting) when another run holds it.
+
+    The lock file is removed on release (:func:`idcmap.batch.locking.file_lock`).
+    """
+    with file_lock(out_dir / f".{stem}.lock", wait=wait) as got:
+        yield got
+
+
+def remove_leftovers(out_dir: Path, stem: str) -> None:
+    """Clean up after earlier, killed runs (call with the slide's lock held).
+
+    ``.<stem>.tmp-*`` folders are unfinished outputs: removed. ``.<stem>.old-*`` is a finished
+    output that an ``overwrite`` run had moved aside just before renaming its new one into
+    place: if the run died between the two renames, the finished output is put back.
+    """
+    final = out_dir / stem
+    pat = glob.escape(stem)
+    for d in sorted(out_dir.glob(f".{pat}.old-*")):
+        if not final.exists() and (d / "summary.json").is_file():
+            try:
+                d.rename(final)
+                continue
+            except OSError:
+                pass
+        shutil.rmtree(d, ignore_errors=True)
+    for d in out_dir.glob(f".{pat}.tmp-*"):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _reason(e: IDCMapError, path: str | Path) -> str:
+    """The error's line without a leading ``<file>: `` (the outcome line names the file)."""
+    msg = " ".join(str(e).split())
+    for prefix in (str(path), url_name(path) if is_url(path) else Path(path).name):
+        if msg.startswith(prefix + ": "):
+            return msg[len(prefix) + 2 :]
+    return msg
+
+
+def drawn_idc_area_mm2(summary: dict[str, Any]) -> float:
+    """IDC area of the drawn regions (the GeoJSON polygons), as cohort.csv and heatmap.png give
+    it; summaries without measurements (idcmap 0.1) have only the mask's cell count."""
+    return float(summary.get("measurements", {}).get("idc_area_mm2", summary["idc_area_mm2"]))
+
+
+def done_message(summary: dict[str, Any]) -> str:
+    """One line of a done slide's figures (regions, IDC area of the regions, tissue area)."""
+    n = int(summary["regions"])
+    return (
+        f"{n} IDC region{'s' if n != 1 else ''}, "
+        f"IDC {drawn_idc_area_mm2(summary):.2f} mm² of {summary['tissue_area_mm2']:.2f} mm² "
+        "tissue"
+    )
+
+
+def process_slide(
+    path: str | Path,
+    out_dir: str | Path,
+    *,
+    model: IDCModel,
+    params: Params,
+    overwrite: bool = False,
+    tiles_geojson: bool = False,
+    progress: bool = False,
+    debug: bool = False,
+    wait_for_lock: bool = True,
+    extra_outputs: Iterable[str] = (),
+) -> Outcome:
+    """Segment one slide into ``out_dir/<stem>/``, safely alongside other runs on that folder.
+
+    Takes the slide's lock (``wait_for_lock=False``: returns status ``busy`` at once when another
+    run holds it), removes leftovers of killed runs, skips a finished slide unless
+    ``overwrite``, then segments and saves it atomically. Never raises for a slide's own
+    problems (missing, unreadable, an internal error): they come back as a ``failed`` Outcome
+    whose message is one short line. ``out_dir`` must exist (see :func:`check_output_dir`).
+    Every outcome but ``busy`` is recorded in ``out_dir/cohort.csv`` (:mod:`idcmap.output.cohort`).
+
+    Args:
+        tiles_geojson, extra_outputs: opt-in outputs (see :data:`idcmap.output.folder.OUTPUTS`).
+        debug: put the traceback of every failure in ``Outcome.detail`` (an internal error's
+            is always there; an :class:`IDCMapError`'s detail is otherwise its ``detail``).
+    """
+    out = Path(out_dir)
+    s = path if is_url(path) else Path(path)  # Path() would merge the // of a URL
+    stem = slide_stem(s)
+    with slide_lock(out, stem, wait=wait_for_lock) as got:
+        if not got:
+            return Outcome(str(s), BUSY, "busy in another run")
+        # recorded under the slide's lock: a slide's rows are written in the order of its runs
+        return record_outcome(
+            out,
+            _locked_process_slide(
+                s,
+                out,
+                model=model,
+                params=params,
+                overwrite=overwrite,
+                tiles_geojson=tiles_geojson,
+                progress=progress,
+                debug=debug,
+                extra_outputs=extra_outputs,
+            ),
+        )
+
+
+def record_outcome(out_dir: str | Path, o: Outcome) -> Outcome:
+    """Write ``o``'s row of ``out_dir/cohort.csv`` (not for ``busy``); a table that cannot be
+    written does not fail the slide: the reason goes to ``o.detail``."""
+    if o.status == BUSY:
+        return o
+    summary = o.summary
+    if summary is None and o.status == SKIPPED and o.out_dir:
+        summary = summary_of(o.out_dir)  # the finished output's figures
+    row = row_from_summary(
+        slide_stem(o.path),
+        o.path,
+        o.status,
+        reason="" if o.status == DONE else o.message,
+        summary=summary if o.status != FAILED else None,
+        output=o.out_dir or "",
+        seconds=round(o.seconds, 2) if o.status != SKIPPED else None,
+    )
+    try:
+        update_cohort(out_dir, [row])
+    except OSError as e:
+        note = f"{COHORT_FILE} not updated: {e.strerror or e}"
+        return replace(o, detail=f"{o.detail}\n{note}".strip())
+    return o
+
+
+def _locked_process_slide(
+    s: str | Path,
+    out: Path,
+    *,
+    model: IDCModel,
+    params: Params,
+    overwrite: bool,
+    tiles_geojson: bool,
+    progress: bool,
+    debug: bool,
+    extra_outputs: Iterable[str],
+) -> Outcome:
+    """The work of :func:`process_slide` once the slide's lock is held."""
+    stem = slide_stem(s)
+    remove_leftovers(out, stem)
+    if is_done(out, s) and not overwrite:
+        return Outcome(str(s), SKIPPED, "already done (overwrite=True redoes it)", str(out / stem))
+    t0 = time.perf_counter()
+    try:
+        result = segment_slide(s, model=model, progress=progress, params=params)
+        final = result.save(
+            out, tiles_geojson=tiles_geojson, overwrite=True, extra_outputs=extra_outputs
+        )
+    except IDCMapError as e:
+        detail = "\n".join(filter(None, [e.detail, traceback.format_exc() if debug else ""]))
+        return Outcome(
+            str(s), FAILED, _reason(e, s), seconds=time.perf_counter() - t0, detail=detail
+        )
+    except Exception as e:  # an unforeseen bug (MemoryError included) must not cost the others
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        return Outcome(
+            str(s),
+            FAILED,
+            f"internal error {type(e).__name__}: {first} (debug=True shows the traceback; "
+            "please report it)",
+            seconds=time.perf_counter() - t0,
+            detail=traceback.format_exc(),
+        )
+    return Outcome(
+        str(s),
+        DONE,
+        done_message(result.summary),
+        str(final),
+        time.perf_counter() - t0,
+        summary=result.summary,
+    )
+
+
+def run_batch(
+    slides: list[Path],
+    out_dir: str | Path,
+    *,
+    model: IDCModel,
+    params: Params,
+    overwrite: bool = False,
+    tiles_geojson: bool = False,
+    progress: bool = True,
+    debug: bool = False,
+    report: Callable[[str], None] = print,
+    describe: Callable[[Outcome], str] | None = None,
+    extra_outputs: Iterable[str] = (),
+) -> list[Outcome]:
+    """Segment every slide into ``out_dir`` with :func:`process_slide`; returns one
+    :class:`Outcome` per slide, in order. A slide busy in another run is taken again at the end,
+    waiting for that run: skipped if it finished it, redone if it died. Each outcome is
+    reported as it comes, one line made by ``describe`` (default :func:`format_outcome`)."""
+    out = Path(out_dir)
+    check_output_dir(out)
+    params.validate()
+    outcomes: dict[int, Outcome] = {}
+    seen: dict[str, Path] = {}
+    queue: list[int] = []
+    for i, s in enumerate(slides):
+        stem = slide_stem(s)
+        if stem in seen and seen[stem].resolve() != s.resolve():
+            outcomes[i] = Outcome(
+                str(s),
+                FAILED,
+                f"same output name '{stem}' as {seen[stem]}; "
+                "rename one of the slides or run them into different output folders",
+            )
+            # not in cohort.csv: its row (keyed by output name) belongs to the other slide
+        else:
+            seen.setdefault(stem, s)
+            queue.append(i)
+    bar = tqdm(
+        total=len(slides),
+        desc="slides",
+        unit="slide",
+        disable=not progress or len(slides) < 2,
+        dynamic_ncols=True,
+        position=0,
+    )
+    bar.update(len(outcomes))
+    kw: dict[str, Any] = {
+        "model": model,
+        "params": params,
+        "overwrite": overwrite,
+        "tiles_geojson": tiles_geojson,
+        "progress": progress,
+        "debug": debug,
+        "extra_outputs": tuple(extra_outputs),
+    }
+    describe = describe or format_outcome
+    deferred: list[int] = []
+    for i in queue:
+        o = process_slide(slides[i], out, wait_for_lock=False, **kw)
+        if o.status == BUSY:
+            deferred.append(i)
+            continue
+        outcomes[i] = o
+        _report(describe(o), report, bar)
+    for i in deferred:  # busy in another run: wait for it, then skip (done) or take over (it died)
+        outcomes[i] = process_slide(slides[i], out, wait_for_lock=True, **kw)
+        _report(describe(outcomes[i]), report, bar)
+    bar.close()
+    return [outcomes[i] for i in range(len(slides))]
+
+
+def format_outcome(o: Outcome, *, detail: bool = False) -> str:
+    """The one line of a slide: mark, path, message (and time and folder when done); with
+    ``detail``, a failure's detail follows on indented lines."""
+    mark = {DONE: "✓", SKIPPED: "-", FAILED: "✗", BUSY: "…"}[o.status]
+    where = f" → {o.out_dir}" if o.status == DONE else ""
+    secs = f" ({o.seconds:.1f} s)" if o.status == DONE else ""
+    message = " ".join(o.message.split())  # one line per slide, whatever the reason says
+    line = f"{mark} {o.path}: {message}{secs}{where}"
+    if detail and o.detail:
+        line += "\n" + "\n".join("    " + ln for ln in o.detail.rstrip().splitlines())
+    return line
+
+
+def _report(line: str, report: Callable[[str], None], bar: tqdm) -> None:
+    if bar.disable:
+        report(line)
+    else:
+        bar.write(line)
+    bar.update(1)

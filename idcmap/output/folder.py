@@ -1,0 +1,225 @@
+"""A slide's output folder: the one table of its files, and the atomic save.
+
+Each :class:`Output` names one file and the function that writes it from a
+:class:`~idcmap.pipeline.segment.SlideResult`. To add an output format, add one entry to :data:`OUTPUTS`
+(``option="name"`` makes it opt-in: ``SlideResult.save(..., extra_outputs={"name"})``).
+``summary.json`` stays the last entry: it records how long the others took, and its presence
+in ``<out>/<stem>/`` is what marks a slide done (:func:`idcmap.pipeline.segment.is_done`).
+
+The folder is written atomically: every file goes to ``<out>/.<stem>.tmp-*`` first, which is
+renamed to ``<out>/<stem>`` once complete (an existing folder is moved aside to
+``.<stem>.old-*`` and removed after the rename; :func:`idcmap.batch.runner.remove_leftovers` repairs
+a run killed in between).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from idcmap.errors import OutputError
+from idcmap.io.urls import slide_stem
+from idcmap.output.export import heatmap_npz, regions_to_geojson, write_json
+from idcmap.output.render import heatmap_picture, mask_picture, save_png
+
+if TYPE_CHECKING:
+    from idcmap.pipeline.result import SlideResult
+
+__all__ = ["OUTPUTS", "OUTPUT_FILES", "Output", "save_outputs"]
+
+
+@dataclass(frozen=True)
+class Output:
+    """One file of a slide's output folder.
+
+    Attributes:
+        file_name: name in the folder; ``{stem}`` is replaced by the slide's stem.
+        write: writes the file from the result at the given path (the temporary folder's).
+        description: one line for the docs.
+        option: None: always written; else written only when this name is asked for
+            (``extra_outputs`` of :func:`save_outputs`, e.g. ``tiles_geojson``).
+    """
+
+    file_name: str
+    write: Callable[[SlideResult, Path], None]
+    description: str
+    option: str | None = None
+
+    def path_in(self, folder: Path, stem: str) -> Path:
+        return folder / self.file_name.format(stem=stem)
+
+
+def _regions_geojson(r: SlideResult, path: Path) -> None:
+    write_json(r.to_geojson(), path)
+
+
+def _tiles_geojson(r: SlideResult, path: Path) -> None:
+    write_json(
+        regions_to_geojson([], tiles=r.heatmap, tile_threshold=r.tile_threshold),
+        path,
+    )
+
+
+def _heatmap_npz(r: SlideResult, path: Path) -> None:
+    heatmap_npz(r.heatmap, path, prob_smoothed=r.smoothed.prob)
+
+
+def _heatmap_png(r: SlideResult, path: Path) -> None:
+    params = r.summary.get("parameters", {})
+    sigma = params.get("smooth_um") or 0
+    note = f" (smoothed, σ {sigma:g} µm)" if sigma else ""
+    if params.get("aggregator", "none") != "none":
+        note = " (refined by the context aggregator)"
+    m = r.summary.get("measurements") or {}
+    n = len(r.regions)
+    caption = f"{n} IDC region{'s' if n != 1 else ''}"
+    if "idc_area_mm2" in m:
+        caption += (
+            f" · IDC {m['idc_area_mm2']:.2f} mm² = {m['idc_percent_of_tissue']:.1f} % of "
+            f"{m['tissue_area_mm2']:.2f} mm² tissue"
+        )
+    if n:
+        caption += (
+            f" · largest focus {m.get('largest_focus_greatest_dimension_mm', 0):.1f} mm across"
+        )
+    tissue = r.tissue.mask if r.tissue.mask.shape == r.tissue.thumbnail.shape[:2] else None
+    img = heatmap_picture(
+        r.smoothed,
+        r.tissue.thumbnail,
+        r.tissue.origin_level0_px,
+        r.tissue.px_level0,
+        threshold=r.threshold,
+        polygons=[reg.polygon for reg in r.regions],
+        tissue=tissue,
+        title=f"{r.stem}: IDC probability{note}",
+        caption=caption,
+        mpp_x=r.slide.mpp,
+        mpp_y=r.slide.mpp_y,
+    )
+    save_png(img, path)
+
+
+def _mask_png(r: SlideResult, path: Path) -> None:
+    img, k = mask_picture(r.mask)
+    cw, ch = r.heatmap.cell_level0_px
+    save_png(
+        img,
+        path,
+        {
+            "Comment": f"IDC mask (255 = IDC): {k}×{k} px per heatmap cell; cell (row, col) = "
+            f"pixel (row·{k}, col·{k}); a cell is {cw:g}×{ch:g} level-0 px"
+        },
+    )
+    r.summary["mask_png_px_per_cell"] = k  # summary.json is written last
+
+
+def _summary_json(r: SlideResult, path: Path) -> None:
+    write_json(r.summary, path)
+
+
+#: Every file of a slide's folder, in the order written (``summary.json`` last).
+OUTPUTS: tuple[Output, ...] = (
+    Output("{stem}.geojson", _regions_geojson, "IDC regions, QuPath GeoJSON (level-0 px)"),
+    Output(
+        "{stem}.tiles.geojson",
+        _tiles_geojson,
+        "every evaluated heatmap cell as a QuPath tile with its IDC probability, classified "
+        "at the model's tile threshold",
+        option="tiles_geojson",
+    ),
+    Output("heatmap.npz", _heatmap_npz, "heatmap arrays and geometry (load_heatmap_npz)"),
+    Output(
+        "heatmap.png",
+        _heatmap_png,
+        "heatmap over the slide thumbnail (clear where low), numbered region outlines, scale "
+        "bar, colour bar with the region threshold",
+    ),
+    Output("mask.png", _mask_png, "IDC mask, k×k px per heatmap cell (k in summary.json)"),
+    Output("summary.json", _summary_json, "areas, counts, model, parameters, timings"),
+)
+
+#: Files every finished folder holds (``{stem}`` to be replaced by the slide's stem).
+OUTPUT_FILES: tuple[str, ...] = tuple(o.file_name for o in OUTPUTS if o.option is None)
+#: Names of the opt-in outputs.
+OUTPUT_OPTIONS: frozenset[str] = frozenset(o.option for o in OUTPUTS if o.option is not None)
+
+
+def save_outputs(
+    result: SlideResult,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = True,
+    extra_outputs: Iterable[str] = (),
+) -> Path:
+    """Write ``result``'s outputs to ``out_dir/<stem>/`` atomically; returns that folder.
+
+    Raises:
+        OutputError: the folder exists and ``overwrite`` is False, or it cannot be written.
+    """
+    extra = set(extra_outputs)
+    unknown = extra - OUTPUT_OPTIONS
+    if unknown:
+        raise ValueError(
+            f"unknown extra outputs {sorted(unknown)}; known: {sorted(OUTPUT_OPTIONS)}"
+        )
+    out_dir = Path(out_dir)
+    stem = result.stem
+    final = out_dir / stem
+    tmp = out_dir / f".{stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        t0 = time.perf_counter()
+        for out in OUTPUTS:
+            if out.option is not None and out.option not in extra:
+                continue
+            if out is OUTPUTS[-1]:  # summary.json records the export time of the others
+                result.summary.setdefault("timings_s", {})["export"] = round(
+                    time.perf_counter() - t0, 4
+                )
+            out.write(result, out.path_in(tmp, stem))
+        _fsync_dir(tmp)
+        if final.exists():
+            if not overwrite:
+                raise OutputError(f"{final} exists; overwrite=True replaces it")
+            old = out_dir / f".{stem}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+        _fsync_dir(out_dir)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(
+            f"cannot write outputs to {out_dir}: {e.strerror or e}; check that the folder is "
+            "writable and the disk has space"
+        ) from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def is_done(out_dir: str | Path, slide_path: str | Path) -> bool:
+    """True when ``out_dir/<stem>/summary.json`` exists (a finished, renamed output folder)."""
+    return (Path(out_dir) / slide_stem(slide_path) / "summary.json").is_file()

@@ -1,0 +1,155 @@
+"""Run the model over a tile grid, block by block, while background workers read the next blocks."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from idcmap.io.slide import Slide
+from idcmap.model.runtime import IDCModel
+from idcmap.model.runtime import torch_threads as use_torch_threads
+from idcmap.pipeline.tiles import Block, TileGrid, iter_blocks, plan_blocks
+
+#: Largest side, in model px, of one dense forward pass (bounds activation memory on the CPU:
+#: about 0.3 GB for 1024² px with the default widths).
+MAX_DENSE_PX = 1024
+
+
+@dataclass
+class InferenceStats:
+    """Where the time went (seconds). ``read_s``/``resize_s`` are summed over the worker
+    threads, so they overlap ``model_s``; ``wait_s`` is the time the model waited for pixels."""
+
+    level: int = 0
+    level_mpp: float = 0.0
+    blocks: int = 0
+    tiles: int = 0
+    dense_blocks: int = 0
+    read_s: float = 0.0
+    resize_s: float = 0.0
+    model_s: float = 0.0
+    wait_s: float = 0.0
+    wall_s: float = 0.0
+
+
+def predict_grid(
+    slide: Slide,
+    grid: TileGrid,
+    model: IDCModel,
+    *,
+    batch_size: int = 512,
+    workers: int = 2,
+    progress: bool = True,
+    desc: str = "tiles",
+    on_block: Callable[[Block], None] | None = None,
+    torch_threads: int | None = None,
+) -> tuple[np.ndarray, InferenceStats]:
+    """IDC probability of every kept tile of ``grid``.
+
+    Reads the pyramid level nearest-finer to the model's µm/px in large blocks (see
+    :mod:`idcmap.pipeline.tiles`). Where the model's architecture declares dense evaluation at the
+    grid's stride (IDCNet: multiples of 5 px), a block is evaluated fully convolutionally, so
+    overlapping tiles share their computation; otherwise the kept tiles are cut out and batched.
+
+    ``on_block`` (optional) sees every block's pixels after the model (e.g. to build a
+    thumbnail from the same decode).
+
+    ``torch_threads`` (optional, CPU only) runs the model with that many torch threads for this
+    call and restores torch's process-wide setting afterwards; ``None`` leaves it alone. Give
+    the reader workers their cores with :func:`threads_beside_readers` (what the CLI does):
+    torch's threads spin-wait for each other, so one pre-empted by a reader stalls the rest.
+
+    Returns:
+        (float32 rows×cols probabilities, NaN where the tile was not kept; statistics).
+    """
+    level = slide.best_level_for_mpp(grid.model_mpp)
+    stats = InferenceStats(level=level, level_mpp=slide.level_mpp(level))
+    blocks = plan_blocks(grid, slide.info.level_downsamples[level])
+    stats.blocks = len(blocks)
+    prob = np.full(grid.shape, np.nan, dtype=np.float32)
+    dense_ok = model.supports_dense(grid.stride_px)
+    t_start = time.perf_counter()
+    bar = tqdm(
+        total=grid.n_tiles,
+        desc=desc,
+        unit="tile",
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    with bar, use_torch_threads(torch_threads if model.device.type == "cpu" else None):
+        t_wait = time.perf_counter()
+        for block in iter_blocks(slide, grid, level, blocks, workers=workers):
+            t0 = time.perf_counter()
+            stats.wait_s += t0 - t_wait
+            stats.read_s += block.read_s
+            stats.resize_s += block.resize_s
+            keep = grid.keep[block.row0 : block.row1, block.col0 : block.col1]
+            n_keep = int(keep.sum())
+            # dense costs about the block's area in tiles (overlapping tiles share their
+            # computation); cutting tiles costs one patch per kept tile
+            h, w = block.pixels.shape[:2]
+            if dense_ok and h * w <= 1.1 * n_keep * grid.patch_px**2:
+                p = _predict_dense(model, block, grid)
+                stats.dense_blocks += 1
+            else:
+                p = _predict_tiles(model, block, grid, keep, batch_size)
+            prob[block.row0 : block.row1, block.col0 : block.col1] = np.where(keep, p, np.nan)
+            stats.tiles += n_keep
+            if on_block is not None:
+                on_block(block)
+            t_wait = time.perf_counter()
+            stats.model_s += t_wait - t0
+            bar.update(n_keep)
+    stats.wall_s = time.perf_counter() - t_start
+    return prob, stats
+
+
+def threads_beside_readers(workers: int) -> int | None:
+    """The torch thread count that leaves ``workers`` reader threads their cores: the cores
+    this process may use minus ``workers``, at least 1 (None when ``workers`` is 0: nothing to
+    leave). Pass it as ``predict_grid(torch_threads=...)``.
+
+    Sharing cores hurts more than it seems: torch's threads wait for each other at every
+    operation (spinning), so one of them pre-empted by a reader stalls the others — on 2 cores
+    with 2 readers, 2 torch threads made the model 5x slower than 1 (benchmarks/README.md).
+    """
+    if workers <= 0:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(torch.get_num_threads(), (cores or 1) - workers))
+
+
+def _predict_dense(model: IDCModel, block: Block, grid: TileGrid) -> np.ndarray:
+    st, p = grid.stride_px, grid.patch_px
+    nr, nc = block.row1 - block.row0, block.col1 - block.col0
+    n = max(1, (MAX_DENSE_PX - p) // st + 1)  # tiles per side of one forward pass
+    out = np.empty((nr, nc), dtype=np.float32)
+    for r in range(0, nr, n):
+        for c in range(0, nc, n):
+            r1, c1 = min(r + n, nr), min(c + n, nc)
+            sub = block.pixels[r * st : (r1 - 1) * st + p, c * st : (c1 - 1) * st + p]
+            out[r:r1, c:c1] = model.predict_dense(sub, st)
+    return out
+
+
+def _predict_tiles(
+    model: IDCModel, block: Block, grid: TileGrid, keep: np.ndarray, batch_size: int
+) -> np.ndarray:
+    st, p = grid.stride_px, grid.patch_px
+    out = np.full(keep.shape, np.nan, dtype=np.float32)
+    rr, cc = np.nonzero(keep)
+    if len(rr) == 0:
+        return out
+    windows = np.lib.stride_tricks.sliding_window_view(block.pixels, (p, p), axis=(0, 1))[
+        ::st, ::st
+    ]
+    tiles = windows[rr, cc].transpose(0, 2, 3, 1)  # n×p×p×3 (fancy indexing copies)
+    out[rr, cc] = model.predict(np.ascontiguousarray(tiles), batch_size=batch_size)
+    return out

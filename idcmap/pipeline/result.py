@@ -1,0 +1,95 @@
+"""The result of one slide: :class:`SlideResult` (what
+:func:`~idcmap.pipeline.segment.segment_slide` returns) and the name its outputs go under."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from idcmap.io.slide import SlideInfo
+from idcmap.io.urls import slide_stem
+from idcmap.output.export import regions_to_geojson
+from idcmap.output.folder import save_outputs
+from idcmap.pipeline.heatmap import Heatmap
+from idcmap.pipeline.measure import measure_polygon
+from idcmap.pipeline.regions import Region
+from idcmap.pipeline.tissue import TissueMask
+
+__all__ = ["SlideResult"]
+
+
+@dataclass
+class SlideResult:
+    """Everything idcmap found on one slide.
+
+    Attributes:
+        slide: what the reader saw (backend, levels, µm/px, bounds).
+        heatmap: IDC probability per grid cell (NaN outside tissue), tiles stitched.
+        smoothed: the refined heatmap the mask is drawn from: the model's learned aggregator
+            (:mod:`idcmap.aggregate`) when it has one, else the tissue-aware Gaussian
+            (``smooth_um``; the same object as ``heatmap`` when it is 0).
+        mask: bool IDC mask on the heatmap grid (after clean-up).
+        regions: IDC regions as shapely polygons in level-0 px (QuPath frame).
+        tissue: the tissue mask and thumbnail.
+        threshold: the region threshold: of ``smoothed``, the mask was made with it.
+        tile_threshold: the model's per-tile threshold (classifies tiles in the tile GeoJSON).
+        summary: areas, counts, model, parameters, timings (written as summary.json; see
+            :mod:`idcmap.summary`).
+        source: the path given to :func:`segment_slide`; it names the outputs (for a DICOM
+            series folder it is the folder, while ``slide.path`` is the file opened in it).
+    """
+
+    slide: SlideInfo
+    heatmap: Heatmap
+    smoothed: Heatmap
+    mask: np.ndarray
+    regions: list[Region]
+    tissue: TissueMask
+    threshold: float
+    tile_threshold: float
+    summary: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+
+    @property
+    def stem(self) -> str:
+        """Output-folder name: the stem of the path given, as :func:`is_done` computes it."""
+        return slide_stem(self.source or self.slide.path)
+
+    def to_geojson(self, tiles: bool = False) -> dict[str, Any]:
+        """QuPath FeatureCollection of the IDC regions (and the tiles, with ``tiles=True``);
+        each region carries its grading measurements (:mod:`idcmap.measure`)."""
+        return regions_to_geojson(
+            self.regions,
+            tiles=self.heatmap if tiles else None,
+            tile_threshold=self.tile_threshold,
+            measurements=[
+                measure_polygon(r.polygon, self.slide.mpp, self.slide.mpp_y).qupath()
+                for r in self.regions
+            ],
+        )
+
+    def save(
+        self,
+        out_dir: str | Path,
+        *,
+        tiles_geojson: bool = False,
+        overwrite: bool = True,
+        extra_outputs: Iterable[str] = (),
+    ) -> Path:
+        """Write the outputs (:data:`idcmap.outputs.OUTPUTS`) to ``out_dir/<stem>/``
+        atomically: everything goes to a temporary folder first, renamed once complete.
+
+        Args:
+            tiles_geojson: also write ``<stem>.tiles.geojson`` (same as
+                ``extra_outputs={"tiles_geojson"}``).
+            overwrite: replace an existing folder (else :class:`OutputError`).
+            extra_outputs: names of opt-in outputs to write too.
+
+        Returns the final folder.
+        """
+        extra = set(extra_outputs) | ({"tiles_geojson"} if tiles_geojson else set())
+        return save_outputs(self, out_dir, overwrite=overwrite, extra_outputs=extra)

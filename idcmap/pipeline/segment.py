@@ -1,0 +1,186 @@
+"""The per-slide pipeline: one slide in, heatmap + IDC regions out (:func:`segment_slide`).
+
+slide → tissue → tiles → model → heatmap → regions → export, each stage in its own module.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from idcmap.io.open import open_slide
+from idcmap.io.slide import Slide
+from idcmap.io.urls import slide_stem
+from idcmap.model.runtime import IDCModel, load_model
+from idcmap.params import Params
+from idcmap.pipeline.contours import contour_regions
+from idcmap.pipeline.heatmap import Heatmap, smooth, stitch
+from idcmap.pipeline.infer import InferenceStats, predict_grid
+from idcmap.pipeline.regions import idc_mask, mask_to_regions
+from idcmap.pipeline.result import SlideResult
+from idcmap.pipeline.summary import build_summary
+from idcmap.pipeline.tiles import TileGrid, make_grid
+from idcmap.pipeline.tissue import BlockThumbnail, TissueMask, detect_tissue
+
+
+def segment_slide(
+    path: str | Path,
+    *,
+    model: IDCModel | str | Path | None = None,
+    device: str | None = None,
+    stride: int | None = None,
+    threshold: float | None = None,
+    mpp: float | None = None,
+    progress: bool = True,
+    params: Params | None = None,
+) -> SlideResult:
+    """Find the IDC regions of one whole slide.
+
+    Args:
+        path: slide file (any format OpenSlide or tiffslide reads, or a PNG/JPEG with ``mpp``).
+        model: a loaded :class:`IDCModel`, a model ``.json`` path, or ``None`` for the bundled one.
+        device: ``auto`` (cuda, then mps, then cpu), ``cpu``, ``cuda``, ``mps`` (default:
+            ``params.device``, itself ``auto``); used to load ``model`` when it is not loaded.
+        stride: tile step in model px (default: the patch size, 50 px = 200 µm); must divide it.
+        threshold: region threshold: of the smoothed IDC probability, for the region mask
+            (default: the model's ``region_threshold``, chosen on validation mosaics).
+        mpp: µm per level-0 px, overriding the slide's metadata (required when it has none).
+        progress: show a tqdm bar over the tiles.
+        params: every other knob (:class:`Params`); the keyword arguments above, when given
+            (not None), override it.
+
+    Raises:
+        SlideError, ResolutionError, UnsupportedImageError, ModelError, UsageError.
+    """
+    p = params or Params()
+    kw = {"device": device, "stride_px": stride, "threshold": threshold, "mpp": mpp}
+    p = Params(**{**asdict(p), **{k: v for k, v in kw.items() if v is not None}})
+    p.validate()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    net = model if isinstance(model, IDCModel) else load_model(model, device=p.device)
+    cfg = net.config
+    stride_px = p.stride_px or cfg.patch_px
+    # the learned aggregator draws the regions unless asked for the fixed Gaussian
+    agg = net.aggregator if p.aggregator == "auto" and p.smooth_um is None else None
+    default_thr = cfg.region_threshold if agg is None else agg.threshold
+    thr = default_thr if p.threshold is None else p.threshold
+    smooth_um = 0.0 if agg is not None else cfg.smooth_um if p.smooth_um is None else p.smooth_um
+    timings["load_model"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    with open_slide(path, backend=p.backend, mpp=p.mpp, allow_non_rgb=p.force_rgb) as slide:
+        timings["open"] = time.perf_counter() - t
+        run_kw: dict[str, Any] = {
+            "batch_size": p.batch_size,
+            "workers": p.workers,
+            "torch_threads": p.torch_threads,
+            "progress": progress,
+            "desc": slide_stem(path),
+        }
+        tissue, grid, tile_prob, stats, one_pass = _tissue_and_tiles(
+            slide, p, net, stride_px, run_kw, timings
+        )
+        timings["tiles_wall"] = stats.wall_s
+        info = slide.info
+    t = time.perf_counter()
+    heatmap = Heatmap(
+        prob=stitch(tile_prob, grid.keep, grid.cells_per_tile),
+        origin_level0_px=(0.0, 0.0),  # QuPath frame: the bounds origin
+        cell_level0_px=grid.cell_level0_px,
+        slide_mpp=info.mpp,
+        model_mpp=cfg.mpp,
+        stride_px=stride_px,
+        patch_px=cfg.patch_px,
+    )
+    timings["stitch"] = time.perf_counter() - t
+    t = time.perf_counter()
+    smoothed = agg.refine(heatmap) if agg is not None else smooth(heatmap, smooth_um)
+    timings["aggregate" if agg is not None else "smooth"] = time.perf_counter() - t
+    t = time.perf_counter()
+    mask = idc_mask(smoothed, thr, min_region_um2=p.min_region_um2, min_hole_um2=p.min_hole_um2)
+    if p.outline == "smooth":
+        regions = contour_regions(mask, smoothed, thr, stats=heatmap, simplify_um=p.simplify_um)
+    else:
+        regions = mask_to_regions(mask, heatmap, simplify_um=p.simplify_um)
+    timings["regions"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+
+    summary = build_summary(
+        info=info,
+        model=net,
+        parameters={
+            **asdict(p),
+            "stride_px": stride_px,
+            "threshold": thr,
+            "smooth_um": smooth_um,
+            "aggregator": agg.kind_name if agg is not None else "none",
+            "tile_threshold": cfg.tile_threshold,
+        },
+        heatmap=heatmap,
+        mask=mask,
+        regions=regions,
+        grid=grid,
+        stats=stats,
+        tissue_from_tiles=one_pass,
+        timings_s=timings,
+    )
+    return SlideResult(
+        slide=info,
+        heatmap=heatmap,
+        smoothed=smoothed,
+        mask=mask,
+        regions=regions,
+        tissue=tissue,
+        threshold=thr,
+        tile_threshold=cfg.tile_threshold,
+        summary=summary,
+        source=str(path),
+    )
+
+
+def _tissue_and_tiles(
+    slide: Slide,
+    p: Params,
+    net: IDCModel,
+    stride_px: int,
+    run_kw: dict[str, Any],
+    timings: dict[str, float],
+) -> tuple[TissueMask, TileGrid, np.ndarray, InferenceStats, bool]:
+    """Tissue mask, tile grid and tile probabilities (NaN off tissue); True last when the mask
+    came from the tile pass (:class:`BlockThumbnail`: no level coarser than the tiles' one)."""
+    cfg = net.config
+    grid_kw: dict[str, Any] = {
+        "model_mpp": cfg.mpp,
+        "patch_px": cfg.patch_px,
+        "stride_px": stride_px,
+        "min_tissue": p.min_tissue,
+    }
+    if slide.best_level_for_mpp(p.tissue_mpp) != slide.best_level_for_mpp(cfg.mpp):
+        t = time.perf_counter()
+        tissue = detect_tissue(slide, target_mpp=p.tissue_mpp)
+        timings["tissue"] = time.perf_counter() - t
+        t = time.perf_counter()
+        grid = make_grid(slide, tissue, **grid_kw)
+        timings["grid"] = time.perf_counter() - t
+        tile_prob, stats = predict_grid(slide, grid, net, **run_kw)
+        return tissue, grid, tile_prob, stats, False
+    # one pass: evaluate every tile, draw the mask from the same decoded blocks, keep the
+    # tissue tiles
+    full = make_grid(slide, None, **grid_kw)
+    thumbnail = BlockThumbnail(full, p.tissue_mpp)
+    prob_all, stats = predict_grid(slide, full, net, on_block=thumbnail.add, **run_kw)
+    t = time.perf_counter()
+    tissue = thumbnail.tissue(slide.info)
+    grid = make_grid(slide, tissue, **grid_kw)
+    stats.tiles = grid.n_tiles
+    timings["tissue"] = time.perf_counter() - t
+    tile_prob = np.where(grid.keep, prob_all, np.nan).astype(np.float32)
+    return tissue, grid, tile_prob, stats, True
+
+
+__all__ = ["segment_slide"]
