@@ -15,7 +15,8 @@ import sys
 from distributed import Client
 
 from idcmap import segment_slides
-from idcmap.batch.cluster import expand_inputs, local_cluster
+from idcmap.batch.cluster import local_cluster
+from idcmap.batch.inputs import expand_inputs
 
 
 def main() -> int:

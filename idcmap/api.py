@@ -1,20 +1,15 @@
-"""Deprecated path (0.2.0): use :mod:`idcmap` (``segment_slide``, ``SlideResult``, ``Params``) or
-:mod:`idcmap.pipeline`. Kept for one release."""
+"""Deprecated since 0.3 (removed in 0.4): use :mod:`idcmap` (``segment_slide``, ``SlideResult``,
+``Params``) or :mod:`idcmap.pipeline`."""
 
-import warnings
+from idcmap._shim import reexport
 
-from idcmap.errors import IDCMapError
-from idcmap.io.urls import slide_stem
-from idcmap.output.folder import OUTPUT_FILES, is_done
-from idcmap.params import Params
-from idcmap.pipeline.result import SlideResult
-from idcmap.pipeline.segment import segment_slide
-
-warnings.warn(
-    "idcmap.api is deprecated; import segment_slide, SlideResult and Params from idcmap",
-    DeprecationWarning,
-    stacklevel=2,
-)
+reexport(__name__, "idcmap.pipeline.segment", globals())
+from idcmap.errors import IDCMapError  # noqa: E402
+from idcmap.io.urls import slide_stem  # noqa: E402
+from idcmap.output.folder import OUTPUT_FILES, is_done  # noqa: E402
+from idcmap.params import Params  # noqa: E402
+from idcmap.pipeline.result import SlideResult  # noqa: E402
+from idcmap.pipeline.segment import segment_slide  # noqa: E402
 
 __all__ = [
     "OUTPUT_FILES",

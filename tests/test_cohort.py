@@ -17,6 +17,7 @@ from idcmap.output.cohort import (
     summary_of,
     update_cohort,
 )
+from idcmap.pipeline.summary import read_summary
 
 SUMMARY = {
     "idc_area_mm2": 6.0,
@@ -34,12 +35,17 @@ SUMMARY = {
 
 
 def test_row_from_summary() -> None:
-    r = row_from_summary("a", "/s/a.svs", "done", summary=SUMMARY, output="/o/a", seconds=1.5)
+    r = row_from_summary(
+        "a", "/s/a.svs", "done", summary=read_summary(SUMMARY), output="/o/a", seconds=1.5
+    )
     assert (r.foci, r.idc_area_mm2, r.idc_percent_of_tissue) == (2, 6.4, 32.0)
     assert r.largest_focus_greatest_dimension_mm == 3.25
     assert (r.model_name, r.model_version) == ("idcmap-idc", "1.0.0")
     old = row_from_summary(
-        "a", "a.svs", "done", summary={k: v for k, v in SUMMARY.items() if k != "measurements"}
+        "a",
+        "a.svs",
+        "done",
+        summary=read_summary({k: v for k, v in SUMMARY.items() if k != "measurements"}),
     )
     assert (old.foci, old.idc_area_mm2, old.idc_percent_of_tissue) == (2, 6.0, 30.0)
     assert old.largest_focus_greatest_dimension_mm is None
@@ -53,8 +59,8 @@ def test_update_merges_by_slide(tmp_path: Path) -> None:
     update_cohort(
         tmp_path,
         [
-            row_from_summary("b", "b.svs", "done", summary=SUMMARY),
-            row_from_summary("a", "a.svs", "done", summary=SUMMARY),
+            row_from_summary("b", "b.svs", "done", summary=read_summary(SUMMARY)),
+            row_from_summary("a", "a.svs", "done", summary=read_summary(SUMMARY)),
         ],
     )
     rows = read_cohort(tmp_path)
@@ -69,7 +75,8 @@ def test_update_merges_by_slide(tmp_path: Path) -> None:
 def test_summary_of(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "summary.json").write_text('{"regions": 1}')
-    assert summary_of(tmp_path / "a") == {"regions": 1}
+    got = summary_of(tmp_path / "a")
+    assert got is not None and got.regions == 1 and got.measurements is None
     assert summary_of(tmp_path / "missing") is None
 
 

@@ -17,7 +17,7 @@ import pytest
 from pipeline_helpers import colour_model
 from tiffgen import write_pyramid_tiff
 
-from idcmap.batch.runner import Outcome, process_slide, run_batch, slide_lock
+from idcmap.batch.runner import Outcome, RunOptions, process_slide, run_batch, slide_lock
 from idcmap.params import Params
 
 
@@ -46,7 +46,9 @@ def test_process_slide_outcomes_are_small_and_picklable(tmp_path: Path, slide: P
     skipped = process_slide(slide, out, model=model, params=params)
     assert (skipped.status, skipped.out_dir, skipped.summary) == ("skipped", str(out / "a"), None)
     assert "overwrite=True" in skipped.message  # the library speaks API, not flags
-    again = process_slide(slide, out, model=model, params=params, overwrite=True)
+    again = process_slide(
+        slide, out, model=model, params=params, options=RunOptions(overwrite=True)
+    )
     assert again.status == "done"
     failed = process_slide(tmp_path / "missing.tiff", out, model=model, params=params)
     assert failed.status == "failed" and failed.out_dir is None and failed.summary is None
@@ -62,7 +64,12 @@ def test_no_lock_file_stays_behind(tmp_path: Path, slide: Path) -> None:
     out = tmp_path / "out"
     inputs = [slide, bad, tmp_path / "missing.svs", folder]
     outcomes = run_batch(
-        inputs, out, model=colour_model(), params=Params(workers=0), progress=False, report=str
+        inputs,
+        out,
+        model=colour_model(),
+        params=Params(workers=0),
+        options=RunOptions(),
+        report=str,
     )
     assert [o.status for o in outcomes] == ["done", "failed", "failed", "failed"]
     assert sorted(p.name for p in out.iterdir()) == ["a", "cohort.csv"]

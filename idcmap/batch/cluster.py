@@ -33,14 +33,22 @@ import os
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from idcmap.batch.runner import FAILED, SKIPPED, Outcome, check_output_dir, process_slide
+from idcmap.batch.runner import (
+    FAILED,
+    Outcome,
+    RunOptions,
+    check_output_dir,
+    plan,
+    process_slide,
+    run_slides,
+    slide_bar,
+)
 from idcmap.errors import IDCMapError, ModelError, UsageError
-from idcmap.io.urls import is_url, slide_stem
-from idcmap.output.folder import is_done
+from idcmap.io.urls import slide_stem
 from idcmap.params import Params
 
 try:  # an optional dependency: idcmap[distributed]
@@ -59,11 +67,9 @@ __all__ = [
     "ModelRef",
     "connect",
     "dashboard_link",
-    "expand_inputs",
     "local_cluster",
     "model_ref",
     "plugin_name",
-    "run_cli",
     "segment_slides",
     "visible_gpus",
 ]
@@ -195,10 +201,8 @@ def _slide_task(
     out_dir: str,
     ref: ModelRef,
     params: Params,
-    overwrite: bool,
-    tiles_geojson: bool,
+    options: RunOptions,
     plugin: str = PLUGIN_NAME,
-    debug: bool = False,
 ) -> Outcome:
     """One slide on a worker (a module-level function: pickled by name, not by value)."""
     from distributed import get_worker
@@ -210,17 +214,8 @@ def _slide_task(
     model = cache.get(ref)  # a ModelError raises: retried on another worker, then reported
     # params.torch_threads, if given, is applied by the pipeline itself around the model
     with use_torch_threads(None if params.torch_threads else cache.threads()):
-        return process_slide(
-            path,
-            out_dir,
-            model=model,
-            params=params,
-            overwrite=overwrite,
-            tiles_geojson=tiles_geojson,
-            progress=False,
-            debug=debug,
-            wait_for_lock=True,  # another client holds it: wait, then skip (done) or take over
-        )
+        # another client holds it: wait, then skip (done) or take over
+        return process_slide(path, out_dir, model=model, params=params, options=options)
 
 
 # --------------------------------------------------------------------------- batches
@@ -262,111 +257,29 @@ def segment_slides(
     """
     p = params or Params()
     p.validate()
-    items = [path if isinstance(path, str) else os.fspath(path) for path in paths]
+    extra = frozenset({"tiles_geojson"} if tiles_geojson else ())
+    options = RunOptions(overwrite=overwrite, extra_outputs=extra, progress=progress, debug=debug)
+    if client is None:
+        from idcmap.model.runtime import IDCModel, load_model
+
+        net = model if isinstance(model, IDCModel) else load_model(model, device=p.device)
+        _check_stride(p, net.config.patch_px)
+        yield from run_slides(paths, out_dir, model=net, params=p, options=options)
+        return
     out = Path(out_dir)
-    early, queue = _plan(items, out, overwrite, check_done=True)
-    bar = _bar(len(items), progress)
+    # finished slides are seen here only when this process sees out_dir; else the workers
+    # skip them (a finished folder is final: no lock is needed to see it)
+    early, queue = plan(paths, out, overwrite=overwrite, see_out_dir=True)
+    bar = slide_bar(len(early) + len(queue), progress)
     try:
         for o in early:
             bar.update(1)
             yield o
-        if client is None:
-            yield from _serial(queue, out, model, p, overwrite, tiles_geojson, progress, debug, bar)
-        else:
-            yield from _on_cluster(
-                client, queue, out, model, p, overwrite, tiles_geojson, retries, debug, bar
-            )
+        yield from _on_cluster(
+            client, queue, out, model, p, replace(options, progress=False), retries, bar
+        )
     finally:
         bar.close()
-
-
-def _plan(
-    items: list[str], out: Path, overwrite: bool, *, check_done: bool
-) -> tuple[list[Outcome], list[str]]:
-    """Outcomes known before any task (duplicate names, finished slides) and the work left.
-
-    Finished slides are seen here only when this process sees ``out_dir``; otherwise the
-    workers skip them (a finished folder is final: no lock is needed to see it).
-    """
-    early: list[Outcome] = []
-    queue: list[str] = []
-    seen: dict[str, str] = {}
-    for s in items:
-        stem = slide_stem(s)
-        if stem in seen and not _same(seen[stem], s):
-            early.append(
-                Outcome(
-                    s,
-                    FAILED,
-                    f"same output name '{stem}' as {seen[stem]}; "
-                    "rename one of the slides or run them into different output folders",
-                )
-            )
-            continue
-        if stem in seen:
-            continue  # the same slide twice: once is enough
-        seen[stem] = s
-        if check_done and not overwrite and is_done(out, s):
-            early.append(
-                Outcome(s, SKIPPED, "already done (overwrite=True redoes it)", str(out / stem))
-            )
-            continue
-        queue.append(s)
-    return early, queue
-
-
-def _same(a: str, b: str) -> bool:
-    if is_url(a) or is_url(b):
-        return a == b
-    return Path(a).resolve() == Path(b).resolve()
-
-
-def _bar(total: int, progress: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        desc="slides",
-        unit="slide",
-        disable=not progress or total < 2,
-        dynamic_ncols=True,
-    )
-
-
-def _serial(
-    queue: list[str],
-    out: Path,
-    model: IDCModel | str | os.PathLike[str] | None,
-    params: Params,
-    overwrite: bool,
-    tiles_geojson: bool,
-    progress: bool,
-    debug: bool,
-    bar: Any,
-) -> Iterator[Outcome]:
-    from idcmap.model.runtime import IDCModel, load_model
-
-    if not queue:
-        return
-    check_output_dir(out)
-    if isinstance(model, IDCModel):
-        net = model
-    else:
-        net = load_model(None if model is None else Path(model), device=params.device)
-    _check_stride(params, net.config.patch_px)
-    for s in queue:
-        o = process_slide(
-            s,
-            out,
-            model=net,
-            params=params,
-            overwrite=overwrite,
-            tiles_geojson=tiles_geojson,
-            progress=progress and bar.disable,  # tile bars only when there is no slide bar
-            debug=debug,
-        )
-        bar.update(1)
-        yield o
 
 
 def _check_stride(params: Params, patch_px: int) -> None:
@@ -382,10 +295,8 @@ def _on_cluster(
     out: Path,
     model: IDCModel | str | os.PathLike[str] | None,
     params: Params,
-    overwrite: bool,
-    tiles_geojson: bool,
+    options: RunOptions,
     retries: int,
-    debug: bool,
     bar: Any,
 ) -> Iterator[Outcome]:
     _need_distributed()
@@ -413,10 +324,8 @@ def _on_cluster(
             str(out),
             ref,
             params,
-            overwrite,
-            tiles_geojson,
+            options,
             name,
-            debug,
             key=f"idcmap-slide-{slide_stem(s)}-{token}",
             pure=False,
             retries=retries,
@@ -605,92 +514,3 @@ def dashboard_link(client: Client) -> str | None:
     except Exception:
         return None
     return str(link) if link else None
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def expand_inputs(
-    inputs: Iterable[str | os.PathLike[str]], *, recursive: bool = False
-) -> list[str]:
-    """:func:`idcmap.batch.inputs.expand_inputs` for local paths, URLs kept as they are (in order)."""
-    from idcmap.batch.inputs import expand_inputs as expand_local
-
-    out: list[str] = []
-    for item in inputs:
-        if is_url(item):
-            out.append(str(item))
-        else:
-            out.extend(str(p) for p in expand_local([Path(item)], recursive=recursive))
-    return out
-
-
-def run_cli(
-    inputs: Iterable[str | os.PathLike[str]],
-    out_dir: str | os.PathLike[str],
-    *,
-    scheduler: str | None,
-    model: str | os.PathLike[str] | None,
-    params: Params,
-    overwrite: bool = False,
-    tiles_geojson: bool = False,
-    progress: bool = True,
-    debug: bool = False,
-    recursive: bool = False,
-    describe: Any = None,
-    report: Any = print,
-) -> int:
-    """``idcmap run ... --scheduler ADDRESS``: connect (or start ``local[:N]``), print the
-    dashboard link, run every slide as a task, print one line per slide and a total.
-    ``scheduler=None`` runs in this process (how the CLI runs URLs without a cluster).
-
-    Returns the exit status: 0 all done or skipped, 1 some slide failed.
-    """
-    from tqdm.auto import tqdm
-
-    from idcmap.batch.runner import format_outcome
-
-    describe = describe or format_outcome
-    slides = expand_inputs(inputs, recursive=recursive)
-
-    client, cluster = connect(scheduler) if scheduler else (None, None)
-    try:
-        if client is not None:
-            link = dashboard_link(client)
-            n = len(client.scheduler_info().get("workers", {}))
-            report(
-                f"idcmap: Dask scheduler {client.scheduler.address}, {n} worker{'s' * (n != 1)}"
-                + (f"; dashboard {link}" if link else "")
-            )
-        counts = {"done": 0, "skipped": 0, "failed": 0}
-        failed: list[str] = []
-        for o in segment_slides(
-            slides,
-            out_dir,
-            client=client,
-            model=model,
-            params=params,
-            overwrite=overwrite,
-            progress=progress,
-            tiles_geojson=tiles_geojson,
-            debug=debug,
-        ):
-            counts[o.status] = counts.get(o.status, 0) + 1
-            if o.status == FAILED:
-                failed.append(o.path)
-            line = describe(o)
-            if progress:
-                tqdm.write(line)
-            else:
-                report(line)
-    finally:
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
-    # the reasons of the failures are on their ✗ lines above, one line each
-    report(
-        f"idcmap: {counts['done']} done, {counts['skipped']} skipped, {len(failed)} failed; "
-        f"outputs in {out_dir}"
-    )
-    return 1 if failed else 0

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from idcmap.errors import UsageError
 from idcmap.io.open import SLIDE_SUFFIXES
+from idcmap.io.urls import is_url
 
 __all__ = ["expand_inputs", "read_slide_list"]
 
@@ -51,7 +52,7 @@ def read_slide_list(list_file: str | Path) -> list[str | Path]:
         cut = s.find(" #")
         if cut >= 0:
             s = s[:cut].rstrip()
-        if "://" in s:  # a URL: Path() would fold its //
+        if is_url(s):  # Path() would fold its //
             out.append(s)
             continue
         p = Path(os.path.expanduser(s))
@@ -99,35 +100,37 @@ def _walk(folder: Path, out: list[Path]) -> None:
         _walk(d, out)
 
 
-def expand_inputs(inputs: Iterable[str | Path], *, recursive: bool = False) -> list[Path]:
-    """Slide paths from files and folders, in order, each path once.
+def expand_inputs(
+    inputs: Iterable[str | os.PathLike[str]], *, recursive: bool = False
+) -> list[str | Path]:
+    """Slides from files, folders and URLs, in order, each once.
 
     A folder contributes the slides directly inside it (``recursive=True``: in its sub-folders
     too). A folder without slides, like a missing file, is kept as it is, so that it fails on
-    its own line and the batch goes on.
+    its own line and the batch goes on. A URL (:func:`~idcmap.io.urls.is_url`) stays a string.
     """
-    out: list[Path] = []
+    out: list[str | Path] = []
     for item in inputs:
+        if is_url(item):
+            out.append(item)
+            continue
         p = Path(item)
         if p.is_dir():
-            before = len(out)
+            found: list[Path] = []
             if recursive:
-                _walk(p, out)
+                _walk(p, found)
             else:
                 found = _slides_in(p)
                 if found and all(q.suffix.lower() == ".dcm" for q in found):
-                    out.append(p)
-                else:
-                    out.extend(found)
-            if len(out) == before:
-                out.append(p)  # "a folder without slides" on its own line
+                    found = [p]
+            out.extend(found or [p])  # "a folder without slides" on its own line
         else:
             out.append(p)
-    seen: set[Path] = set()
-    unique: list[Path] = []
-    for p in out:
-        key = Path(os.path.abspath(p))
+    seen: set[str] = set()
+    unique: list[str | Path] = []
+    for s in out:
+        key = s if isinstance(s, str) else os.path.abspath(s)
         if key not in seen:
             seen.add(key)
-            unique.append(p)
+            unique.append(s)
     return unique

@@ -1,8 +1,11 @@
 """Batch runs: many slides, one output folder, nothing lost.
 
-:func:`process_slide` is the unit of work (lock, clean-up, skip, segment, save → :class:`Outcome`);
-:func:`run_batch` runs it over a list of slides in this process, and a distributed runner can call
-it on a worker (``Outcome`` is a small picklable frozen dataclass).
+:func:`process_slide` is the unit of work (lock, clean-up, skip, segment, save → :class:`Outcome`).
+:func:`run_slides` is the one serial runner: it plans the batch (:func:`plan`: duplicate output
+names, the same slide twice, finished slides) and runs the unit over it in this process; the Dask
+runner (:mod:`idcmap.batch.cluster`) plans the same way and runs the same unit on its workers
+(``Outcome`` is a small picklable frozen dataclass). :class:`RunOptions` is the one set of
+per-run options every layer passes on.
 
 * A slide whose output folder exists (``<out>/<stem>/summary.json``) is skipped unless
   ``overwrite``; outputs are written to a temporary folder and renamed (see
@@ -25,24 +28,44 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Literal, get_args
 
 from tqdm.auto import tqdm
 
-from idcmap.batch.inputs import expand_inputs  # noqa: F401  (re-exported: runner.expand_inputs)
-from idcmap.batch.locking import file_lock
 from idcmap.errors import IDCMapError, OutputError
 from idcmap.io.urls import is_url, slide_stem, url_name
 from idcmap.model.runtime import IDCModel
 from idcmap.output.cohort import COHORT_FILE, row_from_summary, summary_of, update_cohort
 from idcmap.output.folder import is_done
+from idcmap.output.locking import file_lock
 from idcmap.params import Params
 from idcmap.pipeline.segment import segment_slide
+from idcmap.pipeline.summary import SlideSummary
 
 #: Values of :attr:`Outcome.status`.
-DONE, SKIPPED, FAILED, BUSY = "done", "skipped", "failed", "busy"
+Status = Literal["done", "skipped", "failed", "busy"]
+DONE, SKIPPED, FAILED, BUSY = get_args(Status)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a batch treats each slide, passed unchanged from the CLI or the Python API through
+    the runners to :func:`process_slide`.
+
+    Attributes:
+        overwrite: redo slides whose outputs exist (else they are ``skipped``).
+        extra_outputs: opt-in outputs (:data:`idcmap.output.folder.OUTPUT_OPTIONS`, e.g.
+            ``tiles_geojson``).
+        progress: progress bars (slides; tiles when there is no slide bar).
+        debug: every failure's traceback in :attr:`Outcome.detail`.
+    """
+
+    overwrite: bool = False
+    extra_outputs: frozenset[str] = field(default_factory=frozenset)
+    progress: bool = False
+    debug: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,24 +85,24 @@ class Outcome:
     """
 
     path: str
-    status: str
+    status: Status
     message: str = ""
     out_dir: str | None = None
     seconds: float = 0.0
-    summary: dict[str, Any] | None = None
+    summary: SlideSummary | None = None
     detail: str = ""
 
     @property
     def idc_area_mm2(self) -> float | None:
-        return None if self.summary is None else drawn_idc_area_mm2(self.summary)
+        return None if self.summary is None else self.summary.drawn_idc_area_mm2
 
     @property
     def tissue_area_mm2(self) -> float | None:
-        return None if self.summary is None else float(self.summary["tissue_area_mm2"])
+        return None if self.summary is None else self.summary.tissue_area_mm2
 
     @property
     def regions(self) -> int | None:
-        return None if self.summary is None else int(self.summary["regions"])
+        return None if self.summary is None else self.summary.regions
 
 
 def check_output_dir(out_dir: Path) -> None:
@@ -100,7 +123,7 @@ def check_output_dir(out_dir: Path) -> None:
 def slide_lock(out_dir: Path, stem: str, *, wait: bool) -> Iterator[bool]:
     """Hold ``<out>/.<stem>.lock``; yields False (without waiting) when another run holds it.
 
-    The lock file is removed on release (:func:`idcmap.batch.locking.file_lock`).
+    The lock file is removed on release (:func:`idcmap.output.locking.file_lock`).
     """
     with file_lock(out_dir / f".{stem}.lock", wait=wait) as got:
         yield got
@@ -136,19 +159,12 @@ def _reason(e: IDCMapError, path: str | Path) -> str:
     return msg
 
 
-def drawn_idc_area_mm2(summary: dict[str, Any]) -> float:
-    """IDC area of the drawn regions (the GeoJSON polygons), as cohort.csv and heatmap.png give
-    it; summaries without measurements (idcmap 0.1) have only the mask's cell count."""
-    return float(summary.get("measurements", {}).get("idc_area_mm2", summary["idc_area_mm2"]))
-
-
-def done_message(summary: dict[str, Any]) -> str:
+def done_message(summary: SlideSummary) -> str:
     """One line of a done slide's figures (regions, IDC area of the regions, tissue area)."""
-    n = int(summary["regions"])
+    n = summary.regions
     return (
         f"{n} IDC region{'s' if n != 1 else ''}, "
-        f"IDC {drawn_idc_area_mm2(summary):.2f} mm² of {summary['tissue_area_mm2']:.2f} mm² "
-        "tissue"
+        f"IDC {summary.drawn_idc_area_mm2:.2f} mm² of {summary.tissue_area_mm2:.2f} mm² tissue"
     )
 
 
@@ -158,12 +174,8 @@ def process_slide(
     *,
     model: IDCModel,
     params: Params,
-    overwrite: bool = False,
-    tiles_geojson: bool = False,
-    progress: bool = False,
-    debug: bool = False,
+    options: RunOptions = RunOptions(),
     wait_for_lock: bool = True,
-    extra_outputs: Iterable[str] = (),
 ) -> Outcome:
     """Segment one slide into ``out_dir/<stem>/``, safely alongside other runs on that folder.
 
@@ -174,10 +186,8 @@ def process_slide(
     whose message is one short line. ``out_dir`` must exist (see :func:`check_output_dir`).
     Every outcome but ``busy`` is recorded in ``out_dir/cohort.csv`` (:mod:`idcmap.output.cohort`).
 
-    Args:
-        tiles_geojson, extra_outputs: opt-in outputs (see :data:`idcmap.output.folder.OUTPUTS`).
-        debug: put the traceback of every failure in ``Outcome.detail`` (an internal error's
-            is always there; an :class:`IDCMapError`'s detail is otherwise its ``detail``).
+    ``options.debug`` puts the traceback of every failure in ``Outcome.detail`` (an internal
+    error's is always there; an :class:`IDCMapError`'s detail is otherwise its ``detail``).
     """
     out = Path(out_dir)
     s = path if is_url(path) else Path(path)  # Path() would merge the // of a URL
@@ -188,17 +198,7 @@ def process_slide(
         # recorded under the slide's lock: a slide's rows are written in the order of its runs
         return record_outcome(
             out,
-            _locked_process_slide(
-                s,
-                out,
-                model=model,
-                params=params,
-                overwrite=overwrite,
-                tiles_geojson=tiles_geojson,
-                progress=progress,
-                debug=debug,
-                extra_outputs=extra_outputs,
-            ),
+            _locked_process_slide(s, out, model=model, params=params, options=options),
         )
 
 
@@ -233,25 +233,21 @@ def _locked_process_slide(
     *,
     model: IDCModel,
     params: Params,
-    overwrite: bool,
-    tiles_geojson: bool,
-    progress: bool,
-    debug: bool,
-    extra_outputs: Iterable[str],
+    options: RunOptions,
 ) -> Outcome:
     """The work of :func:`process_slide` once the slide's lock is held."""
     stem = slide_stem(s)
     remove_leftovers(out, stem)
-    if is_done(out, s) and not overwrite:
-        return Outcome(str(s), SKIPPED, "already done (overwrite=True redoes it)", str(out / stem))
+    if is_done(out, s) and not options.overwrite:
+        return Outcome(str(s), SKIPPED, _SKIPPED, str(out / stem))
     t0 = time.perf_counter()
     try:
-        result = segment_slide(s, model=model, progress=progress, params=params)
-        final = result.save(
-            out, tiles_geojson=tiles_geojson, overwrite=True, extra_outputs=extra_outputs
-        )
+        result = segment_slide(s, model=model, progress=options.progress, params=params)
+        final = result.save(out, overwrite=True, extra_outputs=options.extra_outputs)
     except IDCMapError as e:
-        detail = "\n".join(filter(None, [e.detail, traceback.format_exc() if debug else ""]))
+        detail = "\n".join(
+            filter(None, [e.detail, traceback.format_exc() if options.debug else ""])
+        )
         return Outcome(
             str(s), FAILED, _reason(e, s), seconds=time.perf_counter() - t0, detail=detail
         )
@@ -275,75 +271,150 @@ def _locked_process_slide(
     )
 
 
-def run_batch(
-    slides: list[Path],
-    out_dir: str | Path,
+def plan(
+    paths: Iterable[str | os.PathLike[str]], out_dir: Path, *, overwrite: bool, see_out_dir: bool
+) -> tuple[list[Outcome], list[str]]:
+    """What is known before any slide runs, and the work left (both runners use it).
+
+    Returns ``(early, queue)``: ``failed`` outcomes for a second slide with an output name
+    already taken by another file (not in cohort.csv: the row belongs to the first), and,
+    when ``see_out_dir`` (this process sees the output folder), ``skipped`` ones for finished
+    slides (recorded in cohort.csv); ``queue`` is the rest, each slide once, in order.
+    """
+    early: list[Outcome] = []
+    queue: list[str] = []
+    seen: dict[str, str] = {}
+    for p in paths:
+        s = slide_path(p)
+        stem = slide_stem(s)
+        if stem in seen:
+            if not _same(seen[stem], s):
+                early.append(
+                    Outcome(
+                        s,
+                        FAILED,
+                        f"same output name '{stem}' as {seen[stem]}; "
+                        "rename one of the slides or run them into different output folders",
+                    )
+                )
+            continue  # the same slide twice: once is enough
+        seen[stem] = s
+        if see_out_dir and not overwrite and is_done(out_dir, s):
+            early.append(
+                record_outcome(out_dir, Outcome(s, SKIPPED, _SKIPPED, str(out_dir / stem)))
+            )
+            continue
+        queue.append(s)
+    return early, queue
+
+
+_SKIPPED = "already done (overwrite=True redoes it)"
+
+
+def _same(a: str, b: str) -> bool:
+    if is_url(a) or is_url(b):
+        return a == b
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def run_slides(
+    paths: Iterable[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
     *,
     model: IDCModel,
     params: Params,
-    overwrite: bool = False,
-    tiles_geojson: bool = False,
-    progress: bool = True,
-    debug: bool = False,
+    options: RunOptions = RunOptions(),
+) -> Iterator[Outcome]:
+    """The serial runner: segment every slide into ``out_dir`` with :func:`process_slide` in
+    this process; yields one :class:`Outcome` per input as each finishes (``Outcome.path``
+    says which). A slide busy in another run is taken again at the end, waiting for that run:
+    skipped if it finished it, redone if it died. With ``options.progress`` and several
+    slides, a bar over the slides."""
+    out = Path(out_dir)
+    params.validate()
+    items = list(paths)
+    early, queue = plan(items, out, overwrite=options.overwrite, see_out_dir=True)
+    if queue:
+        check_output_dir(out)
+    bar = slide_bar(len(items), options.progress)
+    unit = replace(options, progress=options.progress and bar.disable)  # tile bars: no slide bar
+    try:
+        for o in early:
+            bar.update(1)
+            yield o
+        deferred: list[str] = []
+        for s in queue:
+            o = process_slide(s, out, model=model, params=params, options=unit, wait_for_lock=False)
+            if o.status == BUSY:
+                deferred.append(s)
+                continue
+            bar.update(1)
+            yield o
+        for s in deferred:  # busy in another run: wait for it, then skip (done) or take over
+            o = process_slide(s, out, model=model, params=params, options=unit)
+            bar.update(1)
+            yield o
+    finally:
+        bar.close()
+
+
+def run_batch(
+    slides: Iterable[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    model: IDCModel,
+    params: Params,
+    options: RunOptions = RunOptions(progress=True),
     report: Callable[[str], None] = print,
     describe: Callable[[Outcome], str] | None = None,
-    extra_outputs: Iterable[str] = (),
 ) -> list[Outcome]:
-    """Segment every slide into ``out_dir`` with :func:`process_slide`; returns one
-    :class:`Outcome` per slide, in order. A slide busy in another run is taken again at the end,
-    waiting for that run: skipped if it finished it, redone if it died. Each outcome is
-    reported as it comes, one line made by ``describe`` (default :func:`format_outcome`)."""
-    out = Path(out_dir)
-    check_output_dir(out)
-    params.validate()
-    outcomes: dict[int, Outcome] = {}
-    seen: dict[str, Path] = {}
-    queue: list[int] = []
-    for i, s in enumerate(slides):
-        stem = slide_stem(s)
-        if stem in seen and seen[stem].resolve() != s.resolve():
-            outcomes[i] = Outcome(
-                str(s),
-                FAILED,
-                f"same output name '{stem}' as {seen[stem]}; "
-                "rename one of the slides or run them into different output folders",
-            )
-            # not in cohort.csv: its row (keyed by output name) belongs to the other slide
-        else:
-            seen.setdefault(stem, s)
-            queue.append(i)
-    bar = tqdm(
-        total=len(slides),
+    """:func:`run_slides` over ``slides`` with each outcome reported as it comes (one line
+    made by ``describe``, default :func:`format_outcome`); returns the outcomes in input order
+    (a slide given twice gets the same outcome twice)."""
+    items = [slide_path(s) for s in slides]
+    describe = describe or format_outcome
+    by_path: dict[str, Outcome] = {}
+    for o in run_slides(items, out_dir, model=model, params=params, options=options):
+        write_line(describe(o), report, options.progress)
+        by_path[o.path] = o
+    return [by_path[s] for s in items]
+
+
+def slide_path(path: str | os.PathLike[str]) -> str:
+    """A slide as :attr:`Outcome.path` names it: a URL as given, a local path as ``Path``
+    spells it (``./a//b.svs`` → ``a/b.svs``)."""
+    return path if is_url(path) else str(Path(path))
+
+
+def totals_line(outcomes: Iterable[Outcome], out_dir: str | os.PathLike[str]) -> str:
+    """The last line of a batch: counts by status and where the outputs are."""
+    n = {s: 0 for s in get_args(Status)}
+    for o in outcomes:
+        n[o.status] += 1
+    return (
+        f"idcmap: {n[DONE]} done, {n[SKIPPED]} skipped, {n[FAILED]} failed; "
+        f"outputs in {os.fspath(out_dir)}"
+    )
+
+
+def slide_bar(total: int, progress: bool) -> tqdm:
+    """The bar over a batch's slides (disabled without ``progress`` or for one slide)."""
+    return tqdm(
+        total=total,
         desc="slides",
         unit="slide",
-        disable=not progress or len(slides) < 2,
+        disable=not progress or total < 2,
         dynamic_ncols=True,
         position=0,
     )
-    bar.update(len(outcomes))
-    kw: dict[str, Any] = {
-        "model": model,
-        "params": params,
-        "overwrite": overwrite,
-        "tiles_geojson": tiles_geojson,
-        "progress": progress,
-        "debug": debug,
-        "extra_outputs": tuple(extra_outputs),
-    }
-    describe = describe or format_outcome
-    deferred: list[int] = []
-    for i in queue:
-        o = process_slide(slides[i], out, wait_for_lock=False, **kw)
-        if o.status == BUSY:
-            deferred.append(i)
-            continue
-        outcomes[i] = o
-        _report(describe(o), report, bar)
-    for i in deferred:  # busy in another run: wait for it, then skip (done) or take over (it died)
-        outcomes[i] = process_slide(slides[i], out, wait_for_lock=True, **kw)
-        _report(describe(outcomes[i]), report, bar)
-    bar.close()
-    return [outcomes[i] for i in range(len(slides))]
+
+
+def write_line(line: str, report: Callable[[str], None], progress: bool) -> None:
+    """A batch's line, above the bars when they are drawn."""
+    if progress:
+        tqdm.write(line)
+    else:
+        report(line)
 
 
 def format_outcome(o: Outcome, *, detail: bool = False) -> str:
@@ -357,11 +428,3 @@ def format_outcome(o: Outcome, *, detail: bool = False) -> str:
     if detail and o.detail:
         line += "\n" + "\n".join("    " + ln for ln in o.detail.rstrip().splitlines())
     return line
-
-
-def _report(line: str, report: Callable[[str], None], bar: tqdm) -> None:
-    if bar.disable:
-        report(line)
-    else:
-        bar.write(line)
-    bar.update(1)

@@ -13,15 +13,18 @@ import re
 import signal
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from idcmap import __version__
 from idcmap.errors import IDCMapError, IDCMapWarning, UsageError
 from idcmap.io.readers import BACKENDS
 from idcmap.params import AGGREGATORS, OUTLINES, Params
+
+if TYPE_CHECKING:
+    from idcmap.batch.runner import Outcome, RunOptions
 
 #: Python-API names (``Params`` fields, keyword arguments) whose CLI flag is not ``--name``.
 _FLAG_OF = {
@@ -291,8 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from idcmap.batch.inputs import expand_inputs, read_slide_list
-    from idcmap.batch.runner import Outcome, format_outcome, run_batch
-    from idcmap.model.runtime import load_model
+    from idcmap.batch.runner import FAILED, RunOptions, format_outcome, totals_line, write_line
 
     # every Params field has the flag flag_of(field): --stride for stride_px, --mpp for mpp...
     params = Params(**{f.name: getattr(args, _dest(f.name)) for f in fields(Params)})
@@ -305,59 +307,68 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.slides and not args.lists:
         raise UsageError("no slides: give slide files or folders, or --list FILE")
     inputs = [*args.slides, *(p for lf in args.lists for p in read_slide_list(lf))]
+    slides = expand_inputs(inputs, recursive=args.recursive)
     # in a log (stderr not a terminal) redrawn bars are noise: one numbered line per slide instead
     interactive = sys.stderr.isatty()
-    count = 0
-    total = 0
-
-    def describe(o: Outcome) -> str:
-        nonlocal count
-        count += 1
-        line = to_flags(format_outcome(o, detail=args.debug))
-        return line if interactive else f"{line} [{count}/{total}]"
-
-    if args.scheduler or any("://" in str(s) for s in inputs):  # a Dask cluster, or URLs
-        from idcmap.batch.cluster import expand_inputs as expand_with_urls
-        from idcmap.batch.cluster import run_cli
-
-        total = len(expand_with_urls(inputs, recursive=args.recursive))
-        return run_cli(
-            inputs,
-            args.out,
-            scheduler=args.scheduler,
-            model=args.model,
-            params=params,
-            overwrite=args.overwrite,
-            tiles_geojson=args.tiles_geojson,
-            progress=not args.quiet and interactive,
-            debug=args.debug,
-            recursive=args.recursive,
-            describe=describe,
-        )
-    slides = expand_inputs(inputs, recursive=args.recursive)
-    total = len(slides)
-    model = load_model(args.model, device=args.device)
-    if params.stride_px is not None:
-        from idcmap.pipeline.tiles import check_stride
-
-        check_stride(params.stride_px, model.config.patch_px)
-    outcomes = run_batch(
-        slides,
-        args.out,
-        model=model,
-        params=params,
+    options = RunOptions(
         overwrite=args.overwrite,
-        tiles_geojson=args.tiles_geojson,
+        extra_outputs=frozenset({"tiles_geojson"} if args.tiles_geojson else ()),
         progress=not args.quiet and interactive,
         debug=args.debug,
-        describe=describe,
     )
-    done = sum(o.status == "done" for o in outcomes)
-    skipped = sum(o.status == "skipped" for o in outcomes)
-    failed = [o for o in outcomes if o.status == "failed"]
+    outcomes: list[Outcome] = []
+    for o in _outcomes(args, slides, params, options):
+        outcomes.append(o)
+        line = to_flags(format_outcome(o, detail=args.debug))
+        write_line(
+            line if interactive else f"{line} [{len(outcomes)}/{len(slides)}]",
+            print,
+            options.progress,
+        )
     # the reasons of the failures are on their ✗ lines above, one line each
-    print(f"idcmap: {done} done, {skipped} skipped, {len(failed)} failed; outputs in {args.out}")
-    return 1 if failed else 0
+    print(totals_line(outcomes, args.out))
+    return 1 if any(o.status == FAILED for o in outcomes) else 0
+
+
+def _outcomes(
+    args: argparse.Namespace, slides: list[str | Path], params: Params, options: RunOptions
+) -> Iterator[Outcome]:
+    """The batch's outcomes as they come: in this process, or one Dask task per slide."""
+    if not args.scheduler:
+        from idcmap.batch.runner import run_slides
+        from idcmap.model.runtime import load_model
+        from idcmap.pipeline.tiles import check_stride
+
+        model = load_model(args.model, device=args.device)
+        if params.stride_px is not None:
+            check_stride(params.stride_px, model.config.patch_px)
+        yield from run_slides(slides, args.out, model=model, params=params, options=options)
+        return
+    from idcmap.batch.cluster import connect, dashboard_link, segment_slides
+
+    client, cluster = connect(args.scheduler)
+    try:
+        link = dashboard_link(client)
+        n = len(client.scheduler_info().get("workers", {}))
+        print(
+            f"idcmap: Dask scheduler {client.scheduler.address}, {n} worker{'s' * (n != 1)}"
+            + (f"; dashboard {link}" if link else "")
+        )
+        yield from segment_slides(
+            slides,
+            args.out,
+            client=client,
+            model=args.model,
+            params=params,
+            overwrite=options.overwrite,
+            progress=options.progress,
+            tiles_geojson="tiles_geojson" in options.extra_outputs,
+            debug=options.debug,
+        )
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -24,13 +24,14 @@ import io
 import json
 import os
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from idcmap.batch.locking import file_lock
+from idcmap.output.locking import file_lock
+from idcmap.pipeline.summary import SlideSummary, read_summary
 
 __all__ = [
     "COHORT_FILE",
@@ -92,66 +93,69 @@ def _short(reason: str) -> str:
     return r if len(r) <= _MAX_REASON else r[: _MAX_REASON - 1] + "…"
 
 
-def _num(m: Mapping[str, Any], key: str) -> float | None:
-    v = m.get(key)
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
 def row_from_summary(
     slide: str,
     path: str,
     status: str,
     *,
     reason: str = "",
-    summary: Mapping[str, Any] | None = None,
+    summary: SlideSummary | None = None,
     output: str = "",
     seconds: float | None = None,
 ) -> CohortRow:
-    """A row from a slide's ``summary.json`` content (``None`` for a failed slide).
+    """A row from a slide's summary (``None`` for a failed slide).
 
-    The per-slide figures come from ``summary["measurements"]`` (see :mod:`idcmap.pipeline.measure`),
-    falling back on the top-level ``idc_area_mm2`` / ``tissue_area_mm2`` / ``regions`` of
-    summaries written before the measurements existed.
+    The per-slide figures come from the summary's measurements (see
+    :mod:`idcmap.pipeline.measure`), falling back on the top-level ``idc_area_mm2`` /
+    ``tissue_area_mm2`` / ``regions`` of summaries written before the measurements existed.
     """
-    s = summary or {}
-    m = s.get("measurements") if isinstance(s.get("measurements"), Mapping) else {}
-    assert isinstance(m, Mapping)
-    model = s.get("model") if isinstance(s.get("model"), Mapping) else {}
-    assert isinstance(model, Mapping)
-    idc = _num(m, "idc_area_mm2")
-    idc = _num(s, "idc_area_mm2") if idc is None else idc
-    tissue = _num(m, "tissue_area_mm2")
-    tissue = _num(s, "tissue_area_mm2") if tissue is None else tissue
-    pct = _num(m, "idc_percent_of_tissue")
-    if pct is None and idc is not None and tissue:
-        pct = 100.0 * idc / tissue
-    foci = _num(m, "foci")
-    foci = _num(s, "regions") if foci is None else foci
+    if summary is None:
+        return CohortRow(
+            slide,
+            path,
+            status,
+            _short(reason),
+            output=output,
+            seconds=seconds,
+            updated_utc=_now_utc(),
+        )
+    s = summary
+    idc = s.drawn_idc_area_mm2
+    tissue = _num(s.measurement("tissue_area_mm2"), s.tissue_area_mm2)
+    pct: float | None = 100.0 * idc / tissue if tissue else None
+    if s.measurement("idc_percent_of_tissue") is not None:
+        pct = _num(s.measurement("idc_percent_of_tissue"), 0.0)
+    largest = s.measurement("largest_focus_greatest_dimension_mm")
     return CohortRow(
         slide=slide,
         path=path,
         status=status,
         reason=_short(reason),
-        foci=None if foci is None else int(foci),
+        foci=int(_num(s.measurement("foci"), s.regions)),
         idc_area_mm2=idc,
         tissue_area_mm2=tissue,
         idc_percent_of_tissue=pct,
-        largest_focus_greatest_dimension_mm=_num(m, "largest_focus_greatest_dimension_mm"),
-        model_name=str(model.get("name") or ""),
-        model_version=str(model.get("version") or ""),
+        largest_focus_greatest_dimension_mm=None if largest is None else _num(largest, 0.0),
+        model_name=s.model.name,
+        model_version=s.model.version,
         output=output,
         seconds=seconds,
         updated_utc=_now_utc(),
     )
 
 
-def summary_of(folder: str | Path) -> dict[str, Any] | None:
-    """The ``summary.json`` of a finished output folder, or None when absent or unreadable."""
+def _num(v: Any, default: float) -> float:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+    return float(v) if ok else default
+
+
+def summary_of(folder: str | Path) -> SlideSummary | None:
+    """The summary of a finished output folder, or None when absent or unreadable."""
     try:
         obj = json.loads((Path(folder) / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return obj if isinstance(obj, dict) else None
+    return read_summary(obj) if isinstance(obj, dict) else None
 
 
 def read_cohort(out_dir: str | Path) -> list[dict[str, str]]:

@@ -19,14 +19,14 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from idcmap.errors import OutputError
 from idcmap.io.urls import slide_stem
 from idcmap.output.export import heatmap_npz, regions_to_geojson, write_json
-from idcmap.output.render import heatmap_picture, mask_picture, save_png
+from idcmap.output.render import heatmap_picture, mask_picture, mask_px_per_cell, save_png
 
 if TYPE_CHECKING:
     from idcmap.pipeline.result import SlideResult
@@ -71,23 +71,21 @@ def _heatmap_npz(r: SlideResult, path: Path) -> None:
 
 
 def _heatmap_png(r: SlideResult, path: Path) -> None:
-    params = r.summary.get("parameters", {})
-    sigma = params.get("smooth_um") or 0
-    note = f" (smoothed, σ {sigma:g} µm)" if sigma else ""
-    if params.get("aggregator", "none") != "none":
+    note = f" (smoothed, σ {r.smooth_um:g} µm)" if r.smooth_um else ""
+    if r.aggregator != "none":
         note = " (refined by the context aggregator)"
-    m = r.summary.get("measurements") or {}
+    s = r.summary
     n = len(r.regions)
     caption = f"{n} IDC region{'s' if n != 1 else ''}"
-    if "idc_area_mm2" in m:
+    if s.measurements is not None:
         caption += (
-            f" · IDC {m['idc_area_mm2']:.2f} mm² = {m['idc_percent_of_tissue']:.1f} % of "
-            f"{m['tissue_area_mm2']:.2f} mm² tissue"
+            f" · IDC {s.measurement('idc_area_mm2'):.2f} mm² = "
+            f"{s.measurement('idc_percent_of_tissue'):.1f} % of "
+            f"{s.measurement('tissue_area_mm2'):.2f} mm² tissue"
         )
     if n:
-        caption += (
-            f" · largest focus {m.get('largest_focus_greatest_dimension_mm', 0):.1f} mm across"
-        )
+        largest = s.measurement("largest_focus_greatest_dimension_mm") or 0
+        caption += f" · largest focus {largest:.1f} mm across"
     tissue = r.tissue.mask if r.tissue.mask.shape == r.tissue.thumbnail.shape[:2] else None
     img = heatmap_picture(
         r.smoothed,
@@ -116,11 +114,10 @@ def _mask_png(r: SlideResult, path: Path) -> None:
             f"pixel (row·{k}, col·{k}); a cell is {cw:g}×{ch:g} level-0 px"
         },
     )
-    r.summary["mask_png_px_per_cell"] = k  # summary.json is written last
 
 
 def _summary_json(r: SlideResult, path: Path) -> None:
-    write_json(r.summary, path)
+    write_json(r.summary.to_json(), path)
 
 
 #: Every file of a slide's folder, in the order written (``summary.json`` last).
@@ -180,8 +177,11 @@ def save_outputs(
             if out.option is not None and out.option not in extra:
                 continue
             if out is OUTPUTS[-1]:  # summary.json records the export time of the others
-                result.summary.setdefault("timings_s", {})["export"] = round(
-                    time.perf_counter() - t0, 4
+                s = result.summary
+                result.summary = replace(
+                    s,
+                    timings_s={**s.timings_s, "export": round(time.perf_counter() - t0, 4)},
+                    mask_png_px_per_cell=mask_px_per_cell(result.mask.shape),
                 )
             out.write(result, out.path_in(tmp, stem))
         _fsync_dir(tmp)

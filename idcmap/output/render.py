@@ -399,6 +399,14 @@ def save_png(image: Image.Image, path: PathLike, text: dict[str, str] | None = N
     image.save(path, format="PNG", compress_level=6, pnginfo=info)
 
 
+def mask_px_per_cell(
+    shape: tuple[int, ...], *, min_side: int = 1000, max_px_per_cell: int = 32
+) -> int:
+    """``k`` of :func:`mask_picture` for a mask of ``shape`` (rows, cols)."""
+    long_side = max(shape) if shape and min(shape) > 0 else 1
+    return int(np.clip(math.ceil(min_side / max(long_side, 1)), 1, max_px_per_cell))
+
+
 def mask_picture(
     mask: np.ndarray, *, min_side: int = 1000, max_px_per_cell: int = 32
 ) -> tuple[Image.Image, int]:
@@ -414,8 +422,7 @@ def mask_picture(
     m = np.asarray(mask)
     if m.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {m.shape}")
-    long_side = max(m.shape) if m.size else 1
-    k = int(np.clip(math.ceil(min_side / max(long_side, 1)), 1, max_px_per_cell))
+    k = mask_px_per_cell(m.shape, min_side=min_side, max_px_per_cell=max_px_per_cell)
     arr = np.where(m.astype(bool), 255, 0).astype(np.uint8)
     if k > 1:
         arr = arr.repeat(k, axis=0).repeat(k, axis=1)

@@ -17,6 +17,7 @@ from idcmap.output.folder import save_outputs
 from idcmap.pipeline.heatmap import Heatmap
 from idcmap.pipeline.measure import measure_polygon
 from idcmap.pipeline.regions import Region
+from idcmap.pipeline.summary import SlideSummary
 from idcmap.pipeline.tissue import TissueMask
 
 __all__ = ["SlideResult"]
@@ -37,8 +38,10 @@ class SlideResult:
         tissue: the tissue mask and thumbnail.
         threshold: the region threshold: of ``smoothed``, the mask was made with it.
         tile_threshold: the model's per-tile threshold (classifies tiles in the tile GeoJSON).
-        summary: areas, counts, model, parameters, timings (written as summary.json; see
-            :mod:`idcmap.summary`).
+        summary: areas, counts, model, parameters, timings (:class:`SlideSummary`, written as
+            summary.json).
+        smooth_um: σ (µm) of the Gaussian that made ``smoothed`` (0 with the aggregator).
+        aggregator: the aggregator's kind (e.g. ``multiscale-logistic/1``), or ``"none"``.
         source: the path given to :func:`segment_slide`; it names the outputs (for a DICOM
             series folder it is the folder, while ``slide.path`` is the file opened in it).
     """
@@ -51,7 +54,9 @@ class SlideResult:
     tissue: TissueMask
     threshold: float
     tile_threshold: float
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: SlideSummary = field(default_factory=SlideSummary)
+    smooth_um: float = 0.0
+    aggregator: str = "none"
     source: str | None = None
 
     @property

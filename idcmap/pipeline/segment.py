@@ -6,6 +6,7 @@ slide → tissue → tiles → model → heatmap → regions → export, each st
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -13,16 +14,17 @@ from typing import Any
 import numpy as np
 
 from idcmap.io.open import open_slide
-from idcmap.io.slide import Slide
+from idcmap.io.slide import Slide, SlideInfo
 from idcmap.io.urls import slide_stem
 from idcmap.model.runtime import IDCModel, load_model
 from idcmap.params import Params
 from idcmap.pipeline.contours import contour_regions
 from idcmap.pipeline.heatmap import Heatmap, smooth, stitch
 from idcmap.pipeline.infer import InferenceStats, predict_grid
-from idcmap.pipeline.regions import idc_mask, mask_to_regions
+from idcmap.pipeline.measure import measurements_summary
+from idcmap.pipeline.regions import Region, idc_mask, mask_to_regions
 from idcmap.pipeline.result import SlideResult
-from idcmap.pipeline.summary import build_summary
+from idcmap.pipeline.summary import ModelRecord, SlideSummary, TilesRecord
 from idcmap.pipeline.tiles import TileGrid, make_grid
 from idcmap.pipeline.tissue import BlockThumbnail, TissueMask, detect_tissue
 
@@ -139,7 +141,73 @@ def segment_slide(
         threshold=thr,
         tile_threshold=cfg.tile_threshold,
         summary=summary,
+        smooth_um=smooth_um,
+        aggregator=agg.kind_name if agg is not None else "none",
         source=str(path),
+    )
+
+
+def build_summary(
+    *,
+    info: SlideInfo,
+    model: IDCModel,
+    parameters: Mapping[str, Any],
+    heatmap: Heatmap,
+    mask: np.ndarray,
+    regions: Sequence[Region],
+    grid: TileGrid,
+    stats: InferenceStats,
+    tissue_from_tiles: bool,
+    timings_s: Mapping[str, float],
+) -> SlideSummary:
+    """The summary of one slide from the pipeline's pieces.
+
+    Args:
+        info: the slide as read.
+        model: the model used (its config, path and device are recorded).
+        parameters: the run's parameters with the model's defaults resolved.
+        heatmap: the stitched heatmap (its tissue cells give the tissue area).
+        mask: the IDC mask on the heatmap grid (its cells give the IDC area).
+        regions: the IDC regions (counted and measured).
+        grid: the tile grid (its shape).
+        stats: inference statistics (level read, tiles, blocks, busy times).
+        tissue_from_tiles: the tissue mask came from the tile pass (no coarser level).
+        timings_s: wall time per stage, seconds.
+    """
+    cfg = model.config
+    tissue_mm2 = float(heatmap.tissue.sum() * heatmap.cell_area_um2 / 1e6)
+    idc_mm2 = float(np.count_nonzero(mask) * heatmap.cell_area_um2 / 1e6)
+    return SlideSummary(
+        slide={**info.to_dict(), "level_read": stats.level, "level_read_mpp": stats.level_mpp},
+        model=ModelRecord(
+            name=cfg.name,
+            version=cfg.version,
+            architecture=cfg.architecture,
+            sha256=cfg.weights_sha256,
+            path=str(model.path) if model.path else None,
+            mpp=cfg.mpp,
+            patch_px=cfg.patch_px,
+            device=str(model.device),
+        ),
+        parameters=dict(parameters),
+        tissue_from=(
+            "the tile pass (no coarser level)" if tissue_from_tiles else "a low-resolution read"
+        ),
+        tissue_area_mm2=round(tissue_mm2, 4),
+        idc_area_mm2=round(idc_mm2, 4),
+        idc_fraction_of_tissue=round(idc_mm2 / tissue_mm2, 4) if tissue_mm2 > 0 else 0.0,
+        regions=len(regions),
+        measurements=measurements_summary(
+            [r.polygon for r in regions], tissue_mm2, info.mpp, info.mpp_y
+        )[1],
+        tiles=TilesRecord(stats.tiles, grid.shape, stats.blocks, stats.dense_blocks),
+        timings_s={
+            **{k: round(v, 4) for k, v in timings_s.items()},
+            "read_busy": round(stats.read_s, 4),
+            "resize_busy": round(stats.resize_s, 4),
+            "model": round(stats.model_s, 4),
+            "model_waited_for_pixels": round(stats.wait_s, 4),
+        },
     )
 
 

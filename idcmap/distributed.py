@@ -1,0 +1,5 @@
+"""Deprecated since 0.3 (removed in 0.4): use :mod:`idcmap.batch.cluster`."""
+
+from idcmap._shim import reexport
+
+reexport(__name__, "idcmap.batch.cluster", globals())
