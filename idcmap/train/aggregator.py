@@ -1,11 +1,12 @@
-"""Training of the learned aggregation stage (:mod:`idcmap.pipeline.aggregate`) on whole-slide mosaics.
+"""Training of the learned aggregation stage (:mod:`idcmap.pipeline.aggregate`) on whole-slide
+mosaics.
 
 The patch network is frozen: every slide goes through the pipeline once (tissue, tiles, model,
 stitched heatmap), the logistic regression is fitted on the tissue cells of the *training*
 slides, and the region threshold of its output is the one that maximises the pooled Dice of the
-cleaned masks (:func:`idcmap.pipeline.regions.idc_mask`, the pipeline's defaults) on the *validation*
-slides. The result is a new model file: the same network weights plus ``aggregator.*`` tensors
-in the safetensors, and the ``aggregator`` section in the JSON.
+cleaned masks (:func:`idcmap.pipeline.regions.idc_mask`, the pipeline's defaults) on the
+*validation* slides. The result is a new model file: the same network weights plus
+``aggregator.*`` tensors in the safetensors, and the ``aggregator`` section in the JSON.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from idcmap.errors import UsageError
 from idcmap.model.modelfile import ModelConfig, save_model
 from idcmap.pipeline.aggregate import FEATURE_KINDS, Aggregator, fit_aggregator
 from idcmap.pipeline.heatmap import Heatmap
+from idcmap.train.truth import read_truth
 
 #: Region thresholds tried on the validation slides.
 THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.20, 0.905, 0.02), 2))
@@ -36,7 +38,6 @@ def slide_heatmaps(
     """(raw heatmap, truth on its grid) of every slide, through the pipeline."""
     from idcmap.params import Params
     from idcmap.pipeline.segment import segment_slide
-    from idcmap.train.evaluate import read_truth
 
     if len(slides) != len(truths):
         raise UsageError(f"{len(slides)} slides but {len(truths)} truth files; pass one per slide")
