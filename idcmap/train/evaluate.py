@@ -20,8 +20,8 @@ import numpy as np
 from idcmap.errors import UsageError
 from idcmap.params import Params
 from idcmap.pipeline.heatmap import Heatmap, smooth
-from idcmap.pipeline.regions import idc_mask
 from idcmap.train import data
+from idcmap.train.cases import pipeline_mask
 from idcmap.train.figures import comparison_png
 from idcmap.train.metrics import dice_iou, patch_report, pooled_dice_iou
 from idcmap.train.truth import read_truth
@@ -199,7 +199,7 @@ def evaluate_slides(
         masks.append((pred, truth))
         r = dice_iou(pred, truth)
         if agg is not None:
-            g_mask = idc_mask(smooth(grid, cfg.smooth_um), cfg.region_threshold)
+            g_mask = pipeline_mask(smooth(grid, cfg.smooth_um), cfg.region_threshold)
             gauss.append((g_mask, truth))
             gauss_per[Path(s).stem] = dice_iou(g_mask, truth)["dice"]
         r.update(

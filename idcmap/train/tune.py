@@ -9,10 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from idcmap.params import Params
 from idcmap.pipeline.heatmap import smooth
+from idcmap.train.cases import slide_heatmaps
 from idcmap.train.metrics import dice_from_counts
-from idcmap.train.truth import read_truth
 
 __all__ = ["SMOOTH_UM", "THRESHOLDS", "tune_regions"]
 
@@ -36,13 +35,9 @@ def tune_regions(
     The tiles are evaluated once per slide; every (smoothing, threshold) pair reuses them.
     """
     from idcmap.model.runtime import IDCModel, load_model  # imports torch
-    from idcmap.pipeline.segment import segment_slide  # imports torch
 
     m = model if isinstance(model, IDCModel) else load_model(model, device=device)
-    cases = []
-    for s, t in zip(slides, truths, strict=True):
-        res = segment_slide(s, model=m, progress=False, params=Params(smooth_um=0.0))
-        cases.append((res.heatmap, read_truth(t, res.heatmap)))
+    cases = slide_heatmaps(slides, truths, m)
     table = []
     for sigma in smooth_um:
         probs = [(np.nan_to_num(smooth(hm, float(sigma)).prob, nan=0.0), t) for hm, t in cases]
