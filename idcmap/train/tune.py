@@ -1,5 +1,6 @@
 """Grid search of the region stage: the heatmap smoothing (µm) and region threshold that
-maximise the pooled Dice on slides with ground truth."""
+maximise the pooled Dice on slides with ground truth, scored on the mask the pipeline draws
+(:func:`idcmap.train.cases.pipeline_mask`), not on the raw ``p >= threshold``."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from idcmap.params import Params
 from idcmap.pipeline.heatmap import smooth
-from idcmap.train.cases import slide_heatmaps
-from idcmap.train.metrics import dice_from_counts
+from idcmap.train.cases import pooled_mask_dice, slide_heatmaps
 
 __all__ = ["SMOOTH_UM", "THRESHOLDS", "tune_regions"]
 
@@ -28,11 +29,14 @@ def tune_regions(
     smooth_um: Sequence[float] = SMOOTH_UM,
     thresholds: Sequence[float] = THRESHOLDS,
     device: str = "auto",
+    params: Params | None = None,
 ) -> dict[str, Any]:
     """Choose the heatmap smoothing (µm) and region threshold that maximise the pooled Dice on
     slides with ground truth — run it on VALIDATION slides, never on test slides.
 
-    The tiles are evaluated once per slide; every (smoothing, threshold) pair reuses them.
+    The tiles are evaluated once per slide; every (smoothing, threshold) pair reuses them. Each
+    pair is scored on the pipeline's cleaned mask (small regions removed, small holes filled as
+    ``params``, default :class:`~idcmap.params.Params`, says).
     """
     from idcmap.model.runtime import IDCModel, load_model  # imports torch
 
@@ -40,16 +44,12 @@ def tune_regions(
     cases = slide_heatmaps(slides, truths, m)
     table = []
     for sigma in smooth_um:
-        probs = [(np.nan_to_num(smooth(hm, float(sigma)).prob, nan=0.0), t) for hm, t in cases]
-        for thr in thresholds:
-            inter = pred = true = 0
-            for p, truth in probs:
-                mask = p >= thr
-                inter += int((mask & truth).sum())
-                pred += int(mask.sum())
-                true += int(truth.sum())
-            dice, _ = dice_from_counts(inter, pred, true)
-            table.append({"smooth_um": float(sigma), "threshold": float(thr), "dice": dice})
+        smoothed = [(smooth(hm, float(sigma)), truth) for hm, truth in cases]
+        dice = pooled_mask_dice(smoothed, thresholds, params)
+        table += [
+            {"smooth_um": float(sigma), "threshold": float(thr), "dice": d}
+            for thr, d in zip(thresholds, dice, strict=True)
+        ]
     best = max(table, key=lambda r: r["dice"])
     return {
         "best": best,
