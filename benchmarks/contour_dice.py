@@ -1,11 +1,12 @@
 """Staircase vs smooth region outlines on the test mosaics: cell Dice and area Dice.
 
-For each mosaic the bundled model runs once (idcmap.pipeline.segment.segment_slide with default parameters);
-the same mask is then outlined twice: cell edges (idcmap.pipeline.regions.mask_to_regions) and the
-threshold contour of the smoothed surface (idcmap.pipeline.contours.contour_regions). Figures:
+For each mosaic the bundled model runs once (idcmap.pipeline.segment.segment_slide with default
+parameters); the same mask is then outlined twice: cell edges
+(idcmap.pipeline.regions.mask_to_regions) and the threshold contour of the smoothed surface
+(idcmap.pipeline.contours.contour_regions). Figures:
 
-* cell Dice: the polygons rasterised at the cell centres (idcmap.pipeline.regions.rasterize) against the
-  truth of ``cells.csv`` on the same grid (idcmap.train.evaluate.truth_from_cells) — what
+* cell Dice: the polygons rasterised at the cell centres (idcmap.pipeline.regions.rasterize)
+  against the truth of ``cells.csv`` on the same grid (idcmap.train.truth.truth_from_cells) — what
   ``idcmap evaluate slides`` measures;
 * area Dice: polygon areas against the union of the truth's IDC rectangles (sub-cell; the truth
   itself is a 200-µm staircase, which favours staircase outlines);
@@ -30,7 +31,7 @@ from idcmap.pipeline.contours import contour_regions
 from idcmap.pipeline.regions import mask_to_regions, rasterize
 from idcmap.pipeline.segment import segment_slide
 from idcmap.train.data import read_cells
-from idcmap.train.evaluate import truth_from_cells
+from idcmap.train.truth import truth_from_cells
 
 TEST_SLIDES = "8865,8913,8955,8984,9035,14082"
 

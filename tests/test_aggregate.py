@@ -23,7 +23,9 @@ from idcmap.pipeline.aggregate import KIND, Aggregator, features, fit_aggregator
 from idcmap.pipeline.heatmap import Heatmap
 from idcmap.pipeline.regions import idc_mask
 from idcmap.pipeline.segment import segment_slide
-from idcmap.train.evaluate import dice_iou, evaluate_slides, read_truth, roc_auc
+from idcmap.train.evaluate import evaluate_slides
+from idcmap.train.metrics import dice_iou, roc_auc
+from idcmap.train.truth import read_truth
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "8955.tiff"

@@ -19,7 +19,7 @@ from idcmap.model.modelfile import ModelConfig, bundled_model_path, save_model
 from idcmap.model.runtime import ARCHITECTURES, load_model, register_architecture
 from idcmap.pipeline.segment import segment_slide
 from idcmap.train.data import list_patches, load_patches, read_level0
-from idcmap.train.evaluate import binary_metrics
+from idcmap.train.metrics import binary_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_PATCHES = ROOT / "tests" / "fixtures" / "patches"

@@ -21,7 +21,7 @@ from idcmap.output.render import (
     save_png,
 )
 from idcmap.pipeline.heatmap import Heatmap
-from idcmap.train.evaluate import FN_COLOR, FP_COLOR, TP_COLOR, comparison_png
+from idcmap.train.figures import FN_COLOR, FP_COLOR, TP_COLOR, comparison_png
 
 
 def _glyph(ch: str, bold: bool = False) -> np.ndarray:

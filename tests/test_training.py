@@ -14,14 +14,8 @@ import pytest
 from idcmap.model.runtime import load_model
 from idcmap.pipeline.heatmap import Heatmap
 from idcmap.train import data
-from idcmap.train.evaluate import (
-    best_threshold,
-    binary_metrics,
-    dice_iou,
-    roc_auc,
-    truth_from_cells,
-    truth_from_geojson,
-)
+from idcmap.train.metrics import best_threshold, binary_metrics, dice_iou, roc_auc
+from idcmap.train.truth import truth_from_cells, truth_from_geojson
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_PATCHES = ROOT / "tests" / "fixtures" / "patches"

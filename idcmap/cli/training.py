@@ -1,8 +1,8 @@
 """The training-side subcommands of the CLI: ``prepare-data``, ``train``, ``train-aggregator``,
 ``evaluate``.
 
-:func:`register` adds them to the main parser's subparsers (see :mod:`idcmap.cli.main`). Heavy imports
-(fastai, the data) happen inside the handlers.
+:func:`register` adds them to the main parser's subparsers (see :mod:`idcmap.cli.main`). Heavy
+imports (fastai, the data) happen inside the handlers.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--arch",
         default="idcnet-v1",
         metavar="NAME",
-        help="architecture (a name registered in idcmap.model.runtime.ARCHITECTURES; default: idcnet-v1)",
+        help="architecture (a name registered in idcmap.model.runtime.ARCHITECTURES; "
+        "default: idcnet-v1)",
     )
     tr.add_argument(
         "--arch-param",
@@ -399,8 +400,9 @@ def cmd_train_aggregator(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_patches(args: argparse.Namespace) -> int:
+    from idcmap.output.export import write_json
     from idcmap.train.data import read_split
-    from idcmap.train.evaluate import evaluate_patches, format_patch_table, write_json
+    from idcmap.train.evaluate import evaluate_patches, format_patch_table
 
     patients = read_split(args.patients_from)[args.split] if args.patients_from else None
     rep = evaluate_patches(
@@ -437,8 +439,9 @@ def cmd_tune_regions(args: argparse.Namespace) -> int:
         save_config,
         weights_path,
     )
-    from idcmap.train.evaluate import tune_regions, write_json
+    from idcmap.output.export import write_json
     from idcmap.train.patches import portable_command
+    from idcmap.train.tune import tune_regions
 
     if args.write is not None:
         check_destination(args.write)  # before the slides are run, not after
@@ -470,7 +473,8 @@ def cmd_tune_regions(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_slides(args: argparse.Namespace) -> int:
-    from idcmap.train.evaluate import evaluate_slides, format_slide_table, write_json
+    from idcmap.output.export import write_json
+    from idcmap.train.evaluate import evaluate_slides, format_slide_table
 
     truths = _truths(args)
     png_dir = args.out.parent if args.out else None

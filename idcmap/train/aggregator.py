@@ -1,11 +1,12 @@
-"""Training of the learned aggregation stage (:mod:`idcmap.pipeline.aggregate`) on whole-slide mosaics.
+"""Training of the learned aggregation stage (:mod:`idcmap.pipeline.aggregate`) on whole-slide
+mosaics.
 
 The patch network is frozen: every slide goes through the pipeline once (tissue, tiles, model,
 stitched heatmap), the logistic regression is fitted on the tissue cells of the *training*
 slides, and the region threshold of its output is the one that maximises the pooled Dice of the
-cleaned masks (:func:`idcmap.pipeline.regions.idc_mask`, the pipeline's defaults) on the *validation*
-slides. The result is a new model file: the same network weights plus ``aggregator.*`` tensors
-in the safetensors, and the ``aggregator`` section in the JSON.
+cleaned masks (:func:`idcmap.train.cases.pipeline_mask`: the pipeline's own mask) on the
+*validation* slides. The result is a new model file: the same network weights plus
+``aggregator.*`` tensors in the safetensors, and the ``aggregator`` section in the JSON.
 """
 
 from __future__ import annotations
@@ -21,55 +22,14 @@ import numpy as np
 from idcmap.errors import UsageError
 from idcmap.model.modelfile import ModelConfig, save_model
 from idcmap.pipeline.aggregate import FEATURE_KINDS, Aggregator, fit_aggregator
-from idcmap.pipeline.heatmap import Heatmap
+from idcmap.train.cases import Case, pooled_mask_dice, slide_heatmaps
 
 #: Region thresholds tried on the validation slides.
 THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.20, 0.905, 0.02), 2))
 
 
-def slide_heatmaps(
-    slides: Sequence[str | Path],
-    truths: Sequence[str | Path],
-    model: Any,
-    stride_px: int | None = None,
-) -> list[tuple[Heatmap, np.ndarray]]:
-    """(raw heatmap, truth on its grid) of every slide, through the pipeline."""
-    from idcmap.params import Params
-    from idcmap.pipeline.segment import segment_slide
-    from idcmap.train.evaluate import read_truth
-
-    if len(slides) != len(truths):
-        raise UsageError(f"{len(slides)} slides but {len(truths)} truth files; pass one per slide")
-    out = []
-    for s, t in zip(slides, truths, strict=True):
-        res = segment_slide(
-            s, model=model, progress=False, params=Params(smooth_um=0.0, stride_px=stride_px)
-        )
-        out.append((res.heatmap, read_truth(t, res.heatmap)))
-    return out
-
-
-def pooled_dice(
-    agg: Aggregator,
-    cases: Sequence[tuple[Heatmap, np.ndarray]],
-    thresholds: Sequence[float] = THRESHOLDS,
-) -> list[float]:
-    """Pooled Dice of the cleaned region masks at each threshold (refined once per slide)."""
-    from idcmap.params import Params
-    from idcmap.pipeline.regions import idc_mask
-
-    d = Params()
-    refined = [(agg.refine(hm), truth) for hm, truth in cases]
-    out = []
-    for thr in thresholds:
-        inter = pred = true = 0
-        for hm, truth in refined:
-            mask = idc_mask(hm, thr, min_region_um2=d.min_region_um2, min_hole_um2=d.min_hole_um2)
-            inter += int((mask & truth).sum())
-            pred += int(mask.sum())
-            true += int(truth.sum())
-        out.append(2 * inter / (pred + true) if pred + true else 1.0)
-    return out
+def _refined(agg: Aggregator, cases: Sequence[Case]) -> list[Case]:
+    return [(agg.refine(hm), truth) for hm, truth in cases]
 
 
 def train_aggregator(
@@ -110,10 +70,10 @@ def train_aggregator(
     agg = fit_aggregator(
         [h for h, _ in train], [t for _, t in train], kinds=kinds, sigmas_um=sigmas_um, l2=l2
     )
-    dice = pooled_dice(agg, valid)
+    dice = pooled_mask_dice(_refined(agg, valid), THRESHOLDS)
     best = int(np.argmax(dice))
     thr = THRESHOLDS[best]
-    train_dice = pooled_dice(agg, train, [thr])[0]
+    train_dice = pooled_mask_dice(_refined(agg, train), [thr])[0]
     log(
         f"aggregator: threshold {thr:.2f} (validation pooled Dice {dice[best]:.4f}; "
         f"training {train_dice:.4f})"

@@ -39,7 +39,7 @@ from idcmap.model.runtime import (
     torch_threads,
 )
 from idcmap.train import data
-from idcmap.train.evaluate import best_threshold, binary_metrics
+from idcmap.train.metrics import best_threshold, binary_metrics
 
 # Stain matrix (rows: optical density of haematoxylin, eosin, DAB in RGB; Ruifrok & Johnston).
 _RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
@@ -191,10 +191,10 @@ def train(
     will expect of slides (the IDC data set: 4).
 
     Patients are split per data folder (``mosaic_test`` test patients in folders written by
-    :func:`idcmap.train.data.prepare_mosaics`, ``test_frac`` of the others; ``valid_frac`` validation),
-    or read from ``split_path``. The split is written to ``<out>.split.json``. ``max_patches``
-    caps the patches of each split (for quick runs). The threshold is chosen on the validation
-    patients to maximise ``threshold_criterion``. Returns the config as written.
+    :func:`idcmap.train.data.prepare_mosaics`, ``test_frac`` of the others; ``valid_frac``
+    validation), or read from ``split_path``. The split is written to ``<out>.split.json``.
+    ``max_patches`` caps the patches of each split (for quick runs). The threshold is chosen on
+    the validation patients to maximise ``threshold_criterion``. Returns the config as written.
     """
     try:
         import fastai.callback.schedule  # adds lr_find and fit_one_cycle to Learner
