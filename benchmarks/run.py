@@ -191,28 +191,31 @@ def child_floors(a: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with open_slide(a.slide) as slide:
         grid = _grid(slide, model, a.stride)
-        level = slide.best_level_for_mpp(grid.model_mpp)
-        blocks = plan_blocks(grid, slide.info.level_downsamples[level])
-        out.update(level_read=level, blocks=len(blocks), tiles=grid.n_tiles)
+        level = slide.read_level_for_mpp(grid.model_mpp)
+        blocks = plan_blocks(grid, level.downsample)
+        out.update(
+            level_read=level.level, read_scale=level.scale, blocks=len(blocks), tiles=grid.n_tiles
+        )
 
-        # --- I/O floor: decode the level over the same blocks, no resize, no model
+        # --- I/O floor: decode the read level (at its scale) over the same blocks, no resize,
+        # no model
         def level_rect(b: tuple[int, int, int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
             r0, r1, c0, c1 = b
             st, p = grid.stride_px, grid.patch_px
             fx, fy = grid.level0_per_model_px
             bx, by, bw, bh = grid.bounds_level0_px
-            d = slide.info.level_downsamples[level]
+            d = level.downsample
             x0, y0 = bx + c0 * st * fx, by + r0 * st * fy
             x1 = min(bx + bw, bx + ((c1 - c0 - 1) * st + p + c0 * st) * fx)
             y1 = min(by + bh, by + ((r1 - r0 - 1) * st + p + r0 * st) * fy)
             w, h = max(1, int((x1 - x0) / d)), max(1, int((y1 - y0) / d))
-            return (int(x0), int(y0)), (w, h)
+            return (int(x0 / d), int(y0 / d)), (w, h)  # read px of the level at its scale
 
         rects = [level_rect(b) for b in blocks]
         out["decoded_mpx"] = sum(w * h for _, (w, h) in rects) / 1e6
         t0 = time.perf_counter()
         for loc, size in rects:
-            slide.read_region(loc, level, size)
+            slide.read_scaled(level, loc, size)
         out["io_floor_1thread_s"] = time.perf_counter() - t0
         if a.workers > 1:
             local = threading.local()
@@ -223,7 +226,7 @@ def child_floors(a: argparse.Namespace) -> dict[str, Any]:
                 if h is None:
                     h = local.h = slide.reopen()
                     handles.append(h)
-                h.read_region(r[0], level, r[1])
+                h.read_scaled(level, r[0], r[1])
 
             with ThreadPoolExecutor(a.workers) as pool:
                 rd(rects[0])  # opens this thread's handle outside the timing... one of them
@@ -237,13 +240,14 @@ def child_floors(a: argparse.Namespace) -> dict[str, Any]:
 
         # --- the same reads straight from openslide-python (RGBA as it decodes it, none of
         # idcmap's conversions): the pure decode
-        if slide.info.backend == "openslide":
+        if slide.info.backend == "openslide" and level.scale == 1:
             import openslide
 
             def raw_read(rs: list) -> None:
                 osr = openslide.OpenSlide(str(a.slide))
-                for loc, size in rs:
-                    osr.read_region(loc, level, size)
+                for (x, y), size in rs:
+                    loc = (round(x * level.downsample), round(y * level.downsample))
+                    osr.read_region(loc, level.level, size)
                 osr.close()
 
             t0 = time.perf_counter()

@@ -209,13 +209,13 @@ def test_block_reads_stop_at_the_bounds_and_round_a_fractional_origin(tmp_path: 
     bx, by, bw, bh = 103, 51, 597, 449
     with open_slide(path) as slide:
         slide.info = replace(slide.info, bounds_level0_px=(bx, by, bw, bh))
-        level = slide.best_level_for_mpp(4.0)
-        assert slide.info.level_downsamples[level] == 4.0
+        rl = slide.read_level_for_mpp(4.0)
+        assert (rl.level, rl.scale, rl.downsample) == (1, 1, 4.0)
         grid = make_grid(slide, None, model_mpp=4.0, patch_px=50, stride_px=50)
         assert grid.shape == (3, 3)
         blocks = plan_blocks(grid, 4.0)
         assert blocks == [(0, 3, 0, 3)]
-        block = read_block(slide, grid, level, (0, 3), (0, 3))
+        block = read_block(slide, grid, rl, (0, 3), (0, 3))
     expect = np.full((150, 150, 3), 255, np.uint8)
     x0, y0 = round(bx / 4), round(by / 4)  # 26, 13
     x1, y1 = (bx + bw) // 4, (by + bh) // 4  # 175, 125: the last level px wholly inside

@@ -390,15 +390,20 @@ def cmd_info(args: argparse.Namespace) -> int:
         args.slide if is_url(args.slide) else folder, backend=args.backend, mpp=args.mpp
     ) as slide:
         d: dict[str, Any] = slide.info.to_dict()
-        level = slide.best_level_for_mpp(cfg.mpp)
+        rl = slide.read_level_for_mpp(cfg.mpp)
+        d["levels_colour"] = [
+            "unknown" if c is None else c.describe().split(": ", 1)[1] for c in slide.colour
+        ]
         d["pipeline"] = {
             "model": f"{cfg.name} {cfg.version}",
             "model_mpp": cfg.mpp,
             "region_stage": cfg.aggregator.get("kind", "fixed Gaussian"),
             "region_threshold": cfg.aggregator.get("threshold", cfg.region_threshold),
             "tile_threshold": cfg.tile_threshold,
-            "level_read": level,
-            "level_read_mpp": round(slide.level_mpp(level), 4),
+            "level_read": rl.level,
+            "level_read_mpp": round(slide.level_mpp(rl.level), 4),
+            "level_read_scale": rl.scale,
+            "why": rl.reason,
         }
     if args.json:
         print(json.dumps(d, indent=2))

@@ -22,6 +22,7 @@ from typing import Any
 
 from idcmap.errors import SlideError, UnsupportedImageError, UsageError
 from idcmap.io.info import build_info
+from idcmap.io.jpegtiff import JpegTiffReader
 from idcmap.io.mpp import USER_MPP, to_float
 from idcmap.io.readers import (
     BACKENDS,
@@ -179,8 +180,18 @@ def open_slide(
             errors.append(f"{bk} ({stage}): {reason(e)}")
             continue
         info = build_info(spath, bk, reader, facts, mpp)
-        return Slide(info, reader, factory)
+        jpeg = _jpeg_reader(spath, info) if facts is not None and scaling is None else None
+        return Slide(info, reader, factory, jpeg)
     raise SlideError(_open_failure(spath, backend, facts), detail="; ".join(errors))
+
+
+def _jpeg_reader(path: str, info: SlideInfo) -> JpegTiffReader | None:
+    """The scaled-IDCT reader and colour facts of a local TIFF-family slide; None when
+    tifffile's view of its levels is not one it knows (the backend reads it as before)."""
+    try:
+        return JpegTiffReader(path, mpp=(info.mpp, info.mpp_y))
+    except Exception:
+        return None
 
 
 def _image_factory(path: str, first: ImageReader) -> Callable[[], Reader]:

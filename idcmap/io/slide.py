@@ -34,7 +34,7 @@ import math
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +42,11 @@ import numpy as np
 from PIL import Image
 
 from idcmap.errors import SlideError, UnsupportedImageError, UsageError
+from idcmap.io.colour import MPP_TOLERANCE, LevelColour, choose_level
+from idcmap.io.jpegtiff import JpegTiffReader
 from idcmap.io.readers import CHUNK_PX, Reader
 
-__all__ = ["PX_EPS", "Slide", "SlideInfo", "to_qupath_px"]
+__all__ = ["PX_EPS", "ReadLevel", "Slide", "SlideInfo", "to_qupath_px"]
 
 #: Slack of the float arithmetic between level-0 px and level px (x / downsample, rounded down
 #: or up): far below a pixel, far above the rounding error of coordinates below 2**31 px. One
@@ -108,18 +110,55 @@ def to_qupath_px(info: SlideInfo, x_level0_px: float, y_level0_px: float) -> tup
     return x_level0_px - info.bounds_level0_px[0], y_level0_px - info.bounds_level0_px[1]
 
 
+@dataclass(frozen=True)
+class ReadLevel:
+    """A pyramid level seen at 1/``scale``: what a reader at a target µm/px reads.
+
+    Attributes:
+        level: the pyramid level.
+        scale: 1, or 2/4/8: the level decoded at that fraction (JPEG scaled IDCT) or
+            box-averaged, so one read px is ``scale`` × ``scale`` level px.
+        downsample: level-0 px per read px along x (level downsample × scale).
+        dimensions: (width, height) in read px.
+        chroma_mpp: µm per colour sample of a read px (coarser axis), None when unknown.
+        reason: one line saying why this level and scale.
+    """
+
+    level: int
+    scale: int
+    downsample: float
+    dimensions: tuple[int, int]
+    chroma_mpp: float | None
+    reason: str
+
+
 class Slide:
     """An open slide: 8-bit RGB reads in level-0 px, µm/px, pyramid levels.
 
     Not for concurrent use from several threads: each worker calls :meth:`reopen`.
+    ``jpeg``: the slide's scaled-IDCT reader (:class:`~idcmap.io.jpegtiff.JpegTiffReader`,
+    thread-safe, shared by every handle), None when its levels are not tiled JPEG TIFF.
     """
 
-    def __init__(self, info: SlideInfo, reader: Reader, factory: Callable[[], Reader]) -> None:
+    def __init__(
+        self,
+        info: SlideInfo,
+        reader: Reader,
+        factory: Callable[[], Reader],
+        jpeg: JpegTiffReader | None = None,
+    ) -> None:
         self.info = info
         self._reader: Reader | None = reader
         self._factory = factory
         self._failed: tuple[str, str] | None = None  # (message, detail) of a failed read
         self._lock = threading.Lock()
+        self._jpeg = jpeg
+        self._owns_jpeg = True
+        #: colour facts of each level (:class:`~idcmap.io.colour.LevelColour`), None if unknown
+        self.colour: tuple[LevelColour | None, ...] = tuple(
+            None if jpeg is None or (j := jpeg.level_for_size(w, h)) is None else jpeg.levels[j]
+            for w, h in info.level_dimensions
+        )
 
     # -- resolution
 
@@ -142,7 +181,71 @@ class Slide:
                 best, best_mpp = lvl, m
         return best
 
+    def read_level_for_mpp(self, target_mpp: float) -> ReadLevel:
+        """What to read for pixels at ``target_mpp`` with full-resolution colour.
+
+        With colour facts for every level (tiled JPEG / lossless TIFF): the coarsest level
+        whose chroma sample is no coarser than ``target_mpp``, decoded at the largest scale
+        1/2/4/8 that stays at or below it (:func:`~idcmap.io.colour.choose_level`; e.g. a
+        40x 4:2:0 pyramid's 1-µm level at 1/4 for 4 µm/px, not the 4-µm level whose colour
+        is at 8 µm/px). Without them: :meth:`best_level_for_mpp` at scale 1.
+        """
+        ds, dims = self.info.level_downsamples, self.info.level_dimensions
+        if self._jpeg is None or any(c is None for c in self.colour):
+            lvl = self.best_level_for_mpp(target_mpp)
+            return ReadLevel(
+                lvl, 1, ds[lvl], dims[lvl], None, "nearest finer level (colour facts unknown)"
+            )
+        facts = [replace(c, level=i) for i, c in enumerate(self.colour) if c is not None]
+        lvl, s = choose_level(facts, target_mpp)
+        c = facts[lvl]
+        chroma = None if c.chroma_mpp is None else c.chroma_mpp * s
+        coded = f"{c.colorspace} {c.jpeg.sampling_name}" if c.jpeg is not None else c.compression
+        why = (
+            f"level {lvl} ({self.level_mpp(lvl):.4g} µm/px, {coded})"
+            + (f" decoded at 1/{s}" if s > 1 else "")
+            + (f": colour at {chroma:.4g} µm/px" if chroma is not None else "")
+        )
+        if chroma is not None and chroma > target_mpp * (1 + MPP_TOLERANCE):
+            why += f", coarser than {target_mpp:g} µm/px: no level has finer colour"
+        return ReadLevel(
+            lvl,
+            s,
+            ds[lvl] * s,
+            (math.ceil(dims[lvl][0] / s), math.ceil(dims[lvl][1] / s)),
+            chroma,
+            why,
+        )
+
     # -- reading
+
+    def read_scaled(
+        self, rl: ReadLevel, location_px: tuple[int, int], size: tuple[int, int]
+    ) -> np.ndarray:
+        """uint8 H×W×3 of ``size`` read px of ``rl`` at ``location_px`` (read px of ``rl``,
+        full frame); white outside the level. Scale 1 is :meth:`read_region`; a scale > 1 is
+        the scaled-IDCT decode where the level allows it, else the box mean of a full read."""
+        (x, y), (w, h), s = location_px, size, rl.scale
+        if s == 1:
+            loc = (round(x * rl.downsample), round(y * rl.downsample))
+            return self.read_region(loc, rl.level, (w, h))
+        jpeg = self._jpeg
+        jl = None if jpeg is None else jpeg.level_for_size(*self.info.level_dimensions[rl.level])
+        if jpeg is None or jl is None or not jpeg.supports(jl, s):
+            d = self.info.level_downsamples[rl.level]
+            full = self.read_region((round(x * s * d), round(y * s * d)), rl.level, (w * s, h * s))
+            return block_mean(full, s)
+        if self._failed is not None:
+            raise SlideError(self._failed[0], detail=self._failed[1])
+        try:
+            return jpeg.read_scaled(jl, s, x, y, w, h)
+        except Exception as e:
+            self._failed = (
+                f"{self._name}: cannot decode the JPEG tiles of level {rl.level} (corrupt or "
+                "truncated?); re-export or re-scan it",
+                f"scaled read of {w}x{h} px at 1/{s}, ({x}, {y}): {reason(e)}",
+            )
+            raise SlideError(self._failed[0], detail=self._failed[1]) from e
 
     def read_region(
         self, location_level0_px: tuple[int, int], level: int, size: tuple[int, int]
@@ -264,11 +367,15 @@ class Slide:
             reader = self._factory()
         except Exception as e:
             raise SlideError(f"{self._name}: cannot reopen", detail=reason(e)) from e
-        return Slide(self.info, reader, self._factory)
+        other = Slide(self.info, reader, self._factory, self._jpeg)
+        other._owns_jpeg = False  # the first handle closes the shared JPEG reader
+        return other
 
     def close(self) -> None:
         reader, self._reader = self._reader, None
         close_quietly(reader)
+        if self._owns_jpeg and self._jpeg is not None:
+            self._jpeg.close()
 
     def __enter__(self) -> Slide:
         return self

@@ -28,6 +28,8 @@ class InferenceStats:
 
     level: int = 0
     level_mpp: float = 0.0
+    scale: int = 1
+    chroma_mpp: float | None = None
     blocks: int = 0
     tiles: int = 0
     dense_blocks: int = 0
@@ -68,9 +70,14 @@ def predict_grid(
     Returns:
         (float32 rows×cols probabilities, NaN where the tile was not kept; statistics).
     """
-    level = slide.best_level_for_mpp(grid.model_mpp)
-    stats = InferenceStats(level=level, level_mpp=slide.level_mpp(level))
-    blocks = plan_blocks(grid, slide.info.level_downsamples[level])
+    rl = slide.read_level_for_mpp(grid.model_mpp)
+    stats = InferenceStats(
+        level=rl.level,
+        level_mpp=slide.level_mpp(rl.level),
+        scale=rl.scale,
+        chroma_mpp=rl.chroma_mpp,
+    )
+    blocks = plan_blocks(grid, rl.downsample)
     stats.blocks = len(blocks)
     prob = np.full(grid.shape, np.nan, dtype=np.float32)
     dense_ok = model.supports_dense(grid.stride_px)
@@ -85,7 +92,7 @@ def predict_grid(
     )
     with bar, use_torch_threads(torch_threads if model.device.type == "cpu" else None):
         t_wait = time.perf_counter()
-        for block in iter_blocks(slide, grid, level, blocks, workers=workers):
+        for block in iter_blocks(slide, grid, rl, blocks, workers=workers):
             t0 = time.perf_counter()
             stats.wait_s += t0 - t_wait
             stats.read_s += block.read_s

@@ -178,7 +178,13 @@ def build_summary(
     tissue_mm2 = float(heatmap.tissue.sum() * heatmap.cell_area_um2 / 1e6)
     idc_mm2 = float(np.count_nonzero(mask) * heatmap.cell_area_um2 / 1e6)
     return SlideSummary(
-        slide={**info.to_dict(), "level_read": stats.level, "level_read_mpp": stats.level_mpp},
+        slide={
+            **info.to_dict(),
+            "level_read": stats.level,
+            "level_read_mpp": stats.level_mpp,
+            "level_read_scale": stats.scale,
+            "colour_mpp": None if stats.chroma_mpp is None else round(stats.chroma_mpp, 4),
+        },
         model=ModelRecord(
             name=cfg.name,
             version=cfg.version,
@@ -228,7 +234,7 @@ def _tissue_and_tiles(
         "stride_px": stride_px,
         "min_tissue": p.min_tissue,
     }
-    if slide.best_level_for_mpp(p.tissue_mpp) != slide.best_level_for_mpp(cfg.mpp):
+    if slide.best_level_for_mpp(p.tissue_mpp) != slide.read_level_for_mpp(cfg.mpp).level:
         t = time.perf_counter()
         tissue = detect_tissue(slide, target_mpp=p.tissue_mpp)
         timings["tissue"] = time.perf_counter() - t

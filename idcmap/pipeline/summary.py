@@ -150,9 +150,7 @@ def read_summary(obj: Mapping[str, Any]) -> SlideSummary:
     )
     regions = s.get("regions")
     k = s.get("mask_png_px_per_cell")
-    model = ModelRecord(
-        **{f.name: m[f.name] for f in fields(ModelRecord) if f.name in m}
-    )
+    model = ModelRecord(**{f.name: m[f.name] for f in fields(ModelRecord) if f.name in m})
     return SlideSummary(
         slide=_mapping(s.get("slide")),
         model=model,

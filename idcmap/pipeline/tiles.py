@@ -5,8 +5,9 @@ corner at model px ``(c * stride_px, r * stride_px)`` from the slide's bounds or
 the whole image; a last, partial tile is padded with white.
 
 Pixels are never read one tile at a time: the grid is cut into large *blocks* of tiles, each block
-read in one ``read_region`` from the pyramid level nearest-finer to the model's µm/px, resized
-with antialiasing (area average) to model pixels, then handed to the model as a whole. Blocks are
+read in one go from the level :meth:`~idcmap.io.slide.Slide.read_level_for_mpp` chooses (the
+coarsest whose colour is at full resolution at the model's µm/px, JPEG-decoded at 1/2, 1/4 or
+1/8 where that reaches it), resized with antialiasing (area average) to model pixels, then handed to the model as a whole. Blocks are
 read and resized by a small pool of threads, each with its own slide handle, while the model
 computes on the previous ones; at most ``prefetch`` blocks are in memory at once, so memory does
 not grow with the slide.
@@ -26,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from idcmap.errors import SlideError, UsageError
-from idcmap.io.slide import PX_EPS, Slide
+from idcmap.io.slide import PX_EPS, ReadLevel, Slide
 from idcmap.pipeline.tissue import TissueMask
 
 #: Largest block side, in pixels of the level that is read. Bounds the memory of one read: the
@@ -220,17 +221,18 @@ def plan_blocks(
 
 
 def read_block(
-    slide: Slide, grid: TileGrid, level: int, rows: tuple[int, int], cols: tuple[int, int]
+    slide: Slide, grid: TileGrid, rl: ReadLevel, rows: tuple[int, int], cols: tuple[int, int]
 ) -> Block:
-    """Read one block of tiles from ``level`` and resize it to model px (area average)."""
+    """Read one block of tiles from ``rl`` (:meth:`Slide.read_level_for_mpp`: a level, maybe
+    decoded at 1/2, 1/4, 1/8) and resize it to model px (area average)."""
     (r0, r1), (c0, c1) = rows, cols
     st, p = grid.stride_px, grid.patch_px
     mx0, my0 = c0 * st, r0 * st
     w_m, h_m = (c1 - c0 - 1) * st + p, (r1 - r0 - 1) * st + p
     fx, fy = grid.level0_per_model_px
     bx, by, bw, bh = grid.bounds_level0_px
-    d = slide.info.level_downsamples[level]
-    lw, lh = slide.info.level_dimensions[level]
+    d = rl.downsample
+    lw, lh = rl.dimensions
     # wanted region in level px (float), clipped to the bounds region and to the level
     fx0, fy0 = (bx + mx0 * fx) / d, (by + my0 * fy) / d
     fx1, fy1 = (bx + (mx0 + w_m) * fx) / d, (by + (my0 + h_m) * fy) / d
@@ -242,7 +244,7 @@ def read_block(
     t0 = time.perf_counter()
     if ix1 <= ix0 or iy1 <= iy0:
         return Block(r0, r1, c0, c1, out)
-    region = slide.read_region((round(ix0 * d), round(iy0 * d)), level, (ix1 - ix0, iy1 - iy0))
+    region = slide.read_scaled(rl, (ix0, iy0), (ix1 - ix0, iy1 - iy0))
     t1 = time.perf_counter()
     sx, sy = d / fx, d / fy  # model px per level px (≤ 1 when the level is finer)
     if abs(sx - 1) < PX_EPS and abs(sy - 1) < PX_EPS:  # same scale: no resize
@@ -279,7 +281,7 @@ def _area_resize(region: np.ndarray, tw: int, th: int) -> np.ndarray:
 def iter_blocks(
     slide: Slide,
     grid: TileGrid,
-    level: int,
+    rl: ReadLevel,
     blocks: list[tuple[int, int, int, int]],
     *,
     workers: int = 2,
@@ -294,7 +296,7 @@ def iter_blocks(
         prefetch = workers + 1
     if workers <= 0:
         for r0, r1, c0, c1 in blocks:
-            yield read_block(slide, grid, level, (r0, r1), (c0, c1))
+            yield read_block(slide, grid, rl, (r0, r1), (c0, c1))
         return
     local = threading.local()
     handles: list[Slide] = []
@@ -308,7 +310,7 @@ def iter_blocks(
             with lock:
                 handles.append(h)
         r0, r1, c0, c1 = b
-        return read_block(h, grid, level, (r0, r1), (c0, c1))
+        return read_block(h, grid, rl, (r0, r1), (c0, c1))
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="idcmap-read")
     pending: list[Future[Block]] = []
