@@ -245,7 +245,8 @@ def bytes_read(slides: list[str], work: Path, n_workers: int) -> list[dict[str, 
 
 def blocks(slides: list[str]) -> list[dict[str, Any]]:
     """Bytes and requests per slide over HTTP for fsspec block sizes and caches, in this
-    process (one slide at a time, ``segment_slide``): how ``idcmap.io.remote``'s setting was chosen."""
+    process (one slide at a time, ``segment_slide``): how the setting of ``idcmap.io.remote``
+    was chosen."""
     from http_range import serve
 
     import idcmap.io.remote as remote

@@ -2,7 +2,7 @@
 
 Every case runs in a fresh subprocess (so its peak RSS is its own, read with ``os.wait4``):
 
-* ``e2e``: :func:`idcmap.pipeline.segment.segment_slide` + ``save`` (all outputs), for each slide and stride:
+* ``e2e``: :func:`idcmap.segment_slide` + ``save`` (all outputs), for each slide and stride:
   wall time, tiles/s, peak RSS and where the time goes (``summary.json`` ``timings_s``);
 * ``floors``: on the same slide, grid and model: the I/O floor, a pure decode of the pyramid
   level that is read (``read_region`` over the same blocks, no resize, no model; 1 thread and

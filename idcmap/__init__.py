@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from idcmap.pipeline.result import SlideResult as SlideResult
     from idcmap.pipeline.segment import segment_slide as segment_slide
 
-__version__ = "0.3.0.dev0"
+from idcmap.version import __version__
 
 _EXPORTS = {
     "segment_slide": "pipeline.segment",

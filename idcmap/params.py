@@ -8,18 +8,21 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from idcmap.errors import UsageError
 from idcmap.io.mpp import USER_MPP
-from idcmap.io.readers import BACKENDS
+from idcmap.io.readers import BACKENDS, Backend
 
-__all__ = ["AGGREGATORS", "OUTLINES", "Params"]
+__all__ = ["AGGREGATORS", "OUTLINES", "Aggregator", "Outline", "Params"]
 
 #: Region outline styles: the threshold contour of the smoothed heatmap, or the cell edges.
-OUTLINES = ("smooth", "cells")
+Outline = Literal["smooth", "cells"]
+OUTLINES: tuple[Outline, ...] = get_args(Outline)
 
 #: Values of :attr:`Params.aggregator`.
-AGGREGATORS = ("auto", "none")
+Aggregator = Literal["auto", "none"]
+AGGREGATORS: tuple[Aggregator, ...] = get_args(Aggregator)
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
@@ -32,9 +35,9 @@ class Params:
     smooth_um: float | None = None  # heatmap smoothing sigma, µm; default = the model's
     # region stage: "auto" = the model's learned aggregator when it has one, else the fixed
     # Gaussian (smooth_um); "none" = the fixed Gaussian. A smooth_um given implies "none".
-    aggregator: str = "auto"
+    aggregator: Aggregator = "auto"
     mpp: float | None = None  # µm per level-0 px, overrides the slide's metadata
-    backend: str = "auto"
+    backend: Backend = "auto"
     device: str = "auto"
     batch_size: int = 512
     workers: int = 2  # background reader threads
@@ -47,7 +50,7 @@ class Params:
     min_hole_um2: float = 40_000.0  # holes smaller than this are filled
     simplify_um: float = 2.0  # polygon simplification tolerance
     force_rgb: bool = False  # process non-brightfield images anyway
-    outline: str = "smooth"  # region outlines: "smooth" (threshold contour) or "cells" (edges)
+    outline: Outline = "smooth"  # region outlines: "smooth" (threshold contour) or "cells" (edges)
 
     def validate(self) -> None:
         """Check every knob; a bad value raises :class:`UsageError` naming it (``name=value``).

@@ -321,3 +321,32 @@ class _nullctx:
 
     def __exit__(self, *a: object) -> None:
         return None
+
+
+def test_non_square_pixels_give_one_area_everywhere(tmp_path: Path) -> None:
+    """1 × 2 µm pixels: every stage measures cells of 200 × 200 µm, and the mask's IDC area,
+    the drawn regions' areas and the summary's measurements agree."""
+    rows, cols = 8, 10
+    red = np.full((rows, cols), 60, np.uint8)
+    red[2:6, 3:8] = 240  # a 4×5-cell IDC block (the colour model: p = red / 255)
+    red[-1] = 255
+    img = np.empty((rows * 100, cols * 200, 3), np.uint8)  # 200 µm = 200 px in x, 100 in y
+    img[..., 0] = np.kron(red, np.ones((100, 200), np.uint8))
+    img[..., 1], img[..., 2] = 40, 150
+    img[-100:] = 255  # glass
+    path = write_pyramid_tiff(
+        tmp_path / "aniso.tiff", img, 1.0, downsamples=(1,), compression="zlib", mpp_y=2.0
+    )
+    res = segment_slide(
+        path, model=colour_model(), params=Params(outline="cells", smooth_um=0), progress=False
+    )
+    hm = res.heatmap
+    assert hm.cell_um == pytest.approx((200.0, 200.0))
+    assert hm.cell_area_um2 == pytest.approx(40_000.0)
+    assert int(res.mask.sum()) == 20
+    s = res.summary
+    assert s.idc_area_mm2 == pytest.approx(20 * 0.04)
+    assert s.measurement("idc_area_mm2") == pytest.approx(20 * 0.04, rel=1e-3)
+    assert sum(r.area_um2 for r in res.regions) / 1e6 == pytest.approx(20 * 0.04, rel=1e-3)
+    (reg,) = s.measurement("regions")
+    assert reg["greatest_dimension_mm"] == pytest.approx(np.hypot(1.0, 0.8), rel=1e-3)

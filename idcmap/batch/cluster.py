@@ -262,7 +262,11 @@ def segment_slides(
     if client is None:
         from idcmap.model.runtime import IDCModel, load_model
 
-        net = model if isinstance(model, IDCModel) else load_model(model, device=p.device)
+        net = (
+            model
+            if isinstance(model, IDCModel)
+            else load_model(None if model is None else Path(model), device=p.device)
+        )
         _check_stride(p, net.config.patch_px)
         yield from run_slides(paths, out_dir, model=net, params=p, options=options)
         return

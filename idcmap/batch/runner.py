@@ -150,7 +150,7 @@ def remove_leftovers(out_dir: Path, stem: str) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def _reason(e: IDCMapError, path: str | Path) -> str:
+def _without_path(e: IDCMapError, path: str | Path) -> str:
     """The error's line without a leading ``<file>: `` (the outcome line names the file)."""
     msg = " ".join(str(e).split())
     for prefix in (str(path), url_name(path) if is_url(path) else Path(path).name):
@@ -249,7 +249,7 @@ def _locked_process_slide(
             filter(None, [e.detail, traceback.format_exc() if options.debug else ""])
         )
         return Outcome(
-            str(s), FAILED, _reason(e, s), seconds=time.perf_counter() - t0, detail=detail
+            str(s), FAILED, _without_path(e, s), seconds=time.perf_counter() - t0, detail=detail
         )
     except Exception as e:  # an unforeseen bug (MemoryError included) must not cost the others
         first = (str(e).strip().splitlines() or [""])[0][:200]

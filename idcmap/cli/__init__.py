@@ -1,5 +1,6 @@
-"""The command line: ``main`` (``idcmap run``, ``info``, ``view``) and ``training`` (``prepare-data``,
-``train``, ``train-aggregator``, ``evaluate``), thin layers over the Python API."""
+"""The command line: ``main`` (``idcmap run``, ``info``, ``view``) and ``training``
+(``prepare-data``, ``train``, ``train-aggregator``, ``evaluate``), thin layers over the Python
+API."""
 
 from idcmap.cli.main import main
 

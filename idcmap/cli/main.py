@@ -1,4 +1,4 @@
-"""``idcmap`` command line: a thin layer over :mod:`idcmap.pipeline.segment` and :mod:`idcmap.batch.runner`.
+"""``idcmap`` command line: a thin layer over :mod:`idcmap.pipeline` and :mod:`idcmap.batch`.
 
 Exit status: 0 all slides done or skipped; 1 some slide failed; 2 bad usage / model / output
 folder; 130 interrupted (SIGINT), 143 terminated (SIGTERM).
@@ -18,10 +18,11 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from idcmap import __version__
+from idcmap.cli.argtypes import positive_int
 from idcmap.errors import IDCMapError, IDCMapWarning, UsageError
 from idcmap.io.readers import BACKENDS
 from idcmap.params import AGGREGATORS, OUTLINES, Params
+from idcmap.version import __version__
 
 if TYPE_CHECKING:
     from idcmap.batch.runner import Outcome, RunOptions
@@ -77,16 +78,6 @@ def to_flags(text: str) -> str:
 
 class Terminated(BaseException):
     """SIGTERM, raised like KeyboardInterrupt so that temporary outputs are cleaned up."""
-
-
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
 
 
 def _finite(s: str) -> float:
@@ -157,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--stride",
-        type=_positive_int,
+        type=positive_int,
         default=d.stride_px,
         help="tile step in model px; divides the patch size (default: patch size, 50)",
     )
@@ -171,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=d.batch_size,
         help=f"tiles per batch (default: {d.batch_size})",
     )
@@ -183,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--torch-threads",
-        type=_positive_int,
+        type=positive_int,
         default=d.torch_threads,
         help="torch threads for the model on CPU (default: the cores left beside --workers)",
     )

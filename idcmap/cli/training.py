@@ -13,14 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from idcmap.cli.argtypes import positive_int
 from idcmap.errors import UsageError
-
-
-def _pos_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
 
 
 def _frac(s: str) -> float:
@@ -77,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "prepare-data count as whole-slide patients",
     )
     tr.add_argument("--out", "-o", required=True, type=Path, help="model .json to write")
-    tr.add_argument("--epochs", type=_pos_int, default=20)
+    tr.add_argument("--epochs", type=positive_int, default=20)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument(
         "--lr",
@@ -85,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="max learning rate of the one-cycle schedule (default: lr_find's)",
     )
-    tr.add_argument("--batch-size", type=_pos_int, default=256)
+    tr.add_argument("--batch-size", type=positive_int, default=256)
     tr.add_argument(
         "--arch",
         default="idcnet-v1",
@@ -104,7 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     tr.add_argument(
         "--widths",
-        type=_pos_int,
+        type=positive_int,
         nargs=3,
         default=None,
         help="idcnet-v1 channel widths (default: 64 192 256)",
@@ -141,7 +135,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     tr.add_argument(
         "--max-patches",
-        type=_pos_int,
+        type=positive_int,
         default=None,
         help="cap the patches of each split (quick runs)",
     )
@@ -153,7 +147,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     tr.add_argument("--no-augment", action="store_true", help="no flips or colour jitter")
     tr.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    tr.add_argument("--threads", type=_pos_int, default=None, help="CPU threads for torch")
+    tr.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
     tr.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     tr.add_argument("--debug", action="store_true", help="print tracebacks")
     tr.set_defaults(func=cmd_train)
@@ -181,7 +175,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     ta.add_argument(
         "--stride",
-        type=_pos_int,
+        type=positive_int,
         default=None,
         help="tile step of the training heatmaps, model px (default: the patch size)",
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 from PIL import Image
@@ -16,6 +16,7 @@ from idcmap.errors import UnsupportedImageError
 
 __all__ = [
     "BACKENDS",
+    "Backend",
     "ImageReader",
     "OpenSlideReader",
     "Reader",
@@ -25,7 +26,9 @@ __all__ = [
     "non_rgb_message",
 ]
 
-BACKENDS = ("auto", "openslide", "tiffslide", "image")
+#: Slide readers: "auto" tries OpenSlide, then tiffslide, then PIL.
+Backend = Literal["auto", "openslide", "tiffslide", "image"]
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
 
 CHUNK_PX = 4096
 

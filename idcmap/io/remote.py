@@ -17,7 +17,7 @@ from typing import Any
 from idcmap.errors import SlideError, UnsupportedImageError, UsageError
 from idcmap.io.info import build_info
 from idcmap.io.readers import TiffSlideReader, non_rgb_message
-from idcmap.io.slide import Slide, close_quietly, probe
+from idcmap.io.slide import Slide, close_quietly, probe, reason
 from idcmap.io.tiffmeta import tiff_facts
 from idcmap.io.urls import url_name
 
@@ -45,11 +45,6 @@ def _fs(url: str) -> tuple[Any, str]:
         ) from e
 
 
-def _reason(e: BaseException) -> str:
-    msg = " ".join(str(e).split())
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
-
-
 def remote_size(url: str) -> int:
     """Size in bytes of the object at ``url``; a :class:`SlideError` line when it cannot be had."""
     fs, path = _fs(url)
@@ -66,13 +61,13 @@ def remote_size(url: str) -> int:
         if status is not None:
             raise SlideError(f"{url}: the server answered HTTP {status}; try again later") from e
         raise SlideError(
-            f"{url}: cannot be reached ({_reason(cause)}); check the URL and the network"
+            f"{url}: cannot be reached ({reason(cause)}); check the URL and the network"
         ) from e
     except PermissionError as e:
-        raise SlideError(f"{url}: access denied ({_reason(e)}); check the credentials") from e
+        raise SlideError(f"{url}: access denied ({reason(e)}); check the credentials") from e
     except Exception as e:  # connection refused, DNS, TLS, timeouts: the backends' own types
         raise SlideError(
-            f"{url}: cannot be reached ({_reason(e)}); check the URL and the network"
+            f"{url}: cannot be reached ({reason(e)}); check the URL and the network"
         ) from e
     size = info.get("size")
     if size == 0:
@@ -120,7 +115,7 @@ def open_remote_slide(
     except Exception as e:
         close_quietly(reader)
         raise SlideError(
-            f"{url_name(url)}: the remote file cannot be decoded ({_reason(e)}); it may be "
+            f"{url_name(url)}: the remote file cannot be decoded ({reason(e)}); it may be "
             "truncated or use an unsupported compression"
         ) from e
     info = build_info(url, "tiffslide", reader, facts, mpp)

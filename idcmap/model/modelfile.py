@@ -42,7 +42,8 @@ class ModelConfig:
     Attributes:
         name: short model name, e.g. ``"idcmap-idc"``.
         version: the model's own version string.
-        architecture: name of a registered architecture (:data:`idcmap.model.runtime.ARCHITECTURES`).
+        architecture: name of a registered architecture
+            (:data:`idcmap.model.runtime.ARCHITECTURES`).
         arch_params: keyword arguments of the architecture (e.g. ``widths``).
         mpp: µm per pixel the model expects (the IDC data set: 4.0).
         patch_px: side of one input patch in model pixels (50).

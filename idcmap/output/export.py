@@ -1,4 +1,4 @@
-"""Export stage: QuPath GeoJSON, the heatmap array, JSON (the pictures: :mod:`idcmap.output.render`).
+"""Export stage: QuPath GeoJSON, the heatmap array, JSON (pictures: :mod:`idcmap.output.render`).
 
 Coordinates in every GeoJSON written or read here are **level-0 pixels in QuPath's frame**
 (origin at the top-left of the image QuPath shows, which already accounts for OpenSlide's
@@ -301,8 +301,8 @@ def heatmap_npz(heatmap: Heatmap, path: PathLike, **extra: Any) -> None:
     """Write the heatmap as a compressed ``.npz`` at exactly ``path``.
 
     Arrays: ``prob`` (float32 rows×cols, NaN = not tissue), ``origin_level0_px`` (x, y; level-0
-    px, QuPath frame), ``cell_level0_px`` (w, h; level-0 px), ``slide_mpp`` and ``model_mpp``
-    (µm/px), ``stride_px`` and ``patch_px`` (model px), ``format`` (1), plus ``extra`` arrays
+    px, QuPath frame), ``cell_level0_px`` (w, h; level-0 px), ``slide_mpp``, ``slide_mpp_y`` and
+    ``model_mpp`` (µm/px), ``stride_px`` and ``patch_px`` (model px), ``format`` (1), plus ``extra`` arrays
     or scalars (names must not clash). Read back with :func:`load_heatmap_npz`.
     """
     arrays: dict[str, Any] = {
@@ -310,6 +310,7 @@ def heatmap_npz(heatmap: Heatmap, path: PathLike, **extra: Any) -> None:
         "origin_level0_px": np.asarray(heatmap.origin_level0_px, dtype=np.float64),
         "cell_level0_px": np.asarray(heatmap.cell_level0_px, dtype=np.float64),
         "slide_mpp": np.float64(heatmap.slide_mpp),
+        "slide_mpp_y": np.float64(heatmap.mpp_xy[1]),
         "model_mpp": np.float64(heatmap.model_mpp),
         "stride_px": np.int64(heatmap.stride_px),
         "patch_px": np.int64(heatmap.patch_px),
@@ -338,6 +339,7 @@ def load_heatmap_npz(path: PathLike) -> Heatmap:
             model_mpp=float(z["model_mpp"]),
             stride_px=int(z["stride_px"]),
             patch_px=int(z["patch_px"]),
+            slide_mpp_y=float(z["slide_mpp_y"]) if "slide_mpp_y" in z.files else None,
         )
 
 

@@ -1,7 +1,8 @@
 """A slide's output folder: the one table of its files, and the atomic save.
 
 Each :class:`Output` names one file and the function that writes it from a
-:class:`~idcmap.pipeline.segment.SlideResult`. To add an output format, add one entry to :data:`OUTPUTS`
+:class:`~idcmap.pipeline.result.SlideResult`. To add an output format, add one entry to
+:data:`OUTPUTS`
 (``option="name"`` makes it opt-in: ``SlideResult.save(..., extra_outputs={"name"})``).
 ``summary.json`` stays the last entry: it records how long the others took, and its presence
 in ``<out>/<stem>/`` is what marks a slide done (:func:`idcmap.pipeline.segment.is_done`).
@@ -21,17 +22,43 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
+
+import numpy as np
 
 from idcmap.errors import OutputError
+from idcmap.io.slide import SlideInfo
 from idcmap.io.urls import slide_stem
 from idcmap.output.export import heatmap_npz, regions_to_geojson, write_json
 from idcmap.output.render import heatmap_picture, mask_picture, mask_px_per_cell, save_png
+from idcmap.pipeline.heatmap import Heatmap
+from idcmap.pipeline.regions import Region
+from idcmap.pipeline.summary import SlideSummary
+from idcmap.pipeline.tissue import TissueMask
 
-if TYPE_CHECKING:
-    from idcmap.pipeline.result import SlideResult
+__all__ = ["OUTPUTS", "OUTPUT_FILES", "Output", "SavedResult", "save_outputs"]
 
-__all__ = ["OUTPUTS", "OUTPUT_FILES", "Output", "save_outputs"]
+
+class SavedResult(Protocol):
+    """What the writers read of a :class:`~idcmap.pipeline.result.SlideResult` (typed here as
+    a protocol so that the result, which saves itself through this module, is not imported)."""
+
+    slide: SlideInfo
+    heatmap: Heatmap
+    smoothed: Heatmap
+    mask: np.ndarray
+    regions: list[Region]
+    tissue: TissueMask
+    threshold: float
+    tile_threshold: float
+    summary: SlideSummary
+    smooth_um: float
+    aggregator: str
+
+    @property
+    def stem(self) -> str: ...
+
+    def to_geojson(self, tiles: bool = False) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -47,7 +74,7 @@ class Output:
     """
 
     file_name: str
-    write: Callable[[SlideResult, Path], None]
+    write: Callable[[SavedResult, Path], None]
     description: str
     option: str | None = None
 
@@ -55,22 +82,22 @@ class Output:
         return folder / self.file_name.format(stem=stem)
 
 
-def _regions_geojson(r: SlideResult, path: Path) -> None:
+def _regions_geojson(r: SavedResult, path: Path) -> None:
     write_json(r.to_geojson(), path)
 
 
-def _tiles_geojson(r: SlideResult, path: Path) -> None:
+def _tiles_geojson(r: SavedResult, path: Path) -> None:
     write_json(
         regions_to_geojson([], tiles=r.heatmap, tile_threshold=r.tile_threshold),
         path,
     )
 
 
-def _heatmap_npz(r: SlideResult, path: Path) -> None:
+def _heatmap_npz(r: SavedResult, path: Path) -> None:
     heatmap_npz(r.heatmap, path, prob_smoothed=r.smoothed.prob)
 
 
-def _heatmap_png(r: SlideResult, path: Path) -> None:
+def _heatmap_png(r: SavedResult, path: Path) -> None:
     note = f" (smoothed, σ {r.smooth_um:g} µm)" if r.smooth_um else ""
     if r.aggregator != "none":
         note = " (refined by the context aggregator)"
@@ -103,7 +130,7 @@ def _heatmap_png(r: SlideResult, path: Path) -> None:
     save_png(img, path)
 
 
-def _mask_png(r: SlideResult, path: Path) -> None:
+def _mask_png(r: SavedResult, path: Path) -> None:
     img, k = mask_picture(r.mask)
     cw, ch = r.heatmap.cell_level0_px
     save_png(
@@ -116,7 +143,7 @@ def _mask_png(r: SlideResult, path: Path) -> None:
     )
 
 
-def _summary_json(r: SlideResult, path: Path) -> None:
+def _summary_json(r: SavedResult, path: Path) -> None:
     write_json(r.summary.to_json(), path)
 
 
@@ -148,7 +175,7 @@ OUTPUT_OPTIONS: frozenset[str] = frozenset(o.option for o in OUTPUTS if o.option
 
 
 def save_outputs(
-    result: SlideResult,
+    result: SavedResult,
     out_dir: str | Path,
     *,
     overwrite: bool = True,

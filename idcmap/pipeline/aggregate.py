@@ -56,11 +56,9 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 def _cell_um(heatmap: Heatmap) -> tuple[float, float]:
-    """(height, width) of one cell in µm."""
-    return (
-        heatmap.cell_level0_px[1] * heatmap.slide_mpp,
-        heatmap.cell_level0_px[0] * heatmap.slide_mpp,
-    )
+    """(height, width) of one cell in µm: the (rows, cols) order of the filters."""
+    w, h = heatmap.cell_um
+    return h, w
 
 
 def _feature_maps(

@@ -1,6 +1,7 @@
 """Smooth IDC region outlines: iso-contours of the probability surface at the threshold.
 
-:func:`idcmap.pipeline.regions.mask_to_regions` traces the cell edges of the IDC mask: 200-µm staircases.
+:func:`idcmap.pipeline.regions.mask_to_regions` traces the cell edges of the IDC mask: 200-µm
+staircases.
 :func:`contour_regions` traces the same regions where the (smoothed) probability surface crosses
 the threshold instead, with sub-cell precision: marching squares on the cell-centre samples
 (``skimage.measure.find_contours``), linear interpolation along each edge between two cell
@@ -36,7 +37,7 @@ from scipy import ndimage
 from skimage import measure as skmeasure
 
 from idcmap.pipeline.heatmap import Heatmap
-from idcmap.pipeline.regions import _CROSS, Region, _fix, mask_to_regions
+from idcmap.pipeline.regions import CROSS, Region, fix_simplified, mask_to_regions
 
 __all__ = ["DELTA", "contour_regions", "signed_surface"]
 
@@ -66,9 +67,9 @@ def signed_surface(mask: np.ndarray, prob: np.ndarray, threshold: float) -> np.n
     f = np.where(m, np.maximum(f, DELTA), np.minimum(f, -DELTA))
     # outside tissue: minus the mean of the positive edge neighbours (boundary on the cell edge)
     pos = np.where(finite & (f > 0), f, 0.0)
-    total = ndimage.convolve(pos, _CROSS.astype(np.float64), mode="constant")
+    total = ndimage.convolve(pos, CROSS.astype(np.float64), mode="constant")
     count = ndimage.convolve(
-        (pos > 0).astype(np.float64), _CROSS.astype(np.float64), mode="constant"
+        (pos > 0).astype(np.float64), CROSS.astype(np.float64), mode="constant"
     )
     with np.errstate(invalid="ignore", divide="ignore"):
         fill = -np.maximum(np.where(count > 0, total / np.maximum(count, 1), 0.0), DELTA)
@@ -151,7 +152,7 @@ def contour_regions(
     if simplify_um < 0 or math.isnan(simplify_um):
         raise ValueError(f"simplify_um must be >= 0, got {simplify_um}")
     stats = surface if stats is None else stats
-    labels, n = ndimage.label(mask, structure=_CROSS)
+    labels, n = ndimage.label(mask, structure=CROSS)
     if n == 0:
         return []
     f = signed_surface(mask, prob, threshold)
@@ -180,9 +181,9 @@ def contour_regions(
     comp_poly = np.empty(n, dtype=object)
     comp_poly[pt] = polys[poly_idx]
 
-    mpp = float(surface.slide_mpp)
-    if simplify_um > 0:
-        simple = shapely.simplify(comp_poly, simplify_um / mpp, preserve_topology=True)
+    mx, my = surface.mpp_xy
+    if simplify_um > 0:  # level-0 px; the coarser axis keeps boundaries within simplify_um µm
+        simple = shapely.simplify(comp_poly, simplify_um / max(mx, my), preserve_topology=True)
         bad = ~shapely.is_valid(simple) | shapely.is_empty(simple)
         # a simplification that moved the boundary across a cell centre is not taken
         bad |= ~_holds_its_cells(simple, labels, surface)
@@ -190,7 +191,7 @@ def contour_regions(
         comp_poly = simple
     bad = ~shapely.is_valid(comp_poly)
     if bad.any():
-        comp_poly[bad] = [_fix(shapely.make_valid(p), p) for p in comp_poly[bad]]
+        comp_poly[bad] = [fix_simplified(shapely.make_valid(p), p) for p in comp_poly[bad]]
 
     # per-component statistics, as mask_to_regions computes them
     sp = np.asarray(stats.prob, dtype=np.float64).ravel()
@@ -204,7 +205,7 @@ def contour_regions(
     with np.errstate(invalid="ignore", divide="ignore"):
         means = np.where(n_fin > 0, sums / np.maximum(n_fin, 1), np.nan)
     maxs = np.where(n_fin > 0, maxs[1:], np.nan)
-    areas = shapely.area(comp_poly) * mpp * mpp
+    areas = shapely.area(comp_poly) * mx * my
     x0, y0 = shapely.bounds(comp_poly)[:, :2].T
     order = np.lexsort((x0, y0, -counts))
     return [

@@ -19,10 +19,14 @@ class Heatmap:
         prob: float32 rows×cols; NaN where the cell is outside tissue (not evaluated).
         origin_level0_px: (x, y) of the top-left corner of cell (0, 0), level-0 px.
         cell_level0_px: (width, height) of one cell in level-0 px.
-        slide_mpp: µm per level-0 pixel of the slide.
+        slide_mpp: µm per level-0 pixel of the slide along x.
         model_mpp: µm per model pixel.
         stride_px: cell side in model pixels (the tile stride).
         patch_px: tile side in model pixels.
+        slide_mpp_y: µm per level-0 pixel along y (None: square pixels, ``slide_mpp``).
+
+    Every length and area derives from :attr:`cell_um` (x and y apart), so slides with
+    non-square pixels get the same figures in every stage.
     """
 
     prob: np.ndarray
@@ -32,6 +36,7 @@ class Heatmap:
     model_mpp: float
     stride_px: int
     patch_px: int
+    slide_mpp_y: float | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -43,8 +48,20 @@ class Heatmap:
         return ~np.isnan(self.prob)
 
     @property
+    def mpp_xy(self) -> tuple[float, float]:
+        """µm per level-0 pixel (x, y)."""
+        return self.slide_mpp, self.slide_mpp if self.slide_mpp_y is None else self.slide_mpp_y
+
+    @property
+    def cell_um(self) -> tuple[float, float]:
+        """(width, height) of one cell in µm."""
+        mx, my = self.mpp_xy
+        return self.cell_level0_px[0] * mx, self.cell_level0_px[1] * my
+
+    @property
     def cell_area_um2(self) -> float:
-        return self.cell_level0_px[0] * self.cell_level0_px[1] * self.slide_mpp**2
+        w, h = self.cell_um
+        return w * h
 
     def cell_centres_level0(self) -> tuple[np.ndarray, np.ndarray]:
         """Level-0 (x, y) of every cell's centre, each rows×cols (cell (r, c) covers
@@ -105,11 +122,8 @@ def smooth(heatmap: Heatmap, sigma_um: float) -> Heatmap:
         return heatmap
     from scipy import ndimage
 
-    cell_um = (
-        heatmap.cell_level0_px[1] * heatmap.slide_mpp,
-        heatmap.cell_level0_px[0] * heatmap.slide_mpp,
-    )
-    sigma = (sigma_um / cell_um[0], sigma_um / cell_um[1])
+    cw, ch = heatmap.cell_um
+    sigma = (sigma_um / ch, sigma_um / cw)  # (rows, cols)
     tissue = heatmap.tissue
     weight = tissue.astype(np.float64)
     num = ndimage.gaussian_filter(

@@ -6,7 +6,7 @@ Units and frames:
   ``[c, c + 1) × [r, r + 1)`` in grid units;
 * polygons are returned in **level-0 pixels in QuPath's frame**: ``x = origin_x + gx · cell_w``,
   ``y = origin_y + gy · cell_h`` (``Heatmap.origin_level0_px``, ``Heatmap.cell_level0_px``);
-* areas are in **µm²** (level-0 px² × ``slide_mpp``²); tolerances in **µm**.
+* areas are in **µm²** (level-0 px² × µm/px along x × along y); tolerances in **µm**.
 
 Connectivity: IDC cells are grouped with **4-connectivity** (cells sharing an edge). Two cells
 that touch only at a corner are separate regions, so every region is one valid
@@ -26,15 +26,16 @@ import numpy as np
 import shapely
 from scipy import ndimage
 
+from idcmap.params import Params
 from idcmap.pipeline.heatmap import Heatmap
 
-__all__ = ["Region", "idc_mask", "mask_to_regions", "rasterize"]
+__all__ = ["CROSS", "Region", "fix_simplified", "idc_mask", "mask_to_regions", "rasterize"]
 
 #: relative slack of the area comparisons, so that a region of exactly the minimum area is kept
 #: whatever the float rounding of ``cell_area_um2``.
 _REL_EPS = 1e-9
 #: 4-connectivity structuring element (edge neighbours only).
-_CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
+CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,8 @@ def idc_mask(
     heatmap: Heatmap,
     threshold: float,
     *,
-    min_region_um2: float = 40_000.0,
-    min_hole_um2: float = 40_000.0,
+    min_region_um2: float = Params.min_region_um2,
+    min_hole_um2: float = Params.min_hole_um2,
 ) -> np.ndarray:
     """IDC mask on the heatmap grid.
 
@@ -97,12 +98,12 @@ def idc_mask(
         mask = prob >= threshold  # NaN compares False
     cell_um2 = heatmap.cell_area_um2
     if min_region_um2 > 0 and mask.any():
-        labels, sizes = _component_sizes(mask, _CROSS)
+        labels, sizes = _component_sizes(mask, CROSS)
         keep = sizes * cell_um2 >= min_region_um2 * (1 - _REL_EPS)
         keep[0] = False
         mask = keep[labels]
     if min_hole_um2 > 0 and (~mask).any():
-        labels, sizes = _component_sizes(~mask, _CROSS)
+        labels, sizes = _component_sizes(~mask, CROSS)
         border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
         fill = sizes * cell_um2 < min_hole_um2 * (1 - _REL_EPS)
         fill[0] = False
@@ -231,7 +232,7 @@ def _grid_polygons(mask: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _fix(simple: shapely.Geometry, poly: shapely.Polygon) -> shapely.Polygon:
+def fix_simplified(simple: shapely.Geometry, poly: shapely.Polygon) -> shapely.Polygon:
     """A valid polygon from an invalid simplification ``simple`` of ``poly`` (rare)."""
     if not simple.is_empty:
         simple = shapely.make_valid(simple)
@@ -272,7 +273,7 @@ def mask_to_regions(
         raise ValueError(f"mask shape {mask.shape} != heatmap shape {prob.shape}")
     if simplify_um < 0 or math.isnan(simplify_um):
         raise ValueError(f"simplify_um must be >= 0, got {simplify_um}")
-    labels, n = ndimage.label(mask, structure=_CROSS)
+    labels, n = ndimage.label(mask, structure=CROSS)
     if n == 0:
         return []
     grid_polys = _grid_polygons(mask, labels, n)
@@ -293,8 +294,9 @@ def mask_to_regions(
 
     ox, oy = (float(v) for v in heatmap.origin_level0_px)
     cw, ch = (float(v) for v in heatmap.cell_level0_px)
-    mpp = float(heatmap.slide_mpp)
-    tol_px = simplify_um / mpp if simplify_um > 0 else 0.0
+    mx, my = heatmap.mpp_xy
+    # in level-0 px; the coarser axis keeps every boundary within simplify_um µm
+    tol_px = simplify_um / max(mx, my) if simplify_um > 0 else 0.0
 
     def to_level0(xy: np.ndarray) -> np.ndarray:
         return np.column_stack([ox + xy[:, 0] * cw, oy + xy[:, 1] * ch])
@@ -303,9 +305,9 @@ def mask_to_regions(
     if tol_px > 0:
         simple = shapely.simplify(polys, tol_px, preserve_topology=True)
         bad = ~shapely.is_valid(simple) | shapely.is_empty(simple)
-        simple[bad] = [_fix(s, p) for s, p in zip(simple[bad], polys[bad], strict=True)]
+        simple[bad] = [fix_simplified(s, p) for s, p in zip(simple[bad], polys[bad], strict=True)]
         polys = simple
-    areas = shapely.area(polys) * mpp * mpp
+    areas = shapely.area(polys) * mx * my
     x0, y0 = shapely.bounds(polys)[:, :2].T
     # stable, deterministic order: most cells first, then top-most, then left-most
     order = np.lexsort((x0, y0, -counts))

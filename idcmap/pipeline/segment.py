@@ -25,8 +25,9 @@ from idcmap.pipeline.measure import measurements_summary
 from idcmap.pipeline.regions import Region, idc_mask, mask_to_regions
 from idcmap.pipeline.result import SlideResult
 from idcmap.pipeline.summary import ModelRecord, SlideSummary, TilesRecord
+from idcmap.pipeline.thumbnail import BlockThumbnail
 from idcmap.pipeline.tiles import TileGrid, make_grid
-from idcmap.pipeline.tissue import BlockThumbnail, TissueMask, detect_tissue
+from idcmap.pipeline.tissue import TissueMask, detect_tissue
 
 
 def segment_slide(
@@ -95,6 +96,7 @@ def segment_slide(
         origin_level0_px=(0.0, 0.0),  # QuPath frame: the bounds origin
         cell_level0_px=grid.cell_level0_px,
         slide_mpp=info.mpp,
+        slide_mpp_y=info.mpp_y,
         model_mpp=cfg.mpp,
         stride_px=stride_px,
         patch_px=cfg.patch_px,

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from idcmap import __version__
+from idcmap.version import __version__
 
 __all__ = ["COORDINATES", "ModelRecord", "SlideSummary", "TilesRecord", "read_summary"]
 

@@ -7,7 +7,8 @@ the whole image; a last, partial tile is padded with white.
 Pixels are never read one tile at a time: the grid is cut into large *blocks* of tiles, each block
 read in one go from the level :meth:`~idcmap.io.slide.Slide.read_level_for_mpp` chooses (the
 coarsest whose colour is at full resolution at the model's µm/px, JPEG-decoded at 1/2, 1/4 or
-1/8 where that reaches it), resized with antialiasing (area average) to model pixels, then handed to the model as a whole. Blocks are
+1/8 where that reaches it), resized with antialiasing (area average) to model pixels, then
+handed to the model as a whole. Blocks are
 read and resized by a small pool of threads, each with its own slide handle, while the model
 computes on the previous ones; at most ``prefetch`` blocks are in memory at once, so memory does
 not grow with the slide.

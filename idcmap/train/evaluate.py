@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from idcmap.errors import UsageError
-from idcmap.params import Params
+from idcmap.params import Aggregator, Params
 from idcmap.pipeline.heatmap import Heatmap, smooth
 from idcmap.train import data
 from idcmap.train.cases import pipeline_mask
@@ -126,7 +126,7 @@ def slide_prediction(
     model: Any,
     threshold: float | None,
     use_pipeline: bool = True,
-    aggregator: str = "auto",
+    aggregator: Aggregator = "auto",
 ) -> tuple[np.ndarray, Heatmap, str]:
     """Predicted IDC mask of a slide on its heatmap grid, via
     :func:`idcmap.pipeline.segment.segment_slide` (``use_pipeline``; ``aggregator`` as
@@ -142,12 +142,8 @@ def slide_prediction(
             progress=False,
             params=Params(aggregator=aggregator),
         )
-        stage = res.summary["parameters"].get("aggregator", "none")
-        how = (
-            f"aggregator {stage}"
-            if stage != "none"
-            else f"Gaussian {res.summary['parameters']['smooth_um']:g} µm"
-        )
+        stage = res.aggregator
+        how = f"aggregator {stage}" if stage != "none" else f"Gaussian {res.smooth_um:g} µm"
         return (
             np.asarray(res.mask, dtype=bool),
             res.heatmap,
@@ -166,7 +162,7 @@ def evaluate_slides(
     device: str = "auto",
     png_dir: str | Path | None = None,
     use_pipeline: bool = True,
-    aggregator: str = "auto",
+    aggregator: Aggregator = "auto",
 ) -> dict[str, Any]:
     """Dice / IoU of the predicted IDC mask against the truth, per slide and pooled.
 

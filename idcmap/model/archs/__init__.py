@@ -1,7 +1,7 @@
 """Network architectures: one module per architecture, each declaring an :class:`Architecture`.
 
-The runtime (:mod:`idcmap.model.runtime`) runs any registered architecture; what it needs to know about
-one is declared here, not guessed from the network's methods:
+The runtime (:mod:`idcmap.model.runtime`) runs any registered architecture; what it needs to know
+about one is declared here, not guessed from the network's methods:
 
 * ``build(mean=..., std=..., **arch_params)`` returns the ``nn.Module``; its ``forward`` maps
   float N×3×P×P in [0, 1] (P = the config's ``patch_px``) to N×2 logits (not IDC, IDC), the
