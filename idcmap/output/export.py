@@ -302,8 +302,8 @@ def heatmap_npz(heatmap: Heatmap, path: PathLike, **extra: Any) -> None:
 
     Arrays: ``prob`` (float32 rows×cols, NaN = not tissue), ``origin_level0_px`` (x, y; level-0
     px, QuPath frame), ``cell_level0_px`` (w, h; level-0 px), ``slide_mpp``, ``slide_mpp_y`` and
-    ``model_mpp`` (µm/px), ``stride_px`` and ``patch_px`` (model px), ``format`` (1), plus ``extra`` arrays
-    or scalars (names must not clash). Read back with :func:`load_heatmap_npz`.
+    ``model_mpp`` (µm/px), ``stride_px`` and ``patch_px`` (model px), ``format`` (1), plus
+    ``extra`` arrays or scalars (names must not clash). Read back with :func:`load_heatmap_npz`.
     """
     arrays: dict[str, Any] = {
         "prob": np.asarray(heatmap.prob, dtype=np.float32),
