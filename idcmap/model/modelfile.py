@@ -22,12 +22,13 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from idcmap.errors import ModelError, UsageError
+
+if TYPE_CHECKING:  # torch is imported by the functions that need it: `idcmap info` stays light
+    import torch
+    from torch import nn
 
 FORMAT = "idcmap-model/1"
 #: The model :func:`bundled_model_path` names by default; the others load by name
