@@ -27,6 +27,7 @@ from tiffgen import synthetic_he
 from idcmap.io.colour import LevelColour, choose_level, chroma_mpp_per_level, level_colour_facts
 from idcmap.io.jpeg import jp2k_sampling, parse_jpeg_header
 from idcmap.io.jpegtiff import JpegReadUnsupported, JpegTiffReader
+from idcmap.io.open import open_slide
 
 #: max / mean abs difference (uint8 levels, all channels) of a scaled read against the full
 #: decode + box, per (coded chroma sampling, scale). Measured on the image below over the four
@@ -665,3 +666,89 @@ def test_jp2k_siz_sampling():
     assert jp2k_sampling(siz([1, 2, 2], [1, 2, 2])) == (2, 2)
     assert jp2k_sampling(siz([1, 2, 2], [1, 1, 1])) == (2, 1)
     assert jp2k_sampling(b"\x00" * 50) is None
+
+
+# --------------------------------------------------------------------------- the Slide's read rule
+
+
+@pytest.mark.parametrize(
+    ("subsampling", "downsamples", "want"),
+    [
+        (2, (1, 4), (0, 4, 4.0)),  # 4:2:0: the 4-µm level's colour is at 8 µm/px → 1 µm at 1/4
+        (0, (1, 4), (1, 1, 4.0)),  # 4:4:4: the 4-µm level has full colour → read it as it is
+        (2, (1,), (0, 4, 4.0)),  # only level 0 is fine enough
+        (2, (1, 2), (1, 2, 4.0)),  # the 2-µm level: colour at 4 µm/px, read at 1/2
+    ],
+)
+def test_slide_reads_the_level_with_full_colour(
+    he: np.ndarray, tmp_path: Path, subsampling: int, downsamples: tuple[int, ...], want: tuple
+) -> None:
+    big = np.kron(he, np.ones((4, 4, 1), np.uint8))  # a 1-µm slide of the 4-µm image
+    path = write_jpeg_tiff(
+        tmp_path / "p.tif", big, subsampling=subsampling, downsamples=downsamples, mpp=1.0
+    )
+    with open_slide(path) as slide:
+        rl = slide.read_level_for_mpp(4.0)
+        assert (rl.level, rl.scale, rl.chroma_mpp) == want, rl.reason
+        assert rl.downsample == slide.info.level_downsamples[rl.level] * rl.scale
+        # the read is the level's full decode box-reduced by the scale (exact where scale = 1)
+        x, y, w, h = 13, 7, 150, 90
+        got = slide.read_scaled(rl, (x, y), (w, h))
+        full = tifffile.imread(path, key=rl.level)
+        s = rl.scale
+        mx, mean = diff(got, box(full, x * s, y * s, w * s, h * s, s))
+        # 4×4 blocks of per-pixel colour noise: sharper chroma edges than BOUNDS' image, so
+        # the scaled IDCT's chroma departs more from the full decode's triangle upsampling
+        bound = {1: (0, 0.0), 2: (64, 5.0), 4: (48, 2.5)}[s]
+        assert mx <= bound[0] and mean <= bound[1], (mx, mean)
+
+
+def test_scaled_read_has_finer_colour_than_the_420_level(he: np.ndarray, tmp_path: Path) -> None:
+    """The point of the rule: on a 4:2:0 pyramid, 1/4 of the 1-µm level is closer in colour
+    to the true 4-µm image than the 4-µm level is (whose colour is at 8 µm/px)."""
+    big = np.kron(he, np.ones((4, 4, 1), np.uint8))
+    path = write_jpeg_tiff(tmp_path / "p.tif", big, subsampling=2, downsamples=(1, 4), mpp=1.0)
+
+    def chroma_error(rgb: np.ndarray) -> float:
+        a = np.asarray(Image.fromarray(rgb).convert("YCbCr"), np.float64)[..., 1:]
+        b = np.asarray(Image.fromarray(he).convert("YCbCr"), np.float64)[..., 1:]
+        return float(np.abs(a - b).mean())
+
+    with open_slide(path) as slide:
+        rl = slide.read_level_for_mpp(4.0)
+        scaled = slide.read_scaled(rl, (0, 0), (W, H))
+        level = slide.read_region((0, 0), 1, (W, H))
+    assert chroma_error(scaled) < 0.6 * chroma_error(level)
+
+
+def test_slide_without_colour_facts_reads_the_nearest_finer_level(tmp_path: Path) -> None:
+    png = tmp_path / "a.png"
+    Image.fromarray(synthetic_he(64, 64, seed=1)).save(png, dpi=(25400 / 2.0, 25400 / 2.0))
+    with open_slide(png) as slide:
+        rl = slide.read_level_for_mpp(4.0)
+        assert (rl.level, rl.scale, rl.chroma_mpp) == (0, 1, None)
+        assert "unknown" in rl.reason
+
+
+def test_aperio_svs_is_read_at_one_eighth(cmu_svs: Path) -> None:
+    """0.499 µm/px RGB JPEG: 1/8 of level 0 is 3.99 µm/px with full colour."""
+    with open_slide(cmu_svs) as slide:
+        rl = slide.read_level_for_mpp(4.0)
+        assert (rl.level, rl.scale) == (0, 8)
+        assert rl.chroma_mpp == pytest.approx(0.499 * 8, rel=1e-3)
+        got = slide.read_scaled(rl, (10, 20), (100, 120))
+        ref = slide.read_region((80, 160), 0, (800, 960))
+        mx, mean = diff(got, np.asarray(Image.fromarray(ref).reduce(8)))
+        assert mx <= 12 and mean <= 1.0, (mx, mean)
+
+
+def test_pipeline_records_the_scaled_read(he: np.ndarray, tmp_path: Path) -> None:
+    from pipeline_helpers import colour_model
+
+    from idcmap.pipeline.segment import segment_slide
+
+    big = np.kron(he, np.ones((4, 4, 1), np.uint8))
+    path = write_jpeg_tiff(tmp_path / "p.tif", big, subsampling=2, downsamples=(1, 4), mpp=1.0)
+    res = segment_slide(path, model=colour_model(), progress=False)
+    rec = res.summary.slide
+    assert (rec["level_read"], rec["level_read_scale"], rec["colour_mpp"]) == (0, 4, 4.0)

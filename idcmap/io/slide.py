@@ -199,7 +199,9 @@ class Slide:
         facts = [replace(c, level=i) for i, c in enumerate(self.colour) if c is not None]
         lvl, s = choose_level(facts, target_mpp)
         c = facts[lvl]
-        chroma = None if c.chroma_mpp is None else c.chroma_mpp * s
+        # the scaled IDCT keeps chroma at full resolution of the reduced image (libjpeg scales
+        # subsampled components less), so a read's colour is the coarser of the two
+        chroma = None if c.chroma_mpp is None else max(c.chroma_mpp, self.level_mpp(lvl) * s)
         coded = f"{c.colorspace} {c.jpeg.sampling_name}" if c.jpeg is not None else c.compression
         why = (
             f"level {lvl} ({self.level_mpp(lvl):.4g} µm/px, {coded})"
