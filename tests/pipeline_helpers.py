@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -15,6 +16,7 @@ from idcmap.model.archs import Architecture
 from idcmap.model.archs.idcnet import IDCNet
 from idcmap.model.modelfile import ModelConfig, save_model
 from idcmap.model.runtime import IDCModel
+from idcmap.pipeline.heatmap import Heatmap
 
 
 def _logits(p: torch.Tensor) -> torch.Tensor:
@@ -85,3 +87,21 @@ def tiny_model_file(folder: Path, seed: int = 0) -> Path:
     path = folder / "tiny.json"
     save_model(net, cfg, path)
     return path
+
+
+def make_heatmap(
+    prob: np.ndarray,
+    origin: tuple[float, float] = (1000.25, 2000.5),
+    cell: tuple[float, float] = (50.5, 50.5),
+    mpp: float = 0.25,
+) -> Heatmap:
+    """A heatmap of ``prob`` at an odd origin and cell size (level-0 px) of a 0.25-µm slide."""
+    return Heatmap(
+        prob=np.asarray(prob, dtype=np.float32),
+        origin_level0_px=origin,
+        cell_level0_px=cell,
+        slide_mpp=mpp,
+        model_mpp=4.0,
+        stride_px=50,
+        patch_px=50,
+    )

@@ -12,6 +12,7 @@ import shapely
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from pipeline_helpers import make_heatmap as shared_make_heatmap
 from scipy import ndimage
 
 from idcmap.pipeline.contours import DELTA, contour_regions, signed_surface
@@ -25,15 +26,7 @@ def make_heatmap(
     cell: tuple[float, float] = (50.5, 40.0),
     mpp: float = 0.25,
 ) -> Heatmap:
-    return Heatmap(
-        prob=np.asarray(prob, dtype=np.float32),
-        origin_level0_px=origin,
-        cell_level0_px=cell,
-        slide_mpp=mpp,
-        model_mpp=4.0,
-        stride_px=50,
-        patch_px=50,
-    )
+    return shared_make_heatmap(prob, origin, cell, mpp)
 
 
 def check(mask: np.ndarray, hm: Heatmap, threshold: float, **kw: float) -> list:

@@ -32,6 +32,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from pipeline_helpers import colour_model, tiny_model_file
+from shared_data import SHARED, needs_shared
+from tiffgen import (
+    cell_image as cells_of,
+)
 from tiffgen import (
     write_image,
     write_ome_tiff,
@@ -49,8 +53,6 @@ from idcmap.pipeline.segment import segment_slide
 
 warnings.filterwarnings("ignore", module="tiffslide")
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent (CI has it)")
 
 G, B = 40, 150  # green and blue of every tissue cell: saturated pink-purple
 
@@ -61,13 +63,7 @@ def cell_image(
     """(uint8 image of rows×cols 200-µm cells with random red, red per cell); the last row is
     glass (white) when ``glass_row``."""
     red = np.random.default_rng(seed).integers(60, 250, size=(rows, cols)).astype(np.uint8)
-    cell = round(200 / mpp)
-    img = np.empty((rows * cell, cols * cell, 3), np.uint8)
-    img[..., 0] = np.kron(red, np.ones((cell, cell), np.uint8))
-    img[..., 1], img[..., 2] = G, B
-    if glass_row:
-        img[-cell:] = 255
-    return img, red
+    return cells_of(red, round(200 / mpp), green=G, blue=B, glass_rows=int(glass_row)), red
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -15,15 +15,14 @@ import pytest
 import shapely
 from geojson_check import validate_qupath_geojson
 from pipeline_helpers import colour_model, tiny_model_file
-from tiffgen import write_pyramid_tiff
+from shared_data import SHARED, needs_shared
+from tiffgen import cell_image, write_pyramid_tiff
 
 from idcmap.cli.main import main
 from idcmap.params import Params
 from idcmap.pipeline.regions import rasterize
 from idcmap.pipeline.segment import segment_slide
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent (CI has it)")
 MOSAIC = SHARED / "idc" / "slides" / "8863.tiff"
 
 
@@ -40,11 +39,7 @@ def cell_slide(
     rng = np.random.default_rng(seed)
     rows, cols = cells
     red = rng.integers(60, 250, size=(rows, cols)).astype(np.uint8)
-    cell_px = round(200 / mpp)
-    img = np.empty((rows * cell_px, cols * cell_px, 3), np.uint8)
-    img[..., 0] = np.kron(red, np.ones((cell_px, cell_px), np.uint8))
-    img[..., 1], img[..., 2] = 40, 150
-    img[-cell_px:] = 255  # glass
+    img = cell_image(red, round(200 / mpp), glass_rows=1)
     path = write_pyramid_tiff(
         tmp_path / name, img, mpp, downsamples=downsamples, compression="zlib"
     )
@@ -330,10 +325,7 @@ def test_non_square_pixels_give_one_area_everywhere(tmp_path: Path) -> None:
     red = np.full((rows, cols), 60, np.uint8)
     red[2:6, 3:8] = 240  # a 4×5-cell IDC block (the colour model: p = red / 255)
     red[-1] = 255
-    img = np.empty((rows * 100, cols * 200, 3), np.uint8)  # 200 µm = 200 px in x, 100 in y
-    img[..., 0] = np.kron(red, np.ones((100, 200), np.uint8))
-    img[..., 1], img[..., 2] = 40, 150
-    img[-100:] = 255  # glass
+    img = cell_image(red, (200, 100), glass_rows=1)  # 200 µm = 200 px in x, 100 in y
     path = write_pyramid_tiff(
         tmp_path / "aniso.tiff", img, 1.0, downsamples=(1,), compression="zlib", mpp_y=2.0
     )

@@ -11,26 +11,10 @@ import shapely
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from pipeline_helpers import make_heatmap
 
 from idcmap.pipeline.heatmap import Heatmap
 from idcmap.pipeline.regions import Region, idc_mask, mask_to_regions, rasterize
-
-
-def make_heatmap(
-    prob: np.ndarray,
-    origin: tuple[float, float] = (1000.25, 2000.5),
-    cell: tuple[float, float] = (50.5, 50.5),
-    mpp: float = 0.25,
-) -> Heatmap:
-    return Heatmap(
-        prob=np.asarray(prob, dtype=np.float32),
-        origin_level0_px=origin,
-        cell_level0_px=cell,
-        slide_mpp=mpp,
-        model_mpp=4.0,
-        stride_px=50,
-        patch_px=50,
-    )
 
 
 def grid(text: str) -> np.ndarray:

@@ -14,7 +14,7 @@ import shapely
 from geojson_check import validate_qupath_geojson
 from PIL import Image
 from pipeline_helpers import colour_model, tiny_model_file
-from tiffgen import write_pyramid_tiff
+from tiffgen import cell_image, write_pyramid_tiff
 
 from idcmap.cli.main import main
 from idcmap.params import Params
@@ -29,11 +29,7 @@ def block_slide(path: Path, mpp: float = 4.0) -> Path:
     red[2:7, 2:8] = 240
     red[8:10, 9:13] = 240
     red[6:10, 11:13] = 240
-    cell_px = round(200 / mpp)
-    img = np.empty((12 * cell_px, 14 * cell_px, 3), np.uint8)
-    img[..., 0] = np.kron(red, np.ones((cell_px, cell_px), np.uint8))
-    img[..., 1], img[..., 2] = 60, 150
-    img[-cell_px:] = 255
+    img = cell_image(red, round(200 / mpp), green=60, glass_rows=1)
     return write_pyramid_tiff(path, img, mpp, downsamples=(1,), compression="zlib")
 
 

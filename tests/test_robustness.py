@@ -27,15 +27,14 @@ import torch
 from geojson_check import validate_qupath_geojson
 from PIL import Image
 from pipeline_helpers import tiny_model_file
-from tiffgen import write_pyramid_tiff
+from shared_data import SHARED, needs_shared
+from tiffgen import cell_image, write_pyramid_tiff
 
 from idcmap.cli.main import main
 from idcmap.errors import ModelError, UsageError
 from idcmap.output.export import load_heatmap_npz
 from idcmap.output.folder import OUTPUT_FILES
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent (CI has it)")
 NEGATIVE = SHARED / "wsi" / "negative"
 
 
@@ -46,10 +45,7 @@ def flat_slide(path: Path, seed: int) -> Path:
     """A 2-level lossless pyramid (2 µm/px) of 200-µm cells of flat H&E-like colours with a
     glass row: tissue for the tissue detector, and quick to encode as the heatmap PNG."""
     red = np.random.default_rng(seed).integers(60, 250, size=(4, 6)).astype(np.uint8)
-    img = np.empty((400, 600, 3), np.uint8)
-    img[..., 0] = np.kron(red, np.ones((100, 100), np.uint8))
-    img[..., 1], img[..., 2] = 40, 150
-    img[-100:] = 255
+    img = cell_image(red, 100, glass_rows=1)
     return write_pyramid_tiff(path, img, 2.0, downsamples=(1, 4), compression="zlib")
 
 

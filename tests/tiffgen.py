@@ -20,6 +20,7 @@ import tifffile
 from PIL import Image
 
 __all__ = [
+    "cell_image",
     "downsample_image",
     "drop_tag",
     "synthetic_he",
@@ -288,3 +289,25 @@ def write_image(path: str | Path, rgb: np.ndarray, **pil_kw: object) -> Path:
     path = Path(path)
     Image.fromarray(rgb).save(path, **pil_kw)  # type: ignore[arg-type]
     return path
+
+
+def cell_image(
+    red: np.ndarray,
+    cell_px: int | tuple[int, int],
+    *,
+    green: int = 40,
+    blue: int = 150,
+    glass_rows: int = 0,
+) -> np.ndarray:
+    """An H&E-like slide image of uniform cells: cell (r, c) has red ``red[r, c]`` and the
+    given green and blue (a saturated pink-purple, tissue for the tissue detector, IDC
+    probability ``red / 255`` for the colour stand-in model); the last ``glass_rows`` rows of
+    cells are glass (white). ``cell_px``: cell side (or (width, height)) in px."""
+    cw, ch = (cell_px, cell_px) if isinstance(cell_px, int) else cell_px
+    rows, cols = red.shape
+    img = np.empty((rows * ch, cols * cw, 3), np.uint8)
+    img[..., 0] = np.kron(np.asarray(red, np.uint8), np.ones((ch, cw), np.uint8))
+    img[..., 1], img[..., 2] = green, blue
+    if glass_rows:
+        img[-glass_rows * ch :] = 255
+    return img
