@@ -37,7 +37,13 @@ from scipy import ndimage
 from skimage import measure as skmeasure
 
 from idcmap.pipeline.heatmap import Heatmap
-from idcmap.pipeline.regions import CROSS, Region, fix_simplified, mask_to_regions
+from idcmap.pipeline.regions import (
+    CROSS,
+    Region,
+    component_stats,
+    fix_simplified,
+    mask_to_regions,
+)
 
 __all__ = ["DELTA", "contour_regions", "signed_surface"]
 
@@ -193,18 +199,7 @@ def contour_regions(
     if bad.any():
         comp_poly[bad] = [fix_simplified(shapely.make_valid(p), p) for p in comp_poly[bad]]
 
-    # per-component statistics, as mask_to_regions computes them
-    sp = np.asarray(stats.prob, dtype=np.float64).ravel()
-    flat = labels.ravel()
-    counts = np.bincount(flat, minlength=n + 1)[1:]
-    fin = np.isfinite(sp) & (flat > 0)
-    n_fin = np.bincount(flat[fin], minlength=n + 1)[1:]
-    sums = np.bincount(flat[fin], weights=sp[fin], minlength=n + 1)[1:]
-    maxs = np.full(n + 1, -np.inf)
-    np.maximum.at(maxs, flat[fin], sp[fin])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.where(n_fin > 0, sums / np.maximum(n_fin, 1), np.nan)
-    maxs = np.where(n_fin > 0, maxs[1:], np.nan)
+    counts, means, maxs = component_stats(labels, n, stats.prob)  # as mask_to_regions does
     areas = shapely.area(comp_poly) * mx * my
     x0, y0 = shapely.bounds(comp_poly)[:, :2].T
     order = np.lexsort((x0, y0, -counts))

@@ -29,7 +29,15 @@ from scipy import ndimage
 from idcmap.params import Params
 from idcmap.pipeline.heatmap import Heatmap
 
-__all__ = ["CROSS", "Region", "fix_simplified", "idc_mask", "mask_to_regions", "rasterize"]
+__all__ = [
+    "CROSS",
+    "Region",
+    "component_stats",
+    "fix_simplified",
+    "idc_mask",
+    "mask_to_regions",
+    "rasterize",
+]
 
 #: relative slack of the area comparisons, so that a region of exactly the minimum area is kept
 #: whatever the float rounding of ``cell_area_um2``.
@@ -244,6 +252,24 @@ def fix_simplified(simple: shapely.Geometry, poly: shapely.Polygon) -> shapely.P
     return max(parts, key=lambda p: p.area)
 
 
+def component_stats(
+    labels: np.ndarray, n: int, prob: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per component 1..n of ``labels``: (cells, mean and max probability over its finite
+    cells; NaN when it has none), each an array of n."""
+    flat = labels.ravel()
+    p = np.asarray(prob, dtype=np.float64).ravel()
+    counts = np.bincount(flat, minlength=n + 1)[1:]
+    finite = np.isfinite(p) & (flat > 0)
+    n_fin = np.bincount(flat[finite], minlength=n + 1)[1:]
+    sums = np.bincount(flat[finite], weights=p[finite], minlength=n + 1)[1:]
+    maxs = np.full(n + 1, -np.inf)
+    np.maximum.at(maxs, flat[finite], p[finite])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(n_fin > 0, sums / np.maximum(n_fin, 1), np.nan)
+    return counts, means, np.where(n_fin > 0, maxs[1:], np.nan)
+
+
 def mask_to_regions(
     mask: np.ndarray,
     heatmap: Heatmap,
@@ -278,19 +304,7 @@ def mask_to_regions(
         return []
     grid_polys = _grid_polygons(mask, labels, n)
 
-    # per-component statistics (NaN cells ignored)
-    flat = labels.ravel()
-    p = prob.ravel()
-    counts = np.bincount(flat, minlength=n + 1)[1:]
-    finite = np.isfinite(p) & (flat > 0)
-    n_fin = np.bincount(flat[finite], minlength=n + 1)[1:]
-    sums = np.bincount(flat[finite], weights=p[finite], minlength=n + 1)[1:]
-    maxs = np.full(n + 1, -np.inf)
-    np.maximum.at(maxs, flat[finite], p[finite])
-    maxs = maxs[1:]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.where(n_fin > 0, sums / np.maximum(n_fin, 1), np.nan)
-    maxs = np.where(n_fin > 0, maxs, np.nan)
+    counts, means, maxs = component_stats(labels, n, prob)
 
     ox, oy = (float(v) for v in heatmap.origin_level0_px)
     cw, ch = (float(v) for v in heatmap.cell_level0_px)
