@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -14,7 +15,15 @@ from idcmap.errors import UsageError
 from idcmap.io.mpp import USER_MPP
 from idcmap.io.readers import BACKENDS, Backend
 
-__all__ = ["AGGREGATORS", "OUTLINES", "Aggregator", "Outline", "Params"]
+__all__ = [
+    "AGGREGATORS",
+    "OUTLINES",
+    "QC_KINDS",
+    "Aggregator",
+    "Outline",
+    "Params",
+    "parse_qc_kinds",
+]
 
 #: Region outline styles: the threshold contour of the smoothed heatmap, or the cell edges.
 Outline = Literal["smooth", "cells"]
@@ -23,6 +32,23 @@ OUTLINES: tuple[Outline, ...] = get_args(Outline)
 #: Values of :attr:`Params.aggregator`.
 Aggregator = Literal["auto", "none"]
 AGGREGATORS: tuple[Aggregator, ...] = get_args(Aggregator)
+#: Artefact kinds of the QC stage (:mod:`idcmap.pipeline.qc`).
+QC_KINDS = ("ink", "fold", "blur", "debris", "border")
+
+
+def parse_qc_kinds(spec: str | Iterable[str] | None) -> frozenset[str]:
+    """``"all"``/None → every kind; ``"none"`` → none; ``"ink,fold"`` or an iterable → those."""
+    if spec is None or spec == "all":
+        return frozenset(QC_KINDS)
+    if isinstance(spec, str):
+        spec = [] if spec.strip() in ("", "none") else [s.strip() for s in spec.split(",")]
+    out = frozenset(spec)
+    bad = out - set(QC_KINDS)
+    if bad:
+        raise ValueError(f"unknown QC kind(s) {sorted(bad)}; use none, all or some of {QC_KINDS}")
+    return out
+
+
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
@@ -51,6 +77,10 @@ class Params:
     simplify_um: float = 2.0  # polygon simplification tolerance
     force_rgb: bool = False  # process non-brightfield images anyway
     outline: Outline = "smooth"  # region outlines: "smooth" (threshold contour) or "cells" (edges)
+    # QC stage (idcmap.pipeline.qc): artefact kinds removed from the tissue or flagged: "all",
+    # "none" (0.2.0's behaviour, the default while the QC goals are not met: docs/qc.md) or a
+    # comma list of ink, fold, blur, debris, border
+    qc: str = "none"
 
     def validate(self) -> None:
         """Check every knob; a bad value raises :class:`UsageError` naming it (``name=value``).
@@ -93,5 +123,9 @@ class Params:
             raise UsageError(f"tissue_mpp={self.tissue_mpp} must be µm per pixel > 0")
         if not 0.0 <= self.min_tissue <= 1.0:
             raise UsageError(f"min_tissue={self.min_tissue} must lie in [0, 1]")
+        try:
+            parse_qc_kinds(self.qc)
+        except ValueError as e:
+            raise UsageError(f"qc={self.qc!r}: {e}") from None
         if self.outline not in OUTLINES:
             raise UsageError(f"outline={self.outline!r} must be one of {', '.join(OUTLINES)}")

@@ -31,6 +31,7 @@ BAD = [
     ("min_hole_um2", [-1.0, NAN]),
     ("simplify_um", [-0.5, NAN]),
     ("outline", ["wiggly", ""]),
+    ("qc", ["smudge", "ink,smudge"]),
 ]
 GOOD = {
     "stride_px": [None, 1, 50],
@@ -49,6 +50,7 @@ GOOD = {
     "min_hole_um2": [0.0],
     "simplify_um": [0.0],
     "outline": ["smooth", "cells"],
+    "qc": ["none", "all", "ink,fold"],
 }
 
 

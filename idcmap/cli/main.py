@@ -245,6 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default); cells = the 200-µm heatmap cell edges",
     )
     run.add_argument(
+        "--qc",
+        default=d.qc,
+        metavar="KINDS",
+        help="artefacts the QC stage finds: all, none (0.2.0's behaviour, the default for now: "
+        "docs/qc.md) or a comma list of ink, fold, blur, debris, border; ink, debris and "
+        "borders are removed from the tissue, folds and blur flagged; the verdict goes to "
+        "summary.json",
+    )
+    run.add_argument(
         "--quiet",
         "-q",
         action="store_true",

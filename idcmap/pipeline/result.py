@@ -44,6 +44,9 @@ class SlideResult:
         aggregator: the aggregator's kind (e.g. ``multiscale-logistic/1``), or ``"none"``.
         source: the path given to :func:`segment_slide`; it names the outputs (for a DICOM
             series folder it is the folder, while ``slide.path`` is the file opened in it).
+        qc_masks: what the QC stage found, per kind (bool, on the tissue thumbnail's grid;
+            ``blur`` on the heatmap's grid; :data:`idcmap.pipeline.qc.EXCLUDE` says which
+            kinds were removed from the tissue); None with ``qc="none"``.
     """
 
     slide: SlideInfo
@@ -58,6 +61,7 @@ class SlideResult:
     smooth_um: float = 0.0
     aggregator: str = "none"
     source: str | None = None
+    qc_masks: dict[str, np.ndarray] | None = None
 
     @property
     def stem(self) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,20 @@ from idcmap.pipeline.contours import contour_regions
 from idcmap.pipeline.heatmap import Heatmap, smooth, stitch
 from idcmap.pipeline.infer import InferenceStats, predict_grid
 from idcmap.pipeline.measure import measurements_summary
+from idcmap.pipeline.qc import (
+    EXCLUDE,
+    QCMasks,
+    SharpnessGrid,
+    find_artefacts,
+    find_blur,
+    parse_kinds,
+    verdict,
+)
 from idcmap.pipeline.regions import Region, idc_mask, mask_to_regions
 from idcmap.pipeline.result import SlideResult
 from idcmap.pipeline.summary import ModelRecord, SlideSummary, TilesRecord
 from idcmap.pipeline.thumbnail import BlockThumbnail
-from idcmap.pipeline.tiles import TileGrid, make_grid
+from idcmap.pipeline.tiles import Block, TileGrid, make_grid
 from idcmap.pipeline.tissue import TissueMask, detect_tissue
 
 
@@ -85,7 +94,7 @@ def segment_slide(
             "progress": progress,
             "desc": slide_stem(path),
         }
-        tissue, grid, tile_prob, stats, one_pass = _tissue_and_tiles(
+        tissue, grid, tile_prob, stats, one_pass, qc = _tissue_and_tiles(
             slide, p, net, stride_px, run_kw, timings
         )
         timings["tiles_wall"] = stats.wall_s
@@ -102,6 +111,13 @@ def segment_slide(
         patch_px=cfg.patch_px,
     )
     timings["stitch"] = time.perf_counter() - t
+    blur_cells = None
+    if qc.sharpness is not None:  # blur: cells of the tile pass (glass, NaN, if excluded)
+        t = time.perf_counter()
+        blur_cells = find_blur(qc.sharpness.ratio, heatmap.tissue)
+        if "blur" in EXCLUDE:
+            heatmap = replace(heatmap, prob=np.where(blur_cells, np.nan, heatmap.prob))
+        timings["qc_blur"] = time.perf_counter() - t
     t = time.perf_counter()
     smoothed = agg.refine(heatmap) if agg is not None else smooth(heatmap, smooth_um)
     timings["aggregate" if agg is not None else "smooth"] = time.perf_counter() - t
@@ -112,6 +128,17 @@ def segment_slide(
     else:
         regions = mask_to_regions(mask, heatmap, simplify_um=p.simplify_um)
     timings["regions"] = time.perf_counter() - t
+    qc_verdict = None
+    if qc.masks is not None and qc.tissue_before is not None:
+        qc_verdict = verdict(
+            qc.masks,
+            qc.tissue_before,
+            tissue.thumbnail,
+            blur_cells=blur_cells,
+            cell_mm2=heatmap.cell_area_um2 / 1e6,
+            idc_cells=mask,
+            cell_um=heatmap.cell_um[0],
+        ).to_dict()
     timings["total"] = time.perf_counter() - t0
 
     summary = build_summary(
@@ -133,6 +160,8 @@ def segment_slide(
         tissue_from_tiles=one_pass,
         timings_s=timings,
     )
+    if qc_verdict is not None:
+        summary = replace(summary, qc=qc_verdict)
     return SlideResult(
         slide=info,
         heatmap=heatmap,
@@ -146,6 +175,9 @@ def segment_slide(
         smooth_um=smooth_um,
         aggregator=agg.kind_name if agg is not None else "none",
         source=str(path),
+        qc_masks=None
+        if qc.masks is None
+        else {**qc.masks.masks, **({"blur": blur_cells} if blur_cells is not None else {})},
     )
 
 
@@ -219,6 +251,38 @@ def build_summary(
     )
 
 
+@dataclass
+class _QC:
+    """What the QC stage found (masks on the tissue thumbnail, the tissue before QC, and the
+    per-cell sharpness the tile pass measured for blur)."""
+
+    masks: QCMasks | None = None
+    tissue_before: np.ndarray | None = None
+    sharpness: SharpnessGrid | None = None
+
+
+#: A tile whose area is at least this fraction artefact is not evaluated (even when the rest
+#: of it holds ``min_tissue``): the model would see the artefact.
+QC_MAX_TILE_ARTEFACT = 0.5
+
+
+def _apply_qc(
+    slide: Slide, tissue: TissueMask, kinds: frozenset[str], grid_kw: dict[str, Any], qc: _QC
+) -> tuple[TissueMask, TileGrid]:
+    """Remove the artefacts from the tissue; the grid keeps tiles of clean tissue only."""
+    qc.tissue_before = tissue.mask
+    qc.masks = find_artefacts(
+        tissue.thumbnail, tissue.mpp, tissue.mask, kinds=kinds - {"blur"}, mpp_y=tissue.mpp_y
+    )
+    excluded = qc.masks.excluded
+    clean = replace(tissue, mask=tissue.mask & ~excluded)
+    grid = make_grid(slide, clean, **grid_kw)
+    if excluded.any():
+        art = make_grid(slide, replace(tissue, mask=excluded), **{**grid_kw, "min_tissue": 0})
+        grid = replace(grid, keep=grid.keep & (art.tissue_fraction < QC_MAX_TILE_ARTEFACT))
+    return clean, grid
+
+
 def _tissue_and_tiles(
     slide: Slide,
     p: Params,
@@ -226,9 +290,10 @@ def _tissue_and_tiles(
     stride_px: int,
     run_kw: dict[str, Any],
     timings: dict[str, float],
-) -> tuple[TissueMask, TileGrid, np.ndarray, InferenceStats, bool]:
-    """Tissue mask, tile grid and tile probabilities (NaN off tissue); True last when the mask
-    came from the tile pass (:class:`BlockThumbnail`: no level coarser than the tiles' one)."""
+) -> tuple[TissueMask, TileGrid, np.ndarray, InferenceStats, bool, _QC]:
+    """Tissue mask (after QC), tile grid and tile probabilities (NaN off tissue); True when
+    the mask came from the tile pass (:class:`BlockThumbnail`: no level coarser than the
+    tiles' one); what the QC stage found."""
     cfg = net.config
     grid_kw: dict[str, Any] = {
         "model_mpp": cfg.mpp,
@@ -236,27 +301,51 @@ def _tissue_and_tiles(
         "stride_px": stride_px,
         "min_tissue": p.min_tissue,
     }
+    kinds = parse_kinds(p.qc)
+    qc = _QC()
     if slide.best_level_for_mpp(p.tissue_mpp) != slide.read_level_for_mpp(cfg.mpp).level:
         t = time.perf_counter()
         tissue = detect_tissue(slide, target_mpp=p.tissue_mpp)
         timings["tissue"] = time.perf_counter() - t
         t = time.perf_counter()
-        grid = make_grid(slide, tissue, **grid_kw)
+        if kinds:
+            tissue, grid = _apply_qc(slide, tissue, kinds, grid_kw, qc)
+            timings["qc"] = time.perf_counter() - t
+        else:
+            grid = make_grid(slide, tissue, **grid_kw)
         timings["grid"] = time.perf_counter() - t
-        tile_prob, stats = predict_grid(slide, grid, net, **run_kw)
-        return tissue, grid, tile_prob, stats, False
+        on_block = None
+        if "blur" in kinds:
+            qc.sharpness = SharpnessGrid(grid.shape, stride_px, cfg.patch_px)
+            on_block = qc.sharpness.add
+        tile_prob, stats = predict_grid(slide, grid, net, on_block=on_block, **run_kw)
+        return tissue, grid, tile_prob, stats, False, qc
     # one pass: evaluate every tile, draw the mask from the same decoded blocks, keep the
     # tissue tiles
     full = make_grid(slide, None, **grid_kw)
     thumbnail = BlockThumbnail(full, p.tissue_mpp)
-    prob_all, stats = predict_grid(slide, full, net, on_block=thumbnail.add, **run_kw)
+    hooks = [thumbnail.add]
+    if "blur" in kinds:
+        qc.sharpness = SharpnessGrid(full.shape, stride_px, cfg.patch_px)
+        hooks.append(qc.sharpness.add)
+
+    def every_hook(block: Block) -> None:
+        for hook in hooks:
+            hook(block)
+
+    prob_all, stats = predict_grid(slide, full, net, on_block=every_hook, **run_kw)
     t = time.perf_counter()
     tissue = thumbnail.tissue(slide.info)
-    grid = make_grid(slide, tissue, **grid_kw)
+    if kinds:
+        t_qc = time.perf_counter()
+        tissue, grid = _apply_qc(slide, tissue, kinds, grid_kw, qc)
+        timings["qc"] = time.perf_counter() - t_qc
+    else:
+        grid = make_grid(slide, tissue, **grid_kw)
     stats.tiles = grid.n_tiles
     timings["tissue"] = time.perf_counter() - t
     tile_prob = np.where(grid.keep, prob_all, np.nan).astype(np.float32)
-    return tissue, grid, tile_prob, stats, True
+    return tissue, grid, tile_prob, stats, True, qc
 
 
 __all__ = ["segment_slide"]

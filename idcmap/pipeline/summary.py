@@ -68,6 +68,8 @@ class SlideSummary:
         tiles: the tile grid record.
         timings_s: wall time per stage, seconds.
         mask_png_px_per_cell: ``k`` of ``mask.png`` (k×k px per cell), when it was written.
+        qc: the QC verdict (:class:`~idcmap.pipeline.qc.QCVerdict`: excluded areas by kind,
+            colour distance, ``review`` and its reasons), None when QC did not run.
     """
 
     slide: Mapping[str, Any] = field(default_factory=dict)
@@ -84,6 +86,7 @@ class SlideSummary:
     coordinates: str = COORDINATES
     idcmap_version: str = __version__
     mask_png_px_per_cell: int | None = None
+    qc: Mapping[str, Any] | None = None
 
     @property
     def drawn_idc_area_mm2(self) -> float:
@@ -118,6 +121,8 @@ class SlideSummary:
             "dense_blocks": self.tiles.dense_blocks,
         }
         d["timings_s"] = dict(self.timings_s)
+        if self.qc is not None:
+            d["qc"] = dict(self.qc)
         if self.mask_png_px_per_cell is not None:
             d["mask_png_px_per_cell"] = self.mask_png_px_per_cell
         return d
@@ -171,4 +176,5 @@ def read_summary(obj: Mapping[str, Any]) -> SlideSummary:
         coordinates=str(s.get("coordinates") or COORDINATES),
         idcmap_version=str(s.get("idcmap_version") or ""),
         mask_png_px_per_cell=int(k) if isinstance(k, int) else None,
+        qc=s["qc"] if isinstance(s.get("qc"), Mapping) else None,
     )

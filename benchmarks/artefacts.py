@@ -1,0 +1,303 @@
+"""Artefact battery: paint artefacts on the test mosaics, run the real pipeline with and without
+the QC stage, and score Dice, tissue/IDC area change and the QC masks' precision/recall.
+
+    PYTHONPATH=. python benchmarks/artefacts.py --out /tmp/qc-bench              # battery
+    PYTHONPATH=. python benchmarks/artefacts.py --out /tmp/qc-bench --clean      # 28 clean
+
+Battery: for each test mosaic (idcmap/models/idc-v1.split.json) × kind × seed, one painted
+slide (pyramidal JPEG TIFF, 4 µm/px, levels 1/4/16 like the shared mosaics) with that kind's
+artefacts at a place that cycles with the seed (over IDC, near it, over glass / anywhere);
+ink = a circle round the IDC cells + a stroke + dots, random marker colour per seed. Each is
+segmented by :func:`idcmap.segment_slide` with ``qc="none"`` (0.2.0) and ``qc="all"``.
+Dice is pooled over cells as :mod:`idcmap.train.evaluate` does (heatmap cells vs cells.csv).
+QC precision/recall: on the tissue thumbnail (16 µm/px; a pixel is painted when ≥ 50 % of it
+is), blur on the heatmap cells; "any" scores the union of every kind QC excluded against the
+painted mask (what matters for exclusion), "kind" only that kind's mask.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from idcmap.model.runtime import load_model  # noqa: E402
+from idcmap.params import Params  # noqa: E402
+from idcmap.pipeline.segment import segment_slide  # noqa: E402
+from idcmap.train.artefacts import paint  # noqa: E402
+from idcmap.train.data import read_cells, read_level0  # noqa: E402
+from idcmap.train.metrics import dice_from_counts  # noqa: E402
+from idcmap.train.truth import truth_from_cells  # noqa: E402
+
+SLIDES = ROOT.parent / "shared" / "data" / "idc" / "slides"
+SPLIT = ROOT / "idcmap" / "models" / "idc-v1.split.json"
+PLACES = {
+    "ink": ["idc", "near", "glass"],
+    "fold": ["idc", "near", "tissue"],
+    "blur": ["idc", "near", "tissue"],
+    "debris": ["idc", "near", "glass"],
+    "border": ["-", "-", "-"],
+}
+COLOURS = ["blue", "green", "black", "red"]
+
+
+def idc_region(sid: str, shape: tuple[int, int]) -> np.ndarray:
+    reg = np.zeros(shape, bool)
+    for x, y, w, h, lab in read_cells(SLIDES / f"{sid}.cells.csv"):
+        if lab == 1:
+            reg[y : y + h, x : x + w] = True
+    return reg
+
+
+def paint_case(img: np.ndarray, reg: np.ndarray, kind: str, seed: int, si: int) -> Any:
+    where = PLACES[kind][seed % 3]
+    if kind == "ink":
+        colour = COLOURS[(seed + si) % 4]
+        p1 = paint(
+            img, 4.0, ["ink"], seed=seed, region=reg, where=where, shape="circle", colour=colour
+        )
+        p2 = paint(
+            p1.rgb,
+            4.0,
+            ["ink"],
+            seed=seed + 100,
+            region=reg,
+            where=where,
+            shape="stroke",
+            colour=COLOURS[(seed + si + 1) % 4],
+        )
+        p3 = paint(
+            p2.rgb,
+            4.0,
+            ["ink"],
+            seed=seed + 200,
+            region=reg,
+            where="near",
+            shape="dots",
+            colour=colour,
+        )
+        p3.masks["ink"] = p1.masks["ink"] | p2.masks["ink"] | p3.masks["ink"]
+        p3.specs = p1.specs + p2.specs + p3.specs
+        return p3
+    if kind == "border":
+        return paint(img, 4.0, ["border"], seed=seed)
+    return paint(img, 4.0, [kind], seed=seed, region=reg, where=where)
+
+
+def frac_reduce(m: np.ndarray, shape: tuple[int, int], k: int = 4) -> np.ndarray:
+    f = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).reduce(k), np.float32) / 255
+    out = np.zeros(shape, np.float32)
+    h, w = min(shape[0], f.shape[0]), min(shape[1], f.shape[1])
+    out[:h, :w] = f[:h, :w]
+    return out
+
+
+def cells_fraction(m: np.ndarray, grid_shape: tuple[int, int], cell: int = 50) -> np.ndarray:
+    h, w = grid_shape[0] * cell, grid_shape[1] * cell
+    pad = np.zeros((h, w), np.float32)
+    hh, ww = min(h, m.shape[0]), min(w, m.shape[1])
+    pad[:hh, :ww] = m[:hh, :ww]
+    return pad.reshape(grid_shape[0], cell, grid_shape[1], cell).mean((1, 3))
+
+
+def run(path: Path, model: Any, qc: str) -> Any:
+    return segment_slide(path, model=model, progress=False, params=Params(qc=qc))
+
+
+def record(res: Any, sid: str) -> dict[str, Any]:
+    truth = truth_from_cells(SLIDES / f"{sid}.cells.csv", res.heatmap)
+    pred = np.asarray(res.mask, bool)
+    s = res.summary
+    return {
+        "inter": int((pred & truth).sum()),
+        "pred": int(pred.sum()),
+        "truth": int(truth.sum()),
+        "tissue_mm2": s["tissue_area_mm2"],
+        "idc_mm2": s["idc_area_mm2"],
+        "qc": s.get("qc"),
+        "total_s": s["timings_s"]["total"],
+        "qc_s": s["timings_s"].get("qc", 0.0) + s["timings_s"].get("qc_blur", 0.0),
+    }
+
+
+def pr(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
+    return int((pred & truth).sum()), int(pred.sum()), int(truth.sum())
+
+
+def battery(a: argparse.Namespace, model: Any) -> None:
+    from tiffgen import write_pyramid_tiff
+
+    test = [s for s in json.loads(SPLIT.read_text())["test"] if (SLIDES / f"{s}.tiff").is_file()]
+    ids = a.slides or test
+    rows: list[dict[str, Any]] = []
+    for si, sid in enumerate(ids):
+        img = read_level0(SLIDES / f"{sid}.tiff")
+        reg = idc_region(sid, img.shape[:2])
+        base = {m: record(run(SLIDES / f"{sid}.tiff", model, m), sid) for m in ("none", "all")}
+        rows.append({"slide": sid, "kind": "clean", "seed": -1, **{m: base[m] for m in base}})
+        for kind in a.kinds:
+            for seed in range(a.seeds):
+                t = time.time()
+                p = paint_case(img, reg, kind, seed, si)
+                tif = a.out / "tiff" / f"{sid}_{kind}_{seed}.tiff"
+                tif.parent.mkdir(parents=True, exist_ok=True)
+                write_pyramid_tiff(tif, p.rgb, 4.0)
+                row: dict[str, Any] = {
+                    "slide": sid,
+                    "kind": kind,
+                    "seed": seed,
+                    "specs": p.specs,
+                    "base": base,
+                }
+                for m in ("none", "all"):
+                    res = run(tif, model, m)
+                    row[m] = record(res, sid)
+                    if m == "all":
+                        qm = res.qc_masks or {}
+                        if kind == "blur":
+                            truth = cells_fraction(p.masks[kind], res.heatmap.shape) >= 0.5
+                            got = qm.get("blur", np.zeros(truth.shape, bool))
+                            row["pr_kind"] = row["pr_any"] = pr(got, truth)
+                        else:
+                            th = res.tissue.mask.shape
+                            truth = frac_reduce(p.masks[kind], th) >= 0.5
+                            anyq = np.zeros(th, bool)
+                            for k, v in qm.items():
+                                if k != "blur":
+                                    anyq |= v
+                            row["pr_kind"] = pr(qm.get(kind, np.zeros(th, bool)), truth)
+                            row["pr_any"] = pr(anyq, truth)
+                if not a.keep_tiffs:
+                    tif.unlink()
+                rows.append(row)
+                print(
+                    sid,
+                    kind,
+                    seed,
+                    f"dice-none {row['none']['inter']}/{row['none']['pred']}"
+                    f"/{row['none']['truth']} qc {row['all']['inter']}/{row['all']['pred']}"
+                    f" tissue {row['none']['tissue_mm2']:.1f}->{row['all']['tissue_mm2']:.1f}"
+                    f" (clean {base['none']['tissue_mm2']:.1f}) idc "
+                    f"{row['none']['idc_mm2']:.2f}/{row['all']['idc_mm2']:.2f} (clean "
+                    f"{base['none']['idc_mm2']:.2f}) pr_any {row.get('pr_any')} "
+                    f"{time.time() - t:.0f} s",
+                    flush=True,
+                )
+                (a.out / "battery.json").write_text(json.dumps(rows, default=str))
+    table(rows)
+
+
+def _dice(rs: list[dict[str, Any]]) -> float:
+    i = sum(r["inter"] for r in rs)
+    p = sum(r["pred"] for r in rs)
+    t = sum(r["truth"] for r in rs)
+    return dice_from_counts(i, p, t)[0]
+
+
+def table(rows: list[dict[str, Any]]) -> None:
+    clean = {r["slide"]: r for r in rows if r["kind"] == "clean"}
+    print(
+        "\n| kind | n | pooled Dice 0.2.0 | pooled Dice QC | max |Δtissue| 0.2.0 | max |Δtissue| "
+        "QC | max |ΔIDC| 0.2.0 | max |ΔIDC| QC | QC precision (any) | QC recall (any) | "
+        "recall (kind) | review flagged |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    cl = list(clean.values())
+    print(
+        f"| clean | {len(cl)} | {_dice([r['none'] for r in cl]):.3f} | "
+        f"{_dice([r['all'] for r in cl]):.3f} | | | | | | | | "
+        f"{sum(bool(r['all']['qc'] and r['all']['qc']['review']) for r in cl)} |"
+    )
+    for kind in sorted({r["kind"] for r in rows} - {"clean"}):
+        rs = [r for r in rows if r["kind"] == kind]
+
+        def dmax(mode: str, key: str, rs: list[dict[str, Any]] = rs) -> float:
+            out = 0.0
+            for r in rs:
+                b = clean[r["slide"]][mode][key]
+                if b > 0:
+                    out = max(out, abs(r[mode][key] / b - 1))
+            return 100 * out
+
+        pa = np.sum([r["pr_any"] for r in rs], 0)
+        pk = np.sum([r["pr_kind"] for r in rs], 0)
+        prec = pa[0] / pa[1] if pa[1] else float("nan")
+        rec = pa[0] / pa[2] if pa[2] else float("nan")
+        reck = pk[0] / pk[2] if pk[2] else float("nan")
+        flagged = sum(bool(r["all"]["qc"] and r["all"]["qc"]["review"]) for r in rs)
+        print(
+            f"| {kind} | {len(rs)} | {_dice([r['none'] for r in rs]):.3f} | "
+            f"{_dice([r['all'] for r in rs]):.3f} | {dmax('none', 'tissue_mm2'):.0f} % | "
+            f"{dmax('all', 'tissue_mm2'):.0f} % | {dmax('none', 'idc_mm2'):.0f} % | "
+            f"{dmax('all', 'idc_mm2'):.0f} % | {prec:.2f} | {rec:.2f} | {reck:.2f} | "
+            f"{flagged}/{len(rs)} |"
+        )
+
+
+def clean_run(a: argparse.Namespace, model: Any) -> None:
+    ids = sorted(p.stem for p in SLIDES.glob("*.tiff"))
+    test = set(json.loads(SPLIT.read_text())["test"])
+    rows = []
+    print(
+        "| slide | set | tissue 0.2.0 mm² | tissue QC | Δ % | Dice 0.2.0 | Dice QC | excluded "
+        "(% of tissue) | colour distance | review | reasons | QC s / total s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for sid in ids:
+        r0 = record(run(SLIDES / f"{sid}.tiff", model, "none"), sid)
+        r1 = record(run(SLIDES / f"{sid}.tiff", model, "all"), sid)
+        q = r1["qc"]
+        rows.append({"slide": sid, "none": r0, "all": r1})
+        d0 = dice_from_counts(r0["inter"], r0["pred"], r0["truth"])[0]
+        d1 = dice_from_counts(r1["inter"], r1["pred"], r1["truth"])[0]
+        ex = {k: v for k, v in q["excluded_pct_of_tissue"].items() if v >= 0.05}
+        print(
+            f"| {sid} | {'test' if sid in test else 'train'} | {r0['tissue_mm2']:.2f} | "
+            f"{r1['tissue_mm2']:.2f} | {100 * (r1['tissue_mm2'] / r0['tissue_mm2'] - 1):+.1f} | "
+            f"{d0:.3f} | {d1:.3f} | {ex} | {q['colour_distance']} | {q['review']} | "
+            f"{'; '.join(q['reasons'])} | {r1['qc_s']:.3f} / {r1['total_s']:.2f} |",
+            flush=True,
+        )
+        (a.out / "clean.json").write_text(json.dumps(rows, default=str))
+    for name, sel in (("all 28", ids), ("test", sorted(test)), ("train", sorted(set(ids) - test))):
+        rs = [r for r in rows if r["slide"] in sel]
+        print(
+            f"pooled Dice {name}: 0.2.0 {_dice([r['none'] for r in rs]):.4f}  "
+            f"QC {_dice([r['all'] for r in rs]):.4f}; flagged "
+            f"{sum(r['all']['qc']['review'] for r in rs)}/{len(rs)}"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--slides", nargs="*")
+    ap.add_argument("--kinds", nargs="*", default=list(PLACES))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--clean", action="store_true", help="QC on the 28 clean mosaics instead")
+    ap.add_argument("--keep-tiffs", action="store_true")
+    ap.add_argument("--table", type=Path, help="print the table of a battery.json")
+    a = ap.parse_args()
+    if a.table:
+        table(json.loads(a.table.read_text()))
+        return
+    a.out.mkdir(parents=True, exist_ok=True)
+    model = load_model(None, device="cpu")
+    if a.clean:
+        clean_run(a, model)
+    else:
+        battery(a, model)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Train the QC stage's pixel classifier (idcmap/model/weights/qc/qc-v1.json) and compute its colour
+reference, on artefacts painted onto the *training* mosaics (never the test ones of
+idcmap/models/idc-v1.split.json).
+
+    PYTHONPATH=. python benchmarks/qc_train.py --cache /tmp/qc-cache            # paint + train
+    PYTHONPATH=. python benchmarks/qc_train.py --reference                       # REF_OD
+
+Each training mosaic is painted with 2 seeds (two ink marks of random colour/shape/width/
+opacity, a fold, debris/bubbles, a blur band as a negative, a border half the time), reduced
+4:1 to the tissue stage's 16 µm/px, and every thumbnail pixel is labelled by the painted area
+it covers (≥ 50 %: that kind; 10–50 %: left out). Clean tissue and glass are sampled beside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from idcmap.pipeline import qc  # noqa: E402
+from idcmap.pipeline.tissue import tissue_mask_from_rgb  # noqa: E402
+from idcmap.train.artefacts import paint  # noqa: E402
+from idcmap.train.data import read_cells, read_level0  # noqa: E402
+
+SLIDES = ROOT.parent / "shared" / "data" / "idc" / "slides"
+SPLIT = ROOT / "idcmap" / "models" / "idc-v1.split.json"
+
+
+def train_ids() -> list[str]:
+    test = set(json.loads(SPLIT.read_text())["test"])
+    return sorted(p.stem for p in SLIDES.glob("*.tiff") if p.stem not in test)
+
+
+def idc_region(sid: str, shape: tuple[int, int]) -> np.ndarray:
+    reg = np.zeros(shape, bool)
+    for x, y, w, h, lab in read_cells(SLIDES / f"{sid}.cells.csv"):
+        if lab == 1:
+            reg[y : y + h, x : x + w] = True
+    return reg
+
+
+def reduce_mask(m: np.ndarray, k: int = 4) -> np.ndarray:
+    """Fraction of each k×k block covered (PIL box reduce of a 0/255 image)."""
+    return np.asarray(Image.fromarray(m.astype(np.uint8) * 255).reduce(k), np.float32) / 255.0
+
+
+def painted_thumbs(sid: str, seed: int, cache: Path) -> dict[str, np.ndarray]:
+    f = cache / f"{sid}_{seed}.npz"
+    if f.exists():
+        return dict(np.load(f))
+    img = read_level0(SLIDES / f"{sid}.tiff")
+    reg = idc_region(sid, img.shape[:2])
+    rng = np.random.default_rng(1000 + seed)
+    kinds = ["ink", "fold", "debris", "blur"] + (["border"] if rng.random() < 0.5 else [])
+    p = paint(img, 4.0, kinds, seed=seed, region=reg, n_each=2)
+    out = {"rgb": np.asarray(Image.fromarray(p.rgb).reduce(4))}
+    for k, m in p.masks.items():
+        out[k] = reduce_mask(m)
+    np.savez_compressed(f, **out)
+    return out
+
+
+def samples(d: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    rgb = d["rgb"]
+    tissue = tissue_mask_from_rgb(rgb, 16.0)
+    x = qc.pixel_features(rgb, tissue)
+    y = np.zeros(rgb.shape[:2], np.int64)
+    ignore = np.zeros(rgb.shape[:2], bool)
+    for kind in ("fold", "ink", "debris"):  # later kinds win
+        ci = qc.CLASSES.index(kind)
+        if kind in d:
+            f = d[kind]
+            if kind == "fold":
+                f = f * tissue
+            y[f >= 0.5] = ci
+            ignore |= (f > 0.1) & (f < 0.5)
+    if "border" in d:
+        ignore |= d["border"] > 0.05
+    ok = ~ignore
+    idx = []
+    for ci in range(len(qc.CLASSES)):
+        cand = np.flatnonzero((y.ravel() == ci) & ok.ravel())
+        if ci == 0:
+            t = np.flatnonzero((y.ravel() == 0) & ok.ravel() & tissue.ravel())
+            g = np.flatnonzero((y.ravel() == 0) & ok.ravel() & ~tissue.ravel())
+            idx += [
+                rng.choice(t, min(len(t), 40000), replace=False),
+                rng.choice(g, min(len(g), 6000), replace=False),
+            ]
+        elif len(cand):
+            idx.append(rng.choice(cand, min(len(cand), 8000), replace=False))
+    i = np.concatenate(idx)
+    return x.reshape(-1, x.shape[-1])[i], y.ravel()[i]
+
+
+def reference() -> None:
+    ods = []
+    for sid in train_ids():
+        from idcmap.slide import open_slide
+
+        with open_slide(SLIDES / f"{sid}.tiff") as s:
+            rgb, _ = s.read_at_mpp(16.0)
+        t = tissue_mask_from_rgb(rgb, 16.0)
+        od = -np.log((rgb[t].astype(np.float64) + 1) / 256)
+        ods.append(od.mean(0))
+        print(sid, od.mean(0).round(4))
+    print("REF_OD =", tuple(np.mean(ods, 0).round(4).tolist()), "(mean over the training mosaics)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/qc-train-cache"))
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--hidden", type=int, default=16)
+    ap.add_argument("--out", type=Path, default=ROOT / "idcmap" / "models" / "qc-v1.json")
+    ap.add_argument("--reference", action="store_true")
+    a = ap.parse_args()
+    if a.reference:
+        reference()
+        return
+    from sklearn.neural_network import MLPClassifier
+
+    a.cache.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    xs, ys = [], []
+    t0 = time.time()
+    for sid in train_ids():
+        for seed in range(a.seeds):
+            x, y = samples(painted_thumbs(sid, seed, a.cache), rng)
+            xs.append(x)
+            ys.append(y)
+        print(sid, f"{time.time() - t0:.0f} s", flush=True)
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    print("samples per class", np.bincount(y, minlength=len(qc.CLASSES)))
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    clf = MLPClassifier(
+        (a.hidden,), alpha=1e-4, max_iter=60, random_state=0, early_stopping=True, batch_size=1024
+    )
+    clf.fit((x - mean) / std, y)
+    print("train acc", clf.score((x - mean) / std, y), f"{time.time() - t0:.0f} s")
+    net = qc.PixelMLP(
+        mean=mean,
+        std=std,
+        w1=clf.coefs_[0],
+        b1=clf.intercepts_[0],
+        w2=clf.coefs_[1],
+        b2=clf.intercepts_[1],
+        classes=qc.CLASSES,
+        training={
+            "slides": train_ids(),
+            "seeds": a.seeds,
+            "samples": len(y),
+            "hidden": a.hidden,
+            "command": "PYTHONPATH=. python benchmarks/qc_train.py",
+        },
+    )
+    a.out.write_text(json.dumps(net.to_json()))
+    print("wrote", a.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""QC stage (idcmap.pipeline.qc) and the artefact painter (idcmap.train.artefacts) on real
+mosaics with painted artefacts. Mosaic tests skip when ../shared/data is absent (CI has it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from idcmap.errors import UsageError
+from idcmap.params import Params
+from idcmap.pipeline import qc
+from idcmap.pipeline.tissue import tissue_mask_from_rgb
+from idcmap.train.artefacts import KINDS, paint, paint_border, paint_ink
+
+MOSAIC = "9035"  # the smallest test mosaic (1300 × 1500 px at 4 µm/px)
+
+
+@pytest.fixture(scope="module")
+def mosaic(shared: Path) -> np.ndarray:
+    from idcmap.train.data import read_level0
+
+    path = shared / "idc" / "slides" / f"{MOSAIC}.tiff"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    return read_level0(path)
+
+
+def thumb(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The tissue stage's view: 16 µm/px (4:1 box) and its tissue mask."""
+    t = np.asarray(Image.fromarray(rgb).reduce(4))
+    return t, tissue_mask_from_rgb(t, 16.0)
+
+
+def reduce_mask(m: np.ndarray) -> np.ndarray:
+    return np.asarray(Image.fromarray(m.astype(np.uint8) * 255).reduce(4)) >= 128
+
+
+def test_parse_kinds() -> None:
+    assert qc.parse_kinds("all") == set(qc.KINDS)
+    assert qc.parse_kinds("none") == frozenset()
+    assert qc.parse_kinds("ink,fold") == {"ink", "fold"}
+    with pytest.raises(ValueError, match="unknown QC kind"):
+        qc.parse_kinds("ink,smudge")
+    with pytest.raises(UsageError, match="qc="):
+        Params(qc="smudge").validate()
+
+
+def test_painter_is_seeded_and_labels_every_kind(mosaic: np.ndarray) -> None:
+    crop = mosaic[:800, :800]
+    a = paint(crop, 4.0, KINDS, seed=3)
+    b = paint(crop, 4.0, KINDS, seed=3)
+    assert np.array_equal(a.rgb, b.rgb)
+    assert set(a.masks) == set(KINDS)
+    assert a.rgb.dtype == np.uint8 and a.rgb.shape == crop.shape
+    for kind in ("ink", "border", "debris"):
+        assert a.masks[kind].any(), kind
+
+
+def test_blue_ink_over_tissue_and_glass_is_found(mosaic: np.ndarray) -> None:
+    rng = np.random.default_rng(0)
+    img, m1, _ = paint_ink(
+        mosaic, 4.0, rng, colour="blue", shape="stroke", where="tissue", width_mm=0.8, alpha=0.6
+    )
+    img, m2, _ = paint_ink(img, 4.0, rng, colour="green", shape="dots", where="glass", width_mm=0.8)
+    t, tissue = thumb(img)
+    found = qc.find_artefacts(t, 16.0, tissue)
+    truth = reduce_mask(m1 | m2)[: t.shape[0], : t.shape[1]]
+    got = found.excluded
+    recall = (got & truth).sum() / truth.sum()
+    precision = (got & truth).sum() / max(got.sum(), 1)
+    assert recall > 0.7, recall
+    assert precision > 0.7, precision
+
+
+def test_black_border_is_found(mosaic: np.ndarray) -> None:
+    img, m, _ = paint_border(mosaic, 4.0, np.random.default_rng(1), edges=["left"], width_mm=0.8)
+    t, tissue = thumb(img)
+    found = qc.find_artefacts(t, 16.0, tissue, kinds="border")
+    truth = reduce_mask(m)
+    assert set(found.masks) == {"border"}
+    assert (found.masks["border"] & truth).sum() / truth.sum() > 0.9
+
+
+def test_clean_mosaic_is_not_flagged(mosaic: np.ndarray) -> None:
+    t, tissue = thumb(mosaic)
+    found = qc.find_artefacts(t, 16.0, tissue)
+    assert (found.excluded & tissue).sum() <= 0.03 * tissue.sum()
+    v = qc.verdict(found, tissue, t)
+    assert not v.review, v.reasons
+    assert v.colour_distance < qc.COLOUR_FAR
+
+
+def test_blur_band_lowers_sharpness(mosaic: np.ndarray) -> None:
+    p = paint(mosaic, 4.0, ["blur"], seed=2, where="tissue", sigma_um=10.0, width_mm=2.0)
+    f, m = qc.block_sharpness(p.rgb, 50)
+    ratio = f / np.maximum(m, 0.5)
+    rows, cols = ratio.shape
+    painted = p.masks["blur"][: rows * 50, : cols * 50].reshape(rows, 50, cols, 50).mean((1, 3))
+    _t, tissue = thumb(mosaic)
+    tcell = (
+        np.asarray(
+            Image.fromarray(tissue.astype(np.uint8) * 255).resize(
+                (cols, rows), Image.Resampling.BOX
+            )
+        )
+        > 127
+    )
+    blur = qc.find_blur(ratio, tcell)
+    truth = (painted > 0.5) & tcell
+    assert truth.sum() > 5
+    assert (blur & truth).sum() / truth.sum() > 0.4  # pale blurred cells stay ambiguous
+    f0, m0 = qc.block_sharpness(mosaic, 50)
+    clean = qc.find_blur(f0 / np.maximum(m0, 0.5), tcell)
+    assert clean.sum() <= 0.02 * tcell.sum()
+
+
+def test_all_ink_slide_gives_a_clear_verdict(mosaic: np.ndarray, tmp_path: Path) -> None:
+    """A slide covered in ink: the pipeline finishes, finds no IDC, and says why."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiffgen import write_pyramid_tiff
+
+    from idcmap.pipeline.segment import segment_slide
+
+    crop = mosaic[:600, :700].astype(np.float32)
+    inked = (crop * (0.25 + 0.75 * np.asarray([30, 60, 160]) / 255)).astype(np.uint8)
+    path = write_pyramid_tiff(tmp_path / "inked.tiff", inked, 4.0)
+    res = segment_slide(path, progress=False, device="cpu", params=Params(qc="all"))
+    v = res.summary["qc"]
+    assert v["review"]
+    assert any("excluded" in r or "no tissue left" in r for r in v["reasons"]), v["reasons"]
+    assert res.summary["idc_area_mm2"] == 0
+    assert res.summary["tissue_area_mm2"] < 0.1 * v["tissue_before_qc_mm2"]
+
+
+def test_one_pass_slide_gets_the_qc_stage(mosaic: np.ndarray, tmp_path: Path) -> None:
+    """A PNG (no pyramid: the tissue mask comes from the tile pass) with ink on it."""
+    from idcmap.pipeline.segment import segment_slide
+
+    crop = mosaic[:600, :700]
+    img, _m, _ = paint_ink(crop, 4.0, np.random.default_rng(2), colour="green", shape="stroke")
+    path = tmp_path / "inked.png"
+    Image.fromarray(img).save(path)
+    res = segment_slide(path, progress=False, device="cpu", mpp=4.0, params=Params(qc="all"))
+    assert res.summary["tissue_from"].startswith("the tile pass")
+    assert res.qc_masks is not None and res.qc_masks["ink"].any()
+    assert res.summary["qc"]["excluded_mm2"]["ink"] > 0
+    assert "blur" in res.qc_masks
