@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from idcmap.batch.inputs import expand_inputs  # noqa: F401  (re-exported: runner.expand_inputs)
 from idcmap.batch.locking import file_lock
-from idcmap.errors import IDCMapError, OutputError
+from idcmap.errors import IDCMapError, OutputError, interruption
 from idcmap.io.urls import is_url, slide_stem, url_name
 from idcmap.model.runtime import IDCModel
 from idcmap.output.cohort import COHORT_FILE, row_from_summary, summary_of, update_cohort
@@ -251,11 +251,13 @@ def _locked_process_slide(
             out, tiles_geojson=tiles_geojson, overwrite=True, extra_outputs=extra_outputs
         )
     except IDCMapError as e:
+        _stop_if_interrupted(e)
         detail = "\n".join(filter(None, [e.detail, traceback.format_exc() if debug else ""]))
         return Outcome(
             str(s), FAILED, _reason(e, s), seconds=time.perf_counter() - t0, detail=detail
         )
     except Exception as e:  # an unforeseen bug (MemoryError included) must not cost the others
+        _stop_if_interrupted(e)
         first = (str(e).strip().splitlines() or [""])[0][:200]
         return Outcome(
             str(s),
@@ -273,6 +275,15 @@ def _locked_process_slide(
         time.perf_counter() - t0,
         summary=result.summary,
     )
+
+
+def _stop_if_interrupted(e: Exception) -> None:
+    """Re-raise the Ctrl-C / SIGTERM that ``e`` hides: a signal landing inside a library (e.g.
+    zipfile in ``np.savez_compressed``) comes out as that library's error, which must stop the
+    batch like the signal itself, not be reported as a failure of the slide."""
+    stop = interruption(e)
+    if stop is not None:
+        raise stop from None
 
 
 def run_batch(
