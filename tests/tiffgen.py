@@ -23,6 +23,7 @@ __all__ = [
     "downsample_image",
     "drop_tag",
     "synthetic_he",
+    "write_cell_slide",
     "write_image",
     "write_ome_tiff",
     "write_pyramid_tiff",
@@ -288,3 +289,29 @@ def write_image(path: str | Path, rgb: np.ndarray, **pil_kw: object) -> Path:
     path = Path(path)
     Image.fromarray(rgb).save(path, **pil_kw)  # type: ignore[arg-type]
     return path
+
+
+def write_cell_slide(
+    path: str | Path,
+    red: np.ndarray,
+    mpp: float = 4.0,
+    *,
+    mpp_y: float | None = None,
+    cell_um: float = 200.0,
+    glass_rows: int = 1,
+) -> Path:
+    """A slide of ``cell_um``-wide cells for the colour stand-in model (IDC probability = mean
+    red / 255, ``tests/pipeline_helpers.py``): cell (r, c) has red ``red[r, c]`` (uint8), green
+    60, blue 150 (tissue); then ``glass_rows`` rows of white glass. One level, zlib;
+    ``mpp_y`` makes pixels non-square (a cell keeps ``cell_um`` µm along both axes)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    red = np.asarray(red, np.uint8)
+    my = mpp if mpp_y is None else mpp_y
+    cx, cy = round(cell_um / mpp), round(cell_um / my)
+    rows, cols = red.shape
+    img = np.full(((rows + glass_rows) * cy, cols * cx, 3), 255, np.uint8)
+    body = img[: rows * cy]
+    body[..., 0] = np.kron(red, np.ones((cy, cx), np.uint8))
+    body[..., 1], body[..., 2] = 60, 150
+    return write_pyramid_tiff(path, img, mpp, downsamples=(1,), compression="zlib", mpp_y=mpp_y)
