@@ -660,8 +660,9 @@ MUTATIONS = [
 ]
 
 
-def run_tests(repo: Path, module: str, timeout_s: float) -> tuple[bool, float]:
-    """True when the module's tests pass in ``repo``; and the seconds they took."""
+def run_tests(repo: Path, module: str, timeout_s: float) -> tuple[bool, float, str]:
+    """True when the module's tests pass in ``repo``; the seconds they took; pytest's last
+    lines (what failed)."""
     tests = [str(repo / "tests" / t) for t in TESTS[module]]  # in order: -x stops early
     env = {**os.environ, "PYTHONPATH": str(repo)}
     t0 = time.perf_counter()
@@ -670,14 +671,17 @@ def run_tests(repo: Path, module: str, timeout_s: float) -> tuple[bool, float]:
             [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
             cwd=repo,
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
             timeout=timeout_s,
         )
-        passed = proc.returncode == 0
+        passed, tail = proc.returncode == 0, "\n".join(proc.stdout.splitlines()[-25:])
     except subprocess.TimeoutExpired:
-        passed = False  # a mutant that hangs the tests is caught by them
-    return passed, time.perf_counter() - t0
+        passed, tail = False, "timed out"  # a mutant that hangs the tests is caught by them
+    return passed, time.perf_counter() - t0, tail
 
 
 def main() -> int:
@@ -731,9 +735,10 @@ def main() -> int:
         for module in sorted({m.module for m in todo}):
             baselines.setdefault(tuple(TESTS[module]), module)
         for module in baselines.values():
-            ok, secs = run_tests(repo, module, args.timeout)
+            ok, secs, tail = run_tests(repo, module, args.timeout)
             print(f"baseline {module:<22} {'pass' if ok else 'FAIL'} ({secs:.0f} s)", flush=True)
             if not ok:
+                print(tail)
                 print("the unmutated tests fail: fix them first")
                 return 2
         killed = []
@@ -742,7 +747,7 @@ def main() -> int:
             original = path.read_text()
             path.write_text(original.replace(m.old, m.new))
             try:
-                passed, secs = run_tests(repo, m.module, args.timeout)
+                passed, secs, _ = run_tests(repo, m.module, args.timeout)
             finally:
                 path.write_text(original)
             verdict = "survived" if passed else "killed"
