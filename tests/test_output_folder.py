@@ -141,3 +141,25 @@ def test_summary_measurements_use_the_slide_y_resolution(tmp_path: Path, mpp_y: 
         assert reg["area_mm2"] == pytest.approx(shapely.area(poly) * 4.0 * mpp_y / 1e6, abs=1e-4)
         big, _ = caliper_diameters_um(poly, 4.0, mpp_y)
         assert reg["greatest_dimension_mm"] == pytest.approx(big / 1e3, abs=1e-4)
+
+
+def test_summary_areas_are_those_of_the_region_mask(tmp_path: Path) -> None:
+    """The summary's IDC area counts the cells of the region mask (what the regions cover), not
+    every cell whose tile probability passes 0.5: a row of cells at p = 0.55 stays out at the
+    region threshold 0.6. Square pixels: tissue 10 × 16 cells = 6.4 mm², IDC 30 cells."""
+    red = RED.copy()
+    red[0, :] = 140  # p = 0.55: above 0.5, below the threshold
+    slide = write_cell_slide(tmp_path / "s.tiff", red, 4.0)
+    res = segment_slide(
+        slide,
+        model=colour_model(threshold=0.6),
+        progress=False,
+        params=Params(smooth_um=0, outline="cells"),
+    )
+    s = res.summary
+    assert int(res.mask.sum()) == 30
+    assert s["idc_area_mm2"] == pytest.approx(1.2, abs=1e-4)
+    assert s["tissue_area_mm2"] == pytest.approx(6.4, abs=1e-4)
+    assert s["idc_fraction_of_tissue"] == pytest.approx(1.2 / 6.4, abs=1e-4)
+    assert s["measurements"]["idc_area_mm2"] == pytest.approx(s["idc_area_mm2"], abs=1e-4)
+    assert s["regions"] == s["measurements"]["foci"] == 2

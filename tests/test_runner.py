@@ -223,3 +223,41 @@ def test_sigterm_inside_a_library_exits_143(
     assert "internal error" not in err.out + err.err and "terminated" in err.err
     assert not (out / "a").exists() and not (out / "b").exists()
     gc.collect()
+
+
+def test_a_slide_busy_in_another_run_is_taken_again_at_the_end(tmp_path: Path, slide: Path) -> None:
+    """Another run holds slide ``a``: the batch does ``b`` first, then waits for ``a``'s lock
+    and, the other run having died without finishing it, does ``a`` itself."""
+    out = tmp_path / "out"
+    out.mkdir()
+    second = _slide(tmp_path / "b.tiff")
+    held, release = threading.Event(), threading.Event()
+
+    def other_run() -> None:
+        with slide_lock(out, "a", wait=True) as got:
+            assert got
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=other_run)
+    t.start()
+    assert held.wait(10)
+    lines: list[str] = []
+
+    def report(line: str) -> None:
+        lines.append(line)
+        release.set()  # the other run ends once this batch has done something else
+
+    outcomes = run_batch(
+        [slide, second],
+        out,
+        model=colour_model(),
+        params=Params(workers=0),
+        progress=False,
+        report=report,
+    )
+    t.join(10)
+    assert [o.status for o in outcomes] == ["done", "done"]
+    assert [Path(o.path).name for o in outcomes] == ["a.tiff", "b.tiff"]  # in input order
+    assert [ln.split(": ")[0][2:] for ln in lines] == [str(second), str(slide)]  # b, then a
+    assert (out / "a" / "summary.json").is_file() and not (out / ".a.lock").exists()
