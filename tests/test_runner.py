@@ -261,3 +261,25 @@ def test_a_slide_busy_in_another_run_is_taken_again_at_the_end(tmp_path: Path, s
     assert [Path(o.path).name for o in outcomes] == ["a.tiff", "b.tiff"]  # in input order
     assert [ln.split(": ")[0][2:] for ln in lines] == [str(second), str(slide)]  # b, then a
     assert (out / "a" / "summary.json").is_file() and not (out / ".a.lock").exists()
+
+
+def test_same_slide_twice_is_not_a_name_clash_but_another_file_is(
+    tmp_path: Path, slide: Path
+) -> None:
+    """The same file under two paths (a symlink) is one slide: done once, then skipped; another
+    file with the same name would overwrite its output: it fails on its own line."""
+    link = tmp_path / "elsewhere" / "a.tiff"
+    link.parent.mkdir()
+    link.symlink_to(slide)
+    (tmp_path / "other").mkdir()
+    other = _slide(tmp_path / "other" / "a.tiff")
+    outcomes = run_batch(
+        [slide, link, other],
+        tmp_path / "out",
+        model=colour_model(),
+        params=Params(workers=0),
+        progress=False,
+        report=str,
+    )
+    assert [o.status for o in outcomes] == ["done", "skipped", "failed"]
+    assert "same output name 'a'" in outcomes[2].message
