@@ -48,8 +48,9 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/run.py --slides 40x,l1l4,mosaic,2x2 --strides 50,25 \
 	    --cases e2e,floors,naive --wsinfer auto
 
-# A fixed list of realistic one-line bugs in slide, tiles, heatmap and regions, each run against
-# the tests that cover its module (~5 min on 2 idle cores; not part of `make test`). Prints the score.
+# A fixed list of realistic one-line bugs over io, pipeline, output, batch, model, viewer, each run
+# against the tests that cover its module (~45 min on 2 shared cores; not part of `make test`;
+# `benchmarks/mutate.py --module batch/runner.py` runs a part). Prints the score.
 mutate: $(DEV_STAMP)
 	nice -n 15 $(BIN)/python benchmarks/mutate.py
 

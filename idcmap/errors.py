@@ -50,3 +50,28 @@ class IDCMapWarning(UserWarning):
 
 class MppMismatchWarning(IDCMapWarning):
     """The ``mpp`` given contradicts the slide's own metadata by more than 25 %."""
+
+
+def interruption(error: BaseException) -> BaseException | None:
+    """The interruption (KeyboardInterrupt, SystemExit, the CLI's SIGTERM) that ``error`` was
+    raised while handling, if any; else None.
+
+    A signal that lands inside a library's clean-up comes out as that library's own error with
+    the interruption only as its cause or context (e.g. in ``np.savez_compressed``, zipfile's
+    ValueError "Can't close the ZIP file while there is an open writing handle"): whoever
+    catches ``Exception`` to report a failure re-raises this instead. GeneratorExit and
+    asyncio's CancelledError are not interruptions of the run.
+    """
+    import asyncio
+
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [error.__cause__, error.__context__]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if not isinstance(e, (Exception, GeneratorExit, asyncio.CancelledError)):
+            return e
+        todo += [e.__cause__, e.__context__]
+    return None

@@ -7,6 +7,7 @@ mosaics through the real pipeline, a real (seconds-long) aggregator training run
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +31,8 @@ from idcmap.train.truth import read_truth
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "8955.tiff"
 EXAMPLE_TRUTH = ROOT / "examples" / "8955.cells.csv"
+#: position-weighted mean of the refined map on the example (see the pinning test)
+_PINNED_WEIGHTED = 0.307993
 
 
 @pytest.fixture(scope="module")
@@ -300,3 +303,90 @@ def test_aggregator_validates_its_numbers() -> None:
             coef=np.ones(1),
             bias=0.0,
         )
+
+
+def test_bundled_v2_output_is_pinned_on_the_example_mosaic(v2, example_heatmap) -> None:  # type: ignore[no-untyped-def]
+    """The bundled model's refined map on examples/8955.tiff, pinned: a change in how the
+    features are built (their order against the stored coefficients, a sigma, a filter) moves
+    the IDC area by several % while the Dice floor above still passes. Measured on CPU with
+    idcmap 0.2.0: 472 tissue cells, refined sum 148.385, 148 IDC cells (5.92 mm²)."""
+    hm = example_heatmap
+    assert hm.shape == (39, 58) and int(hm.tissue.sum()) == 472
+    r = v2.aggregator.refine(hm).prob.astype(np.float64)
+    t = hm.tissue
+    assert float(np.nansum(r)) == pytest.approx(148.385, rel=2e-4)
+    assert float(np.nansum(r * r)) == pytest.approx(102.547, rel=2e-4)
+    # a position-weighted checksum: the same values moved to other cells do not pass
+    rows, cols = np.nonzero(t)
+    weighted = float((r[t] * (1 + rows + 100 * cols)).sum() / (1 + rows + 100 * cols).sum())
+    assert weighted == pytest.approx(_PINNED_WEIGHTED, rel=2e-4)
+    res = segment_slide(EXAMPLE, model=v2, progress=False)
+    assert abs(int(res.mask.sum()) - 148) <= 1  # one cell sits within 1e-3 of the threshold
+    assert res.summary["idc_area_mm2"] == pytest.approx(5.92, abs=0.05)
+
+
+def _anisotropic(prob: np.ndarray, cell_w_px: float, cell_h_px: float) -> Heatmap:
+    return Heatmap(
+        prob=prob.astype(np.float32),
+        origin_level0_px=(0.0, 0.0),
+        cell_level0_px=(cell_w_px, cell_h_px),
+        slide_mpp=4.0,
+        model_mpp=4.0,
+        stride_px=50,
+        patch_px=50,
+    )
+
+
+def test_non_square_cells_use_each_axis_own_size(v2) -> None:  # type: ignore[no-untyped-def]
+    """Sigmas are µm, converted per axis: a heatmap of cells 50 × 100 px, transposed into cells
+    100 × 50 px, refines to the transpose (each axis sees the same µm neighbourhood)."""
+    rng = np.random.default_rng(3)
+    prob = rng.random((23, 31))
+    prob[:, :4] = np.nan  # glass
+    prob[5:9, 10:20] = 0.95  # a focus
+    wide = _anisotropic(prob, 50.0, 100.0)
+    tall = _anisotropic(prob.T.copy(), 100.0, 50.0)
+    a = v2.aggregator.refine(wide).prob
+    b = v2.aggregator.refine(tall).prob
+    np.testing.assert_allclose(b, a.T, rtol=1e-6, atol=1e-7)
+    # and the features: each sigma smooths along y in cell heights, along x in cell widths
+    kinds, sig = ("logit_p", "logit_smooth", "tissue", "logit_max"), (200.0, 800.0)
+    fa, _ = features(wide, kinds, sig)
+    fb, _ = features(tall, kinds, sig)
+    np.testing.assert_allclose(fb, fa.transpose(1, 0, 2), rtol=1e-9, atol=1e-12)
+    # square cells of the same width smooth differently along y (so the test can tell)
+    sq, _ = features(_anisotropic(prob, 50.0, 50.0), kinds, sig)
+    assert not np.allclose(sq, fa)
+
+
+def test_glass_does_not_pull_the_smoothed_mean_towards_zero() -> None:
+    """``logit_smooth`` is the tissue-normalised mean: on a uniform probability next to glass
+    (NaN) it is that probability everywhere in tissue, at every sigma."""
+    prob = np.full((30, 40), 0.8)
+    prob[:, :12] = np.nan  # glass on the left
+    prob[20:, 25:] = np.nan  # and a corner
+    hm = _heatmap(prob)
+    f, tissue = features(hm, ["logit_smooth", "tissue"], [200.0, 800.0, 1600.0])
+    logit = math.log(0.8 / 0.2)
+    for k in (0, 2, 4):  # logit_smooth of each sigma
+        np.testing.assert_allclose(f[..., k][tissue], logit, rtol=1e-6)  # 0.8 as float32
+    for k in (1, 3, 5):  # the tissue fraction does drop near glass
+        assert f[..., k][tissue].min() < 0.7 and f[..., k][tissue].max() <= 1.0 + 1e-12
+
+
+def test_feature_order_is_the_documented_one() -> None:
+    """logit_p, then per sigma (logit_smooth, tissue, logit_max): the order the stored
+    coefficients were fitted in."""
+    rng = np.random.default_rng(5)
+    prob = rng.random((12, 15))
+    prob[0, :] = np.nan
+    hm = _heatmap(prob)
+    kinds = ("logit_p", "logit_smooth", "tissue", "logit_max")
+    sig = (200.0, 800.0)
+    f, _ = features(hm, kinds, sig)
+    assert f.shape[-1] == 1 + 3 * len(sig)
+    for k, (kind, s) in enumerate(
+        [("logit_p", None)] + [(kind, s) for s in sig for kind in kinds[1:]]
+    ):
+        one, _ = features(hm, [kind], [s] if s is not None else [200.0])
+        np.testing.assert_array_equal(f[..., k], one[..., 0])

@@ -75,3 +75,19 @@ def test_expand_recursive(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     assert expand_inputs([top, str(top), empty], recursive=True) == [top, empty]
+
+
+def test_slide_suffixes_are_matched_whatever_their_case(tmp_path: Path) -> None:
+    """Scanners and Windows shares write ``A.SVS``, ``b.Tiff``, ``C.NDPI``; a DICOM series of
+    ``.DCM`` files is still one input."""
+    upper = touch(tmp_path / "in" / "A.SVS")
+    mixed = touch(tmp_path / "in" / "b.Tiff")
+    lower = touch(tmp_path / "in" / "c.svs")
+    deep = touch(tmp_path / "in" / "site" / "C.NDPI")
+    touch(tmp_path / "in" / "README.TXT")
+    dcm = tmp_path / "in" / "series"
+    touch(dcm / "1.DCM")
+    touch(dcm / "2.Dcm")
+    assert expand_inputs([tmp_path / "in"]) == [upper, mixed, lower]
+    assert expand_inputs([tmp_path / "in"], recursive=True) == [upper, mixed, lower, dcm, deep]
+    assert expand_inputs([dcm]) == [dcm]

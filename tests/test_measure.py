@@ -126,3 +126,22 @@ def test_measurements_summary() -> None:
         "greatest_dimension_mm": round(math.sqrt(2), 4),
         "least_dimension_mm": 1.0,
     }
+
+
+def test_largest_focus_is_the_longest_region_not_the_first() -> None:
+    """Regions come sorted by cell count; the staged focus is the one with the greatest
+    greatest dimension, wherever it is in the list (a long thin focus after a compact one)."""
+    compact = RegionMeasurements(area_mm2=4.0, greatest_dimension_mm=2.0, least_dimension_mm=2.0)
+    thin = RegionMeasurements(area_mm2=0.5, greatest_dimension_mm=5.0, least_dimension_mm=0.1)
+    mid = RegionMeasurements(area_mm2=1.0, greatest_dimension_mm=3.0, least_dimension_mm=0.5)
+    for order in ([compact, thin, mid], [compact, mid, thin], [mid, compact, thin]):
+        assert measure_slide(order, 100.0).largest_focus_greatest_dimension_mm == 5.0
+    # through the summary block, on polygons: a 1.5 × 1.5 mm square first, a 4 × 0.2 mm strip
+    from idcmap.pipeline.measure import measurements_summary
+
+    polys = [px(shapely.box(0, 0, 1500, 1500)), px(shapely.box(0, 3000, 4000, 3200))]
+    _, block = measurements_summary(polys, 40.0, MPP_X, MPP_Y)
+    assert block["regions"][0]["area_mm2"] > block["regions"][1]["area_mm2"]
+    assert block["largest_focus_greatest_dimension_mm"] == pytest.approx(
+        math.hypot(4, 0.2), abs=1e-4
+    )

@@ -291,3 +291,36 @@ def test_predict_grid_changes_torch_threads_only_when_asked(tmp_path: Path) -> N
     np.testing.assert_allclose(plain, asked, atol=1e-5)  # thread counts may sum in other orders
     n = threads_beside_readers(1)
     assert n is not None and 1 <= n <= before and threads_beside_readers(0) is None
+
+
+def test_a_relative_or_symlinked_path_into_the_package_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The destination check looks at the resolved path: a relative path from inside the
+    package, a ``..`` detour and a symlink into it all name the bundled model's folder."""
+    from idcmap.model.modelfile import check_destination
+
+    weights = bundled_model_path().parent
+    link = tmp_path / "link"
+    link.symlink_to(weights, target_is_directory=True)
+    detour = tmp_path / "x" / ".." / "link" / "idc-v2.json"
+    for path in (link / "idc-v2.json", link / "new.json", detour):
+        with pytest.raises(UsageError, match="package"):
+            check_destination(path)
+    monkeypatch.chdir(weights)
+    for rel in ("idc-v2.json", "sub/new.json", "./idc-v1.json"):
+        with pytest.raises(UsageError, match="package"):
+            check_destination(rel)
+    monkeypatch.chdir(tmp_path)
+    assert check_destination("mine.json") == Path("mine.json")  # outside: accepted as given
+    # and the writers use the check: nothing is written through the symlink
+    m = load_model(None, device="cpu")
+    before = sorted(p.name for p in weights.iterdir())
+    try:
+        with pytest.raises(UsageError, match="package"):
+            save_model(m.net, m.config, link / "idc-v9.json")
+    finally:
+        after = sorted(p.name for p in weights.iterdir())
+        for name in set(after) - set(before):  # a broken check must not leave them there
+            (weights / name).unlink()
+    assert after == before

@@ -302,3 +302,51 @@ def test_speed_1000x1000_blobs() -> None:
     elapsed = time.perf_counter() - t
     assert len(regions) > 1000
     assert elapsed < 10.0, elapsed
+
+
+def _disc_heatmap(mpp: float) -> Heatmap:
+    """A 24 × 24 grid of 200-µm cells on a slide of ``mpp`` µm/px: a smooth radial
+    probability, ≥ 0.5 on a disc of radius 8 cells off the grid's centre."""
+    yy, xx = np.mgrid[0:24, 0:24] + 0.5
+    r = np.hypot(yy - 11.3, xx - 12.1)
+    prob = 1.0 / (1.0 + np.exp((r - 8.0) / 2.0))
+    cell = 200.0 / mpp
+    return Heatmap(
+        prob=prob.astype(np.float32),
+        origin_level0_px=(100.0, 60.0),
+        cell_level0_px=(cell, cell),
+        slide_mpp=mpp,
+        model_mpp=4.0,
+        stride_px=50,
+        patch_px=50,
+    )
+
+
+@pytest.mark.parametrize("mpp", [0.25, 4.0])
+@pytest.mark.parametrize(("outline", "simplify_um"), [("cells", 150.0), ("smooth", 20.0)])
+def test_simplification_happens_and_stays_within_its_tolerance(
+    outline: str, simplify_um: float, mpp: float
+) -> None:
+    """``simplify_um`` is µm: the outline loses vertices, and moves by at most
+    ``simplify_um / mpp`` level-0 px (Hausdorff distance to the exact outline), at a fine and
+    at a coarse µm/px (a tolerance converted with × instead of ÷ fails one or the other)."""
+    from idcmap.pipeline.contours import contour_regions
+
+    hm = _disc_heatmap(mpp)
+    mask = idc_mask(hm, 0.5)
+
+    def draw(tol: float) -> list[Region]:
+        if outline == "cells":
+            return mask_to_regions(mask, hm, simplify_um=tol)
+        return contour_regions(mask, hm, 0.5, simplify_um=tol)
+
+    (exact,), (simple,) = draw(0.0), draw(simplify_um)
+    tol_px = simplify_um / mpp
+    n_exact = len(shapely.get_coordinates(exact.polygon))
+    n_simple = len(shapely.get_coordinates(simple.polygon))
+    assert n_simple < 0.8 * n_exact, (n_simple, n_exact)
+    moved = shapely.hausdorff_distance(exact.polygon, simple.polygon)
+    assert 0 < moved <= tol_px * (1 + 1e-9), (moved, tol_px)
+    assert simple.polygon.is_valid and simple.n_cells == exact.n_cells
+    # the area stays close: the boundary (~50 mm long) moved by at most the tolerance
+    assert simple.area_um2 == pytest.approx(exact.area_um2, rel=0.05)

@@ -6,10 +6,12 @@ Real generated slides, the colour stand-in model (a real torch module) and real 
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import pickle
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +112,181 @@ def test_lock_taken_on_a_removed_file_is_retried(tmp_path: Path) -> None:
     assert inside.wait(5.0)
     t.join(5.0)
     assert not path.exists()
+
+
+def _open_fds() -> set[str]:
+    """This process's open descriptors (after a collection: an earlier test's object that
+    closes a file when collected does not count)."""
+    gc.collect()
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_locks_close_their_file_descriptors(tmp_path: Path) -> None:
+    """A long batch (or a Dask worker) takes thousands of locks: each one's descriptor is closed
+    on release, when the lock is busy, and when the file was removed under a waiter."""
+    from idcmap.output.locking import file_lock
+
+    path = tmp_path / ".s.lock"
+    before = _open_fds()
+    for _ in range(200):
+        with file_lock(path, wait=True) as got:
+            assert got
+            with file_lock(path, wait=False) as busy:  # another descriptor, refused
+                assert not busy
+    assert _open_fds() - before == set()  # none left open (others may have closed)
+    assert not path.exists()
+    # the flock/unlink race once more (see above), counting descriptors this time
+    before = _open_fds()
+    fd1 = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd1, fcntl.LOCK_EX)
+    inside = threading.Event()
+
+    def waiter() -> None:
+        with file_lock(path, wait=True) as got:
+            assert got
+            inside.set()
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.3)
+    path.unlink()
+    fd2 = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd2, fcntl.LOCK_EX)
+    os.close(fd1)  # the waiter locks the removed file, closes it, opens the new one
+    time.sleep(0.3)
+    os.close(fd2)
+    assert inside.wait(5.0)
+    t.join(5.0)
+    assert _open_fds() - before == set()
+
+
+def _signal_inside_savez(monkeypatch: pytest.MonkeyPatch, interrupt: Callable[[], None]) -> None:
+    """Deliver an interruption at the one spot of ``np.savez_compressed`` (writing
+    heatmap.npz) where zipfile turns it into its own error: between marking the archive as
+    being written and creating the member's writer, so that closing the archive then raises
+    ValueError("Can't close the ZIP file while there is an open writing handle") with the
+    interruption only as its ``__context__``."""
+    import zipfile
+
+    def init(self: object, *a: object, **k: object) -> None:
+        interrupt()
+
+    monkeypatch.setattr(zipfile._ZipWriteFile, "__init__", init)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # ZipFile.__del__
+def test_an_interruption_inside_a_library_still_stops_the_batch(
+    tmp_path: Path, slide: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C landing inside np.savez_compressed is not "an internal error of that slide": it
+    stops the batch, and nothing is left under the slide's name."""
+    out = tmp_path / "out"
+
+    def ctrl_c() -> None:
+        raise KeyboardInterrupt
+
+    _signal_inside_savez(monkeypatch, ctrl_c)
+    second = _slide(tmp_path / "b.tiff")
+    reported: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(
+            [slide, second],
+            out,
+            model=colour_model(),
+            params=Params(workers=0),
+            progress=False,
+            report=reported.append,
+        )
+    assert reported == []  # not reported as a failed slide, and b never started
+    assert sorted(p.name for p in out.iterdir() if p.name != "cohort.csv") == []
+    gc.collect()  # the half-written ZipFile's __del__ complains here, under this test's filter
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_sigterm_inside_a_library_exits_143(
+    tmp_path: Path, slide: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI's SIGTERM (a real signal, its real handler) landing inside np.savez_compressed:
+    exit status 143, the batch stops, the slide is not reported as an internal error."""
+    import signal
+
+    from pipeline_helpers import tiny_model_file
+
+    from idcmap.cli.main import main
+
+    model = tiny_model_file(tmp_path)
+    out = tmp_path / "out"
+    second = _slide(tmp_path / "b.tiff")
+
+    def sigterm() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises in here
+
+    _signal_inside_savez(monkeypatch, sigterm)
+    rc = main(["run", str(slide), str(second), "-o", str(out), "--model", str(model), "-q"])
+    err = capsys.readouterr()
+    assert rc == 143, err
+    assert "internal error" not in err.out + err.err and "terminated" in err.err
+    assert not (out / "a").exists() and not (out / "b").exists()
+    gc.collect()
+
+
+def test_a_slide_busy_in_another_run_is_taken_again_at_the_end(tmp_path: Path, slide: Path) -> None:
+    """Another run holds slide ``a``: the batch does ``b`` first, then waits for ``a``'s lock
+    and, the other run having died without finishing it, does ``a`` itself."""
+    out = tmp_path / "out"
+    out.mkdir()
+    second = _slide(tmp_path / "b.tiff")
+    held, release = threading.Event(), threading.Event()
+
+    def other_run() -> None:
+        with slide_lock(out, "a", wait=True) as got:
+            assert got
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=other_run)
+    t.start()
+    assert held.wait(10)
+    lines: list[str] = []
+
+    def report(line: str) -> None:
+        lines.append(line)
+        release.set()  # the other run ends once this batch has done something else
+
+    outcomes = run_batch(
+        [slide, second],
+        out,
+        model=colour_model(),
+        params=Params(workers=0),
+        progress=False,
+        report=report,
+    )
+    t.join(10)
+    assert [o.status for o in outcomes] == ["done", "done"]
+    assert [Path(o.path).name for o in outcomes] == ["a.tiff", "b.tiff"]  # in input order
+    assert [ln.split(": ")[0][2:] for ln in lines] == [str(second), str(slide)]  # b, then a
+    assert (out / "a" / "summary.json").is_file() and not (out / ".a.lock").exists()
+
+
+def test_same_slide_twice_is_not_a_name_clash_but_another_file_is(
+    tmp_path: Path, slide: Path
+) -> None:
+    """The same file under two paths (a symlink) is one slide: done once, then skipped; another
+    file with the same name would overwrite its output: it fails on its own line."""
+    link = tmp_path / "elsewhere" / "a.tiff"
+    link.parent.mkdir()
+    link.symlink_to(slide)
+    (tmp_path / "other").mkdir()
+    other = _slide(tmp_path / "other" / "a.tiff")
+    outcomes = run_batch(
+        [slide, link, other],
+        tmp_path / "out",
+        model=colour_model(),
+        params=Params(workers=0),
+        progress=False,
+        report=str,
+    )
+    assert [o.status for o in outcomes] == ["done", "skipped", "failed"]
+    assert "same output name 'a'" in outcomes[2].message

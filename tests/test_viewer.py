@@ -544,3 +544,54 @@ def test_slide_that_vanishes_while_viewed_says_so(
     )
     assert "not there any more" in text
     browser.screenshot(shots / "slide-vanished.png")
+
+
+def test_download_named_symlinks_out_of_out_are_404(out_dir: Path, tmp_path: Path) -> None:
+    """A file with a download's name (heatmap.png, mask.png, heatmap.npz, the GeoJSON,
+    summary.json) that is a symlink leading out of OUT is not served, though its name is
+    allowed; the same files as real files or as symlinks within OUT are."""
+    out = tmp_path / "out"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = b"\x89PNG\r\n\x1a\n secret outside OUT"
+    for name in ("heatmap.png", "mask.png", "heatmap.npz", "leaky.geojson"):
+        (outside / name).write_bytes(secret)
+    summary = json.loads((out_dir / "8955" / "summary.json").read_text())
+    (outside / "summary.json").write_text(json.dumps({**summary, "note": "secret"}))
+    leaky = out / "leaky"
+    shutil.copytree(out_dir / "8955", leaky)
+    (leaky / "8955.geojson").rename(leaky / "leaky.geojson")
+    for name in ("heatmap.png", "mask.png", "heatmap.npz", "leaky.geojson"):
+        (leaky / name).unlink()
+        (leaky / name).symlink_to(outside / name)
+    # summary.json a symlink out of OUT: the folder itself is not served
+    linked = out / "linked"
+    shutil.copytree(out_dir / "8955", linked)
+    (linked / "summary.json").unlink()
+    (linked / "summary.json").symlink_to(outside / "summary.json")
+    # a symlink that stays inside OUT is fine
+    inner = out / "inner"
+    shutil.copytree(out_dir / "8955", inner)
+    (inner / "8955.geojson").rename(inner / "inner.geojson")
+    (inner / "heatmap.png").unlink()
+    (inner / "heatmap.png").symlink_to(out / "8955-copy.png")
+    shutil.copy(out_dir / "8955" / "heatmap.png", out / "8955-copy.png")
+    srv = make_server(out, "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for name in ("heatmap.png", "mask.png", "heatmap.npz", "leaky.geojson"):
+            for method in ("GET", "HEAD"):
+                status, _, body = get(srv, f"/slides/leaky/files/{name}", method)
+                assert status == 404 and b"secret" not in body, (name, method, status)
+        assert get(srv, "/slides/leaky/files/summary.json")[0] == 200  # a real file
+        for path in ("/slides/linked/files/summary.json", "/api/slides/linked"):
+            status, _, body = get(srv, path)
+            assert status == 404 and b"secret" not in body, path
+        status, ctype, body = get(srv, "/slides/inner/files/heatmap.png")
+        assert status == 200 and ctype == "image/png"
+        assert body == (out_dir / "8955" / "heatmap.png").read_bytes()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)

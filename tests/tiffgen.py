@@ -24,6 +24,7 @@ __all__ = [
     "downsample_image",
     "drop_tag",
     "synthetic_he",
+    "write_cell_slide",
     "write_image",
     "write_ome_tiff",
     "write_pyramid_tiff",
@@ -311,3 +312,26 @@ def cell_image(
     if glass_rows:
         img[-glass_rows * ch :] = 255
     return img
+
+
+def write_cell_slide(
+    path: str | Path,
+    red: np.ndarray,
+    mpp: float = 4.0,
+    *,
+    mpp_y: float | None = None,
+    cell_um: float = 200.0,
+    glass_rows: int = 1,
+) -> Path:
+    """A slide of ``cell_um``-wide cells for the colour stand-in model (IDC probability = mean
+    red / 255, ``tests/pipeline_helpers.py``): cell (r, c) has red ``red[r, c]`` (uint8), green
+    60, blue 150 (tissue); then ``glass_rows`` rows of white glass. One level, zlib;
+    ``mpp_y`` makes pixels non-square (a cell keeps ``cell_um`` µm along both axes)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    red = np.asarray(red, np.uint8)
+    my = mpp if mpp_y is None else mpp_y
+    rows = np.vstack([red, np.full((glass_rows, red.shape[1]), 255, np.uint8)])
+    cells = (round(cell_um / mpp), round(cell_um / my))
+    img = cell_image(rows, cells, green=60, glass_rows=glass_rows)
+    return write_pyramid_tiff(path, img, mpp, downsamples=(1,), compression="zlib", mpp_y=mpp_y)

@@ -34,7 +34,7 @@ from typing import Literal, get_args
 
 from tqdm.auto import tqdm
 
-from idcmap.errors import IDCMapError, OutputError
+from idcmap.errors import IDCMapError, OutputError, interruption
 from idcmap.io.urls import is_url, slide_stem, url_name
 from idcmap.model.runtime import IDCModel
 from idcmap.output.cohort import COHORT_FILE, row_from_summary, summary_of, update_cohort
@@ -245,6 +245,7 @@ def _locked_process_slide(
         result = segment_slide(s, model=model, progress=options.progress, params=params)
         final = result.save(out, overwrite=True, extra_outputs=options.extra_outputs)
     except IDCMapError as e:
+        _stop_if_interrupted(e)
         detail = "\n".join(
             filter(None, [e.detail, traceback.format_exc() if options.debug else ""])
         )
@@ -252,6 +253,7 @@ def _locked_process_slide(
             str(s), FAILED, _without_path(e, s), seconds=time.perf_counter() - t0, detail=detail
         )
     except Exception as e:  # an unforeseen bug (MemoryError included) must not cost the others
+        _stop_if_interrupted(e)
         first = (str(e).strip().splitlines() or [""])[0][:200]
         return Outcome(
             str(s),
@@ -269,6 +271,15 @@ def _locked_process_slide(
         time.perf_counter() - t0,
         summary=result.summary,
     )
+
+
+def _stop_if_interrupted(e: Exception) -> None:
+    """Re-raise the Ctrl-C / SIGTERM that ``e`` hides: a signal landing inside a library (e.g.
+    zipfile in ``np.savez_compressed``) comes out as that library's error, which must stop the
+    batch like the signal itself, not be reported as a failure of the slide."""
+    stop = interruption(e)
+    if stop is not None:
+        raise stop from None
 
 
 def plan(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from idcmap.cli.argtypes import positive_int
-from idcmap.errors import IDCMapError, IDCMapWarning, UsageError
+from idcmap.errors import IDCMapError, IDCMapWarning, UsageError, interruption
 from idcmap.io.readers import BACKENDS
 from idcmap.params import AGGREGATORS, OUTLINES, Params
 from idcmap.version import __version__
@@ -442,9 +442,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     old = signal.signal(signal.SIGTERM, on_term)
     try:
-        with warnings.catch_warnings():
-            _one_line_warnings()
-            return int(args.func(args))
+        try:
+            with warnings.catch_warnings():
+                _one_line_warnings()
+                return int(args.func(args))
+        except Exception as e:  # a signal that landed inside a library: that library's error
+            stop = interruption(e)
+            if stop is None:
+                raise
+            raise stop from None
     except IDCMapError as e:
         if debug:
             raise
