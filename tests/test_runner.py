@@ -195,7 +195,7 @@ def test_an_interruption_inside_a_library_still_stops_the_batch(
             out,
             model=colour_model(),
             params=Params(workers=0),
-            progress=False,
+            options=RunOptions(),
             report=reported.append,
         )
     assert reported == []  # not reported as a failed slide, and b never started
@@ -260,7 +260,7 @@ def test_a_slide_busy_in_another_run_is_taken_again_at_the_end(tmp_path: Path, s
         out,
         model=colour_model(),
         params=Params(workers=0),
-        progress=False,
+        options=RunOptions(),
         report=report,
     )
     t.join(10)
@@ -285,7 +285,7 @@ def test_same_slide_twice_is_not_a_name_clash_but_another_file_is(
         tmp_path / "out",
         model=colour_model(),
         params=Params(workers=0),
-        progress=False,
+        options=RunOptions(),
         report=str,
     )
     assert [o.status for o in outcomes] == ["done", "skipped", "failed"]

@@ -288,7 +288,8 @@ def plan(
     """What is known before any slide runs, and the work left (both runners use it).
 
     Returns ``(early, queue)``: ``failed`` outcomes for a second slide with an output name
-    already taken by another file (not in cohort.csv: the row belongs to the first), and,
+    already taken by another file (not in cohort.csv: the row belongs to the first),
+    ``skipped`` ones for a slide given again (another spelling of the same file), and,
     when ``see_out_dir`` (this process sees the output folder), ``skipped`` ones for finished
     slides (recorded in cohort.csv); ``queue`` is the rest, each slide once, in order.
     """
@@ -308,7 +309,9 @@ def plan(
                         "rename one of the slides or run them into different output folders",
                     )
                 )
-            continue  # the same slide twice: once is enough
+            else:  # the same slide twice: once is enough
+                early.append(Outcome(s, SKIPPED, f"the same slide as {seen[stem]}", None))
+            continue
         seen[stem] = s
         if see_out_dir and not overwrite and is_done(out_dir, s):
             early.append(
