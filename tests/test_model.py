@@ -15,7 +15,7 @@ from torch import nn
 
 from idcmap.errors import ModelError, UsageError
 from idcmap.model.archs import Architecture
-from idcmap.model.modelfile import ModelConfig, bundled_model_path, save_model
+from idcmap.model.modelfile import ModelConfig, bundled_model_path, bundled_models, save_model
 from idcmap.model.runtime import ARCHITECTURES, load_model, register_architecture
 from idcmap.pipeline.segment import segment_slide
 from idcmap.train.data import list_patches, load_patches, read_level0
@@ -324,3 +324,18 @@ def test_a_relative_or_symlinked_path_into_the_package_is_refused(
         for name in set(after) - set(before):  # a broken check must not leave them there
             (weights / name).unlink()
     assert after == before
+
+
+def test_idc_v3_is_opt_in_and_portable() -> None:
+    """idc-v3 ships beside the default (idc-v2, unchanged): it loads by name with its shift-fitted
+    aggregator, starts from idc-v2's normalisation, and its file names no folder of a machine."""
+    assert {"idc-v2", "idc-v3"} <= set(bundled_models())
+    assert bundled_model_path().name == "idc-v2.json"
+    v2, v3 = load_model("idc-v2", device="cpu"), load_model("idc-v3", device="cpu")
+    assert v3.config.version == "3.0.0" and v3.config.weights_file == "idc-v3.safetensors"
+    assert v3.aggregator is not None and v3.aggregator.threshold == pytest.approx(0.32)
+    assert v3.config.mean == v2.config.mean and v3.config.std == v2.config.std
+    assert v3.config.training["init"]["model"] == "idc-v2"
+    text = (bundled_model_path().parent / "idc-v3.json").read_text(encoding="utf-8")
+    for folder in ("/work", "/tmp", "/home", "/root", "/srv"):
+        assert folder not in text

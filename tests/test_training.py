@@ -318,3 +318,42 @@ def test_recorded_paths_name_no_folder_of_this_machine(
     assert portable_command(["idcmap", "train", "--out", "/srv/run/m.json", "--seed", "0"]) == (
         "idcmap train --out m.json --seed 0"
     )
+
+
+def test_training_with_scanner_augment_and_init(idc_data: Path, tmp_path: Path) -> None:
+    """--scanner-augment and --init: degraded copies are made and used, and a fine-tune starts
+    from the given model's weights and normalisation."""
+    import torch
+
+    from idcmap.train.degrade import ScannerAugment, lab_stats
+    from idcmap.train.patches import degraded_copies, train
+
+    x = data.load_patches(data.list_patches(FIXTURE_PATCHES))
+    aug = ScannerAugment(refs=[lab_stats(x[:20])]).fit(x)
+    pool = degraded_copies(x, aug, 2, seed=0)
+    assert pool.shape == (2, len(x), 3, 50, 50) and pool.dtype == torch.uint8
+    assert not torch.equal(pool[0], pool[1])
+    base = tmp_path / "base.json"
+    kw = {
+        "epochs": 1,
+        "seed": 1,
+        "max_patches": 192,
+        "batch_size": 64,
+        "arch_params": {"widths": (16, 32, 32)},
+        "lr_find_iters": 4,
+        "progress": False,
+        "log": lambda *a: None,
+    }
+    train([idc_data / "patches"], base, **kw)
+    cfg = train(
+        [idc_data / "patches"],
+        tmp_path / "ft.json",
+        degrade=ScannerAugment(refs=[lab_stats(x[:20])]),
+        degrade_copies=1,
+        init=base,
+        **kw,
+    )
+    b = load_model(base, device="cpu").config
+    assert cfg.mean == b.mean and cfg.std == b.std
+    assert cfg.training["init"]["sha256"] == b.weights_sha256
+    assert "ScannerAugment" in cfg.training["augmentation"]

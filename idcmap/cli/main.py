@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         type=Path,
         default=None,
-        help="model .json, or a bundled model by name (idc-v2, the default; idc-v1)",
+        help="model .json, or a bundled model by name (idc-v2, the default; idc-v1; idc-v3, "
+        "opt-in: robust to scanner and stain shifts)",
     )
     run.add_argument(
         "--device",

@@ -146,6 +146,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="what the validation threshold maximises (default: f1)",
     )
     tr.add_argument("--no-augment", action="store_true", help="no flips or colour jitter")
+    tr.add_argument(
+        "--init",
+        default=None,
+        metavar="MODEL",
+        help="start from this model's weights (fine-tuning; same architecture and widths)",
+    )
+    tr.add_argument(
+        "--scanner-augment",
+        nargs="*",
+        type=Path,
+        default=None,
+        metavar="REF",
+        help="also train on degraded copies (idcmap.train.degrade.ScannerAugment: JPEG with "
+        "chroma subsampling, white balance, HED, blur, colour transfer to these reference images)",
+    )
     tr.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     tr.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
     tr.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -297,6 +312,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scanner_augment(refs: list[Path] | None) -> Any:
+    """The ScannerAugment of ``--scanner-augment`` (train() measures its source statistics)."""
+    if refs is None:
+        return None
+    from idcmap.train.degrade import ScannerAugment, load_refs
+
+    return ScannerAugment(refs=list(load_refs(refs).values()))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from idcmap.train.patches import portable_command, train
 
@@ -323,6 +347,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_patches=args.max_patches,
         threshold_criterion=args.threshold_criterion,
         augment=not args.no_augment,
+        degrade=_scanner_augment(args.scanner_augment),
+        init=args.init,
         device=args.device,
         threads=args.threads,
         progress=not args.quiet,

@@ -35,6 +35,7 @@ from idcmap.model.runtime import (
     IDCModel,
     build_network,
     get_architecture,
+    load_model,
     resolve_device,
     torch_threads,
 )
@@ -106,10 +107,12 @@ def _array_dl_class() -> type:
             y: torch.Tensor,
             augment: bool = False,
             channels_last: bool = False,
+            pool: torch.Tensor | None = None,  # K×N×3×H×W degraded copies of x
             **kw: Any,
         ) -> None:
             super().__init__(n=len(x), num_workers=0, indexed=True, **kw)
             self.x, self.y, self.augment, self.channels_last = x, y, augment, channels_last
+            self.pool = pool  # each sample is drawn from x or one of its K copies, uniformly
 
         def create_batches(self, samps: Any) -> Any:
             idx = torch.as_tensor(list(samps), dtype=torch.long)
@@ -118,7 +121,14 @@ def _array_dl_class() -> type:
                 if self.drop_last and len(b) < self.bs:
                     break
                 b = b.to(self.x.device)
-                xb = self.x[b].float().div_(255)
+                if self.pool is not None:
+                    k = torch.randint(0, len(self.pool) + 1, (len(b),), device=b.device)
+                    xb = self.x[b]
+                    dk = k > 0
+                    xb[dk] = self.pool[k[dk] - 1, b[dk]]
+                    xb = xb.float().div_(255)
+                else:
+                    xb = self.x[b].float().div_(255)
                 if self.augment:
                     xb = colour_jitter(dihedral(xb))
                 if self.channels_last:
@@ -126,6 +136,18 @@ def _array_dl_class() -> type:
                 yield xb, self.y[b]
 
     return ArrayDL
+
+
+def degraded_copies(x: np.ndarray, degrade: Any, copies: int, seed: int) -> torch.Tensor:
+    """``copies`` degraded versions of uint8 N×H×W×3 patches as one K×N×3×H×W uint8 tensor."""
+    rng = np.random.default_rng(seed)
+    out = np.stack(
+        [
+            np.concatenate([degrade(x[i : i + 1024], rng) for i in range(0, len(x), 1024)])
+            for _ in range(copies)
+        ]
+    )
+    return torch.from_numpy(out).permute(0, 1, 4, 2, 3).contiguous()
 
 
 def channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
@@ -174,6 +196,9 @@ def train(
     max_patches: int | None = None,
     threshold_criterion: str = "f1",
     augment: bool = True,
+    degrade: Any = None,
+    degrade_copies: int = 3,
+    init: str | Path | None = None,
     lr_find_iters: int = 100,
     device: str = "auto",
     progress: bool = True,
@@ -195,6 +220,14 @@ def train(
     validation), or read from ``split_path``. The split is written to ``<out>.split.json``.
     ``max_patches`` caps the patches of each split (for quick runs). The threshold is chosen on
     the validation patients to maximise ``threshold_criterion``. Returns the config as written.
+
+    ``degrade`` (e.g. :class:`idcmap.train.degrade.ScannerAugment`; called as ``degrade(uint8
+    N×H×W×3, numpy Generator)``) makes ``degrade_copies`` degraded copies of the training
+    patches once, before the fit; each training sample is then drawn from the clean patch or
+    one of its copies with equal probability (then flips and colour jitter as usual).
+
+    ``init`` (a model file or bundled name of the same architecture and parameters): start from
+    its weights and normalisation instead of random ones (fine-tuning).
     """
     try:
         import fastai.callback.schedule  # adds lr_find and fit_one_cycle to Learner
@@ -267,7 +300,16 @@ def train(
             std=(std[0], std[1], std[2]),
             arch_params=params,
         )
+        base, init_record = None, None
+        if init is not None:  # fine-tune: same architecture, its weights and normalisation
+            base = load_model(init, device="cpu")
+            if base.config.architecture != arch.name or base.config.arch_params != params:
+                raise UsageError(f"init={init}: not a {arch.name} network with {params}")
+            cfg = dataclasses.replace(cfg, mean=base.config.mean, std=base.config.std)
+            init_record = {"model": portable_path(init), "sha256": base.config.weights_sha256}
         net = build_network(cfg)
+        if base is not None:
+            net.load_state_dict(base.net.state_dict())
         cpu = dev.type == "cpu"
         if cpu:
             net = net.to(memory_format=torch.channels_last)
@@ -276,10 +318,18 @@ def train(
             x = torch.from_numpy(arrays[s]).permute(0, 3, 1, 2).contiguous().to(dev)
             return x, torch.from_numpy(labels[s]).to(dev)
 
+        pool = None
+        if degrade is not None and augment and degrade_copies > 0:
+            t0 = time.time()
+            if hasattr(degrade, "fit"):  # e.g. colour statistics of the training patches
+                degrade = degrade.fit(arrays["train"])
+            pool = degraded_copies(arrays["train"], degrade, degrade_copies, seed).to(dev)
+            log(f"{degrade_copies} degraded copies of the patches: {time.time() - t0:.0f} s")
         array_dl = _array_dl_class()
         train_dl = array_dl(
             *tensors("train"),
             augment=augment,
+            pool=pool,
             channels_last=cpu,
             bs=batch_size,
             shuffle=True,
@@ -365,6 +415,11 @@ def train(
             "loss": f"cross-entropy, class weights {[round(float(w), 4) for w in class_w]}",
             "augmentation": (
                 "dihedral (8) + HED stain jitter + brightness/contrast/saturation"
+                + (
+                    f" after {degrade!r} ({degrade_copies} copies + clean)"
+                    if pool is not None
+                    else ""
+                )
                 if augment
                 else "none"
             ),
@@ -377,6 +432,7 @@ def train(
                 f"{dev.type} ({torch.get_num_threads()} threads, {platform.processor() or '?'})"
             ),
             "torch": torch.__version__,
+            "init": init_record,
             "command": command,
         }
         import fastai
