@@ -290,3 +290,14 @@ def test_same_slide_twice_is_not_a_name_clash_but_another_file_is(
     )
     assert [o.status for o in outcomes] == ["done", "skipped", "failed"]
     assert "same output name 'a'" in outcomes[2].message
+
+
+def test_a_batch_with_overwrite_redoes_finished_slides(tmp_path: Path, slide: Path) -> None:
+    """The batch plan skips finished slides, unless overwrite: then each is done again."""
+    out = tmp_path / "out"
+    kw = {"model": colour_model(), "params": Params(workers=0), "report": str}
+    assert [o.status for o in run_batch([slide], out, options=RunOptions(), **kw)] == ["done"]
+    again = run_batch([slide], out, options=RunOptions(), **kw)
+    assert [o.status for o in again] == ["skipped"]
+    redo = run_batch([slide], out, options=RunOptions(overwrite=True), **kw)
+    assert [o.status for o in redo] == ["done"]

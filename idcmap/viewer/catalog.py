@@ -63,7 +63,7 @@ class SlideFolder:
         if name not in allowed:
             return None
         p = self.folder / name
-        return p if p.is_file() else None
+        return p if p.is_file() and inside(self.folder.resolve(), p) else None
 
 
 @dataclass
