@@ -1,17 +1,9 @@
-"""Slide stage: open a whole-slide image and read RGB pixels at a known µm/px.
+"""Slide stage: read RGB pixels of an open whole-slide image at a known µm/px.
 
-Backends, tried in this order with ``backend="auto"``:
-
-1. **openslide** (the ``openslide-bin`` wheel): Aperio SVS, Hamamatsu NDPI, MIRAX, Leica SCN,
-   Philips TIFF, Ventana BIF, DICOM WSI (a ``.dcm`` file or its folder), generic tiled TIFF.
-   When OpenSlide reads a file only as a ``generic-tiff`` with fewer levels than tifffile sees
-   (OME-TIFF or SubIFD pyramids), tiffslide is preferred for it.
-2. **tiffslide**: what OpenSlide cannot open (OME-TIFF, QPTIFF, striped single-level TIFF...).
-3. **image**: plain PNG / JPEG / BMP (and TIFFs neither backend reads) via PIL, as one level.
-
-Every backend error becomes a :class:`~idcmap.errors.SlideError` whose message says what to do.
-A slide is "probed" when opened (a small read at its coarsest level, as QuPath reads a
-thumbnail when it opens a slide) so that undecodable files fail at once.
+The handle (:class:`Slide`) of a slide opened by :func:`idcmap.io.open.open_slide` (which
+chooses the backend), its facts (:class:`SlideInfo`), and what to read for a target µm/px
+(:class:`ReadLevel`). Reads go through the backend's :class:`~idcmap.io.readers.Reader`, or
+through the slide's scaled-IDCT JPEG reader (:mod:`idcmap.io.jpegtiff`).
 
 Coordinates (``*_level0_px``) are level-0 pixels of the *full frame*, as OpenSlide's
 ``read_region`` takes them. Some formats (MIRAX, Hamamatsu VMS, Leica, Ventana...) report
