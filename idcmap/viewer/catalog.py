@@ -63,7 +63,8 @@ class SlideFolder:
         if name not in allowed:
             return None
         p = self.folder / name
-        return p if p.is_file() and inside(self.folder.resolve(), p) else None
+        # a symlink may point elsewhere in OUT (the folder's parent), never out of it
+        return p if p.is_file() and inside(self.folder.parent.resolve(), p) else None
 
 
 @dataclass
