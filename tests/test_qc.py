@@ -150,3 +150,32 @@ def test_one_pass_slide_gets_the_qc_stage(mosaic: np.ndarray, tmp_path: Path) ->
     assert res.qc_masks is not None and res.qc_masks["ink"].any()
     assert res.summary["qc"]["excluded_mm2"]["ink"] > 0
     assert "blur" in res.qc_masks
+
+
+def test_a_flagged_slide_says_so_on_its_line_and_in_the_cohort_table(
+    mosaic: np.ndarray, tmp_path: Path
+) -> None:
+    """QC's review flag reaches the done line and cohort.csv (review, review_reasons); a run
+    without QC leaves both empty."""
+    import csv
+
+    from pipeline_helpers import colour_model
+    from tiffgen import write_pyramid_tiff
+
+    from idcmap.batch.runner import RunOptions, format_outcome, run_batch
+
+    crop = mosaic[:600, :700].astype(np.float32)
+    inked = (crop * (0.25 + 0.75 * np.asarray([30, 60, 160]) / 255)).astype(np.uint8)
+    path = write_pyramid_tiff(tmp_path / "inked.tiff", inked, 4.0)
+    out = tmp_path / "out"
+    kw = {"model": colour_model(), "report": str, "options": RunOptions(overwrite=True)}
+    (o,) = run_batch([path], out, params=Params(qc="all", workers=0), **kw)
+    assert o.status == "done" and "review: " in format_outcome(o)
+    with (out / "cohort.csv").open() as f:
+        (row,) = csv.DictReader(f)
+    assert row["review"] == "yes" and row["review_reasons"]
+    (o,) = run_batch([path], out, params=Params(workers=0), **kw)
+    assert "review" not in format_outcome(o)
+    with (out / "cohort.csv").open() as f:
+        (row,) = csv.DictReader(f)
+    assert (row["review"], row["review_reasons"]) == ("", "")

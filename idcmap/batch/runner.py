@@ -160,12 +160,16 @@ def _without_path(e: IDCMapError, path: str | Path) -> str:
 
 
 def done_message(summary: SlideSummary) -> str:
-    """One line of a done slide's figures (regions, IDC area of the regions, tissue area)."""
+    """One line of a done slide's figures (regions, IDC area of the regions, tissue area) and,
+    when QC asks for a second look, why."""
     n = summary.regions
-    return (
+    line = (
         f"{n} IDC region{'s' if n != 1 else ''}, "
         f"IDC {summary.drawn_idc_area_mm2:.2f} mm² of {summary.tissue_area_mm2:.2f} mm² tissue"
     )
+    if summary.review:
+        line += f"; review: {'; '.join(summary.review_reasons)}"
+    return line
 
 
 def process_slide(

@@ -12,8 +12,9 @@ Columns (:data:`COLUMNS`): ``slide`` (output name), ``path`` (as given), ``statu
 (done / skipped / failed), ``reason`` (one short line), ``foci``, ``idc_area_mm2``,
 ``tissue_area_mm2``, ``idc_percent_of_tissue``, ``largest_focus_greatest_dimension_mm``,
 ``model_name``, ``model_version``, ``output`` (the slide's folder), ``seconds``,
-``updated_utc``. A skipped slide keeps the figures of its finished output (read from its
-``summary.json``); a failed one has none.
+``updated_utc``, ``review`` (``yes``/``no`` when the QC stage ran, else empty: sort on it to
+find the slides to look at) and ``review_reasons``. A skipped slide keeps the figures of its
+finished output (read from its ``summary.json``); a failed one has none.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class CohortRow:
     output: str = ""
     seconds: float | None = None
     updated_utc: str = ""
+    review: str = ""
+    review_reasons: str = ""
 
     def cells(self) -> dict[str, str]:
         """The row as CSV text, figures rounded for people (areas 4 decimals, % 2)."""
@@ -141,6 +144,8 @@ def row_from_summary(
         output=output,
         seconds=seconds,
         updated_utc=_now_utc(),
+        review="" if s.qc is None else "yes" if s.review else "no",
+        review_reasons=_short("; ".join(s.review_reasons)),
     )
 
 

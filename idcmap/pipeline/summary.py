@@ -94,6 +94,17 @@ class SlideSummary:
         give it; 0.1 files have only the mask's cells."""
         return _number(self.measurement("idc_area_mm2"), self.idc_area_mm2)
 
+    @property
+    def review(self) -> bool:
+        """QC asks a person to look at this slide (False when QC did not run)."""
+        return bool((self.qc or {}).get("review"))
+
+    @property
+    def review_reasons(self) -> list[str]:
+        """Why QC asks for a look ([] when it does not)."""
+        reasons = (self.qc or {}).get("reasons")
+        return [str(r) for r in reasons] if isinstance(reasons, list) else []
+
     def measurement(self, name: str) -> Any:
         """A per-slide figure of the measurements block (None when absent)."""
         return (self.measurements or {}).get(name)
