@@ -65,6 +65,7 @@ def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (measured / "measured.geojson").write_text(json.dumps(gj))
     summary = json.loads((measured / "summary.json").read_text())
     summary["measurements"] = {"foci": 1, "largest_focus_greatest_dimension_mm": 3.21}
+    summary["qc"] = {"review": True, "reasons": ["35 % of the tissue excluded (ink)"]}
     (measured / "summary.json").write_text(json.dumps(summary))
     (out / "cohort.csv").write_text(
         "slide,path,status,reason,output\n"
@@ -152,6 +153,8 @@ def test_api_lists_finished_slide_folders_only(server: ViewerServer, out_dir: Pa
     m = json.loads((out_dir / "8955" / "summary.json").read_text())["measurements"]
     assert rows["8955"]["largest_focus_mm"] == m["largest_focus_greatest_dimension_mm"] > 0
     assert rows["measured"]["largest_focus_mm"] == 3.21
+    assert rows["measured"]["review"] == "yes" and "ink" in rows["measured"]["review_reasons"]
+    assert rows["8955"]["review"] is None  # no QC ran
     assert rows[None]["status"] == "failed" and "bad magic" in rows[None]["reason"]
     status, ctype, body = get(server, "/files/cohort.csv")
     assert status == 200 and ctype.startswith("text/csv") and b"corrupt.svs" in body
@@ -418,6 +421,10 @@ def test_batch_page_lists_and_sorts(server: ViewerServer, browser: Browser, shot
     assert sorted(names) == ["", "8955", "broken", "changed", "measured", "moved"]
     table = browser.evaluate("document.querySelector('#slides').innerText")
     assert "slide file missing" in table and "failed" in table and "3.2" in table
+    flagged = browser.evaluate(
+        "Array.from(document.querySelectorAll('#slides td.review')).map(td => td.title)"
+    )
+    assert flagged == ["35 % of the tissue excluded (ink)"]
     browser.screenshot(shots / "batch.png")
     # sort by IDC area: largest first, then the other way
     browser.evaluate("document.querySelector('th[data-key=idc_area_mm2] button').click()")

@@ -202,6 +202,8 @@ class Catalog:
         if percent is None and fraction is not None:
             percent = 100.0 * fraction
         model = s.get("model") or {}
+        qc = s.get("qc") if isinstance(s.get("qc"), dict) else None
+        reasons = qc.get("reasons") if qc and isinstance(qc.get("reasons"), list) else []
         slide_file = self.slide_path(sf)
         return {
             "id": sf.id,
@@ -215,6 +217,9 @@ class Catalog:
             "foci": foci,
             "largest_focus_mm": largest,
             "model": " ".join(str(model.get(k, "")) for k in ("name", "version")).strip() or None,
+            # the QC verdict (idcmap run --qc): "yes" = look at this slide, None = no QC ran
+            "review": None if qc is None else "yes" if qc.get("review") else "no",
+            "review_reasons": "; ".join(str(r) for r in reasons),
         }
 
     def cohort_rows(self, known: set[str]) -> list[dict[str, Any]]:

@@ -84,6 +84,11 @@
       cell(tr, r.foci === null || r.foci === undefined ? null : String(r.foci), "num");
       cell(tr, fmt(r.largest_focus_mm, 1), "num");
       cell(tr, fmt(r.tissue_area_mm2, 1), "num");
+      const qc = cell(tr, r.review === "yes" ? "review" : r.review === "no" ? "ok" : null, "qc");
+      if (r.review === "yes") {
+        qc.classList.add("review");
+        qc.title = r.review_reasons || "";
+      }
       tbody.appendChild(tr);
     }
     for (const h of headers) {
