@@ -179,3 +179,29 @@ def test_a_flagged_slide_says_so_on_its_line_and_in_the_cohort_table(
     with (out / "cohort.csv").open() as f:
         (row,) = csv.DictReader(f)
     assert (row["review"], row["review_reasons"]) == ("", "")
+
+
+def test_excluded_areas_reach_qupath_as_their_own_classes(
+    mosaic: np.ndarray, tmp_path: Path
+) -> None:
+    """The ink QC found is in the slide's GeoJSON as locked ``Ink`` annotations (never IDC),
+    over the painted ink, and the file passes the QuPath checks."""
+    import shapely
+    from geojson_check import validate_qupath_geojson
+
+    from idcmap.pipeline.segment import segment_slide
+
+    crop = mosaic[:600, :700]
+    img, masks, _ = paint_ink(crop, 4.0, np.random.default_rng(2), colour="blue", shape="stroke")
+    path = tmp_path / "inked.png"
+    Image.fromarray(img).save(path)
+    res = segment_slide(path, progress=False, device="cpu", mpp=4.0, params=Params(qc="ink"))
+    gj = res.to_geojson()
+    validate_qupath_geojson(gj)
+    ink = [f for f in gj["features"] if f["properties"]["classification"]["name"] == "Ink"]
+    assert ink and all(f["properties"]["isLocked"] for f in ink)
+    assert all(f["properties"]["name"].startswith(("IDC", "Ink")) for f in gj["features"])
+    drawn = shapely.union_all([shapely.geometry.shape(f["geometry"]) for f in ink])
+    painted = np.argwhere(masks)  # (row, col) of painted ink px at 4 µm/px = level-0 px
+    inside = shapely.contains_xy(drawn, painted[:, 1] + 0.5, painted[:, 0] + 0.5)
+    assert inside.mean() > 0.5, inside.mean()

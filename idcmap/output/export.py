@@ -56,6 +56,15 @@ PathLike = str | os.PathLike[str]
 
 #: RGB colour of the IDC class in QuPath (QuPath rejects a classification without one).
 IDC_COLOR: tuple[int, int, int] = (200, 0, 0)
+#: QuPath colours of the QC stage's classes (kind → RGB): ink blue, fold orange, blur grey,
+#: debris brown, scanner border black.
+ARTEFACT_COLORS: dict[str, tuple[int, int, int]] = {
+    "ink": (40, 80, 220),
+    "fold": (240, 140, 20),
+    "blur": (150, 150, 150),
+    "debris": (120, 70, 30),
+    "border": (0, 0, 0),
+}
 #: RGB colour of tiles below the threshold ("Other", QuPath's own colour for that class).
 OTHER_COLOR: tuple[int, int, int] = (255, 200, 0)
 
@@ -115,6 +124,7 @@ def regions_to_geojson(
     color: Sequence[int] = IDC_COLOR,
     tile_threshold: float = 0.5,
     measurements: Sequence[Mapping[str, float]] | None = None,
+    artefacts: Mapping[str, Sequence[Any]] | None = None,
 ) -> dict[str, Any]:
     """QuPath FeatureCollection of the IDC regions (and optionally the heatmap cells as tiles).
 
@@ -133,6 +143,9 @@ def regions_to_geojson(
         measurements: one mapping per region of further measurements (name with its unit →
             value), e.g. :meth:`idcmap.pipeline.measure.RegionMeasurements.qupath`'s ``Area mm^2``,
             ``Greatest dimension mm``, ``Least dimension mm``.
+        artefacts: what the QC stage found, kind → polygons (level-0 px): one annotation per
+            polygon, classified ``Ink``, ``Fold``, ``Blur``, ``Debris`` or ``Border`` in its
+            colour (:data:`ARTEFACT_COLORS`), never the IDC class.
 
     Returns:
         ``{"type": "FeatureCollection", "features": [...]}`` (JSON-serialisable, NaN-free);
@@ -168,6 +181,24 @@ def regions_to_geojson(
                 },
             }
         )
+    for kind, polygons in (artefacts or {}).items():
+        cls = _classification(kind.capitalize(), ARTEFACT_COLORS.get(kind, OTHER_COLOR))
+        for k, poly in enumerate(polygons, start=1):
+            geometry = geometry_to_geojson(poly)
+            if geometry is not None:
+                features.append(
+                    {
+                        "type": "Feature",
+                        "id": str(uuid.uuid4()),
+                        "geometry": geometry,
+                        "properties": {
+                            "objectType": "annotation",
+                            "name": f"{kind.capitalize()} {k}",
+                            "classification": cls,
+                            "isLocked": True,
+                        },
+                    }
+                )
     if tiles is None:
         return {"type": "FeatureCollection", "features": features}
     features.extend(_tile_features(tiles, class_name, color, tile_threshold))

@@ -42,6 +42,8 @@ from scipy import ndimage
 
 from idcmap.params import QC_KINDS as KINDS
 from idcmap.params import parse_qc_kinds as parse_kinds
+from idcmap.pipeline.heatmap import Heatmap
+from idcmap.pipeline.regions import mask_to_regions
 
 __all__ = [
     "KINDS",
@@ -537,3 +539,19 @@ def verdict(
             f"tissue colour far from the training data (distance {cd:.1f} > {COLOUR_FAR})"
         )
     return QCVerdict(tissue_mm2, area, pct, cd, bool(reasons), reasons)
+
+
+def artefact_polygons(
+    masks: dict[str, np.ndarray], thumbnail_grid: Heatmap, cell_grid: Heatmap
+) -> dict[str, list[Any]]:
+    """Outlines of each kind found (shapely polygons in level-0 px, QuPath frame): ``blur``
+    on the heatmap's cells (``cell_grid``), the others on the tissue thumbnail's pixels
+    (``thumbnail_grid``: a heatmap-shaped description of that grid)."""
+    out: dict[str, list[Any]] = {}
+    for kind in KINDS:
+        m = masks.get(kind)
+        if m is None or not m.any():
+            continue
+        grid = cell_grid if kind == "blur" else thumbnail_grid
+        out[kind] = [r.polygon for r in mask_to_regions(m, grid)]
+    return out

@@ -16,6 +16,7 @@ from idcmap.output.export import regions_to_geojson
 from idcmap.output.folder import save_outputs
 from idcmap.pipeline.heatmap import Heatmap
 from idcmap.pipeline.measure import measure_polygon
+from idcmap.pipeline.qc import artefact_polygons
 from idcmap.pipeline.regions import Region
 from idcmap.pipeline.summary import SlideSummary
 from idcmap.pipeline.tissue import TissueMask
@@ -79,7 +80,23 @@ class SlideResult:
                 measure_polygon(r.polygon, self.slide.mpp, self.slide.mpp_y).qupath()
                 for r in self.regions
             ],
+            artefacts=None if self.qc_masks is None else self._artefact_polygons(),
         )
+
+    def _artefact_polygons(self) -> dict[str, list[Any]]:
+        assert self.qc_masks is not None
+        t = self.tissue
+        thumb = Heatmap(
+            prob=np.zeros(t.mask.shape, np.float32),
+            origin_level0_px=t.origin_level0_px,
+            cell_level0_px=t.px_level0,
+            slide_mpp=self.heatmap.slide_mpp,
+            model_mpp=self.heatmap.model_mpp,
+            stride_px=self.heatmap.stride_px,
+            patch_px=self.heatmap.patch_px,
+            slide_mpp_y=self.heatmap.slide_mpp_y,
+        )
+        return artefact_polygons(self.qc_masks, thumb, self.heatmap)
 
     def save(
         self,
