@@ -652,11 +652,11 @@ MUTATIONS = [
         "viewer lists a folder whose summary.json leads out of OUT",
     ),
     Mutation(
-        "viewer-slide-id-path",
+        "viewer-hidden-folders",
         "viewer/catalog.py",
-        'if not slide_id or slide_id != os.path.basename(slide_id) or slide_id in (".", ".."):',
-        'if not slide_id or slide_id in (".", ".."):',
-        "viewer accepts a slide id with a path in it",
+        'if name.startswith("."):  # lock files, a run\'s temporary folders',
+        "if False:",
+        "viewer lists a run's temporary (.<stem>.tmp-*) and moved-aside folders as slides",
     ),
 ]
 
