@@ -49,7 +49,7 @@ bench: $(DEV_STAMP)
 	    --cases e2e,floors,naive --wsinfer auto
 
 # A fixed list of realistic one-line bugs over io, pipeline, output, batch, model, viewer, each run
-# against the tests that cover its module (~45 min on 2 shared cores; not part of `make test`;
+# against the tests that cover its module (~20 min on 2 shared cores; not part of `make test`;
 # `benchmarks/mutate.py --module batch/runner.py` runs a part). Prints the score.
 mutate: $(DEV_STAMP)
 	nice -n 15 $(BIN)/python benchmarks/mutate.py

@@ -321,3 +321,45 @@ def test_info_on_a_url(slides: list[str], capsys: pytest.CaptureFixture[str]):
         assert main(["info", f"{srv.url}/{Path(slides[0]).name}", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["backend"] == "tiffslide" and info["mpp"] == pytest.approx(4.0)
+
+
+def test_model_ref_sends_an_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Workers run elsewhere (another folder, another machine with the same mounts): a model
+    named by a relative path goes to them resolved."""
+    from pipeline_helpers import tiny_model_file
+
+    (tmp_path / "models").mkdir()
+    tiny_model_file(tmp_path / "models")
+    monkeypatch.chdir(tmp_path)
+    ref = model_ref("models/tiny.json")
+    assert ref.config_path == str((tmp_path / "models" / "tiny.json").resolve())
+    link = tmp_path / "linked"
+    link.symlink_to(tmp_path / "models", target_is_directory=True)
+    assert model_ref("linked/tiny.json").config_path == ref.config_path
+
+
+def test_same_slide_twice_runs_once_and_a_name_clash_fails(tmp_path: Path):
+    """segment_slides (in this process, client=None): the same file under two paths is one
+    slide; another file with the same name fails on its own line."""
+    import numpy as np
+    from pipeline_helpers import colour_model
+    from tiffgen import write_cell_slide
+
+    red = np.full((4, 5), 240, np.uint8)
+    slide = write_cell_slide(tmp_path / "in" / "a.tiff", red)
+    other = write_cell_slide(tmp_path / "other" / "a.tiff", red[:3])
+    link = tmp_path / "elsewhere" / "a.tiff"
+    link.parent.mkdir()
+    link.symlink_to(slide)
+    got = list(
+        segment_slides(
+            [str(slide), str(link), str(other)],
+            tmp_path / "out",
+            model=colour_model(),
+            progress=False,
+        )
+    )
+    by_status = Counter(o.status for o in got)
+    assert by_status == Counter({"done": 1, "failed": 1}), [(o.path, o.message) for o in got]
+    (failed,) = [o for o in got if o.status == "failed"]
+    assert failed.path == str(other) and "same output name 'a'" in failed.message

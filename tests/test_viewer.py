@@ -556,7 +556,8 @@ def test_slide_that_vanishes_while_viewed_says_so(
 def test_download_named_symlinks_out_of_out_are_404(out_dir: Path, tmp_path: Path) -> None:
     """A file with a download's name (heatmap.png, mask.png, heatmap.npz, the GeoJSON,
     summary.json) that is a symlink leading out of OUT is not served, though its name is
-    allowed; the same files as real files or as symlinks within OUT are."""
+    allowed; the same files as real files or as symlinks within OUT are. Hidden folders (a
+    run's temporary output, an old one moved aside) are not slides."""
     out = tmp_path / "out"
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -583,10 +584,18 @@ def test_download_named_symlinks_out_of_out_are_404(out_dir: Path, tmp_path: Pat
     (inner / "heatmap.png").unlink()
     (inner / "heatmap.png").symlink_to(out / "8955-copy.png")
     shutil.copy(out_dir / "8955" / "heatmap.png", out / "8955-copy.png")
+    # a run's temporary folder and an output moved aside by --overwrite: not (yet) slides
+    shutil.copytree(out_dir / "8955", out / ".s.tmp-123-abcd1234")
+    shutil.copytree(out_dir / "8955", out / ".s.old-123-abcd1234")
     srv = make_server(out, "127.0.0.1", 0)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     try:
+        rows = json.loads(get(srv, "/api/slides")[2])["slides"]
+        assert {r["id"] for r in rows} == {"leaky", "inner"}
+        for hidden in (".s.tmp-123-abcd1234", ".s.old-123-abcd1234"):
+            assert get(srv, f"/api/slides/{hidden}")[0] == 404
+            assert get(srv, f"/slides/{hidden}/files/summary.json")[0] == 404
         for name in ("heatmap.png", "mask.png", "heatmap.npz", "leaky.geojson"):
             for method in ("GET", "HEAD"):
                 status, _, body = get(srv, f"/slides/leaky/files/{name}", method)
