@@ -641,9 +641,9 @@ MUTATIONS = [
     # ---- viewer/
     Mutation(
         "viewer-download-symlink",
-        "viewer/server.py",
-        "if path is None or not inside(srv.catalog.root, path):",
-        "if path is None:",
+        "viewer/catalog.py",
+        "return p if p.is_file() and inside(self.folder.parent.resolve(), p) else None",
+        "return p if p.is_file() else None",
         "viewer serves a download-named symlink out of OUT",
     ),
     Mutation(

@@ -340,7 +340,8 @@ def test_model_ref_sends_an_absolute_path(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_same_slide_twice_runs_once_and_a_name_clash_fails(tmp_path: Path):
     """segment_slides (in this process, client=None): the same file under two paths is one
-    slide; another file with the same name fails on its own line."""
+    slide, run once (the second path gets its own 'skipped' outcome: one per input); another
+    file with the same name fails on its own line."""
     import numpy as np
     from pipeline_helpers import colour_model
     from tiffgen import write_cell_slide
@@ -360,6 +361,10 @@ def test_same_slide_twice_runs_once_and_a_name_clash_fails(tmp_path: Path):
         )
     )
     by_status = Counter(o.status for o in got)
-    assert by_status == Counter({"done": 1, "failed": 1}), [(o.path, o.message) for o in got]
+    assert by_status == Counter({"done": 1, "skipped": 1, "failed": 1}), [
+        (o.path, o.message) for o in got
+    ]
+    (again,) = [o for o in got if o.status == "skipped"]
+    assert again.path == str(link) and "the same slide" in again.message
     (failed,) = [o for o in got if o.status == "failed"]
     assert failed.path == str(other) and "same output name 'a'" in failed.message

@@ -415,7 +415,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, srv.overlay(sf, layer), "image/png", head=head)
         if len(rest) == 2 and rest[0] == "files":
             path = sf.file(rest[1])
-            if path is None or not inside(srv.catalog.root, path):
+            if path is None:  # SlideFolder.file: unknown, missing, or leading out of OUT
                 raise _NotFound
             ctype = _TYPES.get(path.suffix.lower(), "application/octet-stream")
             return self._send(200, path.read_bytes(), ctype, head=head)
