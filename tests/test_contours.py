@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import shapely
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from pipeline_helpers import make_heatmap as shared_make_heatmap
@@ -192,6 +192,12 @@ def test_property_same_cells_valid_polygons(case: tuple[Heatmap, float, float, f
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(surfaces(), st.floats(min_value=0.05, max_value=0.45))
+# a simplification of a one-cell region that would move its outline across the cell's centre
+# (found by hypothesis; pinned so that the check never depends on the draw)
+@example(
+    case=(make_heatmap(np.array([[0.5], [0.0]]), (0.0, 0.0), (1.0, 1.0)), 0.5, 0.0, 0.0),
+    t=0.25,
+)
 def test_property_simplified_still_valid(
     case: tuple[Heatmap, float, float, float], t: float
 ) -> None:
