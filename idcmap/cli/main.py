@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from idcmap.cli.argtypes import positive_int
 from idcmap.errors import IDCMapError, IDCMapWarning, UsageError, interruption
 from idcmap.io.readers import BACKENDS
-from idcmap.params import AGGREGATORS, OUTLINES, Params
+from idcmap.params import AGGREGATORS, DECODES, OUTLINES, Params
 from idcmap.version import __version__
 
 if TYPE_CHECKING:
@@ -239,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--overwrite", action="store_true", help="redo slides whose outputs exist")
     run.add_argument(
+        "--no-stream",
+        dest="stream",
+        action="store_false",
+        help="one slide after the other (default: a slide's outputs are written in the "
+        "background while the next slide is read; the same outputs either way)",
+    )
+    run.add_argument(
         "--outline",
         choices=list(OUTLINES),
         default=d.outline,
@@ -253,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
         "docs/qc.md) or a comma list of ink, fold, blur, debris, border; ink, debris and "
         "borders are removed from the tissue, folds and blur flagged; the verdict goes to "
         "summary.json",
+    )
+    run.add_argument(
+        "--decode",
+        choices=list(DECODES),
+        default=d.decode,
+        help="JPEG tiles: pillow = libjpeg's scaled IDCT in the reader threads; torch = "
+        "batched decode on the model's device (nvjpeg on CUDA; needs torchvision); auto = "
+        "torch when the model runs on CUDA, else pillow (default: auto)",
     )
     run.add_argument(
         "--quiet",
@@ -316,6 +331,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         extra_outputs=frozenset({"tiles_geojson"} if args.tiles_geojson else ()),
         progress=not args.quiet and interactive,
         debug=args.debug,
+        stream=args.stream,
     )
     outcomes: list[Outcome] = []
     for o in _outcomes(args, slides, params, options):

@@ -11,6 +11,11 @@ Colour: a TIFF's JPEG tile is decoded as libjpeg would guess from its markers (J
 Adobe APP14 → its transform; else component ids), except that a ``Photometric = RGB`` tile
 without a JFIF marker is decoded as RGB, which is tifffile's rule (``jpeg_decode_colorspace``);
 where libjpeg's guess would differ, an Adobe APP14 marker is inserted before the SOF.
+
+A :class:`TileDecoder` given to :meth:`JpegTiffReader.read_region` decodes a region's tiles in
+one batch instead (:class:`idcmap.io.jpegtorch.TorchTileDecoder`: torchvision, nvjpeg on CUDA):
+the reader hands it each tile's complete stream (tables merged, colour fixed as above) and
+where the tile's reduced px go.
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ import io
 import math
 import os
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import tifffile
@@ -32,13 +38,50 @@ from PIL import Image, JpegImagePlugin
 from idcmap.io.colour import SCALES, LevelColour, facts_of, level_pages
 from idcmap.io.jpeg import adobe_marker, merge_tables, parse_jpeg_header
 
-__all__ = ["JpegReadUnsupported", "JpegTiffReader"]
+__all__ = ["JpegReadUnsupported", "JpegTiffReader", "TileDecoder", "TilePlacement"]
 
 _HAVE_PREAD = hasattr(os, "pread")
 
 
 class JpegReadUnsupported(Exception):
     """The level cannot be read by :class:`JpegTiffReader`; read it with OpenSlide/tiffslide."""
+
+
+@dataclass(frozen=True)
+class TilePlacement:
+    """One tile of a region read, for a :class:`TileDecoder`.
+
+    Attributes:
+        stream: the tile's complete JPEG stream (JPEGTables merged, colour marker fixed).
+        valid_px: (w, h) of the tile's px inside the level (edge tiles: less than a tile).
+        src_px: (x0, y0, x1, y1): the part of the tile, decoded, cropped to ``valid_px`` and
+            reduced 1/s (each px the mean of the s×s valid px under it, as ``Image.reduce``),
+            that the output takes.
+        dst_px: (x, y) in the output where ``src_px``'s corner goes.
+    """
+
+    stream: bytes
+    valid_px: tuple[int, int]
+    src_px: tuple[int, int, int, int]
+    dst_px: tuple[int, int]
+
+
+class TileDecoder(Protocol):
+    """Decodes the tiles of one region read at once (a batch), reduces them 1/``scale`` with a
+    box filter and pastes them into a white ``size`` = (w, h) uint8 RGB array.
+
+    ``device_ok``: the streams are baseline YCbCr JPEG, which a device decoder (nvjpeg)
+    decodes as libjpeg does; else it decodes them on the CPU.
+    """
+
+    def decode_region(
+        self,
+        tiles: Sequence[TilePlacement],
+        scale: int,
+        size: tuple[int, int],
+        *,
+        device_ok: bool,
+    ) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -50,6 +93,7 @@ class _LevelIndex:
     tiles_across: int
     tiles_down: int
     fix_colour: int | None  # Adobe transform to insert before the SOF, None: decode as is
+    baseline_ycbcr: bool  # what a device decoder decodes as libjpeg does
 
 
 class JpegTiffReader:
@@ -91,6 +135,10 @@ class JpegTiffReader:
             tiles_across=math.ceil(int(page.tags["ImageWidth"].value) / lv.tile_width),
             tiles_down=math.ceil(int(page.tags["ImageLength"].value) / lv.tile_height),
             fix_colour=fix,
+            baseline_ycbcr=fix is None
+            and lv.colorspace == "YCbCr"
+            and lv.jpeg.sof in (0xC0, 0xC1)
+            and lv.jpeg.precision == 8,
         )
 
     # -- public
@@ -113,6 +161,7 @@ class JpegTiffReader:
         scale: int = 1,
         *,
         executor: Executor | None = None,
+        decoder: TileDecoder | None = None,
     ) -> np.ndarray:
         """uint8 RGB of the level-px rectangle (x, y, w, h) reduced 1/``scale``.
 
@@ -127,6 +176,8 @@ class JpegTiffReader:
             scale: 1, 2, 4 or 8.
             executor: decode tiles on it (e.g. a ThreadPoolExecutor; Pillow releases the GIL
                 while it decodes); None: in the calling thread.
+            decoder: decode the tiles with it, all at once (:class:`TileDecoder`); then each
+                output px is the box mean of the *full* decode's px (not the scaled IDCT's).
 
         Raises:
             JpegReadUnsupported: the level is not tiled 8-bit JPEG (fall back to another reader).
@@ -163,6 +214,8 @@ class JpegTiffReader:
             dx0, dy0 = (bx0 - x) // s, (by0 - y) // s
             out[dy0 : dy0 + sy1 - sy0, dx0 : dx0 + sx1 - sx0] = tile[sy0:sy1, sx0:sx1]
 
+        if decoder is not None:
+            return self._decode_with(decoder, ix, jobs, (x, y, ax0, ay0, ax1, ay1), s, out)
         if executor is None or len(jobs) < 2:
             for tx, ty in jobs:
                 paste(tx, ty, self._tile(ix, tx, ty, s))
@@ -171,6 +224,45 @@ class JpegTiffReader:
             for tx, ty, f in futs:
                 paste(tx, ty, f.result())
         return out
+
+    def _decode_with(
+        self,
+        decoder: TileDecoder,
+        ix: _LevelIndex,
+        jobs: list[tuple[int, int]],
+        rect: tuple[int, int, int, int, int, int],
+        s: int,
+        out: np.ndarray,
+    ) -> np.ndarray:
+        """:meth:`read_region`'s tiles through ``decoder``: the same geometry as its paste."""
+        x, y, ax0, ay0, ax1, ay1 = rect
+        lv = ix.facts
+        tw, th = lv.tile_width, lv.tile_height
+        tiles = []
+        for tx, ty in jobs:
+            stream = self._stream(ix, ty * ix.tiles_across + tx)
+            if stream is None:
+                continue  # sparse: white, as the output already is
+            tx0, ty0 = tx * tw, ty * th
+            bx0, by0 = max(tx0, ax0), max(ty0, ay0)
+            bx1, by1 = min(tx0 + tw, ax1), min(ty0 + th, ay1)
+            tiles.append(
+                TilePlacement(
+                    stream,
+                    (min(tw, lv.width - tx0), min(th, lv.height - ty0)),
+                    (
+                        (bx0 - tx0) // s,
+                        (by0 - ty0) // s,
+                        -(-(bx1 - tx0) // s),
+                        -(-(by1 - ty0) // s),
+                    ),
+                    ((bx0 - x) // s, (by0 - y) // s),
+                )
+            )
+        if not tiles:
+            return out
+        oh, ow = out.shape[:2]
+        return decoder.decode_region(tiles, s, (ow, oh), device_ok=ix.baseline_ycbcr)
 
     def scaled_dimensions(self, level: int, scale: int) -> tuple[int, int]:
         """(width, height) of ``level`` read at 1/``scale``: ceil(level size / scale)."""
@@ -187,6 +279,7 @@ class JpegTiffReader:
         h: int,
         *,
         executor: Executor | None = None,
+        decoder: TileDecoder | None = None,
     ) -> np.ndarray:
         """uint8 RGB h×w×3 of the *scaled* level (``level`` seen at 1/``scale``, as if it were
         a level of downsample ``level downsample × scale``): its px (x, y, w, h), each the mean
@@ -195,7 +288,9 @@ class JpegTiffReader:
         This is the call a slide reader needs: treat (level, scale) as a virtual level.
         """
         s = scale
-        return self.read_region(level, x * s, y * s, w * s, h * s, s, executor=executor)
+        return self.read_region(
+            level, x * s, y * s, w * s, h * s, s, executor=executor, decoder=decoder
+        )
 
     def level_for_size(self, width: int, height: int) -> int | None:
         """The index of the level of this size (to match another backend's level), or None."""

@@ -35,7 +35,7 @@ from PIL import Image
 
 from idcmap.errors import SlideError, UnsupportedImageError, UsageError
 from idcmap.io.colour import MPP_TOLERANCE, LevelColour, choose_level
-from idcmap.io.jpegtiff import JpegTiffReader
+from idcmap.io.jpegtiff import JpegTiffReader, TileDecoder
 from idcmap.io.readers import CHUNK_PX, Reader
 
 __all__ = ["PX_EPS", "ReadLevel", "Slide", "SlideInfo", "to_qupath_px"]
@@ -214,25 +214,35 @@ class Slide:
     # -- reading
 
     def read_scaled(
-        self, rl: ReadLevel, location_px: tuple[int, int], size: tuple[int, int]
+        self,
+        rl: ReadLevel,
+        location_px: tuple[int, int],
+        size: tuple[int, int],
+        *,
+        decoder: TileDecoder | None = None,
     ) -> np.ndarray:
         """uint8 H×W×3 of ``size`` read px of ``rl`` at ``location_px`` (read px of ``rl``,
         full frame); white outside the level. Scale 1 is :meth:`read_region`; a scale > 1 is
-        the scaled-IDCT decode where the level allows it, else the box mean of a full read."""
+        the scaled-IDCT decode where the level allows it, else the box mean of a full read.
+
+        ``decoder`` (a :class:`~idcmap.io.jpegtiff.TileDecoder`, e.g. nvjpeg through
+        :class:`~idcmap.io.jpegtorch.TorchTileDecoder`): where the level is tiled JPEG, its
+        tiles are decoded with it in one batch, scale 1 included, and box-reduced."""
         (x, y), (w, h), s = location_px, size, rl.scale
-        if s == 1:
-            loc = (round(x * rl.downsample), round(y * rl.downsample))
-            return self.read_region(loc, rl.level, (w, h))
         jpeg = self._jpeg
         jl = None if jpeg is None else jpeg.level_for_size(*self.info.level_dimensions[rl.level])
-        if jpeg is None or jl is None or not jpeg.supports(jl, s):
+        ours = jpeg is not None and jl is not None and jpeg.supports(jl, s)
+        if s == 1 and not (ours and decoder is not None):
+            loc = (round(x * rl.downsample), round(y * rl.downsample))
+            return self.read_region(loc, rl.level, (w, h))
+        if jpeg is None or jl is None or not ours:
             d = self.info.level_downsamples[rl.level]
             full = self.read_region((round(x * s * d), round(y * s * d)), rl.level, (w * s, h * s))
             return block_mean(full, s)
         if self._failed is not None:
             raise SlideError(self._failed[0], detail=self._failed[1])
         try:
-            return jpeg.read_scaled(jl, s, x, y, w, h)
+            return jpeg.read_scaled(jl, s, x, y, w, h, decoder=decoder)
         except Exception as e:
             self._failed = (
                 f"{self._name}: cannot decode the JPEG tiles of level {rl.level} (corrupt or "

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from idcmap.io.jpegtiff import TileDecoder
 from idcmap.io.slide import Slide
 from idcmap.model.runtime import IDCModel
 from idcmap.model.runtime import torch_threads as use_torch_threads
@@ -51,6 +52,7 @@ def predict_grid(
     desc: str = "tiles",
     on_block: Callable[[Block], None] | None = None,
     torch_threads: int | None = None,
+    decoder: TileDecoder | None = None,
 ) -> tuple[np.ndarray, InferenceStats]:
     """IDC probability of every kept tile of ``grid``.
 
@@ -66,6 +68,9 @@ def predict_grid(
     call and restores torch's process-wide setting afterwards; ``None`` leaves it alone. Give
     the reader workers their cores with :func:`threads_beside_readers` (what the CLI does):
     torch's threads spin-wait for each other, so one pre-empted by a reader stalls the rest.
+
+    ``decoder`` (optional): the readers decode JPEG tiles with it in batches
+    (:class:`~idcmap.io.jpegtorch.TorchTileDecoder`: nvjpeg on CUDA); None: Pillow.
 
     Returns:
         (float32 rows×cols probabilities, NaN where the tile was not kept; statistics).
@@ -92,7 +97,7 @@ def predict_grid(
     )
     with bar, use_torch_threads(torch_threads if model.device.type == "cpu" else None):
         t_wait = time.perf_counter()
-        for block in iter_blocks(slide, grid, rl, blocks, workers=workers):
+        for block in iter_blocks(slide, grid, rl, blocks, workers=workers, decoder=decoder):
             t0 = time.perf_counter()
             stats.wait_s += t0 - t_wait
             stats.read_s += block.read_s

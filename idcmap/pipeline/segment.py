@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from idcmap.io.jpegtorch import tile_decoder
 from idcmap.io.open import open_slide
 from idcmap.io.slide import Slide, SlideInfo
 from idcmap.io.urls import slide_stem
@@ -82,6 +83,7 @@ def segment_slide(
     default_thr = cfg.region_threshold if agg is None else agg.threshold
     thr = default_thr if p.threshold is None else p.threshold
     smooth_um = 0.0 if agg is not None else cfg.smooth_um if p.smooth_um is None else p.smooth_um
+    decoder = tile_decoder(p.decode, net.device)  # None: Pillow's scaled IDCT
     timings["load_model"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -93,6 +95,7 @@ def segment_slide(
             "torch_threads": p.torch_threads,
             "progress": progress,
             "desc": slide_stem(path),
+            "decoder": decoder,
         }
         tissue, grid, tile_prob, stats, one_pass, qc = _tissue_and_tiles(
             slide, p, net, stride_px, run_kw, timings
@@ -151,6 +154,7 @@ def segment_slide(
             "smooth_um": smooth_um,
             "aggregator": agg.kind_name if agg is not None else "none",
             "tile_threshold": cfg.tile_threshold,
+            "decode": "pillow" if decoder is None else "torch",
         },
         heatmap=heatmap,
         mask=mask,
