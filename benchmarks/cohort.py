@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +68,8 @@ def child(a: argparse.Namespace) -> dict[str, Any]:
     params = Params(workers=a.workers, device=a.device, decode=a.decode)
     if a.mode == "dask":
         return _child_dask(a, slides, params)
-    if a.device == "cpu" or a.device == "auto":
-        params = Params(
-            **{**params.__dict__, "torch_threads": threads_beside_readers(params.workers)}
-        )
+    if a.device == "cpu" or a.device == "auto":  # as `idcmap run` sets them
+        params = replace(params, torch_threads=threads_beside_readers(params.workers))
     t0 = time.perf_counter()
     model = load_model(a.model, device=a.device)
     model.predict(np.full((2, model.config.patch_px, model.config.patch_px, 3), 200, np.uint8))
@@ -210,6 +209,27 @@ def cohort_list(files: list[Path], repeat: int, folder: Path) -> list[str]:
     return out
 
 
+def mask_agreement(a: Path, b: Path) -> tuple[float, float] | None:
+    """Cells where the two runs' ``mask.png`` agree, over all slides, and the lowest slide's
+    fraction (the decodes' outputs differ in pixels; how much do their masks?)."""
+    import numpy as np
+    from PIL import Image
+
+    same = total = 0
+    worst = 1.0
+    for ma in sorted(a.glob("*/mask.png")):
+        mb = b / ma.parent.name / "mask.png"
+        if not mb.exists():
+            return None
+        x, y = np.asarray(Image.open(ma)), np.asarray(Image.open(mb))
+        if x.shape != y.shape:
+            return None
+        eq = int((x == y).sum())
+        same, total = same + eq, total + x.size
+        worst = min(worst, eq / x.size)
+    return (same / total, worst) if total else None
+
+
 def compare(a: Path, b: Path) -> list[str]:
     """Files of ``a`` that differ in ``b`` (compare_outputs.py's rules)."""
     sys.path.insert(0, str(HERE))
@@ -278,27 +298,37 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
             first = f"{cases[0][0]}/{cases[0][1]}"
-            diffs = {
-                k: compare(
-                    tmp / name / f"out-{cases[0][0]}-{cases[0][1]}-0",
-                    tmp / name / f"out-{k.replace('/', '-')}-0",
-                )
-                for k in runs
-                if k != first
+            ref = tmp / name / f"out-{first.replace('/', '-')}-0"
+            diffs, masks = {}, {}
+            for k in runs:
+                if k != first:
+                    other = tmp / name / f"out-{k.replace('/', '-')}-0"
+                    diffs[k] = compare(ref, other)
+                    masks[k] = mask_agreement(ref, other) if diffs[k] else None
+            results["cohorts"][name] = {
+                "slides": slides,
+                "runs": runs,
+                "differ": diffs,
+                "mask_agreement": masks,
             }
-            results["cohorts"][name] = {"slides": slides, "runs": runs, "differ": diffs}
-            print(table(name, len(slides), runs, diffs), flush=True)
+            print(table(name, len(slides), runs, diffs, masks), flush=True)
     finally:
         if not a.keep:
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
     if a.json:
-        a.json.write_text(json.dumps(results, indent=1))
+        a.json.write_text(json.dumps(results, indent=1, default=str))
     return 0
 
 
-def table(name: str, n: int, runs: dict[str, list[dict]], diffs: dict[str, list[str]]) -> str:
+def table(
+    name: str,
+    n: int,
+    runs: dict[str, list[dict]],
+    diffs: dict[str, list[str]],
+    masks: dict[str, tuple[float, float] | None],
+) -> str:
     lines = [
         f"\n{name}: {n} slides",
         "| mode/decode | wall s (median) | rounds | slides/h | peak RSS MB "
@@ -318,7 +348,11 @@ def table(name: str, n: int, runs: dict[str, list[dict]], diffs: dict[str, list[
             f"{flat} | {base / med:.2f}x |"
         )
     for k, bad in diffs.items():
-        lines.append(f"outputs {k} vs the first row: {len(bad)} files differ {bad[:5]}")
+        line = f"outputs {k} vs the first row: {len(bad)} files differ {bad[:4]}"
+        m = masks.get(k)
+        if m is not None:
+            line += f"; mask cells agree {100 * m[0]:.3f} % (lowest slide {100 * m[1]:.3f} %)"
+        lines.append(line)
     return "\n".join(lines)
 
 
