@@ -92,6 +92,20 @@ def test_torch_read_is_the_full_decode_box_reduced(kind_tiff: Path, scale: int) 
             assert d[0] <= 32 and d[1] <= 1.8, d
 
 
+def test_many_tiles_are_reduced_in_batches(tmp_path: Path) -> None:
+    """More tiles than one reduction batch (REDUCE_BATCH), edge tiles of two sizes."""
+    from idcmap.io.jpegtorch import REDUCE_BATCH
+
+    img = synthetic_he(420, 524, seed=5, tissue=0.8)
+    path = write_jpeg_tiff(tmp_path / "many.tif", img, subsampling=2, tile=32)
+    with JpegTiffReader(path) as r:
+        assert 3 * REDUCE_BATCH < 14 * 17  # tiles of the image
+        full = r.read_region(0, 0, 0, 524, 420, 1)
+        for s in (2, 8):
+            got = r.read_region(0, 0, 0, 524, 420, s, decoder=TorchTileDecoder("cpu"))
+            assert diff(got, box(full, 0, 0, 524, 420, s)) == (0, 0.0)
+
+
 def test_sparse_tiles_are_white(he: np.ndarray, tmp_path: Path) -> None:
     """A tile without data (byte count 0) is white, as on the Pillow path."""
     import struct

@@ -1,8 +1,9 @@
 """Batch runs: many slides, one output folder, nothing lost.
 
 :func:`process_slide` is the unit of work (lock, clean-up, skip, segment, save → :class:`Outcome`).
-:func:`run_slides` is the one serial runner: it plans the batch (:func:`plan`: duplicate output
-names, the same slide twice, finished slides) and runs the unit over it in this process; the Dask
+:func:`run_slides` is the one in-process runner: it plans the batch (:func:`plan`: duplicate output
+names, the same slide twice, finished slides) and runs the unit over it, each slide's save in a
+background thread while the next one is segmented (``RunOptions.stream``); the Dask
 runner (:mod:`idcmap.batch.cluster`) plans the same way and runs the same unit on its workers
 (``Outcome`` is a small picklable frozen dataclass). :class:`RunOptions` is the one set of
 per-run options every layer passes on.
@@ -392,8 +393,8 @@ def run_slides(
     params: Params,
     options: RunOptions = RunOptions(),
 ) -> Iterator[Outcome]:
-    """The serial runner: segment every slide into ``out_dir`` with :func:`process_slide` in
-    this process; yields one :class:`Outcome` per input as each finishes (``Outcome.path``
+    """The in-process runner: segment every slide into ``out_dir`` with :func:`process_slide`'s
+    steps in this process; yields one :class:`Outcome` per input as each finishes (``Outcome.path``
     says which). A slide busy in another run is taken again at the end, waiting for that run:
     skipped if it finished it, redone if it died. With ``options.progress`` and several
     slides, a bar over the slides.

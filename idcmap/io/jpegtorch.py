@@ -33,6 +33,11 @@ from idcmap.params import DECODES
 __all__ = ["TorchTileDecoder", "box_reduce", "have_torchvision", "tile_decoder"]
 
 
+#: Tiles reduced in one batch: bounds the float copy of the batch (a 256-px tile is 0.8 MB
+#: as float32), a few per reader thread; the decode itself is one batch per read.
+REDUCE_BATCH = 32
+
+
 def have_torchvision() -> bool:
     return importlib.util.find_spec("torchvision") is not None
 
@@ -75,12 +80,15 @@ class TorchTileDecoder:
             for i, t in enumerate(tiles):
                 groups.setdefault(t.valid_px, []).append(i)
             for (vw, vh), idx in groups.items():
-                batch = torch.stack([_valid(decoded[i], vw, vh) for i in idx]).to(self.device)
-                reduced = box_reduce(batch, scale)
-                for j, i in enumerate(idx):
-                    x0, y0, x1, y1 = tiles[i].src_px
-                    dx, dy = tiles[i].dst_px
-                    out[:, dy : dy + y1 - y0, dx : dx + x1 - x0] = reduced[j, :, y0:y1, x0:x1]
+                for k in range(0, len(idx), REDUCE_BATCH):
+                    part = idx[k : k + REDUCE_BATCH]
+                    batch = torch.stack([_valid(decoded[i], vw, vh) for i in part])
+                    reduced = box_reduce(batch.to(self.device), scale)
+                    for j, i in enumerate(part):
+                        x0, y0, x1, y1 = tiles[i].src_px
+                        dx, dy = tiles[i].dst_px
+                        out[:, dy : dy + y1 - y0, dx : dx + x1 - x0] = reduced[j, :, y0:y1, x0:x1]
+                        decoded[i] = reduced[:0]  # the full decode is no longer needed
         return out.permute(1, 2, 0).contiguous().cpu().numpy()
 
 
