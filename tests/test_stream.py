@@ -261,3 +261,25 @@ def test_lane_cancel_sets_stop_and_waits_for_the_job() -> None:
         other.close(cancel=False)  # a result would be lost
     assert other.take() == 1
     other.close(cancel=False)
+
+
+def test_cli_no_stream_and_decode_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--no-stream`` and ``--decode`` reach the run: the same lines either way, the decode
+    recorded in summary.json."""
+    pytest.importorskip("torchvision")
+    from pipeline_helpers import tiny_model_file
+
+    from idcmap.cli.main import main
+
+    slides = _slides(tmp_path, 2)
+    model = str(tiny_model_file(tmp_path))
+    lines = []
+    for flags in (["--no-stream", "--decode", "pillow"], ["--decode", "torch"]):
+        out = tmp_path / flags[-1]
+        rc = main(["run", *map(str, slides), "-o", str(out), "--model", model, "-q", *flags])
+        got = capsys.readouterr().out.replace(str(out), "OUT").splitlines()
+        assert rc == 0, got
+        lines.append([ln.split(" (")[0] for ln in got])
+        summary = json.loads((out / "s1" / "summary.json").read_text())
+        assert summary["parameters"]["decode"] == flags[-1]
+    assert lines[0] == lines[1] and len(lines[0]) == 3  # two slides and the totals
