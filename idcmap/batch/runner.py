@@ -34,11 +34,11 @@ from typing import Literal, get_args
 
 from tqdm.auto import tqdm
 
-from idcmap.errors import IDCMapError, OutputError, interruption
+from idcmap.errors import IDCMapError, OutputError, UsageError, interruption
 from idcmap.io.urls import is_url, slide_stem, url_name
 from idcmap.model.runtime import IDCModel
 from idcmap.output.cohort import COHORT_FILE, row_from_summary, summary_of, update_cohort
-from idcmap.output.folder import is_done
+from idcmap.output.folder import OUTPUT_OPTIONS, is_done
 from idcmap.output.locking import file_lock
 from idcmap.params import Params
 from idcmap.pipeline.segment import segment_slide
@@ -56,16 +56,26 @@ class RunOptions:
 
     Attributes:
         overwrite: redo slides whose outputs exist (else they are ``skipped``).
-        extra_outputs: opt-in outputs (:data:`idcmap.output.folder.OUTPUT_OPTIONS`, e.g.
-            ``tiles_geojson``).
+        extra_outputs: opt-in outputs (:data:`idcmap.output.folder.OUTPUT_OPTIONS`:
+            ``tiles_geojson``, ``ome_tiff``).
         progress: progress bars (slides; tiles when there is no slide bar).
         debug: every failure's traceback in :attr:`Outcome.detail`.
+
+    Raises:
+        UsageError: an unknown name in ``extra_outputs`` (before any slide is run).
     """
 
     overwrite: bool = False
     extra_outputs: frozenset[str] = field(default_factory=frozenset)
     progress: bool = False
     debug: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = set(self.extra_outputs) - OUTPUT_OPTIONS
+        if unknown:
+            raise UsageError(
+                f"extra_outputs: unknown {sorted(unknown)}; known: {sorted(OUTPUT_OPTIONS)}"
+            )
 
 
 @dataclass(frozen=True)
