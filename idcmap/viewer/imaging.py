@@ -45,8 +45,9 @@ TILE_PX = 254
 """Deep Zoom tile side (+1 px overlap each side = 256, as OpenSeadragon prefers)."""
 TILE_OVERLAP_PX = 1
 JPEG_QUALITY = 85
-#: Tiles are encoded with full-resolution colour (4:4:4; Pillow's default is 4:2:0, which would
-#: halve the colour resolution that the read keeps): ~1.2x the bytes of 4:2:0 at q85.
+#: Tiles are encoded with full-resolution colour (4:4:4; Pillow's default 4:2:0 would halve the
+#: colour resolution the read keeps): 0.9-1.1x the bytes of 4:2:0 tiles of the nearest level
+#: on a 40x 4:2:0 slide (`benchmarks/read_rules.py`'s tiles, 12-20 KB).
 JPEG_SUBSAMPLING = 0
 THUMB_PX = 256
 """Long side of a batch-table thumbnail."""
