@@ -356,7 +356,7 @@ class Slide:
 
         n = min(len(chunks), os.cpu_count() or 1)
         if self._jpeg_level(rl) is not None:  # thread-safe: decode each chunk's tiles on a pool
-            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
                 read_chunks(self, chunks, pool)
         elif len(chunks) < 4:
             read_chunks(self, chunks)
