@@ -67,8 +67,9 @@ TESTS: dict[str, list[str]] = {
     "batch/inputs.py": ["test_inputs.py", "test_results.py"],
     "batch/cluster.py": ["test_distributed.py"],
     "model/modelfile.py": ["test_model.py", "test_aggregate.py"],
-    "viewer/server.py": ["test_viewer.py"],
-    "viewer/catalog.py": ["test_viewer.py"],
+    "viewer/server.py": ["test_viewer.py", "test_viewer_qc.py"],
+    "viewer/catalog.py": ["test_viewer_qc.py", "test_viewer.py"],
+    "output/ometiff.py": ["test_ometiff.py"],
 }
 
 
@@ -659,6 +660,42 @@ MUTATIONS = [
         'if name.startswith("."):  # lock files, a run\'s temporary folders',
         "if False:",
         "viewer lists a run's temporary (.<stem>.tmp-*) and moved-aside folders as slides",
+    ),
+    Mutation(
+        "viewer-artefacts-as-regions",
+        "viewer/catalog.py",
+        "        if _class_name(feat) in ARTEFACT_CLASSES:\n            continue\n",
+        "",
+        "viewer numbers the QC stage's Ink/Fold/... annotations as IDC regions",
+    ),
+    # ---- output/ometiff.py
+    Mutation(
+        "ome-size-xy",
+        "output/ometiff.py",
+        '"PhysicalSizeY": um_y,',
+        '"PhysicalSizeY": um_x,',
+        "OME-TIFF: the cell's width written as its height",
+    ),
+    Mutation(
+        "ome-level-resolution",
+        "output/ometiff.py",
+        "resolution=(1e4 / (um_x * 2**k), 1e4 / (um_y * 2**k)),",
+        "resolution=(1e4 / um_x, 1e4 / um_y),",
+        "OME-TIFF: reduced levels keep level 0's pixel size",
+    ),
+    Mutation(
+        "ome-qc-mode-code",
+        "output/ometiff.py",
+        "best = counts.argmax(0).astype(np.uint8) + 1",
+        "best = counts.argmax(0).astype(np.uint8)",
+        "OME-TIFF: a reduced level's QC code off by one",
+    ),
+    Mutation(
+        "ome-cell-grid",
+        "output/ometiff.py",
+        "    cw, ch = heatmap.cell_level0_px\n    best = ",
+        "    ch, cw = heatmap.cell_level0_px\n    best = ",
+        "OME-TIFF: QC shares measured on cells with width and height swapped",
     ),
 ]
 

@@ -70,7 +70,8 @@ def test_nvjpeg_read_agrees_with_the_cpu_decode(tmp_path: Path, subsampling: int
     are test_io_jpeg's for the scaled IDCT against the same reference (not yet measured on a
     GPU: benchmarks/gpu.sh prints the figures)."""
     pytest.importorskip("torchvision")
-    from test_io_jpeg import BOUNDS, H, W, diff, write_jpeg_tiff
+    from test_io_jpeg import BOUNDS, H, W, diff
+    from tiffgen import write_jpeg_tiff
 
     from idcmap.io.jpegtiff import JpegTiffReader
     from idcmap.io.jpegtorch import TorchTileDecoder
@@ -93,7 +94,7 @@ def test_nvjpeg_read_agrees_with_the_cpu_decode(tmp_path: Path, subsampling: int
 def test_segment_slide_on_cuda_decodes_on_the_gpu(tmp_path: Path) -> None:
     """decode='auto' on CUDA is the nvjpeg path; its masks agree with the CPU's Pillow path."""
     pytest.importorskip("torchvision")
-    from test_io_jpeg import write_jpeg_tiff
+    from tiffgen import write_jpeg_tiff
 
     from idcmap.params import Params
 

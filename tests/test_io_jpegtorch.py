@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from pipeline_helpers import colour_model
 from shared_data import SHARED, needs_shared
-from test_io_jpeg import KINDS, H, W, box, diff, write_jpeg_tiff
-from tiffgen import synthetic_he
+from test_io_jpeg import KINDS, H, W, box, diff
+from tiffgen import synthetic_he, write_jpeg_tiff
 
 from idcmap.errors import UsageError
 from idcmap.io.jpegtiff import JpegTiffReader

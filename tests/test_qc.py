@@ -205,3 +205,54 @@ def test_excluded_areas_reach_qupath_as_their_own_classes(
     painted = np.argwhere(masks)  # (row, col) of painted ink px at 4 µm/px = level-0 px
     inside = shapely.contains_xy(drawn, painted[:, 1] + 0.5, painted[:, 0] + 0.5)
     assert inside.mean() > 0.5, inside.mean()
+
+
+def test_cli_all_ink_and_empty_slides_get_one_clear_line_each(tmp_path: Path) -> None:
+    """``idcmap run --qc all`` on a slide drowned in ink, a slide of flat marker colour and a
+    blank glass slide: each is done with one line saying why nothing is left, nothing on
+    stderr, and the opt-in OME-TIFF written (no tissue in it)."""
+    import subprocess
+    import sys
+
+    import tifffile
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiffgen import write_pyramid_tiff
+
+    from idcmap.train.data import read_level0
+
+    root = Path(__file__).resolve().parents[1]
+    crop = read_level0(root / "examples" / "8955.tiff")[:600, :700].astype(np.float32)
+    drowned = (crop * (0.25 + 0.75 * np.asarray([30, 60, 160]) / 255)).astype(np.uint8)
+    flat = np.empty((600, 700, 3), np.uint8)
+    flat[:] = (40, 70, 170)
+    glass = np.full((600, 700, 3), (243, 241, 246), np.uint8)
+    slides = {}
+    for name, img in (("drowned", drowned), ("flat", flat), ("glass", glass)):
+        slides[name] = write_pyramid_tiff(tmp_path / f"{name}.tiff", img, 4.0, (1, 4))
+    out = tmp_path / "out"
+    args = ["run", *map(str, slides.values()), "-o", str(out), "--qc", "all", "--ome-tiff", "-q"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "idcmap", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stderr == "" and "Traceback" not in proc.stdout
+    lines = proc.stdout.splitlines()
+    assert len(lines) == len(slides) + 1 and lines[-1].startswith("idcmap: 3 done"), lines
+    by_name = {Path(ln.split(": ", 1)[0][2:]).stem: ln for ln in lines[:-1]}
+    for name, why in (
+        ("drowned", "no tissue left after QC"),
+        ("flat", "no tissue left after QC"),
+        ("glass", "no tissue found"),
+    ):
+        line = by_name[name]
+        assert line.startswith("✓ ") and "0 IDC regions" in line, line
+        assert why in line.split("; review: ", 1)[1], line
+        planes = tifffile.imread(out / name / f"{name}.heatmap.ome.tif")
+        assert not planes[2].any() and not planes[0].any()  # no tissue, no probability
+        if name != "glass":
+            assert (planes[1] == 1).mean() > 0.9  # ink, nearly everywhere

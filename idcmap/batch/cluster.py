@@ -231,6 +231,7 @@ def segment_slides(
     overwrite: bool = False,
     progress: bool = True,
     tiles_geojson: bool = False,
+    extra_outputs: Iterable[str] = (),
     retries: int = 2,
     debug: bool = False,
 ) -> Iterator[Outcome]:
@@ -248,6 +249,10 @@ def segment_slides(
             ``torch_threads=None`` means each worker's ``nthreads``.
         overwrite: redo slides whose outputs exist (else they come back ``skipped``).
         progress: a bar over the slides.
+        tiles_geojson: also write ``<stem>.tiles.geojson`` (same as
+            ``extra_outputs={"tiles_geojson"}``).
+        extra_outputs: opt-in outputs to write too (:data:`idcmap.output.folder.OUTPUT_OPTIONS`:
+            ``tiles_geojson``, ``ome_tiff``).
         retries: reruns of a task that raised outside its slide (e.g. the model file missing
             on a worker); a slide's own failures are never retried.
         debug: every failure's traceback in ``Outcome.detail``.
@@ -257,7 +262,7 @@ def segment_slides(
     """
     p = params or Params()
     p.validate()
-    extra = frozenset({"tiles_geojson"} if tiles_geojson else ())
+    extra = frozenset(extra_outputs) | frozenset({"tiles_geojson"} if tiles_geojson else ())
     options = RunOptions(overwrite=overwrite, extra_outputs=extra, progress=progress, debug=debug)
     if client is None:
         from idcmap.model.runtime import IDCModel, load_model

@@ -37,11 +37,11 @@ from typing import Literal, get_args
 from tqdm.auto import tqdm
 
 from idcmap.batch.lane import Lane
-from idcmap.errors import Cancelled, IDCMapError, OutputError, interruption
+from idcmap.errors import Cancelled, IDCMapError, OutputError, UsageError, interruption
 from idcmap.io.urls import is_url, slide_stem, url_name
 from idcmap.model.runtime import IDCModel
 from idcmap.output.cohort import COHORT_FILE, row_from_summary, summary_of, update_cohort
-from idcmap.output.folder import is_done
+from idcmap.output.folder import OUTPUT_OPTIONS, is_done
 from idcmap.output.locking import file_lock
 from idcmap.params import Params
 from idcmap.pipeline.result import SlideResult
@@ -60,14 +60,17 @@ class RunOptions:
 
     Attributes:
         overwrite: redo slides whose outputs exist (else they are ``skipped``).
-        extra_outputs: opt-in outputs (:data:`idcmap.output.folder.OUTPUT_OPTIONS`, e.g.
-            ``tiles_geojson``).
+        extra_outputs: opt-in outputs (:data:`idcmap.output.folder.OUTPUT_OPTIONS`:
+            ``tiles_geojson``, ``ome_tiff``).
         progress: progress bars (slides; tiles when there is no slide bar).
         debug: every failure's traceback in :attr:`Outcome.detail`.
         stream: :func:`run_slides` writes each slide's outputs in a background thread while
             the next slide is read and run through the model (outcomes, cohort rows and
             outputs as without; :func:`run_slides`); False: one slide after the other.
             :func:`process_slide` (the Dask workers' unit) always does one slide.
+
+    Raises:
+        UsageError: an unknown name in ``extra_outputs`` (before any slide is run).
     """
 
     overwrite: bool = False
@@ -75,6 +78,13 @@ class RunOptions:
     progress: bool = False
     debug: bool = False
     stream: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = set(self.extra_outputs) - OUTPUT_OPTIONS
+        if unknown:
+            raise UsageError(
+                f"extra_outputs: unknown {sorted(unknown)}; known: {sorted(OUTPUT_OPTIONS)}"
+            )
 
 
 @dataclass(frozen=True)

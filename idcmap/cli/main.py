@@ -39,6 +39,7 @@ _API_NAMES = {f.name for f in fields(Params)} | {
     "allow_non_rgb",
     "overwrite",
     "tiles_geojson",
+    "ome_tiff",
     "debug",
     "out_dir",
     "model",
@@ -237,6 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
         "classified IDC at the model's tile_threshold (per tile, unsmoothed; named in the "
         "file and shown by `idcmap info`), not at the region threshold of --threshold",
     )
+    run.add_argument(
+        "--ome-tiff",
+        action="store_true",
+        help="also write <stem>.heatmap.ome.tif: a pyramidal OME-TIFF that overlays the slide at "
+        "its physical size (one pixel = one heatmap cell), channels IDC probability, QC "
+        "artefact code (with --qc), tissue and tile probability, uint8; see docs/outputs.md "
+        "for opening it in QuPath",
+    )
     run.add_argument("--overwrite", action="store_true", help="redo slides whose outputs exist")
     run.add_argument(
         "--no-stream",
@@ -328,7 +337,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     interactive = sys.stderr.isatty()
     options = RunOptions(
         overwrite=args.overwrite,
-        extra_outputs=frozenset({"tiles_geojson"} if args.tiles_geojson else ()),
+        extra_outputs=_extra_outputs(args),
         progress=not args.quiet and interactive,
         debug=args.debug,
         stream=args.stream,
@@ -345,6 +354,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     # the reasons of the failures are on their ✗ lines above, one line each
     print(totals_line(outcomes, args.out))
     return 1 if any(o.status == FAILED for o in outcomes) else 0
+
+
+def _extra_outputs(args: argparse.Namespace) -> frozenset[str]:
+    """The opt-in outputs asked for (``--tiles-geojson``, ``--ome-tiff``)."""
+    asked = {"tiles_geojson": args.tiles_geojson, "ome_tiff": args.ome_tiff}
+    return frozenset(name for name, on in asked.items() if on)
 
 
 def _outcomes(
@@ -379,7 +394,7 @@ def _outcomes(
             params=params,
             overwrite=options.overwrite,
             progress=options.progress,
-            tiles_geojson="tiles_geojson" in options.extra_outputs,
+            extra_outputs=options.extra_outputs,
             debug=options.debug,
         )
     finally:

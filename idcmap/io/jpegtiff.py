@@ -1,8 +1,9 @@
 """Scaled-IDCT region reads of the tiled-JPEG levels of a TIFF-family slide.
 
 :class:`JpegTiffReader` reads a level-px rectangle of one tiled-JPEG level at scale 1/s
-(s ∈ {1, 2, 4, 8}), fetching only the tiles it needs with ``os.pread`` on one descriptor
-(thread-safe) and decoding each one at 1/s with libjpeg's scaled IDCT (Pillow
+(s ∈ {1, 2, 4, 8}), fetching only the tiles it needs from a :class:`~idcmap.io.bytesource.
+ByteSource` (a local file read with ``os.pread``, or an fsspec object read with range requests;
+thread-safe either way) and decoding each one at 1/s with libjpeg's scaled IDCT (Pillow
 :meth:`PIL.Image.Image.draft`: the DCT domain, so a 1/4 decode costs a fraction of a full one
 and its colour is at full resolution of the reduced image). Other levels raise
 :class:`JpegReadUnsupported`, so callers fall back to OpenSlide / tiffslide.
@@ -20,27 +21,23 @@ where the tile's reduced px go.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import os
-import threading
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import tifffile
 from PIL import Image, JpegImagePlugin
 
+from idcmap.io.bytesource import ByteSource, LocalSource
 from idcmap.io.colour import SCALES, LevelColour, facts_of, level_pages
 from idcmap.io.jpeg import adobe_marker, merge_tables, parse_jpeg_header
 
 __all__ = ["JpegReadUnsupported", "JpegTiffReader", "TileDecoder", "TilePlacement"]
-
-_HAVE_PREAD = hasattr(os, "pread")
 
 
 class JpegReadUnsupported(Exception):
@@ -99,26 +96,34 @@ class _LevelIndex:
 class JpegTiffReader:
     """Scaled-IDCT reads of the tiled-JPEG levels of a TIFF-family slide.
 
-    One open file descriptor, read with ``os.pread``: :meth:`read_region` may be called from
-    several threads at once.
+    Reads its tiles from one thread-safe :class:`~idcmap.io.bytesource.ByteSource`:
+    :meth:`read_region` may be called from several threads at once.
 
     Args:
-        path: the slide.
+        source: the slide: a local path, or a byte source (e.g. an
+            :class:`~idcmap.io.bytesource.FsspecSource` for a URL); the reader closes it.
         mpp: µm per level-0 px, as in :func:`level_colour_facts`.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, mpp: float | tuple[float, float] | None = None
+        self,
+        source: str | os.PathLike[str] | ByteSource,
+        *,
+        mpp: float | tuple[float, float] | None = None,
     ) -> None:
-        self.path = str(Path(path))
-        self._fd: int | None = None
-        with tifffile.TiffFile(self.path) as tif:
-            self.levels: tuple[LevelColour, ...] = tuple(facts_of(tif, mpp))
-            self._index: list[_LevelIndex | None] = []
-            for lv, page in zip(self.levels, level_pages(tif), strict=True):
-                self._index.append(self._make_index(lv, page) if lv.readable else None)
-        self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        self._lock = threading.Lock()
+        self._source: ByteSource | None = None
+        src = LocalSource(source) if isinstance(source, (str, os.PathLike)) else source
+        try:
+            with src.open() as fh, tifffile.TiffFile(fh) as tif:
+                self.levels: tuple[LevelColour, ...] = tuple(facts_of(tif, mpp))
+                self._index: list[_LevelIndex | None] = []
+                for lv, page in zip(self.levels, level_pages(tif), strict=True):
+                    self._index.append(self._make_index(lv, page) if lv.readable else None)
+        except BaseException:
+            src.close()
+            raise
+        self.name = src.name
+        self._source = src
 
     @staticmethod
     def _make_index(lv: LevelColour, page: Any) -> _LevelIndex:
@@ -214,13 +219,18 @@ class JpegTiffReader:
             dx0, dy0 = (bx0 - x) // s, (by0 - y) // s
             out[dy0 : dy0 + sy1 - sy0, dx0 : dx0 + sx1 - sx0] = tile[sy0:sy1, sx0:sx1]
 
+        streams = self._fetch(ix, jobs)
         if decoder is not None:
-            return self._decode_with(decoder, ix, jobs, (x, y, ax0, ay0, ax1, ay1), s, out)
+            rect = (x, y, ax0, ay0, ax1, ay1)
+            return self._decode_with(decoder, ix, jobs, streams, rect, s, out)
         if executor is None or len(jobs) < 2:
-            for tx, ty in jobs:
-                paste(tx, ty, self._tile(ix, tx, ty, s))
+            for (tx, ty), st in zip(jobs, streams, strict=True):
+                paste(tx, ty, self._tile(ix, tx, ty, s, st))
         else:
-            futs = [(tx, ty, executor.submit(self._tile, ix, tx, ty, s)) for tx, ty in jobs]
+            futs = [
+                (tx, ty, executor.submit(self._tile, ix, tx, ty, s, st))
+                for (tx, ty), st in zip(jobs, streams, strict=True)
+            ]
             for tx, ty, f in futs:
                 paste(tx, ty, f.result())
         return out
@@ -230,6 +240,7 @@ class JpegTiffReader:
         decoder: TileDecoder,
         ix: _LevelIndex,
         jobs: list[tuple[int, int]],
+        streams: list[bytes | None],
         rect: tuple[int, int, int, int, int, int],
         s: int,
         out: np.ndarray,
@@ -239,8 +250,7 @@ class JpegTiffReader:
         lv = ix.facts
         tw, th = lv.tile_width, lv.tile_height
         tiles = []
-        for tx, ty in jobs:
-            stream = self._stream(ix, ty * ix.tiles_across + tx)
+        for (tx, ty), stream in zip(jobs, streams, strict=True):
             if stream is None:
                 continue  # sparse: white, as the output already is
             tx0, ty0 = tx * tw, ty * th
@@ -305,25 +315,18 @@ class JpegTiffReader:
         ix = self._check(level, scale)
         if not (0 <= tx < ix.tiles_across and 0 <= ty < ix.tiles_down):
             raise ValueError(f"tile ({tx}, {ty}) outside level {level}")
-        return self._tile(ix, tx, ty, scale)
+        return self._tile(ix, tx, ty, scale, self._fetch(ix, [(tx, ty)])[0])
 
     def close(self) -> None:
-        with self._lock:
-            fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+        src, self._source = self._source, None
+        if src is not None:
+            src.close()
 
     def __enter__(self) -> JpegTiffReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        fd = getattr(self, "_fd", None)
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
     # -- internals
 
@@ -335,7 +338,7 @@ class JpegTiffReader:
         ix = self._index[level]
         if ix is None:
             raise JpegReadUnsupported(
-                f"{Path(self.path).name} level {level}: {self.levels[level].reason}; "
+                f"{self.name} level {level}: {self.levels[level].reason}; "
                 "read it with OpenSlide or tiffslide"
             )
         if ix.facts.tile_width % scale or ix.facts.tile_height % scale:
@@ -343,39 +346,44 @@ class JpegTiffReader:
                 f"level {level}: tile {ix.facts.tile_width}x{ix.facts.tile_height} "
                 f"not a multiple of scale {scale}"
             )
-        if self._fd is None:
-            raise ValueError(f"{Path(self.path).name}: the reader was closed")
+        if self._source is None:
+            raise ValueError(f"{self.name}: the reader was closed")
         return ix
 
-    def _stream(self, ix: _LevelIndex, i: int) -> bytes | None:
-        n = ix.counts[i] if i < len(ix.counts) else 0
-        off = ix.offsets[i] if i < len(ix.offsets) else 0
-        if n == 0 or off == 0:
-            return None  # sparse tile
-        fd = self._fd
-        if fd is None:
-            raise ValueError(f"{Path(self.path).name}: the reader was closed")
-        if _HAVE_PREAD:
-            data = os.pread(fd, n, off)
-        else:  # Windows: no pread; one seek + read at a time
-            with self._lock:
-                os.lseek(fd, off, os.SEEK_SET)
-                data = os.read(fd, n)
-        if len(data) != n:
-            raise OSError(f"{Path(self.path).name}: short read of tile {i} (truncated file?)")
+    def _fetch(self, ix: _LevelIndex, tiles: list[tuple[int, int]]) -> list[bytes | None]:
+        """The complete JPEG stream of each tile (tables merged, colour fixed), all fetched in
+        one call to the source; None for a sparse tile (no data: white)."""
+        src = self._source
+        if src is None:
+            raise ValueError(f"{self.name}: the reader was closed")
+        want: list[tuple[int, int]] = []
+        where: list[int | None] = []
+        for tx, ty in tiles:
+            i = ty * ix.tiles_across + tx
+            n = ix.counts[i] if i < len(ix.counts) else 0
+            off = ix.offsets[i] if i < len(ix.offsets) else 0
+            where.append(len(want) if n and off else None)
+            if n and off:
+                want.append((off, n))
+        got = src.read_ranges(want)
+        return [None if k is None else self._complete(ix, got[k]) for k in where]
+
+    @staticmethod
+    def _complete(ix: _LevelIndex, data: bytes) -> bytes:
         stream = merge_tables(data, ix.tables)
         if ix.fix_colour is not None:
             sof = parse_jpeg_header(stream).sof_offset
             stream = stream[:sof] + adobe_marker(ix.fix_colour) + stream[sof:]
         return stream
 
-    def _tile(self, ix: _LevelIndex, tx: int, ty: int, s: int) -> np.ndarray:
-        """Tile (tx, ty) at 1/s, cropped to the level: ceil(valid/s) px (edge tiles exact)."""
+    @staticmethod
+    def _tile(ix: _LevelIndex, tx: int, ty: int, s: int, stream: bytes | None) -> np.ndarray:
+        """Tile (tx, ty) decoded from ``stream`` at 1/s, cropped to the level: ceil(valid/s)
+        px (edge tiles exact)."""
         lv = ix.facts
         tw, th = lv.tile_width, lv.tile_height
         vw, vh = min(tw, lv.width - tx * tw), min(th, lv.height - ty * th)
         ow, oh = -(-vw // s), -(-vh // s)
-        stream = self._stream(ix, ty * ix.tiles_across + tx)
         if stream is None:
             return np.full((oh, ow, 3), 255, np.uint8)
         im: Image.Image = JpegImagePlugin.JpegImageFile(io.BytesIO(stream))

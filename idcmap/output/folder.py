@@ -30,13 +30,14 @@ from idcmap.errors import Cancelled, OutputError
 from idcmap.io.slide import SlideInfo
 from idcmap.io.urls import slide_stem
 from idcmap.output.export import heatmap_npz, regions_to_geojson, write_json
+from idcmap.output.ometiff import heatmap_image, write_ome_tiff
 from idcmap.output.render import heatmap_picture, mask_picture, mask_px_per_cell, save_png
 from idcmap.pipeline.heatmap import Heatmap
 from idcmap.pipeline.regions import Region
 from idcmap.pipeline.summary import SlideSummary
 from idcmap.pipeline.tissue import TissueMask
 
-__all__ = ["OUTPUTS", "OUTPUT_FILES", "Output", "SavedResult", "save_outputs"]
+__all__ = ["OUTPUTS", "OUTPUT_FILES", "OUTPUT_OPTIONS", "Output", "SavedResult", "save_outputs"]
 
 
 class SavedResult(Protocol):
@@ -54,6 +55,7 @@ class SavedResult(Protocol):
     summary: SlideSummary
     smooth_um: float
     aggregator: str
+    qc_masks: dict[str, np.ndarray] | None
 
     @property
     def stem(self) -> str: ...
@@ -143,6 +145,19 @@ def _mask_png(r: SavedResult, path: Path) -> None:
     )
 
 
+def _ome_tiff(r: SavedResult, path: Path) -> None:
+    image = heatmap_image(
+        heatmap=r.heatmap,
+        smoothed=r.smoothed,
+        qc_masks=r.qc_masks,
+        thumbnail=r.tissue,
+        name=r.stem,
+        threshold=r.threshold,
+        bounds_level0_px=r.slide.bounds_level0_px,
+    )
+    write_ome_tiff(image, path)
+
+
 def _summary_json(r: SavedResult, path: Path) -> None:
     write_json(r.summary.to_json(), path)
 
@@ -165,6 +180,13 @@ OUTPUTS: tuple[Output, ...] = (
         "bar, colour bar with the region threshold",
     ),
     Output("mask.png", _mask_png, "IDC mask, k×k px per heatmap cell (k in summary.json)"),
+    Output(
+        "{stem}.heatmap.ome.tif",
+        _ome_tiff,
+        "pyramidal OME-TIFF aligned with the slide at its physical size (one px = one heatmap "
+        "cell): IDC probability, QC artefact code, tissue, tile probability (uint8 channels)",
+        option="ome_tiff",
+    ),
     Output("summary.json", _summary_json, "areas, counts, model, parameters, timings"),
 )
 

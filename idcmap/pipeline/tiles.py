@@ -125,7 +125,7 @@ def make_grid(
     if tissue is None:
         cell_frac = np.ones((rows + k - 1, cols + k - 1))
     else:
-        cell_frac = _cell_tissue_fraction(
+        cell_frac = cell_fraction(
             tissue, rows + k - 1, cols + k - 1, stride_px * fx, stride_px * fy
         )
     # tile fraction = mean of its k×k cells, as k row sums then k column sums: no summed-area
@@ -149,10 +149,10 @@ def make_grid(
     )
 
 
-def _cell_tissue_fraction(
-    tissue: TissueMask, rows: int, cols: int, cw: float, ch: float
-) -> np.ndarray:
-    """Fraction of tissue-mask pixels (by centre) inside each grid cell of size cw×ch level-0 px."""
+def cell_fraction(tissue: TissueMask, rows: int, cols: int, cw: float, ch: float) -> np.ndarray:
+    """Fraction of ``tissue.mask``'s pixels (by centre) inside each cell of a grid of cw×ch
+    level-0 px from the bounds origin (any bool mask on a :class:`TissueMask`'s grid: the QC
+    stage's artefact masks too)."""
     m = tissue.mask.astype(np.float64)
     sat = np.pad(m, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
     ox, oy = tissue.origin_level0_px

@@ -17,10 +17,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Catalog", "SlideFolder", "greatest_dimension_mm", "inside", "region_features"]
+from idcmap.params import QC_KINDS
+
+__all__ = [
+    "Catalog",
+    "SlideFolder",
+    "artefact_layers",
+    "greatest_dimension_mm",
+    "inside",
+    "region_features",
+]
 
 #: Output files a browser may download from a slide folder ("{stem}" is the folder name).
-DOWNLOADS = ("summary.json", "heatmap.png", "mask.png", "heatmap.npz", "{stem}.geojson")
+DOWNLOADS = (
+    "summary.json",
+    "heatmap.png",
+    "mask.png",
+    "heatmap.npz",
+    "{stem}.geojson",
+    "{stem}.heatmap.ome.tif",
+)
+
+#: QuPath class name → kind of the QC stage's annotations (``Ink`` → ``ink``...): never regions.
+ARTEFACT_CLASSES = {kind.capitalize(): kind for kind in QC_KINDS}
 
 #: GeoJSON measurement names of a region's maximum caliper (Feret) diameter, in mm.
 GREATEST_DIMENSION = ("Greatest dimension mm", "Greatest dimension (mm)")
@@ -83,7 +102,7 @@ class Catalog:
         self.root = Path(out_dir).resolve(strict=True)
         self._lock = threading.Lock()
         self._summaries: dict[str, _Cached] = {}
-        self._regions: dict[str, _Cached] = {}
+        self._geojson: dict[str, _Cached] = {}
 
     # -- folders
 
@@ -162,27 +181,35 @@ class Catalog:
 
     def regions(self, sf: SlideFolder) -> list[dict[str, Any]]:
         """The slide's IDC regions from its GeoJSON (see :func:`region_features`); [] if none."""
+        return list(self._features(sf)[0])
+
+    def artefacts(self, sf: SlideFolder) -> list[dict[str, Any]]:
+        """The QC stage's areas from the slide's GeoJSON, one layer per kind (see
+        :func:`artefact_layers`); [] when there are none (or the slide was run without QC)."""
+        return list(self._features(sf)[1])
+
+    def _features(self, sf: SlideFolder) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         gj = sf.geojson_path()
         if gj is None or not inside(self.root, gj):
-            return []
+            return [], []
         try:
             st = gj.stat()
         except OSError:
-            return []
+            return [], []
         key = (st.st_mtime_ns, st.st_size)
         cache_key = f"{sf.id}\x00{gj.name}"
         with self._lock:
-            cached = self._regions.get(cache_key)
+            cached = self._geojson.get(cache_key)
         if cached is not None and cached.key == key:
-            return list(cached.value)
+            return cached.value
         try:
             obj = json.loads(gj.read_text(encoding="utf-8"))
-            value = region_features(obj)
+            value = (region_features(obj), artefact_layers(obj))
         except (OSError, ValueError):
-            value = []
+            value = ([], [])
         with self._lock:
-            self._regions[cache_key] = _Cached(key, value)
-        return list(value)
+            self._geojson[cache_key] = _Cached(key, value)
+        return value
 
     # -- the batch table
 
@@ -283,21 +310,21 @@ def _figure(summary: dict[str, Any], name: str) -> Any:
     return None
 
 
-def region_features(obj: Any) -> list[dict[str, Any]]:
-    """The polygon features of a QuPath FeatureCollection, numbered 1..N in file order.
+def _class_name(feat: dict[str, Any]) -> str | None:
+    props = feat.get("properties")
+    cls = props.get("classification") if isinstance(props, dict) else None
+    name = cls.get("name") if isinstance(cls, dict) else cls
+    return name if isinstance(name, str) else None
 
-    Each: ``number`` (1-based index in the file), ``name``, ``polygons`` (list of polygons, each
-    a list of rings of [x, y] level-0 px in QuPath's frame), ``bbox`` (x0, y0, x1, y1),
-    ``label`` ([x, y] inside the region, where its number is drawn) and ``measurements``.
-    """
-    import shapely
+
+def _polygon_features(obj: Any) -> list[tuple[int, dict[str, Any], Any]]:
+    """(1-based index in the file, feature, shapely geometry) of each polygon feature."""
     from shapely.geometry import shape
-    from shapely.ops import polylabel
 
     feats = obj.get("features") if isinstance(obj, dict) else obj
     if not isinstance(feats, list):
         return []
-    out: list[dict[str, Any]] = []
+    out = []
     for i, feat in enumerate(feats, start=1):
         if not isinstance(feat, dict):
             continue
@@ -308,16 +335,71 @@ def region_features(obj: Any) -> list[dict[str, Any]]:
             g = shape(geom)
         except Exception:  # a malformed geometry is skipped, the rest is shown
             continue
-        if g.is_empty:
+        if not g.is_empty:
+            out.append((i, feat, g))
+    return out
+
+
+def _rings(parts: list[Any]) -> list[list[list[list[float]]]]:
+    """Polygons as lists of rings of [x, y], rounded to 0.1 px."""
+    return [
+        [
+            [[round(x, 1), round(y, 1)] for x, y in ring.coords]
+            for ring in [p.exterior, *p.interiors]
+        ]
+        for p in parts
+    ]
+
+
+def artefact_layers(obj: Any) -> list[dict[str, Any]]:
+    """The QC stage's annotations of a QuPath FeatureCollection (classes ``Ink``, ``Fold``,
+    ``Blur``, ``Debris``, ``Border``), one layer per kind present, in that order.
+
+    Each: ``kind`` (``ink``...), ``name`` (the class), ``color`` ([r, g, b] of
+    :data:`idcmap.output.export.ARTEFACT_COLORS`), ``count`` (annotations) and ``polygons``
+    (as in :func:`region_features`).
+    """
+    from idcmap.output.export import ARTEFACT_COLORS  # numpy, shapely, scipy: not at start-up
+
+    by_kind: dict[str, list[Any]] = {}
+    count: dict[str, int] = {}
+    for _i, feat, g in _polygon_features(obj):
+        kind = ARTEFACT_CLASSES.get(_class_name(feat) or "")
+        if kind is None:
             continue
         parts = list(g.geoms) if g.geom_type == "MultiPolygon" else [g]
-        polygons = [
-            [
-                [[round(x, 1), round(y, 1)] for x, y in ring.coords]
-                for ring in [p.exterior, *p.interiors]
-            ]
-            for p in parts
-        ]
+        by_kind.setdefault(kind, []).extend(_rings(parts))
+        count[kind] = count.get(kind, 0) + 1
+    return [
+        {
+            "kind": kind,
+            "name": kind.capitalize(),
+            "color": list(ARTEFACT_COLORS[kind]),
+            "count": count[kind],
+            "polygons": by_kind[kind],
+        }
+        for kind in QC_KINDS
+        if kind in by_kind
+    ]
+
+
+def region_features(obj: Any) -> list[dict[str, Any]]:
+    """The polygon features of a QuPath FeatureCollection, numbered by their place in the file,
+    but for the QC stage's annotations (:func:`artefact_layers`), which are not regions.
+
+    Each: ``number`` (1-based index in the file), ``name``, ``polygons`` (list of polygons, each
+    a list of rings of [x, y] level-0 px in QuPath's frame), ``bbox`` (x0, y0, x1, y1),
+    ``label`` ([x, y] inside the region, where its number is drawn) and ``measurements``.
+    """
+    import shapely
+    from shapely.ops import polylabel
+
+    out: list[dict[str, Any]] = []
+    for i, feat, g in _polygon_features(obj):
+        if _class_name(feat) in ARTEFACT_CLASSES:
+            continue
+        parts = list(g.geoms) if g.geom_type == "MultiPolygon" else [g]
+        polygons = _rings(parts)
         biggest = max(parts, key=lambda p: p.area)
         try:
             valid = biggest if biggest.is_valid else shapely.make_valid(biggest)

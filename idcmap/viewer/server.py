@@ -69,6 +69,7 @@ _TYPES = {
     ".txt": "text/plain; charset=utf-8",
     ".geojson": "application/geo+json; charset=utf-8",
     ".npz": "application/octet-stream",
+    ".tif": "image/tiff",
     ".jpeg": "image/jpeg",
 }
 _CSP = (
@@ -239,12 +240,51 @@ class ViewerServer(ThreadingHTTPServer):
             "heatmap": heatmap,
             "overlay_stops": [[p, list(c), a] for p, c, a in OVERLAY_STOPS],
             "regions": self.catalog.regions(sf),
+            "qc": _qc_details(s.get("qc"), self.catalog.artefacts(sf)),
             "downloads": [n for n in _download_names(sf) if sf.file(n) is not None],
         }
 
 
 def _download_names(sf: SlideFolder) -> list[str]:
-    return [f"{sf.id}.geojson", "summary.json", "heatmap.png", "mask.png", "heatmap.npz"]
+    return [
+        f"{sf.id}.geojson",
+        "summary.json",
+        "heatmap.png",
+        "mask.png",
+        "heatmap.npz",
+        f"{sf.id}.heatmap.ome.tif",
+    ]
+
+
+def _qc_details(verdict: Any, layers: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The slide page's QC section: None when the slide was run without QC (no verdict in
+    its summary), else the verdict's flag, reasons and areas, and the GeoJSON's artefact
+    layers, each marked ``excluded`` (removed from the tissue) or not (flagged, kept)."""
+    if not isinstance(verdict, dict):
+        return None
+    from idcmap.pipeline.qc import EXCLUDE
+
+    areas = verdict.get("excluded_mm2")
+    areas = areas if isinstance(areas, dict) else {}
+    reasons = verdict.get("reasons")
+    return {
+        "review": bool(verdict.get("review")),
+        "reasons": [str(r) for r in reasons] if isinstance(reasons, list) else [],
+        "layers": [
+            {
+                **layer,
+                "excluded": layer["kind"] in EXCLUDE,
+                "area_mm2": _finite_or_none(areas.get(layer["kind"])),
+            }
+            for layer in layers
+        ],
+    }
+
+
+def _finite_or_none(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+        return None
+    return float(v) if abs(v) != float("inf") else None
 
 
 class _Handler(BaseHTTPRequestHandler):

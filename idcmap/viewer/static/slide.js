@@ -1,11 +1,11 @@
 // idcmap viewer, slide page: OpenSeadragon over Deep Zoom tiles, heatmap overlay, numbered
-// IDC regions (SVG), a scale bar. Coordinates: level-0 px of QuPath's frame = Deep Zoom px.
+// IDC regions (SVG), the QC stage's artefacts coloured by kind (SVG), a scale bar. Coordinates: level-0 px of QuPath's frame = Deep Zoom px.
 "use strict";
 (function () {
   const OSD = window.OpenSeadragon;
   const id = decodeURIComponent(location.pathname.replace(/^\/view\//, "").replace(/\/$/, ""));
   const base = "/slides/" + encodeURIComponent(id);
-  const state = { viewer: null, heat: null, info: null, selected: null, width: 1, svg: null };
+  const state = { viewer: null, heat: null, info: null, selected: null, width: 1, svg: null, qcSvg: null };
   // test hooks: window.idcmap.ready() is true once every image on the page has loaded
   window.idcmap = {
     state: state,
@@ -110,11 +110,67 @@
       tr.addEventListener("click", () => select(r, true));
       tb.appendChild(tr);
     }
+    fillQc(info.qc);
     if (!info.heatmap) {
       for (const s of ["#heat-on", "#heat-opacity", "#heat-layer"]) $(s).disabled = true;
     } else if (info.heatmap.layers.indexOf("smoothed") < 0) {
       $("#heat-layer").querySelector('option[value="smoothed"]').disabled = true;
     }
+  }
+
+  function rgb(c, a) {
+    return "rgba(" + c.join(",") + "," + a + ")";
+  }
+
+  // the QC section: a legend of the kinds found, or why there is nothing to show
+  function fillQc(qc) {
+    const note = $("#qc-note");
+    if (!qc) {
+      note.textContent = "QC did not run on this slide (idcmap run --qc all finds ink, folds, blur, debris and scanner borders).";
+      return;
+    }
+    if (qc.review) {
+      const p = el("div", "qc-review", "Review: " + (qc.reasons.join("; ") || "flagged"));
+      $("#qc-legend").before(p);
+    }
+    if (!qc.layers.length) {
+      note.textContent = "QC found no artefacts on this slide.";
+      return;
+    }
+    $("#qc-control").hidden = false;
+    const ul = $("#qc-legend");
+    for (const layer of qc.layers) {
+      const li = el("li");
+      li.dataset.kind = layer.kind;
+      const sw = el("span", "swatch");
+      sw.style.background = rgb(layer.color, 0.35);
+      sw.style.borderColor = rgb(layer.color, 1);
+      li.appendChild(sw);
+      const area = layer.area_mm2 === null ? "" : " · " + fmt(layer.area_mm2, 2) + " mm²";
+      li.appendChild(el("span", null, layer.name + area));
+      li.appendChild(el("span", "what", layer.excluded ? "removed from the tissue" : "flagged, kept"));
+      ul.appendChild(li);
+    }
+    note.textContent = "Removed areas are not tissue, not tiles and not IDC; flagged ones are analysed and reported.";
+  }
+
+  function buildQcSvg(viewer, qc) {
+    if (!qc || !qc.layers.length) return;
+    const svg = document.createElementNS(NS, "svg");
+    svg.setAttribute("class", "artefacts");
+    const g = document.createElementNS(NS, "g");
+    svg.appendChild(g);
+    for (const layer of qc.layers) {
+      const path = document.createElementNS(NS, "path");
+      path.setAttribute("d", layer.polygons.map(ringPath).join(""));
+      path.setAttribute("data-kind", layer.kind);
+      path.style.fill = rgb(layer.color, 0.35);
+      path.style.stroke = rgb(layer.color, 1);
+      g.appendChild(path);
+    }
+    // under the region outlines
+    viewer.canvas.insertBefore(svg, state.svg ? state.svg.svg : null);
+    state.qcSvg = { svg: svg, shapes: g };
   }
 
   function legend(info) {
@@ -220,7 +276,9 @@
     const p0 = imageToPixel(0, 0);
     const p1 = imageToPixel(state.width, 0);
     const s = (p1.x - p0.x) / state.width;
-    state.svg.shapes.setAttribute("transform", "translate(" + p0.x + " " + p0.y + ") scale(" + s + ")");
+    const t = "translate(" + p0.x + " " + p0.y + ") scale(" + s + ")";
+    state.svg.shapes.setAttribute("transform", t);
+    if (state.qcSvg) state.qcSvg.shapes.setAttribute("transform", t);
     for (const r of state.info.regions) {
       // inside the region when it is big enough on screen; else beside its top-right corner,
       // so that the badge does not hide a small focus
@@ -402,6 +460,7 @@
     viewer.addOnceHandler("open", () => {
       state.opened = true;
       buildSvg(viewer, info.regions);
+      buildQcSvg(viewer, info.qc);
       addHeatmap();
       redraw();
     });
@@ -429,7 +488,11 @@
       if (e.ctrlKey || e.metaKey || e.altKey || /^(INPUT|SELECT|TEXTAREA)$/.test(e.target.tagName)) return;
       if (e.key === "h") $("#heat-on").click();
       else if (e.key === "o") $("#regions-on").click();
+      else if (e.key === "q" && !$("#qc-control").hidden) $("#qc-on").click();
       else if (e.key === "Escape") select(null, false);
+    });
+    $("#qc-on").addEventListener("change", () => {
+      if (state.qcSvg) state.qcSvg.svg.style.display = $("#qc-on").checked ? "" : "none";
     });
     $("#regions-on").addEventListener("change", () => {
       if (state.svg) state.svg.svg.style.display = $("#regions-on").checked ? "" : "none";
