@@ -30,7 +30,7 @@ from idcmap.errors import UsageError
 from idcmap.io.jpegtiff import TilePlacement
 from idcmap.params import DECODES
 
-__all__ = ["TorchTileDecoder", "box_reduce", "have_torchvision", "tile_decoder"]
+__all__ = ["REDUCE_BATCH", "TorchTileDecoder", "box_reduce", "have_torchvision", "tile_decoder"]
 
 
 #: Tiles reduced in one batch: bounds the float copy of the batch (a 256-px tile is 0.8 MB
