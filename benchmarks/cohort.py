@@ -73,6 +73,9 @@ def child(a: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     model = load_model(a.model, device=a.device)
     model.predict(np.full((2, model.config.patch_px, model.config.patch_px, 3), 200, np.uint8))
+    from idcmap.io.jpegtorch import tile_decoder
+
+    tile_decoder(a.decode, model.device)  # torchvision's import (~2 s), once per process
     load_s = time.perf_counter() - t0
     rss: list[float] = []
     statuses: list[str] = []

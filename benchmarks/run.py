@@ -136,6 +136,9 @@ def child_e2e(a: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
     model.predict(np.full((2, model.config.patch_px, model.config.patch_px, 3), 200, np.uint8))
+    from idcmap.io.jpegtorch import tile_decoder
+
+    tile_decoder(a.decode, model.device)  # torchvision's import (~2 s), once per process
     t_load = time.perf_counter() - t0
     util: list[float] = []
     stop = threading.Event()
