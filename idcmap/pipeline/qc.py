@@ -30,11 +30,9 @@ its reasons.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,7 +41,23 @@ from scipy import ndimage
 from idcmap.params import QC_KINDS as KINDS
 from idcmap.params import parse_qc_kinds as parse_kinds
 from idcmap.pipeline.heatmap import Heatmap
+from idcmap.pipeline.ink import (
+    InkResult,
+    glass_rim,
+    ink_field,
+    ink_over_tissue,
+    remove_ink,
+    soft_field,
+)
+from idcmap.pipeline.qcpixel import (
+    REF_OD,
+    PixelMLP,
+    load_pixel_model,
+    optical_density,
+    pixel_features,
+)
 from idcmap.pipeline.regions import mask_to_regions
+from idcmap.pipeline.tissue import tissue_mask_from_rgb
 
 __all__ = [
     "KINDS",
@@ -58,13 +72,6 @@ __all__ = [
     "verdict",
 ]
 
-#: classes of the pixel classifier, in its output order
-CLASSES = ("clean", "ink", "fold", "debris")
-
-#: Mean tissue optical density (R, G, B) of the 22 training mosaics at 16 µm/px (the mean of the
-#: per-mosaic means; tissue mask of :func:`idcmap.pipeline.tissue.tissue_mask_from_rgb`).
-#: Computed by ``PYTHONPATH=. python benchmarks/qc_train.py --reference``.
-REF_OD = (0.2533, 0.5507, 0.3559)
 #: Colour distance (see :func:`colour_distance`) above which a slide gets ``review``. Measured:
 #: 0.7–6.8 on the 28 shared mosaics (train and test), 9.8–20.9 on the nine BreaKHis images of
 #: ../shared/data/stain-refs (another laboratory), reduced 4:1.
@@ -93,8 +100,11 @@ P_THRESHOLD = {"ink": 0.7, "fold": 0.95, "debris": 0.9}
 #: The classifier runs on pixels whose summed optical density is above this.
 CANDIDATE_OD = 0.25
 MIN_PIECE_MM2 = {"ink": 0.05, "fold": 0.1, "debris": 0.005, "border": 0.02}
-
-_MODEL_PATH = Path(__file__).parents[1] / "model" / "weights" / "qc" / "qc-v1.json"
+#: Gaps in an ink mark narrower than about twice this (µm) are closed.
+INK_CLOSE_UM = 48.0
+#: Take the ink off the pixels where it lies over tissue (:mod:`idcmap.pipeline.ink`); else
+#: all ink over tissue is filled from around.
+UNINK = True
 
 
 @dataclass(frozen=True)
@@ -109,11 +119,31 @@ class QCMasks:
     mpp: float
     mpp_y: float
     timings_s: dict[str, float] = field(default_factory=dict)
+    #: what became of the ink found (un-inked, over tissue or on glass; None when no ink was
+    #: found or looked for): :mod:`idcmap.pipeline.ink`
+    ink: InkResult | None = None
 
     @property
     def excluded(self) -> np.ndarray:
-        """Union of the masks of the kinds removed from the tissue (:data:`EXCLUDE`)."""
-        return self.union(EXCLUDE)
+        """What is removed from the tissue stage's mask: debris, border (:data:`EXCLUDE`) and
+        ink on glass. Ink over tissue stays tissue (un-inked, or filled where ink is left)."""
+        if self.ink is None:
+            return self.union(EXCLUDE)
+        return self.union(EXCLUDE - {"ink"}) | (self.masks["ink"] & ~self.ink.tissue)
+
+    @property
+    def untrusted(self) -> np.ndarray:
+        """Where the network is not shown the pixels: the excluded areas and the ink left
+        after un-inking."""
+        if self.ink is None:
+            return self.excluded
+        return self.excluded | self.ink.left
+
+    def tissue_after(self, before: np.ndarray) -> np.ndarray:
+        """The tissue after QC, from the tissue stage's mask ``before``."""
+        if self.ink is None:
+            return before & ~self.excluded
+        return self.ink.tissue & ~self.union(EXCLUDE - {"ink"})
 
     def union(self, kinds: Iterable[str] | None = None) -> np.ndarray:
         """Union of the masks of ``kinds`` (default: every kind found)."""
@@ -131,165 +161,6 @@ class QCMasks:
         if within is not None:
             m = m & within
         return float(m.sum()) * self.mpp * self.mpp_y / 1e6
-
-
-# ---- features and the pixel classifier ---------------------------------------------------------
-
-
-def _od(rgb: np.ndarray) -> np.ndarray:
-    return -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
-
-
-def pixel_features(
-    rgb: np.ndarray, tissue: np.ndarray, where: np.ndarray | None = None
-) -> np.ndarray:
-    """float32 rows×cols×F colour features of a ~16-µm/px thumbnail (see the module doc), or
-    N×F of the N pixels of ``where`` only.
-
-    ``tissue``: the tissue stage's mask; its median OD is the slide's own reference.
-    """
-    od = _od(rgb)
-    r, g, b = od[..., 0], od[..., 1], od[..., 2]
-    s = r + g + b  # (axis reductions over a 3-long last axis are slow in numpy)
-    inv = 1.0 / np.maximum(s, 1e-3)
-    chrom = (r * inv, g * inv, b * inv)
-    sample = od[tissue][::7]  # the slide's own tissue: a subsample is enough for a median
-    ref = np.median(sample, axis=0) if len(sample) > 50 else np.asarray(REF_OD, np.float32)
-    ref_s = float(max(ref.sum(), 0.05))
-    c8 = [rgb[..., i] for i in range(3)]
-    lum = (c8[0].astype(np.float32) + c8[1] + c8[2]) / 765.0
-    mx = np.maximum(np.maximum(c8[0], c8[1]), c8[2]).astype(np.float32) / 255.0
-    mn = np.minimum(np.minimum(c8[0], c8[1]), c8[2]).astype(np.float32) / 255.0
-    sat = (mx - mn) / np.maximum(mx, 1e-3)
-    base = [
-        r,
-        g,
-        b,
-        np.log(s + 0.05),
-        chrom[0],
-        chrom[1],
-        chrom[2],
-        lum,
-        mx,
-        sat,
-        np.log((s + 0.05) / ref_s),
-        chrom[0] - ref[0] / ref_s,
-        chrom[2] - ref[2] / ref_s,
-    ]
-    feats = list(base)
-    # neighbourhood (~100 µm): the same maps smoothed on a 2:1 reduction (cheap), and the
-    # local contrast of the density (ink and folds are smooth, tissue is textured)
-    for f in (base[3], base[4], base[6], base[8], base[10]):
-        feats.append(_smooth(f, 3.0))
-    ls = base[3]
-    m1 = _smooth(ls, 1.5)
-    feats.append(np.sqrt(np.maximum(_smooth(ls * ls, 1.5) - m1 * m1, 0)))
-    if where is not None:
-        out = np.empty((int(where.sum()), len(feats)), np.float32)
-        for i, f in enumerate(feats):
-            out[:, i] = f[where]
-        return out
-    return np.stack(feats, -1).astype(np.float32)
-
-
-def _smooth(f: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian of ``sigma`` px, computed at half resolution and upsampled (nearest)."""
-    h, w = f.shape
-    if min(h, w) < 8:
-        return ndimage.gaussian_filter(f, sigma, mode="nearest")
-    f2 = f[: h - h % 2, : w - w % 2]
-    small = (f2[0::2, 0::2] + f2[1::2, 0::2] + f2[0::2, 1::2] + f2[1::2, 1::2]) * 0.25
-    small = ndimage.gaussian_filter(small, sigma / 2, mode="nearest")
-    out = np.empty((h, w), small.dtype)
-    hh, ww = 2 * small.shape[0], 2 * small.shape[1]
-    for dy in (0, 1):
-        for dx in (0, 1):
-            out[dy:hh:2, dx:ww:2] = small
-    if hh < h:
-        out[hh:, :ww] = out[hh - 1 : hh, :ww]
-    if ww < w:
-        out[:, ww:] = out[:, ww - 1 : ww]
-    return out
-
-
-def _one_blas_thread() -> Any:
-    """threadpoolctl's limit to one BLAS thread when it is installed, else nothing."""
-    try:
-        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
-    except ImportError:  # pragma: no cover
-        import contextlib
-
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
-
-
-@dataclass(frozen=True)
-class PixelMLP:
-    """A one-hidden-layer MLP over standardised :func:`pixel_features` (numpy forward)."""
-
-    mean: np.ndarray
-    std: np.ndarray
-    w1: np.ndarray
-    b1: np.ndarray
-    w2: np.ndarray
-    b2: np.ndarray
-    classes: tuple[str, ...]
-    training: dict[str, Any]
-
-    def proba(self, x: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
-        """rows×cols×C class probabilities of rows×cols×F features (only at ``where``, if
-        given: elsewhere "clean" with probability 1)."""
-        sh = x.shape[:-1]
-        if where is not None:
-            out = np.zeros((*sh, len(self.classes)), np.float32)
-            out[..., 0] = 1.0
-            if where.any():
-                out[where] = self.proba(x[where])
-            return out
-        # standardisation folded into the first layer: one matmul
-        w1 = (self.w1 / self.std[:, None]).astype(np.float32)
-        b1 = (self.b1 - (self.mean / self.std) @ self.w1).astype(np.float32)
-        with _one_blas_thread():  # these small matmuls only lose to BLAS threads spin-waiting
-            h = np.maximum(x.reshape(-1, x.shape[-1]) @ w1 + b1, 0)
-            o = h @ self.w2.astype(np.float32) + self.b2.astype(np.float32)
-        cols = [o[:, i] for i in range(o.shape[1])]  # softmax column by column (C is small)
-        top = cols[0]
-        for c in cols[1:]:
-            top = np.maximum(top, c)
-        e = [np.exp(c - top) for c in cols]
-        tot = e[0]
-        for c in e[1:]:
-            tot = tot + c
-        return np.stack([c / tot for c in e], -1).reshape(*sh, -1)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": "qc-pixel-mlp/1",
-            "classes": list(self.classes),
-            "training": self.training,
-            **{
-                k: np.asarray(getattr(self, k)).round(6).tolist()
-                for k in ("mean", "std", "w1", "b1", "w2", "b2")
-            },
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> PixelMLP:
-        arr = {k: np.asarray(d[k], np.float32) for k in ("mean", "std", "w1", "b1", "w2", "b2")}
-        return cls(classes=tuple(d["classes"]), training=d.get("training", {}), **arr)
-
-
-_MODEL: PixelMLP | None = None
-
-
-def load_pixel_model(path: str | Path | None = None) -> PixelMLP:
-    global _MODEL
-    if path is None and _MODEL is not None:
-        return _MODEL
-    m = PixelMLP.from_json(json.loads(Path(path or _MODEL_PATH).read_text()))
-    if path is None:
-        _MODEL = m
-    return m
 
 
 # ---- the stage ----------------------------------------------------------------------------------
@@ -315,6 +186,7 @@ def find_artefacts(
     kinds: Iterable[str] | str | None = None,
     mpp_y: float | None = None,
     model: PixelMLP | None = None,
+    unink: bool = True,
 ) -> QCMasks:
     """Artefact masks of a low-resolution RGB thumbnail (~16 µm/px) and its tissue mask.
 
@@ -324,6 +196,8 @@ def find_artefacts(
         tissue: bool rows×cols, the tissue stage's mask (before QC).
         kinds: which kinds to look for (:func:`parse_kinds`); ``blur`` is ignored here (see
             :func:`find_blur`).
+        unink: measure the ink's OD to take it off the pixels (:mod:`idcmap.pipeline.ink`);
+            False: all ink over tissue is left (filled), e.g. when the tiles were evaluated.
 
     Returns masks for each asked kind among ink, fold, debris, border. Ink and debris are
     reported wherever they are (on glass too); folds only on tissue.
@@ -337,6 +211,7 @@ def find_artefacts(
     shape = rgb.shape[:2]
     masks: dict[str, np.ndarray] = {}
     timings: dict[str, float] = {}
+    ink: InkResult | None = None
     if rgb.size == 0:
         return QCMasks({k: np.zeros(shape, bool) for k in want - {"blur"}}, mpp, mpp_y)
     tissue = np.asarray(tissue, bool)
@@ -352,30 +227,94 @@ def find_artefacts(
     model_kinds = want & {"ink", "fold", "debris"}
     if model_kinds:
         net = model or load_pixel_model()
-        # only where something absorbs light (glass and pale tissue edges are clean)
-        c8 = rgb.astype(np.float32)
-        od_sum = -np.log((c8[..., 0] + 1) * (c8[..., 1] + 1) * (c8[..., 2] + 1) / 256.0**3)
-        cand = od_sum > CANDIDATE_OD
-        p = np.zeros((*shape, len(net.classes)), np.float32)
-        p[..., 0] = 1.0
-        if cand.any():
-            p[cand] = net.proba(pixel_features(rgb, tissue, where=cand))
+        p = _classify(net, rgb, tissue)
         timings["classifier"] = time.perf_counter() - t0
         other = masks.get("border", np.zeros(shape, bool))
         for kind in ("ink", "fold", "debris"):
-            if kind not in model_kinds:
-                continue
-            pk = p[..., net.classes.index(kind)]
-            m = (pk > P_THRESHOLD[kind]) & ~other
-            if kind == "fold":
-                m &= tissue
-            m = _clean(m, MIN_PIECE_MM2[kind] / px_mm2, 1 if kind != "debris" else 0)
-            if kind in ("ink", "debris") and m.any():  # the soft, mixed edge of the mark
-                grow = ndimage.binary_dilation(m, iterations=2) & (pk > 0.2)
-                m = m | grow
-            masks[kind] = m
+            if kind in model_kinds:
+                pk = p[..., net.classes.index(kind)]
+                masks[kind] = _kind_mask(kind, pk, other, tissue, px_mm2)
+        if "ink" in masks and masks["ink"].any():
+            t1 = time.perf_counter()
+            ink = _resolve_ink(
+                net, rgb, tissue, masks["ink"], other, mpp, mpp_y, unink=unink and UNINK
+            )
+            timings["ink"] = time.perf_counter() - t1
     timings["total"] = time.perf_counter() - t0
-    return QCMasks(masks, mpp, mpp_y, timings)
+    return QCMasks(masks, mpp, mpp_y, timings, ink)
+
+
+def _classify(
+    net: PixelMLP, rgb: np.ndarray, tissue: np.ndarray, within: np.ndarray | None = None
+) -> np.ndarray:
+    """rows×cols×C class probabilities of the thumbnail's pixels: those that absorb light
+    (glass and pale tissue edges are clean) and lie ``within``, if given."""
+    c8 = rgb.astype(np.float32)
+    od_sum = -np.log((c8[..., 0] + 1) * (c8[..., 1] + 1) * (c8[..., 2] + 1) / 256.0**3)
+    cand = od_sum > CANDIDATE_OD
+    if within is not None:
+        cand &= within
+    p = np.zeros((*rgb.shape[:2], len(net.classes)), np.float32)
+    p[..., 0] = 1.0
+    if cand.any():
+        p[cand] = net.proba(pixel_features(rgb, tissue, where=cand))
+    return p
+
+
+def _kind_mask(
+    kind: str, pk: np.ndarray, other: np.ndarray, tissue: np.ndarray, px_mm2: float
+) -> np.ndarray:
+    """The mask of ``kind`` from its probability: threshold, opening, minimum piece, and for
+    ink and debris the soft, mixed rim of the mark."""
+    m = (pk > P_THRESHOLD[kind]) & ~other
+    if kind == "fold":
+        m &= tissue
+    m = _clean(m, MIN_PIECE_MM2[kind] / px_mm2, 1 if kind != "debris" else 0)
+    if kind in ("ink", "debris") and m.any():
+        m = m | (ndimage.binary_dilation(m, iterations=2) & (pk > 0.2))
+    if kind == "ink" and m.any():  # thin gaps in a mark (paler streaks) are ink too
+        r = max(1, round(INK_CLOSE_UM / math.sqrt(px_mm2 * 1e6)))
+        m = ndimage.binary_closing(np.pad(m, r), structure=_disk(r))[r:-r, r:-r]
+    return m
+
+
+def _disk(r: int) -> np.ndarray:
+    y, x = np.mgrid[-r : r + 1, -r : r + 1]
+    return (x * x + y * y) <= r * r + r
+
+
+def _resolve_ink(
+    net: PixelMLP,
+    rgb: np.ndarray,
+    tissue: np.ndarray,
+    ink: np.ndarray,
+    other: np.ndarray,
+    mpp: float,
+    mpp_y: float,
+    *,
+    unink: bool,
+) -> InkResult:
+    """Un-ink the thumbnail, look for ink again on it, and split what is left into over
+    tissue and on glass (:mod:`idcmap.pipeline.ink`)."""
+    od = ink_field(rgb, ink, tissue & ~ink, mpp) if unink else None
+    if od is not None and od.any():
+        od = soft_field(od, ink)
+        rgb2 = remove_ink(rgb, od)
+        tissue2 = tissue_mask_from_rgb(rgb2, mpp, mpp_y)
+        near = ndimage.binary_dilation(ink, iterations=2)
+        p2 = _classify(net, rgb2, tissue2, within=near)[..., net.classes.index("ink")]
+        left = _kind_mask("ink", p2, other, tissue2, mpp * mpp_y / 1e6) & near
+    else:
+        od, tissue2, left = None, tissue, ink
+    # over tissue or on glass: by the texture under the ink (un-inked ink on glass, where the
+    # ink was darker than over tissue, can keep a tissue-like tint)
+    found = ink | left
+    over = ink_over_tissue(rgb, found, mpp)
+    if od is not None:  # pale tissue under ink is tissue only if the tissue rule says so too
+        over &= tissue2 | left
+    rim = glass_rim(rgb, found, found & ~over, mpp)
+    after = ((tissue2 & ~found) | over) & ~rim
+    return InkResult(od=od, tissue=after, over_tissue=over, left=left)
 
 
 # ---- blur: per-cell sharpness from the tile pass ------------------------------------------------
@@ -455,7 +394,7 @@ def colour_distance(rgb: np.ndarray, tissue: np.ndarray) -> float:
     without tissue). 0 = the training mean (see :data:`COLOUR_FAR`)."""
     if tissue.sum() < 10:
         return math.nan
-    m = _od(rgb[tissue]).mean(0)
+    m = optical_density(rgb[tissue]).mean(0)
     r = np.asarray(REF_OD, np.float64)
     nm, nr = float(np.linalg.norm(m)), float(np.linalg.norm(r))
     cos = float(np.dot(m, r)) / max(nm * nr, 1e-9)
@@ -473,10 +412,15 @@ class QCVerdict:
     colour_distance: float
     review: bool
     reasons: list[str]
+    #: the ink's areas (mm²) and shares of the tissue after QC (%): ``on_glass_mm2``,
+    #: ``over_tissue_mm2``, ``over_tissue_pct``, ``uninked_mm2`` (over tissue, taken off the
+    #: pixels), ``filled_mm2`` (over tissue, left: probability from around); None: no ink
+    ink: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "tissue_before_qc_mm2": round(self.tissue_mm2, 4),
+            **({} if self.ink is None else {"ink": {k: round(v, 4) for k, v in self.ink.items()}}),
             "excluded_mm2": {k: round(v, 4) for k, v in self.excluded_mm2.items()},
             "excluded_pct_of_tissue": {
                 k: round(v, 2) for k, v in self.excluded_pct_of_tissue.items()
@@ -516,16 +460,31 @@ def verdict(
         area["blur"] = area_on_tissue["blur"] = float(blur_cells.sum()) * cell_mm2
     pct = {k: 100 * v / tissue_mm2 if tissue_mm2 else 0.0 for k, v in area_on_tissue.items()}
     reasons: list[str] = []
-    excl_on_tissue = float((qc.excluded & tissue).sum()) * px_mm2
+    # tissue lost: what is removed where the tissue stage saw tissue, but ink on glass was
+    # never tissue (it only looked like it to the tissue stage)
+    removed = qc.union(EXCLUDE - {"ink"}) if qc.ink is not None else qc.excluded
+    excl_on_tissue = float((removed & tissue).sum()) * px_mm2
     if "blur" in EXCLUDE:
         excl_on_tissue += area_on_tissue.get("blur", 0.0)
+    after = qc.tissue_after(tissue)
+    after_mm2 = float(after.sum()) * px_mm2
+    ink = _ink_areas(qc, after, px_mm2)
     if tissue_mm2 <= 0:
         reasons.append("no tissue found")
     elif excl_on_tissue > REVIEW_EXCLUDED * tissue_mm2:
-        what = ", ".join(f"{k} {v:.1f} %" for k, v in pct.items() if v >= 0.05)
+        what = ", ".join(f"{k} {v:.1f} %" for k, v in pct.items() if v >= 0.05 and k != "ink")
         reasons.append(f"{100 * excl_on_tissue / tissue_mm2:.0f} % of the tissue excluded ({what})")
-    if tissue_mm2 > 0 and excl_on_tissue >= 0.98 * tissue_mm2:
+    if ink is not None and ink["over_tissue_pct"] > 100 * REVIEW_EXCLUDED:
+        reasons.append(
+            f"ink over {ink['over_tissue_pct']:.0f} % of the tissue ("
+            f"{_pct(ink['uninked_mm2'], after_mm2)} % un-inked, "
+            f"{_pct(ink['filled_mm2'], after_mm2)} % filled from the tissue around it)"
+        )
+    seen = after & ~qc.untrusted
+    if tissue_mm2 > 0 and after_mm2 < 0.02 * tissue_mm2:
         reasons.append("no tissue left after QC")
+    elif tissue_mm2 > 0 and float(seen.sum()) * px_mm2 < 0.02 * tissue_mm2:
+        reasons.append("no tissue left after QC to evaluate (all under ink)")
     for k in sorted(set(pct) - EXCLUDE):
         if pct[k] > 100 * REVIEW_FLAGGED:
             reasons.append(f"{k} over {pct[k]:.0f} % of the tissue (kept, not excluded)")
@@ -533,12 +492,36 @@ def verdict(
         d = ndimage.distance_transform_edt(~idc_cells) * cell_um
         if (d[blur_cells] <= REVIEW_BLUR_NEAR_UM).any():
             reasons.append("out-of-focus tissue over or near the IDC regions")
-    cd = colour_distance(rgb, tissue & ~qc.excluded) if tissue.any() else math.nan
+    # the tissue's own colour: not under ink (nor where ink was taken off)
+    plain = after & ~qc.masks.get("ink", np.zeros(after.shape, bool))
+    cd = colour_distance(rgb, plain if plain.sum() >= 10 else after) if after.any() else math.nan
     if not math.isnan(cd) and cd > COLOUR_FAR:
         reasons.append(
             f"tissue colour far from the training data (distance {cd:.1f} > {COLOUR_FAR})"
         )
-    return QCVerdict(tissue_mm2, area, pct, cd, bool(reasons), reasons)
+    return QCVerdict(tissue_mm2, area, pct, cd, bool(reasons), reasons, ink)
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.0f}" if whole > 0 else "0"
+
+
+def _ink_areas(qc: QCMasks, after: np.ndarray, px_mm2: float) -> dict[str, float] | None:
+    """The ink's areas: on glass, over tissue (un-inked or filled), in mm², and the share of
+    the tissue after QC it lies over (%)."""
+    if qc.ink is None:
+        return None
+    found = qc.masks["ink"]
+    over = qc.ink.over_tissue
+    filled = over & qc.ink.left
+    after_px = float(after.sum())
+    return {
+        "on_glass_mm2": float((found & ~over).sum()) * px_mm2,
+        "over_tissue_mm2": float(over.sum()) * px_mm2,
+        "over_tissue_pct": 100 * float(over.sum()) / after_px if after_px else 0.0,
+        "uninked_mm2": float((over & ~filled).sum()) * px_mm2,
+        "filled_mm2": float(filled.sum()) * px_mm2,
+    }
 
 
 def artefact_polygons(

@@ -1,0 +1,194 @@
+"""The QC stage's pixel classifier: colour features of a ~16-µm/px thumbnail and a small MLP.
+
+A per-pixel MLP (numpy forward, weights in ``idcmap/model/weights/qc/qc-v1.json``, trained by
+``benchmarks/qc_train.py`` on artefacts painted by :mod:`idcmap.train.artefacts` onto the
+training mosaics) over colour features of each thumbnail pixel and of its neighbourhood: optical
+density (OD) per channel, OD chromaticity, OD relative to the slide's own tissue median (folds
+are "more of the same stain"), luminance, local contrast. Used by :mod:`idcmap.pipeline.qc`
+(ink, folds, debris) and :mod:`idcmap.pipeline.ink` (ink left after un-inking).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "CLASSES",
+    "REF_OD",
+    "PixelMLP",
+    "load_pixel_model",
+    "optical_density",
+    "pixel_features",
+]
+
+#: classes of the pixel classifier, in its output order
+CLASSES = ("clean", "ink", "fold", "debris")
+
+#: Mean tissue optical density (R, G, B) of the 22 training mosaics at 16 µm/px (the mean of the
+#: per-mosaic means; tissue mask of :func:`idcmap.pipeline.tissue.tissue_mask_from_rgb`).
+#: Computed by ``PYTHONPATH=. python benchmarks/qc_train.py --reference``.
+REF_OD = (0.2533, 0.5507, 0.3559)
+_MODEL_PATH = Path(__file__).parents[1] / "model" / "weights" / "qc" / "qc-v1.json"
+
+
+def optical_density(rgb: np.ndarray) -> np.ndarray:
+    """float32 OD (−log of the transmitted fraction) of uint8 RGB, per channel."""
+    return -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
+
+
+def pixel_features(
+    rgb: np.ndarray, tissue: np.ndarray, where: np.ndarray | None = None
+) -> np.ndarray:
+    """float32 rows×cols×F colour features of a ~16-µm/px thumbnail (see the module doc), or
+    N×F of the N pixels of ``where`` only.
+
+    ``tissue``: the tissue stage's mask; its median OD is the slide's own reference.
+    """
+    od = optical_density(rgb)
+    r, g, b = od[..., 0], od[..., 1], od[..., 2]
+    s = r + g + b  # (axis reductions over a 3-long last axis are slow in numpy)
+    inv = 1.0 / np.maximum(s, 1e-3)
+    chrom = (r * inv, g * inv, b * inv)
+    sample = od[tissue][::7]  # the slide's own tissue: a subsample is enough for a median
+    ref = np.median(sample, axis=0) if len(sample) > 50 else np.asarray(REF_OD, np.float32)
+    ref_s = float(max(ref.sum(), 0.05))
+    c8 = [rgb[..., i] for i in range(3)]
+    lum = (c8[0].astype(np.float32) + c8[1] + c8[2]) / 765.0
+    mx = np.maximum(np.maximum(c8[0], c8[1]), c8[2]).astype(np.float32) / 255.0
+    mn = np.minimum(np.minimum(c8[0], c8[1]), c8[2]).astype(np.float32) / 255.0
+    sat = (mx - mn) / np.maximum(mx, 1e-3)
+    base = [
+        r,
+        g,
+        b,
+        np.log(s + 0.05),
+        chrom[0],
+        chrom[1],
+        chrom[2],
+        lum,
+        mx,
+        sat,
+        np.log((s + 0.05) / ref_s),
+        chrom[0] - ref[0] / ref_s,
+        chrom[2] - ref[2] / ref_s,
+    ]
+    feats = list(base)
+    # neighbourhood (~100 µm): the same maps smoothed on a 2:1 reduction (cheap), and the
+    # local contrast of the density (ink and folds are smooth, tissue is textured)
+    for f in (base[3], base[4], base[6], base[8], base[10]):
+        feats.append(_smooth(f, 3.0))
+    ls = base[3]
+    m1 = _smooth(ls, 1.5)
+    feats.append(np.sqrt(np.maximum(_smooth(ls * ls, 1.5) - m1 * m1, 0)))
+    if where is not None:
+        out = np.empty((int(where.sum()), len(feats)), np.float32)
+        for i, f in enumerate(feats):
+            out[:, i] = f[where]
+        return out
+    return np.stack(feats, -1).astype(np.float32)
+
+
+def _smooth(f: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian of ``sigma`` px, computed at half resolution and upsampled (nearest)."""
+    h, w = f.shape
+    if min(h, w) < 8:
+        return ndimage.gaussian_filter(f, sigma, mode="nearest")
+    f2 = f[: h - h % 2, : w - w % 2]
+    small = (f2[0::2, 0::2] + f2[1::2, 0::2] + f2[0::2, 1::2] + f2[1::2, 1::2]) * 0.25
+    small = ndimage.gaussian_filter(small, sigma / 2, mode="nearest")
+    out = np.empty((h, w), small.dtype)
+    hh, ww = 2 * small.shape[0], 2 * small.shape[1]
+    for dy in (0, 1):
+        for dx in (0, 1):
+            out[dy:hh:2, dx:ww:2] = small
+    if hh < h:
+        out[hh:, :ww] = out[hh - 1 : hh, :ww]
+    if ww < w:
+        out[:, ww:] = out[:, ww - 1 : ww]
+    return out
+
+
+def _one_blas_thread() -> Any:
+    """threadpoolctl's limit to one BLAS thread when it is installed, else nothing."""
+    try:
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    except ImportError:  # pragma: no cover
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
+@dataclass(frozen=True)
+class PixelMLP:
+    """A one-hidden-layer MLP over standardised :func:`pixel_features` (numpy forward)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    w1: np.ndarray
+    b1: np.ndarray
+    w2: np.ndarray
+    b2: np.ndarray
+    classes: tuple[str, ...]
+    training: dict[str, Any]
+
+    def proba(self, x: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+        """rows×cols×C class probabilities of rows×cols×F features (only at ``where``, if
+        given: elsewhere "clean" with probability 1)."""
+        sh = x.shape[:-1]
+        if where is not None:
+            out = np.zeros((*sh, len(self.classes)), np.float32)
+            out[..., 0] = 1.0
+            if where.any():
+                out[where] = self.proba(x[where])
+            return out
+        # standardisation folded into the first layer: one matmul
+        w1 = (self.w1 / self.std[:, None]).astype(np.float32)
+        b1 = (self.b1 - (self.mean / self.std) @ self.w1).astype(np.float32)
+        with _one_blas_thread():  # these small matmuls only lose to BLAS threads spin-waiting
+            h = np.maximum(x.reshape(-1, x.shape[-1]) @ w1 + b1, 0)
+            o = h @ self.w2.astype(np.float32) + self.b2.astype(np.float32)
+        cols = [o[:, i] for i in range(o.shape[1])]  # softmax column by column (C is small)
+        top = cols[0]
+        for c in cols[1:]:
+            top = np.maximum(top, c)
+        e = [np.exp(c - top) for c in cols]
+        tot = e[0]
+        for c in e[1:]:
+            tot = tot + c
+        return np.stack([c / tot for c in e], -1).reshape(*sh, -1)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "qc-pixel-mlp/1",
+            "classes": list(self.classes),
+            "training": self.training,
+            **{
+                k: np.asarray(getattr(self, k)).round(6).tolist()
+                for k in ("mean", "std", "w1", "b1", "w2", "b2")
+            },
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PixelMLP:
+        arr = {k: np.asarray(d[k], np.float32) for k in ("mean", "std", "w1", "b1", "w2", "b2")}
+        return cls(classes=tuple(d["classes"]), training=d.get("training", {}), **arr)
+
+
+_MODEL: PixelMLP | None = None
+
+
+def load_pixel_model(path: str | Path | None = None) -> PixelMLP:
+    global _MODEL
+    if path is None and _MODEL is not None:
+        return _MODEL
+    m = PixelMLP.from_json(json.loads(Path(path or _MODEL_PATH).read_text()))
+    if path is None:
+        _MODEL = m
+    return m
