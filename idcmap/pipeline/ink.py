@@ -4,12 +4,10 @@ the IDC probability where it cannot be removed.
 Marker ink is a dye: in optical density (OD = −log of the transmitted fraction, per channel)
 it *adds* a smooth field to whatever lies under it. So ink over tissue can be taken off:
 
-1. **The ink's OD** (:func:`ink_field`) is measured where the mark's edge crosses tissue: the
-   tissue runs on under the ink, so the mean OD just inside the edge minus the mean just
-   outside it is the ink's own OD. Steps are taken all along the edge (rings 64–160 µm from
-   it, away from the mark's soft rim), spread inside the mark with a wide normalised Gaussian
-   (markers are uneven), and clipped at 0 (ink only absorbs). A mark that never crosses
-   tissue gets no field: it lies on glass.
+1. **The ink's OD** (:func:`idcmap.pipeline.inkfield.ink_field`) is measured where the
+   mark's edge crosses tissue: the tissue runs on under the ink, so the mean OD just inside
+   the edge minus the mean just outside it is the ink's own OD; a mark that never crosses
+   tissue gets no field (it lies on glass).
 2. **Un-inking** (:func:`remove_ink`, :class:`InkRemover`): that field is subtracted from the
    OD of the thumbnail and, upsampled, of every block the tile pass decodes, before the
    network sees it: ``rgb' = (rgb + 1) · exp(field) − 1``.
@@ -37,7 +35,6 @@ __all__ = [
     "InkResult",
     "fill_cells",
     "glass_rim",
-    "ink_field",
     "ink_over_tissue",
     "remove_ink",
     "texture",
@@ -64,16 +61,6 @@ GLASS_MARGIN_UM = 48.0
 RIM_UM = 128.0
 RIM_COSINE = 0.98
 RIM_TEXTURE = 3.0
-#: The rings either side of a mark's edge whose mean OD difference is the ink's OD (µm from
-#: the edge): past the soft rim of the mark (measured: rings 32–128 µm gave 80 % of the ink's
-#: OD on painted marks, 64–160 µm 95–100 %).
-RING_UM = (64.0, 160.0)
-#: Sigma of the local means along the edge (µm).
-STEP_SMOOTH_UM = 64.0
-#: The steps measured along the edge are spread inside the mark with this sigma (µm).
-SPREAD_UM = 320.0
-#: A mark crossing tissue along fewer edge px than this gets no field.
-MIN_EDGE_PX = 5
 
 
 @dataclass(frozen=True)
@@ -152,63 +139,6 @@ def glass_rim(rgb: np.ndarray, ink: np.ndarray, on_glass: np.ndarray, mpp: float
     fainter = dot > RIM_COSINE * np.maximum(norm, 1e-6)
     smooth = ndimage.uniform_filter(texture(rgb), 3) < RIM_TEXTURE
     return near & (fainter | smooth)
-
-
-def ink_field(rgb: np.ndarray, ink: np.ndarray, tissue: np.ndarray, mpp: float) -> np.ndarray:
-    """float32 rows×cols×3: the ink's OD at each pixel of ``ink`` (0 elsewhere), from the
-    steps of OD where its edge crosses ``tissue`` (see the module doc).
-
-    Args:
-        rgb: uint8 rows×cols×3 thumbnail.
-        ink: bool rows×cols, the ink found.
-        tissue: bool rows×cols, tissue outside the ink (the tissue stage's mask).
-        mpp: µm per thumbnail px.
-    """
-    out = np.zeros((*ink.shape, 3), np.float32)
-    if not ink.any():
-        return out
-    od = -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
-    d_in = ndimage.distance_transform_edt(ink)
-    d_out = ndimage.distance_transform_edt(~ink)
-    r0, r1 = RING_UM[0] / mpp, RING_UM[1] / mpp
-    outer = ~ink & tissue & (d_out >= r0) & (d_out <= r1)
-    inner = ink & (d_in >= r0) & (d_in <= r1)
-    s = STEP_SMOOTH_UM / mpp
-    w_out = ndimage.gaussian_filter(outer.astype(np.float32), s)
-    w_in = ndimage.gaussian_filter(inner.astype(np.float32), s)
-    edge = ink & (d_in <= 1.5) & (w_out > 0.05) & (w_in > 0.05)
-    lab, n = ndimage.label(ink, structure=np.ones((3, 3), bool))
-    counts = np.bincount(lab[edge], minlength=n + 1)
-    ok = counts >= MIN_EDGE_PX
-    ok[0] = False
-    edge &= ok[lab]
-    if not edge.any():
-        return out
-    steps = np.empty((int(edge.sum()), 3), np.float32)
-    for c in range(3):
-        m_out = ndimage.gaussian_filter(od[..., c] * outer, s) / np.maximum(w_out, 1e-6)
-        m_in = ndimage.gaussian_filter(od[..., c] * inner, s) / np.maximum(w_in, 1e-6)
-        steps[:, c] = (m_in - m_out)[edge]
-    # each mark on its own: its edge's steps spread over it (normalised Gaussian), its median
-    # step where the spread is thin
-    spread_s = SPREAD_UM / mpp
-    pad = int(3 * spread_s) + 1
-    acc = np.zeros((*ink.shape, 3), np.float32)
-    acc[edge] = steps
-    for k, sl in enumerate(ndimage.find_objects(lab), start=1):
-        if sl is None or not ok[k]:
-            continue
-        ys = slice(max(0, sl[0].start - pad), sl[0].stop + pad)
-        xs = slice(max(0, sl[1].start - pad), sl[1].stop + pad)
-        mine = lab[ys, xs] == k
-        e = edge[ys, xs] & mine
-        w = ndimage.gaussian_filter(e.astype(np.float32), spread_s)
-        med = np.median(acc[ys, xs][e], axis=0)
-        for c in range(3):
-            local = ndimage.gaussian_filter(np.where(e, acc[ys, xs, c], 0.0), spread_s)
-            field = np.where(w > 1e-3, local / np.maximum(w, 1e-12), med[c])
-            out[ys, xs, c] = np.where(mine, np.maximum(field, 0.0), out[ys, xs, c])
-    return out
 
 
 def remove_ink(rgb: np.ndarray, od: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ cost Dice where they lay over IDC that the model still finds.
 Methods (the classifier trained on artefacts painted onto the training mosaics):
 
 * **ink, fold, debris** — a small per-pixel MLP (numpy forward, weights in
-  ``idcmap/model/weights/qc/qc-v1.json``, trained by ``benchmarks/qc_train.py`` on artefacts
+  ``idcmap/model/weights/qc/qc-v2.json``, trained by ``benchmarks/qc_train.py`` on artefacts
   painted by :mod:`idcmap.train.artefacts` onto the 22 training mosaics) over colour features of
   each thumbnail pixel and of its neighbourhood: optical density (OD) per channel, OD chromaticity,
   OD relative to the slide's own tissue median (folds are "more of the same stain"), luminance,
@@ -44,11 +44,11 @@ from idcmap.pipeline.heatmap import Heatmap
 from idcmap.pipeline.ink import (
     InkResult,
     glass_rim,
-    ink_field,
     ink_over_tissue,
     remove_ink,
     soft_field,
 )
+from idcmap.pipeline.inkfield import ink_field
 from idcmap.pipeline.qcpixel import (
     REF_OD,
     PixelMLP,
@@ -100,6 +100,10 @@ P_THRESHOLD = {"ink": 0.7, "fold": 0.95, "debris": 0.9}
 #: The classifier runs on pixels whose summed optical density is above this.
 CANDIDATE_OD = 0.25
 MIN_PIECE_MM2 = {"ink": 0.05, "fold": 0.1, "debris": 0.005, "border": 0.02}
+#: Ink: pixels above this probability connected to a mark found (above ``P_THRESHOLD``) are
+#: ink too (measured on painted VALID/TRAIN mosaics: recall 0.90 → 0.96, precision 0.99,
+#: clean mosaics unchanged).
+INK_LOW = 0.1
 #: Gaps in an ink mark narrower than about twice this (µm) are closed.
 INK_CLOSE_UM = 48.0
 #: Take the ink off the pixels where it lies over tissue (:mod:`idcmap.pipeline.ink`); else
@@ -257,7 +261,7 @@ def _classify(
     p = np.zeros((*rgb.shape[:2], len(net.classes)), np.float32)
     p[..., 0] = 1.0
     if cand.any():
-        p[cand] = net.proba(pixel_features(rgb, tissue, where=cand))
+        p[cand] = net.proba(pixel_features(rgb, tissue, where=cand, version=net.features))
     return p
 
 
@@ -270,6 +274,12 @@ def _kind_mask(
     if kind == "fold":
         m &= tissue
     m = _clean(m, MIN_PIECE_MM2[kind] / px_mm2, 1 if kind != "debris" else 0)
+    if kind == "ink" and m.any():  # hysteresis: the paler parts of a mark found
+        lab, n = ndimage.label((pk > INK_LOW) & ~other, structure=np.ones((3, 3), bool))
+        keep = np.zeros(n + 1, bool)
+        keep[np.unique(lab[m])] = True
+        keep[0] = False
+        m |= keep[lab]
     if kind in ("ink", "debris") and m.any():
         m = m | (ndimage.binary_dilation(m, iterations=2) & (pk > 0.2))
     if kind == "ink" and m.any():  # thin gaps in a mark (paler streaks) are ink too

@@ -1,6 +1,6 @@
 """The QC stage's pixel classifier: colour features of a ~16-µm/px thumbnail and a small MLP.
 
-A per-pixel MLP (numpy forward, weights in ``idcmap/model/weights/qc/qc-v1.json``, trained by
+A per-pixel MLP (numpy forward, weights in ``idcmap/model/weights/qc/qc-v2.json``, trained by
 ``benchmarks/qc_train.py`` on artefacts painted by :mod:`idcmap.train.artefacts` onto the
 training mosaics) over colour features of each thumbnail pixel and of its neighbourhood: optical
 density (OD) per channel, OD chromaticity, OD relative to the slide's own tissue median (folds
@@ -34,7 +34,7 @@ CLASSES = ("clean", "ink", "fold", "debris")
 #: per-mosaic means; tissue mask of :func:`idcmap.pipeline.tissue.tissue_mask_from_rgb`).
 #: Computed by ``PYTHONPATH=. python benchmarks/qc_train.py --reference``.
 REF_OD = (0.2533, 0.5507, 0.3559)
-_MODEL_PATH = Path(__file__).parents[1] / "model" / "weights" / "qc" / "qc-v1.json"
+_MODEL_PATH = Path(__file__).parents[1] / "model" / "weights" / "qc" / "qc-v2.json"
 
 
 def optical_density(rgb: np.ndarray) -> np.ndarray:
@@ -43,12 +43,15 @@ def optical_density(rgb: np.ndarray) -> np.ndarray:
 
 
 def pixel_features(
-    rgb: np.ndarray, tissue: np.ndarray, where: np.ndarray | None = None
+    rgb: np.ndarray, tissue: np.ndarray, where: np.ndarray | None = None, version: int = 2
 ) -> np.ndarray:
     """float32 rows×cols×F colour features of a ~16-µm/px thumbnail (see the module doc), or
     N×F of the N pixels of ``where`` only.
 
     ``tissue``: the tissue stage's mask; its median OD is the slide's own reference.
+    ``version``: 1, the 19 features of ``qc-v1``; 2 adds the wider context (~300 µm) of the
+    density, chromaticity, saturation and relative density, and each pixel's difference from
+    it (a mark differs from the tissue around it).
     """
     od = optical_density(rgb)
     r, g, b = od[..., 0], od[..., 1], od[..., 2]
@@ -86,6 +89,10 @@ def pixel_features(
     ls = base[3]
     m1 = _smooth(ls, 1.5)
     feats.append(np.sqrt(np.maximum(_smooth(ls * ls, 1.5) - m1 * m1, 0)))
+    if version >= 2:
+        for f in (base[3], base[4], base[6], base[9], base[10]):
+            wide = _smooth_wide(f, 10.0)
+            feats += [wide, f - wide]
     if where is not None:
         out = np.empty((int(where.sum()), len(feats)), np.float32)
         for i, f in enumerate(feats):
@@ -114,6 +121,19 @@ def _smooth(f: np.ndarray, sigma: float) -> np.ndarray:
     return out
 
 
+def _smooth_wide(f: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian of ``sigma`` px, computed on a 4:1 box reduction and upsampled (bilinear)."""
+    from PIL import Image
+
+    h, w = f.shape
+    if min(h, w) < 16:
+        return ndimage.gaussian_filter(f, sigma, mode="nearest").astype(np.float32)
+    small = np.asarray(Image.fromarray(f.astype(np.float32), mode="F").reduce(4))
+    small = ndimage.gaussian_filter(small, sigma / 4, mode="nearest")
+    big = Image.fromarray(small, mode="F").resize((w, h), Image.Resampling.BILINEAR)
+    return np.asarray(big, np.float32)
+
+
 def _one_blas_thread() -> Any:
     """threadpoolctl's limit to one BLAS thread when it is installed, else nothing."""
     try:
@@ -137,6 +157,8 @@ class PixelMLP:
     b2: np.ndarray
     classes: tuple[str, ...]
     training: dict[str, Any]
+    #: the :func:`pixel_features` version it was trained on
+    features: int = 1
 
     def proba(self, x: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
         """rows×cols×C class probabilities of rows×cols×F features (only at ``where``, if
@@ -167,6 +189,7 @@ class PixelMLP:
     def to_json(self) -> dict[str, Any]:
         return {
             "kind": "qc-pixel-mlp/1",
+            "features": self.features,
             "classes": list(self.classes),
             "training": self.training,
             **{
@@ -178,7 +201,12 @@ class PixelMLP:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PixelMLP:
         arr = {k: np.asarray(d[k], np.float32) for k in ("mean", "std", "w1", "b1", "w2", "b2")}
-        return cls(classes=tuple(d["classes"]), training=d.get("training", {}), **arr)
+        return cls(
+            classes=tuple(d["classes"]),
+            training=d.get("training", {}),
+            features=int(d.get("features", 1)),
+            **arr,
+        )
 
 
 _MODEL: PixelMLP | None = None
