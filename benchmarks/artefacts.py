@@ -49,6 +49,8 @@ PLACES = {
     "border": ["-", "-", "-"],
 }
 COLOURS = ["blue", "green", "black", "red"]
+#: the validation mosaics of the split (tuning), beside its test ones (the final table)
+VALID = ("8917", "9037", "9076")
 
 
 def idc_region(sid: str, shape: tuple[int, int]) -> np.ndarray:
@@ -272,7 +274,7 @@ def clean_run(a: argparse.Namespace, model: Any) -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for sid in ids:
-        r0 = record(run(SLIDES / f"{sid}.tiff", model, "none"), sid)
+        r0 = cached(a.out, f"{sid}_clean", SLIDES / f"{sid}.tiff", model, "none", sid)
         r1 = record(run(SLIDES / f"{sid}.tiff", model, "all"), sid)
         q = r1["qc"]
         rows.append({"slide": sid, "none": r0, "all": r1})
@@ -280,7 +282,8 @@ def clean_run(a: argparse.Namespace, model: Any) -> None:
         d1 = dice_from_counts(r1["inter"], r1["pred"], r1["truth"])[0]
         ex = {k: v for k, v in q["excluded_pct_of_tissue"].items() if v >= 0.05}
         print(
-            f"| {sid} | {'test' if sid in test else 'train'} | {r0['tissue_mm2']:.2f} | "
+            f"| {sid} | {'test' if sid in test else 'valid' if sid in VALID else 'train'} | "
+            f"{r0['tissue_mm2']:.2f} | "
             f"{r1['tissue_mm2']:.2f} | {100 * (r1['tissue_mm2'] / r0['tissue_mm2'] - 1):+.1f} | "
             f"{d0:.3f} | {d1:.3f} | {ex} | {q['colour_distance']} | {q['review']} | "
             f"{'; '.join(q['reasons'])} | {r1['qc_s']:.3f} / {r1['total_s']:.2f} |",

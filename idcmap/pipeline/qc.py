@@ -504,7 +504,7 @@ def verdict(
             reasons.append("out-of-focus tissue over or near the IDC regions")
     # the tissue's own colour: not under ink (nor where ink was taken off)
     plain = after & ~qc.masks.get("ink", np.zeros(after.shape, bool))
-    cd = colour_distance(rgb, plain if plain.sum() >= 10 else after) if after.any() else math.nan
+    cd = colour_distance(rgb, plain)  # NaN when no tissue is free of ink
     if not math.isnan(cd) and cd > COLOUR_FAR:
         reasons.append(
             f"tissue colour far from the training data (distance {cd:.1f} > {COLOUR_FAR})"
