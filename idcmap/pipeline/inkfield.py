@@ -37,6 +37,10 @@ MIN_EDGE_PX = 5
 #: :data:`MERGE_OD` are one ink.
 MAX_INKS = 4
 MERGE_OD = 0.15
+MIN_INK_SHARE = 0.05
+#: Weight of the distance prior: an ink is likelier where its own edge is near (−log of
+#: how much of the edge's spread reaches the px, capped at 1).
+NEAR_WEIGHT = 1.0
 #: Penalty weight of negative OD left under a candidate ink (per 0.05 OD, squared).
 NEGATIVE_PENALTY = 4.0
 
@@ -83,13 +87,15 @@ def _kmeans(x: np.ndarray, k: int, iterations: int = 20) -> tuple[np.ndarray, np
 
 def _inks(steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Group the steps into inks: the most groups (≤ :data:`MAX_INKS`) whose centres are all
-    at least :data:`MERGE_OD` apart."""
+    at least :data:`MERGE_OD` apart and that each hold at least :data:`MIN_INK_SHARE` of the
+    edge (a few odd steps, where the tissue differs across the edge, are not an ink)."""
     x = steps.astype(np.float64)
     best = (x.mean(0, keepdims=True), np.zeros(len(x), np.int64))
     for k in range(2, min(MAX_INKS, len(x)) + 1):
         c, labels = _kmeans(x, k)
         d = np.sqrt(((c[:, None] - c[None]) ** 2).sum(-1)) + np.eye(k) * 1e9
-        if d.min() < MERGE_OD:
+        sizes = np.bincount(labels, minlength=k)
+        if d.min() < MERGE_OD or sizes.min() < max(MIN_INK_SHARE * len(x), 4 * MIN_EDGE_PX):
             break
         best = (c, labels)
     return best
@@ -101,12 +107,12 @@ def _spread(
     fallback: np.ndarray,
     shape: tuple[int, int],
     sigma_px: float,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """float32 rows×cols×3: ``values`` (N×3, at the N px ``mask_px``) spread by a normalised
-    Gaussian of ``sigma_px``, ``fallback`` (3) where no value reaches. Computed on a 4:1 grid
-    and upsampled (bilinear): the result is smooth, and a wide Gaussian at full resolution is
+    Gaussian of ``sigma_px``, ``fallback`` (3) where no value reaches; and rows×cols, how
+    much of them reaches each px (the Gaussian's sum, in px). Computed on a 4:1 grid and
+    upsampled (bilinear): the result is smooth, and a wide Gaussian at full resolution is
     slow."""
-    from PIL import Image
 
     h, w = shape
     k = 4 if sigma_px >= 8 and min(h, w) >= 16 else 1
@@ -116,19 +122,25 @@ def _spread(
     np.add.at(den, (ys, xs), 1.0)
     den = ndimage.gaussian_filter(den, sigma_px / k)
     out = np.empty((h, w, 3), np.float32)
+    support = _upsample(den.astype(np.float32) * k * k, k, h, w)
     for ch in range(3):
         num = np.zeros((hs, ws), np.float64)
         np.add.at(num, (ys, xs), values[:, ch])
         num = ndimage.gaussian_filter(num, sigma_px / k)
         small = np.where(den > 1e-3, num / np.maximum(den, 1e-9), fallback[ch]).astype(np.float32)
-        if k > 1:
-            big = Image.fromarray(small, mode="F").resize(
-                (ws * k, hs * k), Image.Resampling.BILINEAR
-            )
-            out[..., ch] = np.asarray(big)[:h, :w]
-        else:
-            out[..., ch] = small
-    return out
+        out[..., ch] = _upsample(small, k, h, w)
+    return out, support
+
+
+def _upsample(small: np.ndarray, k: int, h: int, w: int) -> np.ndarray:
+    from PIL import Image
+
+    if k == 1:
+        return small
+    big = Image.fromarray(small, mode="F").resize(
+        (small.shape[1] * k, small.shape[0] * k), Image.Resampling.BILINEAR
+    )
+    return np.asarray(big)[:h, :w]
 
 
 def ink_field(rgb: np.ndarray, ink: np.ndarray, tissue: np.ndarray, mpp: float) -> np.ndarray:
@@ -151,11 +163,12 @@ def ink_field(rgb: np.ndarray, ink: np.ndarray, tissue: np.ndarray, mpp: float) 
     centres, labels = _inks(steps)
     px = np.nonzero(edge)
     spread = SPREAD_UM / mpp
-    fields = [
-        np.maximum(_spread((px[0][sel], px[1][sel]), steps[sel], c, ink.shape, spread), 0.0)
-        for j, c in enumerate(centres)
-        for sel in [labels == j]
-    ]
+    fields, near = [], []
+    for j, c in enumerate(centres):
+        sel = labels == j
+        f, support = _spread((px[0][sel], px[1][sel]), steps[sel], c, ink.shape, spread)
+        fields.append(np.maximum(f, 0.0))
+        near.append(-np.log(np.clip(support[ink], 1e-3, 1.0)))  # 0 where its edge is near
     k = len(fields)
     cands = [(j,) for j in range(k)] + [(a, b) for a in range(k) for b in range(a + 1, k)]
     # the slide's own tissue OD, outside the ink: what is left under the right ink looks like it
@@ -171,6 +184,7 @@ def ink_field(rgb: np.ndarray, ink: np.ndarray, tissue: np.ndarray, mpp: float) 
         r = rest - mu
         scores[i] = np.einsum("ni,ij,nj->n", r, inv, r)
         scores[i] += NEGATIVE_PENALTY * ((np.minimum(rest, 0) / 0.05) ** 2).sum(-1)
+        scores[i] += NEAR_WEIGHT * np.max([near[j] for j in cand], axis=0)
     pick = np.full(ink.shape, -1, np.int64)
     pick[ink] = scores.argmin(0)
     ys, xs = np.nonzero(ink)
