@@ -25,6 +25,7 @@ glass to the tissue rule; pale tissue under ink is tissue again).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -179,36 +180,46 @@ class InkRemover:
         self.stride = stride_px
 
     def __call__(self, row0: int, col0: int, pixels: np.ndarray) -> np.ndarray:
-        """``pixels`` (a block at model px whose top-left is tile (row0, col0)) un-inked."""
+        """``pixels`` (a block at model px whose top-left is tile (row0, col0)) un-inked; the
+        block itself where no ink reaches it."""
+        from PIL import Image
+
         h, w = pixels.shape[:2]
         sx, sy = self.scale
-        # thumbnail coordinates of the block's pixel centres
-        xs = (col0 * self.stride + np.arange(w) + 0.5) * sx - 0.5
-        ys = (row0 * self.stride + np.arange(h) + 0.5) * sy - 0.5
+        bx, by = col0 * self.stride, row0 * self.stride  # the block's corner, model px
         th, tw = self.any.shape
-        x0, x1 = max(0, int(np.floor(xs[0]))), min(tw - 1, int(np.ceil(xs[-1])) + 1)
-        y0, y1 = max(0, int(np.floor(ys[0]))), min(th - 1, int(np.ceil(ys[-1])) + 1)
-        if x0 > x1 or y0 > y1 or not self.any[y0 : y1 + 1, x0 : x1 + 1].any():
+        # thumbnail px under the block (edge convention: px i spans [i, i + 1))
+        x0, x1 = max(0, int(bx * sx) - 1), min(tw, int(np.ceil((bx + w) * sx)) + 1)
+        y0, y1 = max(0, int(by * sy) - 1), min(th, int(np.ceil((by + h) * sy)) + 1)
+        if x0 >= x1 or y0 >= y1:
             return pixels
-        wy = _interp_matrix(ys - y0, y1 - y0 + 1)
-        wx = _interp_matrix(xs - x0, x1 - x0 + 1)
-        crop = self.od[y0 : y1 + 1, x0 : x1 + 1]
-        up = np.stack([wy @ crop[..., c] @ wx.T for c in range(3)], axis=-1)
-        out = (pixels.astype(np.float32) + 1.0) * np.exp(up.astype(np.float32)) - 1.0
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def _interp_matrix(pos: np.ndarray, n: int) -> np.ndarray:
-    """float32 len(pos)×n linear-interpolation weights of positions ``pos`` on 0..n-1."""
-    pos = np.clip(pos, 0, n - 1)
-    i0 = np.minimum(np.floor(pos).astype(np.int64), max(n - 2, 0))
-    f = (pos - i0).astype(np.float32)
-    m = np.zeros((len(pos), n), np.float32)
-    rows = np.arange(len(pos))
-    m[rows, i0] = 1 - f
-    if n > 1:
-        m[rows, i0 + 1] += f
-    return m
+        inked = self.any[y0:y1, x0:x1]
+        if not inked.any():
+            return pixels
+        rows, cols = np.flatnonzero(inked.any(1)), np.flatnonzero(inked.any(0))
+        ty0, ty1 = max(y0 + rows[0] - 1, 0), min(y0 + rows[-1] + 2, th)  # + bilinear reach
+        tx0, tx1 = max(x0 + cols[0] - 1, 0), min(x0 + cols[-1] + 2, tw)
+        # the block's px whose centres fall there
+        i0, i1 = max(math.ceil(ty0 / sy - by), 0), min(math.floor(ty1 / sy - by), h)
+        j0, j1 = max(math.ceil(tx0 / sx - bx), 0), min(math.floor(tx1 / sx - bx), w)
+        if i0 >= i1 or j0 >= j1:
+            return pixels
+        box = (
+            (bx + j0) * sx - tx0,
+            (by + i0) * sy - ty0,
+            (bx + j1) * sx - tx0,
+            (by + i1) * sy - ty0,
+        )
+        up = np.empty((i1 - i0, j1 - j0, 3), np.float32)
+        for c in range(3):
+            crop = Image.fromarray(np.ascontiguousarray(self.od[ty0:ty1, tx0:tx1, c]), mode="F")
+            up[..., c] = np.asarray(
+                crop.resize((j1 - j0, i1 - i0), Image.Resampling.BILINEAR, box=box)
+            )
+        out = pixels.copy()
+        sub = (pixels[i0:i1, j0:j1].astype(np.float32) + 1.0) * np.exp(up) - 1.0
+        out[i0:i1, j0:j1] = np.clip(np.rint(sub), 0, 255).astype(np.uint8)
+        return out
 
 
 def fill_cells(

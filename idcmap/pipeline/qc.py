@@ -55,6 +55,7 @@ from idcmap.pipeline.qcpixel import (
     load_pixel_model,
     optical_density,
     pixel_features,
+    tissue_reference,
 )
 from idcmap.pipeline.regions import mask_to_regions
 from idcmap.pipeline.tissue import tissue_mask_from_rgb
@@ -99,6 +100,12 @@ REVIEW_BLUR_NEAR_UM = 400.0
 P_THRESHOLD = {"ink": 0.7, "fold": 0.95, "debris": 0.9}
 #: The classifier runs on pixels whose summed optical density is above this.
 CANDIDATE_OD = 0.25
+#: First look on a 2:1 reduction: pixels whose artefact probability there is above this,
+#: grown by SCREEN_GROW_PX (of the reduction), are classified at full resolution.
+SCREEN_P = 0.1
+SCREEN_GROW_PX = 3
+#: Context (px) around the pixels classified: what their neighbourhood features see.
+CONTEXT_PX = 24
 MIN_PIECE_MM2 = {"ink": 0.05, "fold": 0.1, "debris": 0.005, "border": 0.02}
 #: Ink: pixels above this probability connected to a mark found (above ``P_THRESHOLD``) are
 #: ink too (measured on painted VALID/TRAIN mosaics: recall 0.90 → 0.96, precision 0.99,
@@ -106,6 +113,9 @@ MIN_PIECE_MM2 = {"ink": 0.05, "fold": 0.1, "debris": 0.005, "border": 0.02}
 INK_LOW = 0.1
 #: Gaps in an ink mark narrower than about twice this (µm) are closed.
 INK_CLOSE_UM = 48.0
+#: The ink is resolved on its bounding box and this margin (µm): what its field, texture and
+#: rim look at (the field spreads over 3 × 320 µm).
+INK_MARGIN_UM = 1000.0
 #: Take the ink off the pixels where it lies over tissue (:mod:`idcmap.pipeline.ink`); else
 #: all ink over tissue is filled from around.
 UNINK = True
@@ -126,6 +136,8 @@ class QCMasks:
     #: what became of the ink found (un-inked, over tissue or on glass; None when no ink was
     #: found or looked for): :mod:`idcmap.pipeline.ink`
     ink: InkResult | None = None
+    #: the thumbnail's (rows, cols), for the masks of a run that looked for none (blur only)
+    shape: tuple[int, int] = (0, 0)
 
     @property
     def excluded(self) -> np.ndarray:
@@ -151,7 +163,7 @@ class QCMasks:
 
     def union(self, kinds: Iterable[str] | None = None) -> np.ndarray:
         """Union of the masks of ``kinds`` (default: every kind found)."""
-        shape = next(iter(self.masks.values())).shape if self.masks else (0, 0)
+        shape = next(iter(self.masks.values())).shape if self.masks else self.shape
         out = np.zeros(shape, bool)
         for k, m in self.masks.items():
             if kinds is None or k in kinds:
@@ -217,7 +229,8 @@ def find_artefacts(
     timings: dict[str, float] = {}
     ink: InkResult | None = None
     if rgb.size == 0:
-        return QCMasks({k: np.zeros(shape, bool) for k in want - {"blur"}}, mpp, mpp_y)
+        masks = {k: np.zeros(shape, bool) for k in want - {"blur"}}
+        return QCMasks(masks, mpp, mpp_y, shape=(int(shape[0]), int(shape[1])))
     tissue = np.asarray(tissue, bool)
     if "border" in want:
         dark = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]) < BORDER_DARK
@@ -245,35 +258,68 @@ def find_artefacts(
             )
             timings["ink"] = time.perf_counter() - t1
     timings["total"] = time.perf_counter() - t0
-    return QCMasks(masks, mpp, mpp_y, timings, ink)
+    return QCMasks(masks, mpp, mpp_y, timings, ink, (int(shape[0]), int(shape[1])))
 
 
 def _classify(
     net: PixelMLP, rgb: np.ndarray, tissue: np.ndarray, within: np.ndarray | None = None
 ) -> np.ndarray:
     """rows×cols×C class probabilities of the thumbnail's pixels: those that absorb light
-    (glass and pale tissue edges are clean) and lie ``within``, if given."""
+    (glass and pale tissue edges are clean) and lie ``within``, if given, else those a first
+    look on a 2:1 reduction flags (:data:`SCREEN_P`: most of a slide is clean tissue, and
+    artefacts worth finding are many pixels across). Features are computed on the bounding
+    boxes of those pixels and :data:`CONTEXT_PX` around them (what their neighbourhood
+    features see)."""
     c8 = rgb.astype(np.float32)
     od_sum = -np.log((c8[..., 0] + 1) * (c8[..., 1] + 1) * (c8[..., 2] + 1) / 256.0**3)
     cand = od_sum > CANDIDATE_OD
+    h, w = cand.shape
     if within is not None:
         cand &= within
-    p = np.zeros((*rgb.shape[:2], len(net.classes)), np.float32)
+    elif min(h, w) >= 4 * SCREEN_GROW_PX:
+        from PIL import Image
+
+        small = np.asarray(Image.fromarray(rgb).reduce(2))
+        t_small = tissue[: 2 * small.shape[0] : 2, : 2 * small.shape[1] : 2]
+        p_small = _classify(net, small, t_small, within=np.ones(small.shape[:2], bool))
+        flag = _grow(p_small[..., 0] < 1 - SCREEN_P, SCREEN_GROW_PX)
+        up = np.zeros((h, w), bool)
+        big = np.repeat(np.repeat(flag, 2, axis=0), 2, axis=1)
+        up[: big.shape[0], : big.shape[1]] = big[:h, :w]
+        cand &= up
+    p = np.zeros((h, w, len(net.classes)), np.float32)
     p[..., 0] = 1.0
-    if cand.any():
-        p[cand] = net.proba(pixel_features(rgb, tissue, where=cand, version=net.features))
+    if not cand.any():
+        return p
+    ref = tissue_reference(optical_density(rgb), tissue)
+    lab, _n = ndimage.label(_grow(cand, CONTEXT_PX))
+    for sl in ndimage.find_objects(lab):
+        if sl is not None and cand[sl].any():
+            sub = cand[sl]
+            x = pixel_features(rgb[sl], tissue[sl], where=sub, version=net.features, ref=ref)
+            view = p[sl]
+            view[sub] = net.proba(x)
     return p
+
+
+def _grow(mask: np.ndarray, px: int) -> np.ndarray:
+    """``mask`` grown by a (2·px + 1)² square (one separable pass, fast for wide growth)."""
+    return ndimage.maximum_filter(mask, size=2 * px + 1) if mask.any() else mask
 
 
 def _kind_mask(
     kind: str, pk: np.ndarray, other: np.ndarray, tissue: np.ndarray, px_mm2: float
 ) -> np.ndarray:
     """The mask of ``kind`` from its probability: threshold, opening, minimum piece, and for
-    ink and debris the soft, mixed rim of the mark."""
+    ink and debris the soft, mixed rim of the mark. Morphology runs on the bounding box of
+    what was found (most of a slide has none)."""
     m = (pk > P_THRESHOLD[kind]) & ~other
     if kind == "fold":
         m &= tissue
-    m = _clean(m, MIN_PIECE_MM2[kind] / px_mm2, 1 if kind != "debris" else 0)
+    if not m.any():
+        return m
+    box = _box(m, 4)
+    m[box] = _clean(m[box], MIN_PIECE_MM2[kind] / px_mm2, 1 if kind != "debris" else 0)
     if kind == "ink" and m.any():  # hysteresis: the paler parts of a mark found
         lab, n = ndimage.label((pk > INK_LOW) & ~other, structure=np.ones((3, 3), bool))
         keep = np.zeros(n + 1, bool)
@@ -281,11 +327,23 @@ def _kind_mask(
         keep[0] = False
         m |= keep[lab]
     if kind in ("ink", "debris") and m.any():
-        m = m | (ndimage.binary_dilation(m, iterations=2) & (pk > 0.2))
-    if kind == "ink" and m.any():  # thin gaps in a mark (paler streaks) are ink too
-        r = max(1, round(INK_CLOSE_UM / math.sqrt(px_mm2 * 1e6)))
-        m = ndimage.binary_closing(np.pad(m, r), structure=_disk(r))[r:-r, r:-r]
+        r = max(1, round(INK_CLOSE_UM / math.sqrt(px_mm2 * 1e6))) if kind == "ink" else 0
+        box = _box(m, r + 4)
+        mb, pb = m[box], pk[box]
+        mb = mb | (ndimage.binary_dilation(mb, iterations=2) & (pb > 0.2))
+        if r:  # thin gaps in a mark (paler streaks) are ink too
+            mb = ndimage.binary_closing(np.pad(mb, r), structure=_disk(r))[r:-r, r:-r]
+        m[box] = mb
     return m
+
+
+def _box(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """The bounding box of ``mask`` grown by ``margin`` px (clipped to the image)."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return (
+        slice(max(rows[0] - margin, 0), rows[-1] + margin + 1),
+        slice(max(cols[0] - margin, 0), cols[-1] + margin + 1),
+    )
 
 
 def _disk(r: int) -> np.ndarray:
@@ -305,26 +363,52 @@ def _resolve_ink(
     unink: bool,
 ) -> InkResult:
     """Un-ink the thumbnail, look for ink again on it, and split what is left into over
-    tissue and on glass (:mod:`idcmap.pipeline.ink`)."""
-    od = ink_field(rgb, ink, tissue & ~ink, mpp) if unink else None
+    tissue and on glass (:mod:`idcmap.pipeline.ink`); on the ink's bounding box and
+    :data:`INK_MARGIN_UM` around it (the rest of the slide does not change)."""
+    ys, xs = np.nonzero(ink)
+    m = math.ceil(INK_MARGIN_UM / min(mpp, mpp_y))
+    box = (
+        slice(max(ys.min() - m, 0), ys.max() + m + 1),
+        slice(max(xs.min() - m, 0), xs.max() + m + 1),
+    )
+    rgb_b, tissue_b, ink_b, other_b = rgb[box], tissue[box], ink[box], other[box]
+    od = ink_field(rgb_b, ink_b, tissue_b & ~ink_b, mpp) if unink else None
+    tissue2 = tissue
     if od is not None and od.any():
-        od = soft_field(od, ink)
-        rgb2 = remove_ink(rgb, od)
-        tissue2 = tissue_mask_from_rgb(rgb2, mpp, mpp_y)
-        near = ndimage.binary_dilation(ink, iterations=2)
-        p2 = _classify(net, rgb2, tissue2, within=near)[..., net.classes.index("ink")]
-        left = _kind_mask("ink", p2, other, tissue2, mpp * mpp_y / 1e6) & near
+        od = soft_field(od, ink_b)
+        rgb2 = rgb.copy()
+        rgb2[box] = remove_ink(rgb_b, od)
+        if rgb_b.size < 0.25 * rgb.size:  # a small mark: the tissue rule around it only
+            tissue2 = tissue.copy()
+            tissue2[box] = tissue_mask_from_rgb(rgb2[box], mpp, mpp_y)
+        else:  # the rule's threshold is the slide's, which much ink had moved
+            tissue2 = tissue_mask_from_rgb(rgb2, mpp, mpp_y)
+        near = ndimage.binary_dilation(ink_b, iterations=2)
+        p2 = _classify(net, rgb2[box], tissue2[box], within=near)[..., net.classes.index("ink")]
+        left = _kind_mask("ink", p2, other_b, tissue2[box], mpp * mpp_y / 1e6) & near
     else:
-        od, tissue2, left = None, tissue, ink
+        od, left = None, ink_b
     # over tissue or on glass: by the texture under the ink (un-inked ink on glass, where the
     # ink was darker than over tissue, can keep a tissue-like tint)
-    found = ink | left
-    over = ink_over_tissue(rgb, found, mpp)
+    found = ink_b | left
+    over = ink_over_tissue(rgb_b, found, mpp)
     if od is not None:  # pale tissue under ink is tissue only if the tissue rule says so too
-        over &= tissue2 | left
-    rim = glass_rim(rgb, found, found & ~over, mpp)
-    after = ((tissue2 & ~found) | over) & ~rim
-    return InkResult(od=od, tissue=after, over_tissue=over, left=left)
+        over &= tissue2[box] | left
+    rim = glass_rim(rgb_b, found, found & ~over, mpp)
+    after = tissue2.copy()
+    after[box] = ((tissue2[box] & ~found) | over) & ~rim
+    full_od = None
+    if od is not None:
+        full_od = np.zeros((*ink.shape, 3), np.float32)
+        full_od[box] = od
+    return InkResult(od=full_od, tissue=after, over_tissue=_paste(over, box, ink.shape),
+                     left=_paste(left, box, ink.shape))  # fmt: skip
+
+
+def _paste(m: np.ndarray, box: tuple[slice, slice], shape: tuple[int, ...]) -> np.ndarray:
+    out = np.zeros(shape[:2], bool)
+    out[box] = m
+    return out
 
 
 # ---- blur: per-cell sharpness from the tile pass ------------------------------------------------

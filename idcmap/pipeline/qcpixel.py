@@ -25,6 +25,7 @@ __all__ = [
     "load_pixel_model",
     "optical_density",
     "pixel_features",
+    "tissue_reference",
 ]
 
 #: classes of the pixel classifier, in its output order
@@ -43,7 +44,11 @@ def optical_density(rgb: np.ndarray) -> np.ndarray:
 
 
 def pixel_features(
-    rgb: np.ndarray, tissue: np.ndarray, where: np.ndarray | None = None, version: int = 2
+    rgb: np.ndarray,
+    tissue: np.ndarray,
+    where: np.ndarray | None = None,
+    version: int = 2,
+    ref: np.ndarray | None = None,
 ) -> np.ndarray:
     """float32 rows×cols×F colour features of a ~16-µm/px thumbnail (see the module doc), or
     N×F of the N pixels of ``where`` only.
@@ -52,14 +57,17 @@ def pixel_features(
     ``version``: 1, the 19 features of ``qc-v1``; 2 adds the wider context (~300 µm) of the
     density, chromaticity, saturation and relative density, and each pixel's difference from
     it (a mark differs from the tissue around it).
+    ``ref``: the slide's reference OD (:func:`tissue_reference`), when ``rgb`` is a crop.
     """
+    if where is not None and where.mean() < 0.25:  # few pixels: gathering maps costs more
+        return _features_at(rgb, tissue, where, version, ref)
     od = optical_density(rgb)
     r, g, b = od[..., 0], od[..., 1], od[..., 2]
     s = r + g + b  # (axis reductions over a 3-long last axis are slow in numpy)
     inv = 1.0 / np.maximum(s, 1e-3)
     chrom = (r * inv, g * inv, b * inv)
-    sample = od[tissue][::7]  # the slide's own tissue: a subsample is enough for a median
-    ref = np.median(sample, axis=0) if len(sample) > 50 else np.asarray(REF_OD, np.float32)
+    if ref is None:
+        ref = tissue_reference(od, tissue)
     ref_s = float(max(ref.sum(), 0.05))
     c8 = [rgb[..., i] for i in range(3)]
     lum = (c8[0].astype(np.float32) + c8[1] + c8[2]) / 765.0
@@ -99,6 +107,109 @@ def pixel_features(
             out[:, i] = f[where]
         return out
     return np.stack(feats, -1).astype(np.float32)
+
+
+def _features_at(
+    rgb: np.ndarray, tissue: np.ndarray, where: np.ndarray, version: int, ref: np.ndarray | None
+) -> np.ndarray:
+    """:func:`pixel_features` of the pixels of ``where`` only (N×F, the same numbers): the
+    per-pixel features from those pixels alone, the neighbourhood ones from the reduced maps
+    sampled there (nothing is upsampled to the whole thumbnail)."""
+    yy, xx = np.nonzero(where)
+    od = optical_density(rgb)
+    if ref is None:
+        ref = tissue_reference(od, tissue)
+    ref_s = float(max(ref.sum(), 0.05))
+    s_map = od[..., 0] + od[..., 1] + od[..., 2]
+    inv_map = 1.0 / np.maximum(s_map, 1e-3)
+    logs_map = np.log(s_map + 0.05)
+    chr_map, chb_map = od[..., 0] * inv_map, od[..., 2] * inv_map
+    c8 = rgb[yy, xx].astype(np.float32)
+    r, g, b = od[yy, xx, 0], od[yy, xx, 1], od[yy, xx, 2]
+    s = r + g + b
+    inv = 1.0 / np.maximum(s, 1e-3)
+    mx = c8.max(1) / 255.0
+    mn = c8.min(1) / 255.0
+    logs = np.log(s + 0.05)
+    log_ref = float(np.log(ref_s))
+    feats = [
+        r, g, b, logs, r * inv, g * inv, b * inv, c8.sum(1) / 765.0, mx,
+        (mx - mn) / np.maximum(mx, 1e-3), logs - log_ref,
+        r * inv - ref[0] / ref_s, b * inv - ref[2] / ref_s,
+    ]  # fmt: skip
+    mx_map = rgb.max(axis=2).astype(np.float32) / 255.0
+    half = (yy // 2, xx // 2)
+    for f, shift in (
+        (logs_map, 0.0),
+        (chr_map, 0.0),
+        (chb_map, 0.0),
+        (mx_map, 0.0),
+        (logs_map, log_ref),
+    ):
+        feats.append(_at(_smooth_small(f, 3.0), half) - shift)
+    m1 = _at(_smooth_small(logs_map, 1.5), half)
+    m2 = _at(_smooth_small(logs_map * logs_map, 1.5), half)
+    feats.append(np.sqrt(np.maximum(m2 - m1 * m1, 0)))
+    if version >= 2:
+        mn_map = rgb.min(axis=2).astype(np.float32) / 255.0
+        sat_map = (mx_map - mn_map) / np.maximum(mx_map, 1e-3)
+        h, w = where.shape
+        for f, shift, own in (
+            (logs_map, 0.0, feats[3]),
+            (chr_map, 0.0, feats[4]),
+            (chb_map, 0.0, feats[6]),
+            (sat_map, 0.0, feats[9]),
+            (logs_map, log_ref, feats[10]),
+        ):
+            wide = _wide_at(f, 10.0, yy, xx, h, w) - shift
+            feats += [wide, own - wide]
+    return np.stack(feats, -1).astype(np.float32)
+
+
+def _smooth_small(f: np.ndarray, sigma: float) -> np.ndarray:
+    """:func:`_smooth` before its upsampling: the Gaussian on the 2:1 reduction."""
+    h, w = f.shape
+    if min(h, w) < 8:
+        return ndimage.gaussian_filter(f, sigma, mode="nearest")
+    f2 = f[: h - h % 2, : w - w % 2]
+    small = (f2[0::2, 0::2] + f2[1::2, 0::2] + f2[0::2, 1::2] + f2[1::2, 1::2]) * 0.25
+    return ndimage.gaussian_filter(small, sigma / 2, mode="nearest")
+
+
+def _at(small: np.ndarray, half: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """``small`` (a 2:1 map) at the given half-resolution px (the edge row/col repeated)."""
+    return small[np.minimum(half[0], small.shape[0] - 1), np.minimum(half[1], small.shape[1] - 1)]
+
+
+def _wide_at(
+    f: np.ndarray, sigma: float, yy: np.ndarray, xx: np.ndarray, h: int, w: int
+) -> np.ndarray:
+    """:func:`_smooth_wide` of ``f`` at px (yy, xx): the 4:1 map interpolated there."""
+    from PIL import Image
+
+    if min(h, w) < 16:
+        return ndimage.gaussian_filter(f, sigma, mode="nearest")[yy, xx].astype(np.float32)
+    small = np.asarray(Image.fromarray(f.astype(np.float32), mode="F").reduce(4))
+    small = ndimage.gaussian_filter(small, sigma / 4, mode="nearest")
+    sh, sw = small.shape
+    # PIL's bilinear upsampling: source position (x + 0.5)·(sw / w) − 0.5, clamped
+    fy = np.clip((yy + 0.5) * (sh / h) - 0.5, 0, sh - 1)
+    fx = np.clip((xx + 0.5) * (sw / w) - 0.5, 0, sw - 1)
+    y0, x0 = (
+        np.minimum(fy.astype(np.int64), sh - 2 if sh > 1 else 0),
+        np.minimum(fx.astype(np.int64), sw - 2 if sw > 1 else 0),
+    )
+    ty, tx = (fy - y0).astype(np.float32), (fx - x0).astype(np.float32)
+    y1, x1 = np.minimum(y0 + 1, sh - 1), np.minimum(x0 + 1, sw - 1)
+    top = small[y0, x0] * (1 - tx) + small[y0, x1] * tx
+    bot = small[y1, x0] * (1 - tx) + small[y1, x1] * tx
+    return (top * (1 - ty) + bot * ty).astype(np.float32)
+
+
+def tissue_reference(od: np.ndarray, tissue: np.ndarray) -> np.ndarray:
+    """The slide's own tissue OD (median per channel; :data:`REF_OD` without tissue)."""
+    sample = od[tissue][::7]  # a subsample is enough for a median
+    return np.median(sample, axis=0) if len(sample) > 50 else np.asarray(REF_OD, np.float32)
 
 
 def _smooth(f: np.ndarray, sigma: float) -> np.ndarray:
