@@ -1,24 +1,26 @@
 """QC stage: artefacts (ink, folds, blur, debris, scanner borders) and a per-slide verdict.
 
 Sits between the tissue stage and the tiles stage. It works on the tissue stage's thumbnail
-(~16 µm/px; 0.06–0.27 s per IDC mosaic on a loaded 2-core CPU, docs/qc.md), except blur,
+(~16 µm/px; timings in docs/qc.md), except blur,
 which a 16-µm thumbnail cannot see: blur is found from per-cell *sharpness* that the tiles
 pass computes on the 4-µm blocks it decodes anyway (:class:`SharpnessGrid`, an ``on_block``
 hook of :func:`idcmap.infer.predict_grid`), so it is known only after the model ran.
 
 What is done with each kind (:data:`EXCLUDE`, by measurement in ``benchmarks/artefacts.py``):
-ink, debris and border are removed from the tissue (not tissue, no tiles, NaN = glass for the
-aggregator); folds and blur are reported (area, ``review``) but kept, because removing them
-cost Dice where they lay over IDC that the model still finds.
+debris, border and ink on glass are removed from the tissue (not tissue, no tiles, NaN = glass
+for the aggregator); ink over tissue stays tissue — its optical density is taken off the
+pixels before the network sees them, and where ink is left after that, its cells get the
+probability of the tissue around them (:mod:`idcmap.pipeline.ink`, :mod:`~.inkfield`); folds
+and blur are reported (area, ``review``) but kept, because removing them cost Dice where they
+lay over IDC that the model still finds.
 
 Methods (the classifier trained on artefacts painted onto the training mosaics):
 
-* **ink, fold, debris** — a small per-pixel MLP (numpy forward, weights in
+* **ink, fold, debris** — a small per-pixel MLP (:mod:`idcmap.pipeline.qcpixel`, weights in
   ``idcmap/model/weights/qc/qc-v2.json``, trained by ``benchmarks/qc_train.py`` on artefacts
-  painted by :mod:`idcmap.train.artefacts` onto the 22 training mosaics) over colour features of
-  each thumbnail pixel and of its neighbourhood: optical density (OD) per channel, OD chromaticity,
-  OD relative to the slide's own tissue median (folds are "more of the same stain"), luminance,
-  local contrast. Its probabilities are cleaned with a small opening and a minimum area.
+  painted by :mod:`idcmap.train.artefacts` onto the 19 training mosaics) over colour features
+  of each thumbnail pixel and of its neighbourhood. Its probabilities are cleaned with a small
+  opening and a minimum area; ink grows by hysteresis into the paler parts of a mark.
 * **border** — near-black (max channel < 40) pixels connected to the image edge.
 * **blur** — tissue cells whose sharpness (fine detail ÷ medium detail of the grey image,
   contrast-free) is below ``BLUR_RATIO`` × the slide's 90th percentile of tissue cells.
