@@ -264,6 +264,41 @@ def table(rows: list[dict[str, Any]]) -> None:
         )
 
 
+def detail(rows: list[dict[str, Any]], kind: str) -> None:
+    """Per-slide rows of one kind: tissue and IDC area change against the same clean mosaic
+    (0.2.0 → QC), Dice, for ink where it lay (on glass / over tissue, mm²), review reasons."""
+    clean = {r["slide"]: r["none"] for r in rows if r["kind"] == "clean"}
+    print(
+        f"\n| {kind} | seed | marks (place) | tissue Δ 0.2.0 | tissue Δ QC | IDC Δ 0.2.0 | "
+        "IDC Δ QC | Dice 0.2.0 | Dice QC | ink on glass / over tissue mm² | review reasons |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+
+    def pct(a: float, b: float) -> str:
+        return f"{100 * (a / b - 1):+.0f} %" if b else "n/a"
+
+    for r in rows:
+        if r["kind"] != kind:
+            continue
+        c, q = clean[r["slide"]], r["all"]["qc"] or {}
+        d0 = dice_from_counts(r["none"]["inter"], r["none"]["pred"], r["none"]["truth"])[0]
+        d1 = dice_from_counts(r["all"]["inter"], r["all"]["pred"], r["all"]["truth"])[0]
+        if kind == "ink":
+            marks = " + ".join(f"{x['colour']} {x['shape']} α {x['alpha']}" for x in r["specs"])
+            place = f"{marks} ({r['specs'][1]['where']})"
+        else:
+            place = r["specs"][0].get("where", "-") if r["specs"] else "-"
+        ink = q.get("ink")
+        areas = f"{ink['on_glass_mm2']:.1f} / {ink['over_tissue_mm2']:.1f}" if ink else ""
+        print(
+            f"| {r['slide']} | {r['seed']} | {place} | "
+            f"{pct(r['none']['tissue_mm2'], c['tissue_mm2'])}"
+            f" | {pct(r['all']['tissue_mm2'], c['tissue_mm2'])} | "
+            f"{pct(r['none']['idc_mm2'], c['idc_mm2'])} | {pct(r['all']['idc_mm2'], c['idc_mm2'])}"
+            f" | {d0:.3f} | {d1:.3f} | {areas} | {'; '.join(q.get('reasons', []))} |"
+        )
+
+
 def clean_run(a: argparse.Namespace, model: Any) -> None:
     ids = sorted(p.stem for p in SLIDES.glob("*.tiff"))
     test = set(json.loads(SPLIT.read_text())["test"])
@@ -307,10 +342,16 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--clean", action="store_true", help="QC on the 28 clean mosaics instead")
     ap.add_argument("--keep-tiffs", action="store_true")
-    ap.add_argument("--table", type=Path, help="print the table of a battery.json")
+    ap.add_argument(
+        "--table", type=Path, nargs="*", help="print the tables of battery.json files (merged)"
+    )
+    ap.add_argument("--detail", nargs="*", default=[], help="with --table: per-slide rows")
     a = ap.parse_args()
     if a.table:
-        table(json.loads(a.table.read_text()))
+        rows = [r for f in a.table for r in json.loads(f.read_text())]
+        table(rows)
+        for kind in a.detail:
+            detail(rows, kind)
         return
     a.out.mkdir(parents=True, exist_ok=True)
     model = load_model(None, device="cpu")
