@@ -40,7 +40,7 @@ from idcmap.train.metrics import dice_from_counts  # noqa: E402
 from idcmap.train.truth import truth_from_cells  # noqa: E402
 
 SLIDES = ROOT.parent / "shared" / "data" / "idc" / "slides"
-SPLIT = ROOT / "idcmap" / "models" / "idc-v1.split.json"
+SPLIT = ROOT / "idcmap" / "model" / "weights" / "idc-v1.split.json"
 PLACES = {
     "ink": ["idc", "near", "glass"],
     "fold": ["idc", "near", "tissue"],
@@ -49,6 +49,8 @@ PLACES = {
     "border": ["-", "-", "-"],
 }
 COLOURS = ["blue", "green", "black", "red"]
+#: the validation mosaics of the split (tuning), beside its test ones (the final table)
+VALID = ("8917", "9037", "9076")
 
 
 def idc_region(sid: str, shape: tuple[int, int]) -> np.ndarray:
@@ -130,6 +132,19 @@ def record(res: Any, sid: str) -> dict[str, Any]:
     }
 
 
+def cached(out: Path, key: str, path: Path, model: Any, mode: str, sid: str) -> dict[str, Any]:
+    """The record of ``path`` run in ``mode``, from ``out/none-cache.json`` for ``none``
+    (0.2.0's behaviour does not change with the QC stage's: re-runs of the battery skip it)."""
+    if mode != "none":
+        return record(run(path, model, mode), sid)
+    f = out / "none-cache.json"
+    cache = json.loads(f.read_text()) if f.exists() else {}
+    if key not in cache:
+        cache[key] = record(run(path, model, mode), sid)
+        f.write_text(json.dumps(cache, default=str))
+    return dict(cache[key])
+
+
 def pr(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
     return int((pred & truth).sum()), int(pred.sum()), int(truth.sum())
 
@@ -143,7 +158,10 @@ def battery(a: argparse.Namespace, model: Any) -> None:
     for si, sid in enumerate(ids):
         img = read_level0(SLIDES / f"{sid}.tiff")
         reg = idc_region(sid, img.shape[:2])
-        base = {m: record(run(SLIDES / f"{sid}.tiff", model, m), sid) for m in ("none", "all")}
+        base = {
+            m: cached(a.out, f"{sid}_clean", SLIDES / f"{sid}.tiff", model, m, sid)
+            for m in ("none", "all")
+        }
         rows.append({"slide": sid, "kind": "clean", "seed": -1, **{m: base[m] for m in base}})
         for kind in a.kinds:
             for seed in range(a.seeds):
@@ -159,7 +177,9 @@ def battery(a: argparse.Namespace, model: Any) -> None:
                     "specs": p.specs,
                     "base": base,
                 }
-                for m in ("none", "all"):
+                # 0.2.0: the same whatever QC does, so run once per case
+                row["none"] = cached(a.out, f"{sid}_{kind}_{seed}_{si}", tif, model, "none", sid)
+                for m in ("all",):
                     res = run(tif, model, m)
                     row[m] = record(res, sid)
                     if m == "all":
@@ -244,6 +264,41 @@ def table(rows: list[dict[str, Any]]) -> None:
         )
 
 
+def detail(rows: list[dict[str, Any]], kind: str) -> None:
+    """Per-slide rows of one kind: tissue and IDC area change against the same clean mosaic
+    (0.2.0 → QC), Dice, for ink where it lay (on glass / over tissue, mm²), review reasons."""
+    clean = {r["slide"]: r["none"] for r in rows if r["kind"] == "clean"}
+    print(
+        f"\n| {kind} | seed | marks (place) | tissue Δ 0.2.0 | tissue Δ QC | IDC Δ 0.2.0 | "
+        "IDC Δ QC | Dice 0.2.0 | Dice QC | ink on glass / over tissue mm² | review reasons |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+
+    def pct(a: float, b: float) -> str:
+        return f"{100 * (a / b - 1):+.0f} %" if b else "n/a"
+
+    for r in rows:
+        if r["kind"] != kind:
+            continue
+        c, q = clean[r["slide"]], r["all"]["qc"] or {}
+        d0 = dice_from_counts(r["none"]["inter"], r["none"]["pred"], r["none"]["truth"])[0]
+        d1 = dice_from_counts(r["all"]["inter"], r["all"]["pred"], r["all"]["truth"])[0]
+        if kind == "ink":
+            marks = " + ".join(f"{x['colour']} {x['shape']} α {x['alpha']}" for x in r["specs"])
+            place = f"{marks} ({r['specs'][1]['where']})"
+        else:
+            place = r["specs"][0].get("where", "-") if r["specs"] else "-"
+        ink = q.get("ink")
+        areas = f"{ink['on_glass_mm2']:.1f} / {ink['over_tissue_mm2']:.1f}" if ink else ""
+        print(
+            f"| {r['slide']} | {r['seed']} | {place} | "
+            f"{pct(r['none']['tissue_mm2'], c['tissue_mm2'])}"
+            f" | {pct(r['all']['tissue_mm2'], c['tissue_mm2'])} | "
+            f"{pct(r['none']['idc_mm2'], c['idc_mm2'])} | {pct(r['all']['idc_mm2'], c['idc_mm2'])}"
+            f" | {d0:.3f} | {d1:.3f} | {areas} | {'; '.join(q.get('reasons', []))} |"
+        )
+
+
 def clean_run(a: argparse.Namespace, model: Any) -> None:
     ids = sorted(p.stem for p in SLIDES.glob("*.tiff"))
     test = set(json.loads(SPLIT.read_text())["test"])
@@ -254,7 +309,7 @@ def clean_run(a: argparse.Namespace, model: Any) -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for sid in ids:
-        r0 = record(run(SLIDES / f"{sid}.tiff", model, "none"), sid)
+        r0 = cached(a.out, f"{sid}_clean", SLIDES / f"{sid}.tiff", model, "none", sid)
         r1 = record(run(SLIDES / f"{sid}.tiff", model, "all"), sid)
         q = r1["qc"]
         rows.append({"slide": sid, "none": r0, "all": r1})
@@ -262,7 +317,8 @@ def clean_run(a: argparse.Namespace, model: Any) -> None:
         d1 = dice_from_counts(r1["inter"], r1["pred"], r1["truth"])[0]
         ex = {k: v for k, v in q["excluded_pct_of_tissue"].items() if v >= 0.05}
         print(
-            f"| {sid} | {'test' if sid in test else 'train'} | {r0['tissue_mm2']:.2f} | "
+            f"| {sid} | {'test' if sid in test else 'valid' if sid in VALID else 'train'} | "
+            f"{r0['tissue_mm2']:.2f} | "
             f"{r1['tissue_mm2']:.2f} | {100 * (r1['tissue_mm2'] / r0['tissue_mm2'] - 1):+.1f} | "
             f"{d0:.3f} | {d1:.3f} | {ex} | {q['colour_distance']} | {q['review']} | "
             f"{'; '.join(q['reasons'])} | {r1['qc_s']:.3f} / {r1['total_s']:.2f} |",
@@ -286,10 +342,16 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--clean", action="store_true", help="QC on the 28 clean mosaics instead")
     ap.add_argument("--keep-tiffs", action="store_true")
-    ap.add_argument("--table", type=Path, help="print the table of a battery.json")
+    ap.add_argument(
+        "--table", type=Path, nargs="*", help="print the tables of battery.json files (merged)"
+    )
+    ap.add_argument("--detail", nargs="*", default=[], help="with --table: per-slide rows")
     a = ap.parse_args()
     if a.table:
-        table(json.loads(a.table.read_text()))
+        rows = [r for f in a.table for r in json.loads(f.read_text())]
+        table(rows)
+        for kind in a.detail:
+            detail(rows, kind)
         return
     a.out.mkdir(parents=True, exist_ok=True)
     model = load_model(None, device="cpu")

@@ -23,32 +23,34 @@ from idcmap.params import Params  # noqa: E402
 from idcmap.pipeline.segment import segment_slide  # noqa: E402
 
 SLIDES = ROOT.parent / "shared" / "data" / "idc" / "slides"
-SPLIT = ROOT / "idcmap" / "models" / "idc-v1.split.json"
+SPLIT = ROOT / "idcmap" / "model" / "weights" / "idc-v1.split.json"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--slides", nargs="*")
+    ap.add_argument("--paths", nargs="*", type=Path, help="slide files instead of mosaics")
     a = ap.parse_args()
     model = load_model(None, device="cpu")
     test = json.loads(SPLIT.read_text())["test"]
     ids = a.slides or [s for s in test if (SLIDES / f"{s}.tiff").is_file()]
+    paths = a.paths or [SLIDES / f"{sid}.tiff" for sid in ids]
     print("| mosaic | 0.2.0 total s | QC total s | Δ % | QC stage s (qc + qc_blur) | % of 0.2.0 |")
     print("|---|---|---|---|---|---|")
     tot = {"none": [], "all": [], "stage": []}
-    for sid in ids:
+    for path in paths:
+        sid = path.stem
         t: dict[str, list[float]] = {"none": [], "all": [], "stage": []}
-        segment_slide(SLIDES / f"{sid}.tiff", model=model, progress=False)  # warm
+        segment_slide(path, model=model, progress=False)  # warm
         for _ in range(a.repeats):
             for mode in ("none", "all"):
-                r = segment_slide(
-                    SLIDES / f"{sid}.tiff", model=model, progress=False, params=Params(qc=mode)
-                )
+                r = segment_slide(path, model=model, progress=False, params=Params(qc=mode))
                 ts = r.summary["timings_s"]
                 t[mode].append(ts["total"])
                 if mode == "all":
-                    t["stage"].append(ts.get("qc", 0.0) + ts.get("qc_blur", 0.0))
+                    stage = ts.get("qc", 0.0) + ts.get("qc_blur", 0.0) + ts.get("qc_fill", 0.0)
+                    t["stage"].append(stage)
         m = {k: statistics.median(v) for k, v in t.items()}
         for k in tot:
             tot[k].append(m[k])

@@ -1,14 +1,15 @@
-"""Train the QC stage's pixel classifier (idcmap/model/weights/qc/qc-v1.json) and compute its colour
-reference, on artefacts painted onto the *training* mosaics (never the test ones of
-idcmap/models/idc-v1.split.json).
+"""Train the QC stage's pixel classifier (idcmap/model/weights/qc/qc-v2.json) and compute its
+colour reference, on artefacts painted onto the *training* mosaics (neither the test nor the
+validation mosaics of idcmap/model/weights/idc-v1.split.json: those are for the battery).
 
     PYTHONPATH=. python benchmarks/qc_train.py --cache /tmp/qc-cache            # paint + train
     PYTHONPATH=. python benchmarks/qc_train.py --reference                       # REF_OD
 
-Each training mosaic is painted with 2 seeds (two ink marks of random colour/shape/width/
-opacity, a fold, debris/bubbles, a blur band as a negative, a border half the time), reduced
-4:1 to the tissue stage's 16 µm/px, and every thumbnail pixel is labelled by the painted area
-it covers (≥ 50 %: that kind; 10–50 %: left out). Clean tissue and glass are sampled beside.
+Each training mosaic is painted with 3 seeds: three ink marks of random colour, shape, width,
+opacity and place (so marks overlap), then a fold, debris/bubbles, a blur band (a negative) and
+a border half the time; reduced 4:1 to the tissue stage's 16 µm/px. Every thumbnail pixel is
+labelled by the painted area it covers (≥ 50 %: that kind; 10–50 %: left out). Clean tissue and
+glass are sampled beside, from the painted thumbnails and from the unpainted mosaic.
 """
 
 from __future__ import annotations
@@ -25,18 +26,21 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from idcmap.pipeline import qc  # noqa: E402
+from idcmap.pipeline import qcpixel  # noqa: E402
 from idcmap.pipeline.tissue import tissue_mask_from_rgb  # noqa: E402
 from idcmap.train.artefacts import paint  # noqa: E402
 from idcmap.train.data import read_cells, read_level0  # noqa: E402
 
 SLIDES = ROOT.parent / "shared" / "data" / "idc" / "slides"
-SPLIT = ROOT / "idcmap" / "models" / "idc-v1.split.json"
+SPLIT = ROOT / "idcmap" / "model" / "weights" / "idc-v1.split.json"
+#: the validation mosaics of the split (its "valid" patients with a mosaic)
+VALID = ("8917", "9037", "9076")
+CLASSES = qcpixel.CLASSES
 
 
 def train_ids() -> list[str]:
-    test = set(json.loads(SPLIT.read_text())["test"])
-    return sorted(p.stem for p in SLIDES.glob("*.tiff") if p.stem not in test)
+    held = set(json.loads(SPLIT.read_text())["test"]) | set(VALID)
+    return sorted(p.stem for p in SLIDES.glob("*.tiff") if p.stem not in held)
 
 
 def idc_region(sid: str, shape: tuple[int, int]) -> np.ndarray:
@@ -58,54 +62,65 @@ def painted_thumbs(sid: str, seed: int, cache: Path) -> dict[str, np.ndarray]:
         return dict(np.load(f))
     img = read_level0(SLIDES / f"{sid}.tiff")
     reg = idc_region(sid, img.shape[:2])
-    rng = np.random.default_rng(1000 + seed)
-    kinds = ["ink", "fold", "debris", "blur"] + (["border"] if rng.random() < 0.5 else [])
-    p = paint(img, 4.0, kinds, seed=seed, region=reg, n_each=2)
-    out = {"rgb": np.asarray(Image.fromarray(p.rgb).reduce(4))}
+    rng = np.random.default_rng(5000 + seed)
+    kinds = ["fold", "debris", "blur"] + (["border"] if rng.random() < 0.5 else [])
+    inked = paint(img, 4.0, ["ink"], seed=100 + seed, region=reg, n_each=3)
+    p = paint(inked.rgb, 4.0, kinds, seed=200 + seed, region=reg)
+    out = {
+        "rgb": np.asarray(Image.fromarray(p.rgb).reduce(4)),
+        "clean": np.asarray(Image.fromarray(img).reduce(4)),
+        "ink": reduce_mask(inked.masks["ink"]),
+    }
     for k, m in p.masks.items():
         out[k] = reduce_mask(m)
     np.savez_compressed(f, **out)
     return out
 
 
-def samples(d: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    rgb = d["rgb"]
-    tissue = tissue_mask_from_rgb(rgb, 16.0)
-    x = qc.pixel_features(rgb, tissue)
-    y = np.zeros(rgb.shape[:2], np.int64)
-    ignore = np.zeros(rgb.shape[:2], bool)
-    for kind in ("fold", "ink", "debris"):  # later kinds win
-        ci = qc.CLASSES.index(kind)
-        if kind in d:
-            f = d[kind]
-            if kind == "fold":
-                f = f * tissue
-            y[f >= 0.5] = ci
-            ignore |= (f > 0.1) & (f < 0.5)
-    if "border" in d:
-        ignore |= d["border"] > 0.05
-    ok = ~ignore
-    idx = []
-    for ci in range(len(qc.CLASSES)):
-        cand = np.flatnonzero((y.ravel() == ci) & ok.ravel())
-        if ci == 0:
-            t = np.flatnonzero((y.ravel() == 0) & ok.ravel() & tissue.ravel())
-            g = np.flatnonzero((y.ravel() == 0) & ok.ravel() & ~tissue.ravel())
-            idx += [
-                rng.choice(t, min(len(t), 40000), replace=False),
-                rng.choice(g, min(len(g), 6000), replace=False),
-            ]
-        elif len(cand):
-            idx.append(rng.choice(cand, min(len(cand), 8000), replace=False))
-    i = np.concatenate(idx)
-    return x.reshape(-1, x.shape[-1])[i], y.ravel()[i]
+def samples(
+    d: dict[str, np.ndarray], rng: np.random.Generator, version: int
+) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for src in ("rgb", "clean"):
+        rgb = d[src]
+        tissue = tissue_mask_from_rgb(rgb, 16.0)
+        x = qcpixel.pixel_features(rgb, tissue, version=version)
+        y = np.zeros(rgb.shape[:2], np.int64)
+        ignore = np.zeros(rgb.shape[:2], bool)
+        if src == "rgb":
+            for kind in ("fold", "ink", "debris"):  # later kinds win
+                f = d[kind] * tissue if kind == "fold" else d[kind]
+                y[f >= 0.5] = CLASSES.index(kind)
+                ignore |= (f > 0.1) & (f < 0.5)
+            ignore |= d["border"] > 0.05 if "border" in d else False
+        c8 = rgb.astype(np.float32)
+        absorbs = -np.log((c8[..., 0] + 1) * (c8[..., 1] + 1) * (c8[..., 2] + 1) / 256.0**3)
+        ok = (~ignore & (absorbs > 0.25)).ravel()  # as the QC stage's candidates
+        yr = y.ravel()
+        idx = []
+        for ci in range(len(CLASSES)):
+            if ci == 0:
+                t = np.flatnonzero((yr == 0) & ok & tissue.ravel())
+                g = np.flatnonzero((yr == 0) & ok & ~tissue.ravel())
+                n_t = 15000 if src == "rgb" else 10000
+                idx += [
+                    rng.choice(t, min(len(t), n_t), replace=False),
+                    rng.choice(g, min(len(g), 3000), replace=False),
+                ]
+            else:
+                cand = np.flatnonzero((yr == ci) & ok)
+                idx.append(rng.choice(cand, min(len(cand), 6000), replace=False))
+        i = np.concatenate(idx)
+        xs.append(x.reshape(-1, x.shape[-1])[i])
+        ys.append(yr[i])
+    return np.concatenate(xs), np.concatenate(ys)
 
 
 def reference() -> None:
+    from idcmap.io.open import open_slide
+
     ods = []
     for sid in train_ids():
-        from idcmap.slide import open_slide
-
         with open_slide(SLIDES / f"{sid}.tiff") as s:
             rgb, _ = s.read_at_mpp(16.0)
         t = tissue_mask_from_rgb(rgb, 16.0)
@@ -118,9 +133,12 @@ def reference() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", type=Path, default=Path("/tmp/qc-train-cache"))
-    ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--hidden", type=int, default=16)
-    ap.add_argument("--out", type=Path, default=ROOT / "idcmap" / "models" / "qc-v1.json")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--hidden", type=int, default=24)
+    ap.add_argument("--features", type=int, default=2, help="pixel_features version")
+    ap.add_argument(
+        "--out", type=Path, default=ROOT / "idcmap" / "model" / "weights" / "qc" / "qc-v2.json"
+    )
     ap.add_argument("--reference", action="store_true")
     a = ap.parse_args()
     if a.reference:
@@ -134,26 +152,26 @@ def main() -> None:
     t0 = time.time()
     for sid in train_ids():
         for seed in range(a.seeds):
-            x, y = samples(painted_thumbs(sid, seed, a.cache), rng)
+            x, y = samples(painted_thumbs(sid, seed, a.cache), rng, a.features)
             xs.append(x)
             ys.append(y)
         print(sid, f"{time.time() - t0:.0f} s", flush=True)
     x, y = np.concatenate(xs), np.concatenate(ys)
-    print("samples per class", np.bincount(y, minlength=len(qc.CLASSES)))
+    print("samples per class", np.bincount(y, minlength=len(CLASSES)))
     mean, std = x.mean(0), x.std(0) + 1e-6
     clf = MLPClassifier(
-        (a.hidden,), alpha=1e-4, max_iter=60, random_state=0, early_stopping=True, batch_size=1024
+        (a.hidden,), alpha=1e-4, max_iter=80, random_state=0, early_stopping=True, batch_size=1024
     )
     clf.fit((x - mean) / std, y)
     print("train acc", clf.score((x - mean) / std, y), f"{time.time() - t0:.0f} s")
-    net = qc.PixelMLP(
+    net = qcpixel.PixelMLP(
         mean=mean,
         std=std,
         w1=clf.coefs_[0],
         b1=clf.intercepts_[0],
         w2=clf.coefs_[1],
         b2=clf.intercepts_[1],
-        classes=qc.CLASSES,
+        classes=CLASSES,
         training={
             "slides": train_ids(),
             "seeds": a.seeds,
@@ -161,6 +179,7 @@ def main() -> None:
             "hidden": a.hidden,
             "command": "PYTHONPATH=. python benchmarks/qc_train.py",
         },
+        features=a.features,
     )
     a.out.write_text(json.dumps(net.to_json()))
     print("wrote", a.out)

@@ -117,6 +117,9 @@ def test_api_gives_the_artefact_layers_and_keeps_them_out_of_the_regions(
     assert ink["name"] == "Ink" and ink["color"] == list(ARTEFACT_COLORS["ink"])
     assert ink["excluded"] is True and ink["count"] == classes.count("Ink")
     assert ink["area_mm2"] == pytest.approx(summary["qc"]["excluded_mm2"]["ink"])
+    # the stroke lies over tissue: the legend says it stays tissue, with the areas
+    over = summary["qc"]["ink"]["over_tissue_mm2"]
+    assert over > 0 and f"over tissue {over:.2f} mm² kept" in ink["note"]
     # no QC: no layer, and the page says so
     assert api(server, "clean")["qc"] is None
 
@@ -138,7 +141,7 @@ def test_slide_page_shows_the_ink_layer_in_its_colour(
         "('.swatch')).borderTopColor])"
     )
     assert len(legend) == 1 and legend[0][0] == "ink" and legend[0][2] == f"rgb({r}, {g}, {b})"
-    assert "Ink" in legend[0][1] and "removed from the tissue" in legend[0][1]
+    assert "Ink" in legend[0][1] and "over tissue" in legend[0][1] and "kept" in legend[0][1]
     assert "Review:" in browser.evaluate("document.getElementById('side').innerText")
     # the layer lies over the ink: the screen changes there when it is switched off (key q),
     # and its outline is drawn where the GeoJSON's polygon is

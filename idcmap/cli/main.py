@@ -266,9 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.qc,
         metavar="KINDS",
         help="artefacts the QC stage finds: all, none (0.2.0's behaviour, the default for now: "
-        "docs/qc.md) or a comma list of ink, fold, blur, debris, border; ink, debris and "
-        "borders are removed from the tissue, folds and blur flagged; the verdict goes to "
-        "summary.json",
+        "docs/qc.md) or a comma list of ink, fold, blur, debris, border; ink on glass, "
+        "debris and borders are removed from the tissue, ink over tissue is taken off the "
+        "pixels (or filled from the tissue around it), folds and blur flagged; the verdict "
+        "goes to summary.json",
     )
     run.add_argument(
         "--decode",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -53,6 +53,7 @@ def predict_grid(
     on_block: Callable[[Block], None] | None = None,
     torch_threads: int | None = None,
     decoder: TileDecoder | None = None,
+    transform: Callable[[int, int, np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, InferenceStats]:
     """IDC probability of every kept tile of ``grid``.
 
@@ -63,6 +64,10 @@ def predict_grid(
 
     ``on_block`` (optional) sees every block's pixels after the model (e.g. to build a
     thumbnail from the same decode).
+
+    ``transform`` (optional) maps a block's pixels before the model: ``transform(row0, col0,
+    pixels)`` (e.g. :class:`idcmap.pipeline.ink.InkRemover`, which takes pen ink off); its
+    time counts as the model's.
 
     ``torch_threads`` (optional, CPU only) runs the model with that many torch threads for this
     call and restores torch's process-wide setting afterwards; ``None`` leaves it alone. Give
@@ -100,6 +105,8 @@ def predict_grid(
         for block in iter_blocks(slide, grid, rl, blocks, workers=workers, decoder=decoder):
             t0 = time.perf_counter()
             stats.wait_s += t0 - t_wait
+            if transform is not None:
+                block = replace(block, pixels=transform(block.row0, block.col0, block.pixels))
             stats.read_s += block.read_s
             stats.resize_s += block.resize_s
             keep = grid.keep[block.row0 : block.row1, block.col0 : block.col1]

@@ -1,27 +1,30 @@
 """QC stage: artefacts (ink, folds, blur, debris, scanner borders) and a per-slide verdict.
 
 Sits between the tissue stage and the tiles stage. It works on the tissue stage's thumbnail
-(~16 µm/px; 0.06–0.27 s per IDC mosaic on a loaded 2-core CPU, docs/qc.md), except blur,
+(~16 µm/px; timings in docs/qc.md), except blur,
 which a 16-µm thumbnail cannot see: blur is found from per-cell *sharpness* that the tiles
 pass computes on the 4-µm blocks it decodes anyway (:class:`SharpnessGrid`, an ``on_block``
 hook of :func:`idcmap.infer.predict_grid`), so it is known only after the model ran.
 
 What is done with each kind (:data:`EXCLUDE`, by measurement in ``benchmarks/artefacts.py``):
-ink, debris and border are removed from the tissue (not tissue, no tiles, NaN = glass for the
-aggregator); folds and blur are reported (area, ``review``) but kept, because removing them
-cost Dice where they lay over IDC that the model still finds.
+debris, border and ink on glass are removed from the tissue (not tissue, no tiles, NaN = glass
+for the aggregator); ink over tissue stays tissue — its optical density is taken off the
+pixels before the network sees them, and where ink is left after that, its cells get the
+probability of the tissue around them (:mod:`idcmap.pipeline.ink`, :mod:`~.inkfield`); folds
+and blur are reported (area, ``review``) but kept, because removing them cost Dice where they
+lay over IDC that the model still finds.
 
 Methods (the classifier trained on artefacts painted onto the training mosaics):
 
-* **ink, fold, debris** — a small per-pixel MLP (numpy forward, weights in
-  ``idcmap/model/weights/qc/qc-v1.json``, trained by ``benchmarks/qc_train.py`` on artefacts
-  painted by :mod:`idcmap.train.artefacts` onto the 22 training mosaics) over colour features of
-  each thumbnail pixel and of its neighbourhood: optical density (OD) per channel, OD chromaticity,
-  OD relative to the slide's own tissue median (folds are "more of the same stain"), luminance,
-  local contrast. Its probabilities are cleaned with a small opening and a minimum area.
+* **ink, fold, debris** — a small per-pixel MLP (:mod:`idcmap.pipeline.qcpixel`, weights in
+  ``idcmap/model/weights/qc/qc-v2.json``, trained by ``benchmarks/qc_train.py`` on artefacts
+  painted by :mod:`idcmap.train.artefacts` onto the 19 training mosaics) over colour features
+  of each thumbnail pixel and of its neighbourhood. Its probabilities are cleaned with a small
+  opening and a minimum area; ink grows by hysteresis into the paler parts of a mark.
 * **border** — near-black (max channel < 40) pixels connected to the image edge.
 * **blur** — tissue cells whose sharpness (fine detail ÷ medium detail of the grey image,
-  contrast-free) is below ``BLUR_RATIO`` × the slide's 90th percentile of tissue cells.
+  contrast-free) is below ``BLUR_RATIO`` × the slide's 90th percentile of tissue cells
+  (:mod:`idcmap.pipeline.qcblur`).
 
 The verdict (:func:`verdict`) gives the area of each kind (mm², % of tissue), the colour
 distance of the slide's tissue from the training data (:data:`REF_OD`), and ``review`` with
@@ -30,11 +33,9 @@ its reasons.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,13 +44,32 @@ from scipy import ndimage
 from idcmap.params import QC_KINDS as KINDS
 from idcmap.params import parse_qc_kinds as parse_kinds
 from idcmap.pipeline.heatmap import Heatmap
+from idcmap.pipeline.ink import (
+    InkResult,
+    glass_rim,
+    ink_over_tissue,
+    remove_ink,
+    soft_field,
+)
+from idcmap.pipeline.inkfield import ink_field
+from idcmap.pipeline.qcblur import SharpnessGrid, block_sharpness, find_blur
+from idcmap.pipeline.qcpixel import (
+    REF_OD,
+    PixelMLP,
+    load_pixel_model,
+    optical_density,
+    pixel_features,
+    tissue_reference,
+)
 from idcmap.pipeline.regions import mask_to_regions
+from idcmap.pipeline.tissue import tissue_mask_from_rgb
 
 __all__ = [
     "KINDS",
     "QCMasks",
     "QCVerdict",
     "SharpnessGrid",
+    "block_sharpness",
     "colour_distance",
     "find_artefacts",
     "find_blur",
@@ -58,23 +78,11 @@ __all__ = [
     "verdict",
 ]
 
-#: classes of the pixel classifier, in its output order
-CLASSES = ("clean", "ink", "fold", "debris")
-
-#: Mean tissue optical density (R, G, B) of the 22 training mosaics at 16 µm/px (the mean of the
-#: per-mosaic means; tissue mask of :func:`idcmap.pipeline.tissue.tissue_mask_from_rgb`).
-#: Computed by ``PYTHONPATH=. python benchmarks/qc_train.py --reference``.
-REF_OD = (0.2533, 0.5507, 0.3559)
 #: Colour distance (see :func:`colour_distance`) above which a slide gets ``review``. Measured:
 #: 0.7–6.8 on the 28 shared mosaics (train and test), 9.8–20.9 on the nine BreaKHis images of
 #: ../shared/data/stain-refs (another laboratory), reduced 4:1.
 COLOUR_FAR = 8.5
 
-#: A tissue cell is blurred when its sharpness is below this fraction of the slide's 90th
-#: percentile of tissue cells (the sharp tissue; a median moves when blur covers half a slide).
-#: Measured: clean tissue cells ≥ 0.26 × p90 at their 0.5th percentile (8863, 9035, 9077, 9124);
-#: cells under a σ = 10 µm band: median 0.18–0.24 × p90.
-BLUR_RATIO = 0.25
 #: Kinds removed from the tissue; the others (fold, blur) are reported and flagged only.
 #: Measured on the test mosaics with painted artefacts (benchmarks/artefacts.py): excluding
 #: folds cost 0.014 pooled Dice and excluding blur bands 0.081 (they lie over IDC the model
@@ -92,9 +100,25 @@ REVIEW_BLUR_NEAR_UM = 400.0
 P_THRESHOLD = {"ink": 0.7, "fold": 0.95, "debris": 0.9}
 #: The classifier runs on pixels whose summed optical density is above this.
 CANDIDATE_OD = 0.25
+#: First look on a 2:1 reduction: pixels whose artefact probability there is above this,
+#: grown by SCREEN_GROW_PX (of the reduction), are classified at full resolution.
+SCREEN_P = 0.1
+SCREEN_GROW_PX = 3
+#: Context (px) around the pixels classified: what their neighbourhood features see.
+CONTEXT_PX = 24
 MIN_PIECE_MM2 = {"ink": 0.05, "fold": 0.1, "debris": 0.005, "border": 0.02}
-
-_MODEL_PATH = Path(__file__).parents[1] / "model" / "weights" / "qc" / "qc-v1.json"
+#: Ink: pixels above this probability connected to a mark found (above ``P_THRESHOLD``) are
+#: ink too (measured on painted VALID/TRAIN mosaics: recall 0.90 → 0.96, precision 0.99,
+#: clean mosaics unchanged).
+INK_LOW = 0.1
+#: Gaps in an ink mark narrower than about twice this (µm) are closed.
+INK_CLOSE_UM = 48.0
+#: The ink is resolved on its bounding box and this margin (µm): what its field, texture and
+#: rim look at (the field spreads over 3 × 320 µm).
+INK_MARGIN_UM = 1000.0
+#: Take the ink off the pixels where it lies over tissue (:mod:`idcmap.pipeline.ink`); else
+#: all ink over tissue is filled from around.
+UNINK = True
 
 
 @dataclass(frozen=True)
@@ -109,15 +133,37 @@ class QCMasks:
     mpp: float
     mpp_y: float
     timings_s: dict[str, float] = field(default_factory=dict)
+    #: what became of the ink found (un-inked, over tissue or on glass; None when no ink was
+    #: found or looked for): :mod:`idcmap.pipeline.ink`
+    ink: InkResult | None = None
+    #: the thumbnail's (rows, cols), for the masks of a run that looked for none (blur only)
+    shape: tuple[int, int] = (0, 0)
 
     @property
     def excluded(self) -> np.ndarray:
-        """Union of the masks of the kinds removed from the tissue (:data:`EXCLUDE`)."""
-        return self.union(EXCLUDE)
+        """What is removed from the tissue stage's mask: debris, border (:data:`EXCLUDE`) and
+        ink on glass. Ink over tissue stays tissue (un-inked, or filled where ink is left)."""
+        if self.ink is None:
+            return self.union(EXCLUDE)
+        return self.union(EXCLUDE - {"ink"}) | (self.masks["ink"] & ~self.ink.tissue)
+
+    @property
+    def untrusted(self) -> np.ndarray:
+        """Where the network is not shown the pixels: the excluded areas and the ink left
+        after un-inking."""
+        if self.ink is None:
+            return self.excluded
+        return self.excluded | self.ink.left
+
+    def tissue_after(self, before: np.ndarray) -> np.ndarray:
+        """The tissue after QC, from the tissue stage's mask ``before``."""
+        if self.ink is None:
+            return before & ~self.excluded
+        return self.ink.tissue & ~self.union(EXCLUDE - {"ink"})
 
     def union(self, kinds: Iterable[str] | None = None) -> np.ndarray:
         """Union of the masks of ``kinds`` (default: every kind found)."""
-        shape = next(iter(self.masks.values())).shape if self.masks else (0, 0)
+        shape = next(iter(self.masks.values())).shape if self.masks else self.shape
         out = np.zeros(shape, bool)
         for k, m in self.masks.items():
             if kinds is None or k in kinds:
@@ -131,165 +177,6 @@ class QCMasks:
         if within is not None:
             m = m & within
         return float(m.sum()) * self.mpp * self.mpp_y / 1e6
-
-
-# ---- features and the pixel classifier ---------------------------------------------------------
-
-
-def _od(rgb: np.ndarray) -> np.ndarray:
-    return -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
-
-
-def pixel_features(
-    rgb: np.ndarray, tissue: np.ndarray, where: np.ndarray | None = None
-) -> np.ndarray:
-    """float32 rows×cols×F colour features of a ~16-µm/px thumbnail (see the module doc), or
-    N×F of the N pixels of ``where`` only.
-
-    ``tissue``: the tissue stage's mask; its median OD is the slide's own reference.
-    """
-    od = _od(rgb)
-    r, g, b = od[..., 0], od[..., 1], od[..., 2]
-    s = r + g + b  # (axis reductions over a 3-long last axis are slow in numpy)
-    inv = 1.0 / np.maximum(s, 1e-3)
-    chrom = (r * inv, g * inv, b * inv)
-    sample = od[tissue][::7]  # the slide's own tissue: a subsample is enough for a median
-    ref = np.median(sample, axis=0) if len(sample) > 50 else np.asarray(REF_OD, np.float32)
-    ref_s = float(max(ref.sum(), 0.05))
-    c8 = [rgb[..., i] for i in range(3)]
-    lum = (c8[0].astype(np.float32) + c8[1] + c8[2]) / 765.0
-    mx = np.maximum(np.maximum(c8[0], c8[1]), c8[2]).astype(np.float32) / 255.0
-    mn = np.minimum(np.minimum(c8[0], c8[1]), c8[2]).astype(np.float32) / 255.0
-    sat = (mx - mn) / np.maximum(mx, 1e-3)
-    base = [
-        r,
-        g,
-        b,
-        np.log(s + 0.05),
-        chrom[0],
-        chrom[1],
-        chrom[2],
-        lum,
-        mx,
-        sat,
-        np.log((s + 0.05) / ref_s),
-        chrom[0] - ref[0] / ref_s,
-        chrom[2] - ref[2] / ref_s,
-    ]
-    feats = list(base)
-    # neighbourhood (~100 µm): the same maps smoothed on a 2:1 reduction (cheap), and the
-    # local contrast of the density (ink and folds are smooth, tissue is textured)
-    for f in (base[3], base[4], base[6], base[8], base[10]):
-        feats.append(_smooth(f, 3.0))
-    ls = base[3]
-    m1 = _smooth(ls, 1.5)
-    feats.append(np.sqrt(np.maximum(_smooth(ls * ls, 1.5) - m1 * m1, 0)))
-    if where is not None:
-        out = np.empty((int(where.sum()), len(feats)), np.float32)
-        for i, f in enumerate(feats):
-            out[:, i] = f[where]
-        return out
-    return np.stack(feats, -1).astype(np.float32)
-
-
-def _smooth(f: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian of ``sigma`` px, computed at half resolution and upsampled (nearest)."""
-    h, w = f.shape
-    if min(h, w) < 8:
-        return ndimage.gaussian_filter(f, sigma, mode="nearest")
-    f2 = f[: h - h % 2, : w - w % 2]
-    small = (f2[0::2, 0::2] + f2[1::2, 0::2] + f2[0::2, 1::2] + f2[1::2, 1::2]) * 0.25
-    small = ndimage.gaussian_filter(small, sigma / 2, mode="nearest")
-    out = np.empty((h, w), small.dtype)
-    hh, ww = 2 * small.shape[0], 2 * small.shape[1]
-    for dy in (0, 1):
-        for dx in (0, 1):
-            out[dy:hh:2, dx:ww:2] = small
-    if hh < h:
-        out[hh:, :ww] = out[hh - 1 : hh, :ww]
-    if ww < w:
-        out[:, ww:] = out[:, ww - 1 : ww]
-    return out
-
-
-def _one_blas_thread() -> Any:
-    """threadpoolctl's limit to one BLAS thread when it is installed, else nothing."""
-    try:
-        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
-    except ImportError:  # pragma: no cover
-        import contextlib
-
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
-
-
-@dataclass(frozen=True)
-class PixelMLP:
-    """A one-hidden-layer MLP over standardised :func:`pixel_features` (numpy forward)."""
-
-    mean: np.ndarray
-    std: np.ndarray
-    w1: np.ndarray
-    b1: np.ndarray
-    w2: np.ndarray
-    b2: np.ndarray
-    classes: tuple[str, ...]
-    training: dict[str, Any]
-
-    def proba(self, x: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
-        """rows×cols×C class probabilities of rows×cols×F features (only at ``where``, if
-        given: elsewhere "clean" with probability 1)."""
-        sh = x.shape[:-1]
-        if where is not None:
-            out = np.zeros((*sh, len(self.classes)), np.float32)
-            out[..., 0] = 1.0
-            if where.any():
-                out[where] = self.proba(x[where])
-            return out
-        # standardisation folded into the first layer: one matmul
-        w1 = (self.w1 / self.std[:, None]).astype(np.float32)
-        b1 = (self.b1 - (self.mean / self.std) @ self.w1).astype(np.float32)
-        with _one_blas_thread():  # these small matmuls only lose to BLAS threads spin-waiting
-            h = np.maximum(x.reshape(-1, x.shape[-1]) @ w1 + b1, 0)
-            o = h @ self.w2.astype(np.float32) + self.b2.astype(np.float32)
-        cols = [o[:, i] for i in range(o.shape[1])]  # softmax column by column (C is small)
-        top = cols[0]
-        for c in cols[1:]:
-            top = np.maximum(top, c)
-        e = [np.exp(c - top) for c in cols]
-        tot = e[0]
-        for c in e[1:]:
-            tot = tot + c
-        return np.stack([c / tot for c in e], -1).reshape(*sh, -1)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": "qc-pixel-mlp/1",
-            "classes": list(self.classes),
-            "training": self.training,
-            **{
-                k: np.asarray(getattr(self, k)).round(6).tolist()
-                for k in ("mean", "std", "w1", "b1", "w2", "b2")
-            },
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> PixelMLP:
-        arr = {k: np.asarray(d[k], np.float32) for k in ("mean", "std", "w1", "b1", "w2", "b2")}
-        return cls(classes=tuple(d["classes"]), training=d.get("training", {}), **arr)
-
-
-_MODEL: PixelMLP | None = None
-
-
-def load_pixel_model(path: str | Path | None = None) -> PixelMLP:
-    global _MODEL
-    if path is None and _MODEL is not None:
-        return _MODEL
-    m = PixelMLP.from_json(json.loads(Path(path or _MODEL_PATH).read_text()))
-    if path is None:
-        _MODEL = m
-    return m
 
 
 # ---- the stage ----------------------------------------------------------------------------------
@@ -315,6 +202,7 @@ def find_artefacts(
     kinds: Iterable[str] | str | None = None,
     mpp_y: float | None = None,
     model: PixelMLP | None = None,
+    unink: bool = True,
 ) -> QCMasks:
     """Artefact masks of a low-resolution RGB thumbnail (~16 µm/px) and its tissue mask.
 
@@ -324,6 +212,8 @@ def find_artefacts(
         tissue: bool rows×cols, the tissue stage's mask (before QC).
         kinds: which kinds to look for (:func:`parse_kinds`); ``blur`` is ignored here (see
             :func:`find_blur`).
+        unink: measure the ink's OD to take it off the pixels (:mod:`idcmap.pipeline.ink`);
+            False: all ink over tissue is left (filled), e.g. when the tiles were evaluated.
 
     Returns masks for each asked kind among ink, fold, debris, border. Ink and debris are
     reported wherever they are (on glass too); folds only on tissue.
@@ -337,8 +227,10 @@ def find_artefacts(
     shape = rgb.shape[:2]
     masks: dict[str, np.ndarray] = {}
     timings: dict[str, float] = {}
+    ink: InkResult | None = None
     if rgb.size == 0:
-        return QCMasks({k: np.zeros(shape, bool) for k in want - {"blur"}}, mpp, mpp_y)
+        masks = {k: np.zeros(shape, bool) for k in want - {"blur"}}
+        return QCMasks(masks, mpp, mpp_y, shape=(int(shape[0]), int(shape[1])))
     tissue = np.asarray(tissue, bool)
     if "border" in want:
         dark = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]) < BORDER_DARK
@@ -352,98 +244,171 @@ def find_artefacts(
     model_kinds = want & {"ink", "fold", "debris"}
     if model_kinds:
         net = model or load_pixel_model()
-        # only where something absorbs light (glass and pale tissue edges are clean)
-        c8 = rgb.astype(np.float32)
-        od_sum = -np.log((c8[..., 0] + 1) * (c8[..., 1] + 1) * (c8[..., 2] + 1) / 256.0**3)
-        cand = od_sum > CANDIDATE_OD
-        p = np.zeros((*shape, len(net.classes)), np.float32)
-        p[..., 0] = 1.0
-        if cand.any():
-            p[cand] = net.proba(pixel_features(rgb, tissue, where=cand))
+        p = _classify(net, rgb, tissue)
         timings["classifier"] = time.perf_counter() - t0
         other = masks.get("border", np.zeros(shape, bool))
         for kind in ("ink", "fold", "debris"):
-            if kind not in model_kinds:
-                continue
-            pk = p[..., net.classes.index(kind)]
-            m = (pk > P_THRESHOLD[kind]) & ~other
-            if kind == "fold":
-                m &= tissue
-            m = _clean(m, MIN_PIECE_MM2[kind] / px_mm2, 1 if kind != "debris" else 0)
-            if kind in ("ink", "debris") and m.any():  # the soft, mixed edge of the mark
-                grow = ndimage.binary_dilation(m, iterations=2) & (pk > 0.2)
-                m = m | grow
-            masks[kind] = m
+            if kind in model_kinds:
+                pk = p[..., net.classes.index(kind)]
+                masks[kind] = _kind_mask(kind, pk, other, tissue, px_mm2)
+        if "ink" in masks and masks["ink"].any():
+            t1 = time.perf_counter()
+            ink = _resolve_ink(
+                net, rgb, tissue, masks["ink"], other, mpp, mpp_y, unink=unink and UNINK
+            )
+            timings["ink"] = time.perf_counter() - t1
     timings["total"] = time.perf_counter() - t0
-    return QCMasks(masks, mpp, mpp_y, timings)
+    return QCMasks(masks, mpp, mpp_y, timings, ink, (int(shape[0]), int(shape[1])))
 
 
-# ---- blur: per-cell sharpness from the tile pass ------------------------------------------------
+def _classify(
+    net: PixelMLP, rgb: np.ndarray, tissue: np.ndarray, within: np.ndarray | None = None
+) -> np.ndarray:
+    """rows×cols×C class probabilities of the thumbnail's pixels: those that absorb light
+    (glass and pale tissue edges are clean) and lie ``within``, if given, else those a first
+    look on a 2:1 reduction flags (:data:`SCREEN_P`: most of a slide is clean tissue, and
+    artefacts worth finding are many pixels across). Features are computed on the bounding
+    boxes of those pixels and :data:`CONTEXT_PX` around them (what their neighbourhood
+    features see)."""
+    c8 = rgb.astype(np.float32)
+    od_sum = -np.log((c8[..., 0] + 1) * (c8[..., 1] + 1) * (c8[..., 2] + 1) / 256.0**3)
+    cand = od_sum > CANDIDATE_OD
+    h, w = cand.shape
+    if within is not None:
+        cand &= within
+    elif min(h, w) >= 4 * SCREEN_GROW_PX:
+        from PIL import Image
+
+        small = np.asarray(Image.fromarray(rgb).reduce(2))
+        t_small = tissue[: 2 * small.shape[0] : 2, : 2 * small.shape[1] : 2]
+        p_small = _classify(net, small, t_small, within=np.ones(small.shape[:2], bool))
+        flag = _grow(p_small[..., 0] < 1 - SCREEN_P, SCREEN_GROW_PX)
+        up = np.zeros((h, w), bool)
+        big = np.repeat(np.repeat(flag, 2, axis=0), 2, axis=1)
+        up[: big.shape[0], : big.shape[1]] = big[:h, :w]
+        cand &= up
+    p = np.zeros((h, w, len(net.classes)), np.float32)
+    p[..., 0] = 1.0
+    if not cand.any():
+        return p
+    ref = tissue_reference(optical_density(rgb), tissue)
+    lab, _n = ndimage.label(_grow(cand, CONTEXT_PX))
+    for sl in ndimage.find_objects(lab):
+        if sl is not None and cand[sl].any():
+            sub = cand[sl]
+            x = pixel_features(rgb[sl], tissue[sl], where=sub, version=net.features, ref=ref)
+            view = p[sl]
+            view[sub] = net.proba(x)
+    return p
 
 
-def block_sharpness(pixels: np.ndarray, cell_px: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per ``cell_px`` cell of a 4-µm/px block: (fine detail, medium detail) of its grey image:
-    mean |g − B₁(g)| and mean |B₁(g) − B₄(g)| (B_r: PIL box blur of radius r px, fast C).
-    Their ratio is the cell's sharpness, free of contrast: a blur of σ ≥ 6 µm removes the fine
-    detail far more than the medium one."""
-    from PIL import Image, ImageFilter
-
-    # the central half of each cell (4× fewer pixels; the filters barely cross cell seams)
-    r, c = pixels.shape[0] // cell_px, pixels.shape[1] // cell_px
-    q = cell_px // 4
-    win = cell_px - 2 * q
-    cells = pixels[: r * cell_px, : c * cell_px].reshape(r, cell_px, c, cell_px, -1)
-    centre = cells[:, q : q + win, :, q : q + win].reshape(r * win, c * win, -1)
-    img = Image.fromarray(np.ascontiguousarray(centre)).convert("L")
-    g = np.asarray(img, np.int16)
-    b1i = img.filter(ImageFilter.BoxBlur(1))
-    b1 = np.asarray(b1i, np.int16)
-    b4 = np.asarray(b1i.filter(ImageFilter.BoxBlur(4)), np.int16)
-    fine, med = np.abs(g - b1), np.abs(b1 - b4)
-
-    def pool(a: np.ndarray) -> np.ndarray:
-        return a.reshape(r, win, c, win).mean((1, 3), dtype=np.float32)
-
-    return pool(fine), pool(med)
+def _grow(mask: np.ndarray, px: int) -> np.ndarray:
+    """``mask`` grown by a (2·px + 1)² square (one separable pass, fast for wide growth)."""
+    return ndimage.maximum_filter(mask, size=2 * px + 1) if mask.any() else mask
 
 
-class SharpnessGrid:
-    """Per heatmap cell fine/medium detail, filled block by block (an ``on_block`` hook)."""
+def _kind_mask(
+    kind: str, pk: np.ndarray, other: np.ndarray, tissue: np.ndarray, px_mm2: float
+) -> np.ndarray:
+    """The mask of ``kind`` from its probability: threshold, opening, minimum piece, and for
+    ink and debris the soft, mixed rim of the mark. Morphology runs on the bounding box of
+    what was found (most of a slide has none)."""
+    m = (pk > P_THRESHOLD[kind]) & ~other
+    if kind == "fold":
+        m &= tissue
+    if not m.any():
+        return m
+    box = _box(m, 4)
+    m[box] = _clean(m[box], MIN_PIECE_MM2[kind] / px_mm2, 1 if kind != "debris" else 0)
+    if kind == "ink" and m.any():  # hysteresis: the paler parts of a mark found
+        lab, n = ndimage.label((pk > INK_LOW) & ~other, structure=np.ones((3, 3), bool))
+        keep = np.zeros(n + 1, bool)
+        keep[np.unique(lab[m])] = True
+        keep[0] = False
+        m |= keep[lab]
+    if kind in ("ink", "debris") and m.any():
+        r = max(1, round(INK_CLOSE_UM / math.sqrt(px_mm2 * 1e6))) if kind == "ink" else 0
+        box = _box(m, r + 4)
+        mb, pb = m[box], pk[box]
+        mb = mb | (ndimage.binary_dilation(mb, iterations=2) & (pb > 0.2))
+        if r:  # thin gaps in a mark (paler streaks) are ink too
+            mb = ndimage.binary_closing(np.pad(mb, r), structure=_disk(r))[r:-r, r:-r]
+        m[box] = mb
+    return m
 
-    def __init__(self, shape: tuple[int, int], stride_px: int, patch_px: int) -> None:
-        """``shape``: the tile grid's; the sharpness grid is the heatmap's (one more cell per
-        axis per extra cell of a tile)."""
-        k = patch_px // stride_px
-        self.stride = stride_px
-        self.fine = np.full((shape[0] + k - 1, shape[1] + k - 1), np.nan, np.float32)
-        self.med = self.fine.copy()
 
-    def add(self, block: Any) -> None:
-        f, m = block_sharpness(block.pixels, self.stride)
-        r0, c0 = block.row0, block.col0
-        hh = min(f.shape[0], self.fine.shape[0] - r0)
-        ww = min(f.shape[1], self.fine.shape[1] - c0)
-        self.fine[r0 : r0 + hh, c0 : c0 + ww] = f[:hh, :ww]
-        self.med[r0 : r0 + hh, c0 : c0 + ww] = m[:hh, :ww]
-
-    @property
-    def ratio(self) -> np.ndarray:
-        """float32 sharpness on the heatmap's grid (NaN where no block was read)."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return self.fine / np.maximum(self.med, 0.5)
+def _box(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """The bounding box of ``mask`` grown by ``margin`` px (clipped to the image)."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return (
+        slice(max(rows[0] - margin, 0), rows[-1] + margin + 1),
+        slice(max(cols[0] - margin, 0), cols[-1] + margin + 1),
+    )
 
 
-def find_blur(sharpness: np.ndarray, tissue_cells: np.ndarray, *, min_cells: int = 4) -> np.ndarray:
-    """bool cells: tissue cells whose sharpness is < :data:`BLUR_RATIO` × the slide's 90th
-    percentile of tissue cells, smoothed (3×3 majority) and in pieces of ≥ ``min_cells``."""
-    t = tissue_cells & np.isfinite(sharpness)
-    if t.sum() < 10:
-        return np.zeros(sharpness.shape, bool)
-    ref = float(np.percentile(sharpness[t], 90))
-    low = t & (sharpness < BLUR_RATIO * ref)
-    maj = ndimage.uniform_filter(low.astype(np.float32), 3, mode="constant") >= 0.5
-    low = (low | (maj & t)) & maj
-    return _clean(low, min_cells, 0)
+def _disk(r: int) -> np.ndarray:
+    y, x = np.mgrid[-r : r + 1, -r : r + 1]
+    return (x * x + y * y) <= r * r + r
+
+
+def _resolve_ink(
+    net: PixelMLP,
+    rgb: np.ndarray,
+    tissue: np.ndarray,
+    ink: np.ndarray,
+    other: np.ndarray,
+    mpp: float,
+    mpp_y: float,
+    *,
+    unink: bool,
+) -> InkResult:
+    """Un-ink the thumbnail, look for ink again on it, and split what is left into over
+    tissue and on glass (:mod:`idcmap.pipeline.ink`); on the ink's bounding box and
+    :data:`INK_MARGIN_UM` around it (the rest of the slide does not change)."""
+    ys, xs = np.nonzero(ink)
+    m = math.ceil(INK_MARGIN_UM / min(mpp, mpp_y))
+    box = (
+        slice(max(ys.min() - m, 0), ys.max() + m + 1),
+        slice(max(xs.min() - m, 0), xs.max() + m + 1),
+    )
+    rgb_b, tissue_b, ink_b, other_b = rgb[box], tissue[box], ink[box], other[box]
+    od = ink_field(rgb_b, ink_b, tissue_b & ~ink_b, mpp) if unink else None
+    tissue2 = tissue
+    if od is not None and od.any():
+        od = soft_field(od, ink_b)
+        rgb2 = rgb.copy()
+        rgb2[box] = remove_ink(rgb_b, od)
+        if rgb_b.size < 0.25 * rgb.size:  # a small mark: the tissue rule around it only
+            tissue2 = tissue.copy()
+            tissue2[box] = tissue_mask_from_rgb(rgb2[box], mpp, mpp_y)
+        else:  # the rule's threshold is the slide's, which much ink had moved
+            tissue2 = tissue_mask_from_rgb(rgb2, mpp, mpp_y)
+        near = ndimage.binary_dilation(ink_b, iterations=2)
+        p2 = _classify(net, rgb2[box], tissue2[box], within=near)[..., net.classes.index("ink")]
+        left = _kind_mask("ink", p2, other_b, tissue2[box], mpp * mpp_y / 1e6) & near
+    else:
+        od, left = None, ink_b
+    # over tissue or on glass: by the texture under the ink (un-inked ink on glass, where the
+    # ink was darker than over tissue, can keep a tissue-like tint)
+    found = ink_b | left
+    over = ink_over_tissue(rgb_b, found, mpp)
+    if od is not None:  # pale tissue under ink is tissue only if the tissue rule says so too
+        over &= tissue2[box] | left
+    rim = glass_rim(rgb_b, found, found & ~over, mpp)
+    after = tissue2.copy()
+    after[box] = ((tissue2[box] & ~found) | over) & ~rim
+    full_od = None
+    if od is not None:
+        full_od = np.zeros((*ink.shape, 3), np.float32)
+        full_od[box] = od
+    return InkResult(od=full_od, tissue=after, over_tissue=_paste(over, box, ink.shape),
+                     left=_paste(left, box, ink.shape))  # fmt: skip
+
+
+def _paste(m: np.ndarray, box: tuple[slice, slice], shape: tuple[int, ...]) -> np.ndarray:
+    out = np.zeros(shape[:2], bool)
+    out[box] = m
+    return out
 
 
 # ---- verdict ------------------------------------------------------------------------------------
@@ -455,7 +420,7 @@ def colour_distance(rgb: np.ndarray, tissue: np.ndarray) -> float:
     without tissue). 0 = the training mean (see :data:`COLOUR_FAR`)."""
     if tissue.sum() < 10:
         return math.nan
-    m = _od(rgb[tissue]).mean(0)
+    m = optical_density(rgb[tissue]).mean(0)
     r = np.asarray(REF_OD, np.float64)
     nm, nr = float(np.linalg.norm(m)), float(np.linalg.norm(r))
     cos = float(np.dot(m, r)) / max(nm * nr, 1e-9)
@@ -473,10 +438,15 @@ class QCVerdict:
     colour_distance: float
     review: bool
     reasons: list[str]
+    #: the ink's areas (mm²) and shares of the tissue after QC (%): ``on_glass_mm2``,
+    #: ``over_tissue_mm2``, ``over_tissue_pct``, ``uninked_mm2`` (over tissue, taken off the
+    #: pixels), ``filled_mm2`` (over tissue, left: probability from around); None: no ink
+    ink: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "tissue_before_qc_mm2": round(self.tissue_mm2, 4),
+            **({} if self.ink is None else {"ink": {k: round(v, 4) for k, v in self.ink.items()}}),
             "excluded_mm2": {k: round(v, 4) for k, v in self.excluded_mm2.items()},
             "excluded_pct_of_tissue": {
                 k: round(v, 2) for k, v in self.excluded_pct_of_tissue.items()
@@ -516,16 +486,31 @@ def verdict(
         area["blur"] = area_on_tissue["blur"] = float(blur_cells.sum()) * cell_mm2
     pct = {k: 100 * v / tissue_mm2 if tissue_mm2 else 0.0 for k, v in area_on_tissue.items()}
     reasons: list[str] = []
-    excl_on_tissue = float((qc.excluded & tissue).sum()) * px_mm2
+    # tissue lost: what is removed where the tissue stage saw tissue, but ink on glass was
+    # never tissue (it only looked like it to the tissue stage)
+    removed = qc.union(EXCLUDE - {"ink"}) if qc.ink is not None else qc.excluded
+    excl_on_tissue = float((removed & tissue).sum()) * px_mm2
     if "blur" in EXCLUDE:
         excl_on_tissue += area_on_tissue.get("blur", 0.0)
+    after = qc.tissue_after(tissue)
+    after_mm2 = float(after.sum()) * px_mm2
+    ink = _ink_areas(qc, after, px_mm2)
     if tissue_mm2 <= 0:
         reasons.append("no tissue found")
     elif excl_on_tissue > REVIEW_EXCLUDED * tissue_mm2:
-        what = ", ".join(f"{k} {v:.1f} %" for k, v in pct.items() if v >= 0.05)
+        what = ", ".join(f"{k} {v:.1f} %" for k, v in pct.items() if v >= 0.05 and k != "ink")
         reasons.append(f"{100 * excl_on_tissue / tissue_mm2:.0f} % of the tissue excluded ({what})")
-    if tissue_mm2 > 0 and excl_on_tissue >= 0.98 * tissue_mm2:
+    if ink is not None and ink["over_tissue_pct"] > 100 * REVIEW_EXCLUDED:
+        reasons.append(
+            f"ink over {ink['over_tissue_pct']:.0f} % of the tissue ("
+            f"{_pct(ink['uninked_mm2'], after_mm2)} % un-inked, "
+            f"{_pct(ink['filled_mm2'], after_mm2)} % filled from the tissue around it)"
+        )
+    seen = after & ~qc.untrusted
+    if tissue_mm2 > 0 and after_mm2 < 0.02 * tissue_mm2:
         reasons.append("no tissue left after QC")
+    elif tissue_mm2 > 0 and float(seen.sum()) * px_mm2 < 0.02 * tissue_mm2:
+        reasons.append("no tissue left after QC to evaluate (all under ink)")
     for k in sorted(set(pct) - EXCLUDE):
         if pct[k] > 100 * REVIEW_FLAGGED:
             reasons.append(f"{k} over {pct[k]:.0f} % of the tissue (kept, not excluded)")
@@ -533,12 +518,36 @@ def verdict(
         d = ndimage.distance_transform_edt(~idc_cells) * cell_um
         if (d[blur_cells] <= REVIEW_BLUR_NEAR_UM).any():
             reasons.append("out-of-focus tissue over or near the IDC regions")
-    cd = colour_distance(rgb, tissue & ~qc.excluded) if tissue.any() else math.nan
+    # the tissue's own colour: not under ink (nor where ink was taken off)
+    plain = after & ~qc.masks.get("ink", np.zeros(after.shape, bool))
+    cd = colour_distance(rgb, plain)  # NaN when no tissue is free of ink
     if not math.isnan(cd) and cd > COLOUR_FAR:
         reasons.append(
             f"tissue colour far from the training data (distance {cd:.1f} > {COLOUR_FAR})"
         )
-    return QCVerdict(tissue_mm2, area, pct, cd, bool(reasons), reasons)
+    return QCVerdict(tissue_mm2, area, pct, cd, bool(reasons), reasons, ink)
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.0f}" if whole > 0 else "0"
+
+
+def _ink_areas(qc: QCMasks, after: np.ndarray, px_mm2: float) -> dict[str, float] | None:
+    """The ink's areas: on glass, over tissue (un-inked or filled), in mm², and the share of
+    the tissue after QC it lies over (%)."""
+    if qc.ink is None:
+        return None
+    found = qc.masks["ink"]
+    over = qc.ink.over_tissue
+    filled = over & qc.ink.left
+    after_px = float(after.sum())
+    return {
+        "on_glass_mm2": float((found & ~over).sum()) * px_mm2,
+        "over_tissue_mm2": float(over.sum()) * px_mm2,
+        "over_tissue_pct": 100 * float(over.sum()) / after_px if after_px else 0.0,
+        "uninked_mm2": float((over & ~filled).sum()) * px_mm2,
+        "filled_mm2": float(filled.sum()) * px_mm2,
+    }
 
 
 def artefact_polygons(

@@ -22,6 +22,7 @@ from idcmap.params import Params
 from idcmap.pipeline.contours import contour_regions
 from idcmap.pipeline.heatmap import Heatmap, smooth, stitch
 from idcmap.pipeline.infer import InferenceStats, predict_grid
+from idcmap.pipeline.ink import InkRemover, fill_cells
 from idcmap.pipeline.measure import measurements_summary
 from idcmap.pipeline.qc import (
     EXCLUDE,
@@ -36,7 +37,7 @@ from idcmap.pipeline.regions import Region, idc_mask, mask_to_regions
 from idcmap.pipeline.result import SlideResult
 from idcmap.pipeline.summary import ModelRecord, SlideSummary, TilesRecord
 from idcmap.pipeline.thumbnail import BlockThumbnail
-from idcmap.pipeline.tiles import Block, TileGrid, make_grid
+from idcmap.pipeline.tiles import Block, TileGrid, cell_fraction, make_grid
 from idcmap.pipeline.tissue import TissueMask, detect_tissue
 
 
@@ -114,6 +115,12 @@ def segment_slide(
         patch_px=cfg.patch_px,
     )
     timings["stitch"] = time.perf_counter() - t
+    if qc.fill is not None:  # ink over tissue: the probability of the tissue around it
+        t = time.perf_counter()
+        fill = qc.fill & np.isnan(heatmap.prob)
+        if fill.any():
+            heatmap = replace(heatmap, prob=fill_cells(heatmap.prob, fill))
+        timings["qc_fill"] = time.perf_counter() - t
     blur_cells = None
     if qc.sharpness is not None:  # blur: cells of the tile pass (glass, NaN, if excluded)
         t = time.perf_counter()
@@ -263,6 +270,11 @@ class _QC:
     masks: QCMasks | None = None
     tissue_before: np.ndarray | None = None
     sharpness: SharpnessGrid | None = None
+    #: heatmap cells that are tissue by the tissue rule and hold ink: those left unevaluated
+    #: get the probability of the tissue around them (:func:`fill_cells`)
+    fill: np.ndarray | None = None
+    #: takes the ink's OD off the tile pass's blocks (None: no ink to take off)
+    remover: InkRemover | None = None
 
 
 #: A tile whose area is at least this fraction artefact is not evaluated (even when the rest
@@ -271,19 +283,43 @@ QC_MAX_TILE_ARTEFACT = 0.5
 
 
 def _apply_qc(
-    slide: Slide, tissue: TissueMask, kinds: frozenset[str], grid_kw: dict[str, Any], qc: _QC
+    slide: Slide,
+    tissue: TissueMask,
+    kinds: frozenset[str],
+    grid_kw: dict[str, Any],
+    qc: _QC,
+    *,
+    unink: bool = True,
 ) -> tuple[TissueMask, TileGrid]:
-    """Remove the artefacts from the tissue; the grid keeps tiles of clean tissue only."""
+    """Remove the artefacts from the tissue; the grid keeps tiles of clean tissue only (ink
+    over tissue, un-inked, included: ``unink`` False where the tile pass ran already)."""
     qc.tissue_before = tissue.mask
     qc.masks = find_artefacts(
-        tissue.thumbnail, tissue.mpp, tissue.mask, kinds=kinds - {"blur"}, mpp_y=tissue.mpp_y
+        tissue.thumbnail,
+        tissue.mpp,
+        tissue.mask,
+        kinds=kinds - {"blur"},
+        mpp_y=tissue.mpp_y,
+        unink=unink,
     )
-    excluded = qc.masks.excluded
-    clean = replace(tissue, mask=tissue.mask & ~excluded)
+    clean = replace(tissue, mask=qc.masks.tissue_after(tissue.mask))
     grid = make_grid(slide, clean, **grid_kw)
-    if excluded.any():
-        art = make_grid(slide, replace(tissue, mask=excluded), **{**grid_kw, "min_tissue": 0})
+    untrusted = qc.masks.untrusted
+    if untrusted.any():
+        art = make_grid(slide, replace(tissue, mask=untrusted), **{**grid_kw, "min_tissue": 0})
         grid = replace(grid, keep=grid.keep & (art.tissue_fraction < QC_MAX_TILE_ARTEFACT))
+    ink = qc.masks.ink
+    if ink is not None:
+        k = grid.cells_per_tile
+        rows, cols = grid.shape[0] + k - 1, grid.shape[1] + k - 1
+        cw, ch = grid.cell_level0_px
+        frac = cell_fraction(clean, rows, cols, cw, ch)
+        inked = cell_fraction(replace(tissue, mask=qc.masks.masks["ink"]), rows, cols, cw, ch)
+        qc.fill = (frac >= max(grid_kw["min_tissue"], 1e-6)) & (inked > 0)
+        if ink.od is not None:
+            qc.remover = InkRemover(
+                ink.od, tissue.px_level0, grid.level0_per_model_px, grid.stride_px
+            )
     return clean, grid
 
 
@@ -332,7 +368,9 @@ def _tissue_and_tiles(
         if "blur" in kinds:
             qc.sharpness = SharpnessGrid(grid.shape, stride_px, cfg.patch_px)
             on_block = qc.sharpness.add
-        tile_prob, stats = predict_grid(slide, grid, net, on_block=on_block, **run_kw)
+        tile_prob, stats = predict_grid(
+            slide, grid, net, on_block=on_block, transform=qc.remover, **run_kw
+        )
         return tissue, grid, tile_prob, stats, False, qc
     # one pass: evaluate every tile, draw the mask from the same decoded blocks, keep the
     # tissue tiles
@@ -352,7 +390,7 @@ def _tissue_and_tiles(
     tissue = thumbnail.tissue(slide.info)
     if kinds:
         t_qc = time.perf_counter()
-        tissue, grid = _apply_qc(slide, tissue, kinds, grid_kw, qc)
+        tissue, grid = _apply_qc(slide, tissue, kinds, grid_kw, qc, unink=False)
         timings["qc"] = time.perf_counter() - t_qc
     else:
         grid = make_grid(slide, tissue, **grid_kw)

@@ -259,7 +259,8 @@ def _download_names(sf: SlideFolder) -> list[str]:
 def _qc_details(verdict: Any, layers: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The slide page's QC section: None when the slide was run without QC (no verdict in
     its summary), else the verdict's flag, reasons and areas, and the GeoJSON's artefact
-    layers, each marked ``excluded`` (removed from the tissue) or not (flagged, kept)."""
+    layers, each marked ``excluded`` (removed from the tissue) or not (flagged, kept); the ink
+    layer's ``note`` says what became of it (on glass removed, over tissue kept)."""
     if not isinstance(verdict, dict):
         return None
     from idcmap.pipeline.qc import EXCLUDE
@@ -275,10 +276,26 @@ def _qc_details(verdict: Any, layers: list[dict[str, Any]]) -> dict[str, Any] | 
                 **layer,
                 "excluded": layer["kind"] in EXCLUDE,
                 "area_mm2": _finite_or_none(areas.get(layer["kind"])),
+                "note": _ink_note(verdict.get("ink")) if layer["kind"] == "ink" else None,
             }
             for layer in layers
         ],
     }
+
+
+def _ink_note(ink: Any) -> str | None:
+    """What became of the ink (the verdict's ``ink`` areas), or None."""
+    if not isinstance(ink, dict):
+        return None
+    mm2 = {k: _finite_or_none(ink.get(k)) for k in ("on_glass_mm2", "over_tissue_mm2")}
+    mm2.update({k: _finite_or_none(ink.get(k)) for k in ("uninked_mm2", "filled_mm2")})
+    if any(v is None for v in mm2.values()):
+        return None
+    return (
+        f"on glass {mm2['on_glass_mm2']:.2f} mm² removed; over tissue "
+        f"{mm2['over_tissue_mm2']:.2f} mm² kept (un-inked {mm2['uninked_mm2']:.2f}, "
+        f"filled from around {mm2['filled_mm2']:.2f})"
+    )
 
 
 def _finite_or_none(v: Any) -> float | None:

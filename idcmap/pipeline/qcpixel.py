@@ -1,0 +1,333 @@
+"""The QC stage's pixel classifier: colour features of a ~16-µm/px thumbnail and a small MLP.
+
+A per-pixel MLP (numpy forward, weights in ``idcmap/model/weights/qc/qc-v2.json``, trained by
+``benchmarks/qc_train.py`` on artefacts painted by :mod:`idcmap.train.artefacts` onto the
+training mosaics) over colour features of each thumbnail pixel and of its neighbourhood: optical
+density (OD) per channel, OD chromaticity, OD relative to the slide's own tissue median (folds
+are "more of the same stain"), luminance, local contrast. Used by :mod:`idcmap.pipeline.qc`
+(ink, folds, debris) and :mod:`idcmap.pipeline.ink` (ink left after un-inking).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "CLASSES",
+    "REF_OD",
+    "PixelMLP",
+    "load_pixel_model",
+    "optical_density",
+    "pixel_features",
+    "tissue_reference",
+]
+
+#: classes of the pixel classifier, in its output order
+CLASSES = ("clean", "ink", "fold", "debris")
+
+#: Mean tissue optical density (R, G, B) of the 22 training mosaics at 16 µm/px (the mean of the
+#: per-mosaic means; tissue mask of :func:`idcmap.pipeline.tissue.tissue_mask_from_rgb`).
+#: Computed by ``PYTHONPATH=. python benchmarks/qc_train.py --reference``.
+REF_OD = (0.2533, 0.5507, 0.3559)
+_MODEL_PATH = Path(__file__).parents[1] / "model" / "weights" / "qc" / "qc-v2.json"
+
+
+def optical_density(rgb: np.ndarray) -> np.ndarray:
+    """float32 OD (−log of the transmitted fraction) of uint8 RGB, per channel."""
+    return -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
+
+
+def pixel_features(
+    rgb: np.ndarray,
+    tissue: np.ndarray,
+    where: np.ndarray | None = None,
+    version: int = 2,
+    ref: np.ndarray | None = None,
+) -> np.ndarray:
+    """float32 rows×cols×F colour features of a ~16-µm/px thumbnail (see the module doc), or
+    N×F of the N pixels of ``where`` only.
+
+    ``tissue``: the tissue stage's mask; its median OD is the slide's own reference.
+    ``version``: 1, the 19 features of ``qc-v1``; 2 adds the wider context (~300 µm) of the
+    density, chromaticity, saturation and relative density, and each pixel's difference from
+    it (a mark differs from the tissue around it).
+    ``ref``: the slide's reference OD (:func:`tissue_reference`), when ``rgb`` is a crop.
+    """
+    if where is not None and where.mean() < 0.25:  # few pixels: gathering maps costs more
+        return _features_at(rgb, tissue, where, version, ref)
+    od = optical_density(rgb)
+    r, g, b = od[..., 0], od[..., 1], od[..., 2]
+    s = r + g + b  # (axis reductions over a 3-long last axis are slow in numpy)
+    inv = 1.0 / np.maximum(s, 1e-3)
+    chrom = (r * inv, g * inv, b * inv)
+    if ref is None:
+        ref = tissue_reference(od, tissue)
+    ref_s = float(max(ref.sum(), 0.05))
+    c8 = [rgb[..., i] for i in range(3)]
+    lum = (c8[0].astype(np.float32) + c8[1] + c8[2]) / 765.0
+    mx = np.maximum(np.maximum(c8[0], c8[1]), c8[2]).astype(np.float32) / 255.0
+    mn = np.minimum(np.minimum(c8[0], c8[1]), c8[2]).astype(np.float32) / 255.0
+    sat = (mx - mn) / np.maximum(mx, 1e-3)
+    base = [
+        r,
+        g,
+        b,
+        np.log(s + 0.05),
+        chrom[0],
+        chrom[1],
+        chrom[2],
+        lum,
+        mx,
+        sat,
+        np.log((s + 0.05) / ref_s),
+        chrom[0] - ref[0] / ref_s,
+        chrom[2] - ref[2] / ref_s,
+    ]
+    feats = list(base)
+    # neighbourhood (~100 µm): the same maps smoothed on a 2:1 reduction (cheap), and the
+    # local contrast of the density (ink and folds are smooth, tissue is textured)
+    for f in (base[3], base[4], base[6], base[8], base[10]):
+        feats.append(_smooth(f, 3.0))
+    ls = base[3]
+    m1 = _smooth(ls, 1.5)
+    feats.append(np.sqrt(np.maximum(_smooth(ls * ls, 1.5) - m1 * m1, 0)))
+    if version >= 2:
+        for f in (base[3], base[4], base[6], base[9], base[10]):
+            wide = _smooth_wide(f, 10.0)
+            feats += [wide, f - wide]
+    if where is not None:
+        out = np.empty((int(where.sum()), len(feats)), np.float32)
+        for i, f in enumerate(feats):
+            out[:, i] = f[where]
+        return out
+    return np.stack(feats, -1).astype(np.float32)
+
+
+def _features_at(
+    rgb: np.ndarray, tissue: np.ndarray, where: np.ndarray, version: int, ref: np.ndarray | None
+) -> np.ndarray:
+    """:func:`pixel_features` of the pixels of ``where`` only (N×F, the same numbers): the
+    per-pixel features from those pixels alone, the neighbourhood ones from the reduced maps
+    sampled there (nothing is upsampled to the whole thumbnail)."""
+    yy, xx = np.nonzero(where)
+    od = optical_density(rgb)
+    if ref is None:
+        ref = tissue_reference(od, tissue)
+    ref_s = float(max(ref.sum(), 0.05))
+    s_map = od[..., 0] + od[..., 1] + od[..., 2]
+    inv_map = 1.0 / np.maximum(s_map, 1e-3)
+    logs_map = np.log(s_map + 0.05)
+    chr_map, chb_map = od[..., 0] * inv_map, od[..., 2] * inv_map
+    c8 = rgb[yy, xx].astype(np.float32)
+    r, g, b = od[yy, xx, 0], od[yy, xx, 1], od[yy, xx, 2]
+    s = r + g + b
+    inv = 1.0 / np.maximum(s, 1e-3)
+    mx = c8.max(1) / 255.0
+    mn = c8.min(1) / 255.0
+    logs = np.log(s + 0.05)
+    log_ref = float(np.log(ref_s))
+    feats = [
+        r, g, b, logs, r * inv, g * inv, b * inv, c8.sum(1) / 765.0, mx,
+        (mx - mn) / np.maximum(mx, 1e-3), logs - log_ref,
+        r * inv - ref[0] / ref_s, b * inv - ref[2] / ref_s,
+    ]  # fmt: skip
+    mx_map = rgb.max(axis=2).astype(np.float32) / 255.0
+    half = (yy // 2, xx // 2)
+    for f, shift in (
+        (logs_map, 0.0),
+        (chr_map, 0.0),
+        (chb_map, 0.0),
+        (mx_map, 0.0),
+        (logs_map, log_ref),
+    ):
+        feats.append(_at(_smooth_small(f, 3.0), half) - shift)
+    m1 = _at(_smooth_small(logs_map, 1.5), half)
+    m2 = _at(_smooth_small(logs_map * logs_map, 1.5), half)
+    feats.append(np.sqrt(np.maximum(m2 - m1 * m1, 0)))
+    if version >= 2:
+        mn_map = rgb.min(axis=2).astype(np.float32) / 255.0
+        sat_map = (mx_map - mn_map) / np.maximum(mx_map, 1e-3)
+        h, w = where.shape
+        for f, shift, own in (
+            (logs_map, 0.0, feats[3]),
+            (chr_map, 0.0, feats[4]),
+            (chb_map, 0.0, feats[6]),
+            (sat_map, 0.0, feats[9]),
+            (logs_map, log_ref, feats[10]),
+        ):
+            wide = _wide_at(f, 10.0, yy, xx, h, w) - shift
+            feats += [wide, own - wide]
+    return np.stack(feats, -1).astype(np.float32)
+
+
+def _smooth_small(f: np.ndarray, sigma: float) -> np.ndarray:
+    """:func:`_smooth` before its upsampling: the Gaussian on the 2:1 reduction."""
+    h, w = f.shape
+    if min(h, w) < 8:
+        return ndimage.gaussian_filter(f, sigma, mode="nearest")
+    f2 = f[: h - h % 2, : w - w % 2]
+    small = (f2[0::2, 0::2] + f2[1::2, 0::2] + f2[0::2, 1::2] + f2[1::2, 1::2]) * 0.25
+    return ndimage.gaussian_filter(small, sigma / 2, mode="nearest")
+
+
+def _at(small: np.ndarray, half: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """``small`` (a 2:1 map) at the given half-resolution px (the edge row/col repeated)."""
+    return small[np.minimum(half[0], small.shape[0] - 1), np.minimum(half[1], small.shape[1] - 1)]
+
+
+def _wide_at(
+    f: np.ndarray, sigma: float, yy: np.ndarray, xx: np.ndarray, h: int, w: int
+) -> np.ndarray:
+    """:func:`_smooth_wide` of ``f`` at px (yy, xx): the 4:1 map interpolated there."""
+    from PIL import Image
+
+    if min(h, w) < 16:
+        return ndimage.gaussian_filter(f, sigma, mode="nearest")[yy, xx].astype(np.float32)
+    small = np.asarray(Image.fromarray(f.astype(np.float32), mode="F").reduce(4))
+    small = ndimage.gaussian_filter(small, sigma / 4, mode="nearest")
+    sh, sw = small.shape
+    # PIL's bilinear upsampling: source position (x + 0.5)·(sw / w) − 0.5, clamped
+    fy = np.clip((yy + 0.5) * (sh / h) - 0.5, 0, sh - 1)
+    fx = np.clip((xx + 0.5) * (sw / w) - 0.5, 0, sw - 1)
+    y0, x0 = (
+        np.minimum(fy.astype(np.int64), sh - 2 if sh > 1 else 0),
+        np.minimum(fx.astype(np.int64), sw - 2 if sw > 1 else 0),
+    )
+    ty, tx = (fy - y0).astype(np.float32), (fx - x0).astype(np.float32)
+    y1, x1 = np.minimum(y0 + 1, sh - 1), np.minimum(x0 + 1, sw - 1)
+    top = small[y0, x0] * (1 - tx) + small[y0, x1] * tx
+    bot = small[y1, x0] * (1 - tx) + small[y1, x1] * tx
+    return (top * (1 - ty) + bot * ty).astype(np.float32)
+
+
+def tissue_reference(od: np.ndarray, tissue: np.ndarray) -> np.ndarray:
+    """The slide's own tissue OD (median per channel; :data:`REF_OD` without tissue)."""
+    sample = od[tissue][::7]  # a subsample is enough for a median
+    return np.median(sample, axis=0) if len(sample) > 50 else np.asarray(REF_OD, np.float32)
+
+
+def _smooth(f: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian of ``sigma`` px, computed at half resolution and upsampled (nearest)."""
+    h, w = f.shape
+    if min(h, w) < 8:
+        return ndimage.gaussian_filter(f, sigma, mode="nearest")
+    f2 = f[: h - h % 2, : w - w % 2]
+    small = (f2[0::2, 0::2] + f2[1::2, 0::2] + f2[0::2, 1::2] + f2[1::2, 1::2]) * 0.25
+    small = ndimage.gaussian_filter(small, sigma / 2, mode="nearest")
+    out = np.empty((h, w), small.dtype)
+    hh, ww = 2 * small.shape[0], 2 * small.shape[1]
+    for dy in (0, 1):
+        for dx in (0, 1):
+            out[dy:hh:2, dx:ww:2] = small
+    if hh < h:
+        out[hh:, :ww] = out[hh - 1 : hh, :ww]
+    if ww < w:
+        out[:, ww:] = out[:, ww - 1 : ww]
+    return out
+
+
+def _smooth_wide(f: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian of ``sigma`` px, computed on a 4:1 box reduction and upsampled (bilinear)."""
+    from PIL import Image
+
+    h, w = f.shape
+    if min(h, w) < 16:
+        return ndimage.gaussian_filter(f, sigma, mode="nearest").astype(np.float32)
+    small = np.asarray(Image.fromarray(f.astype(np.float32), mode="F").reduce(4))
+    small = ndimage.gaussian_filter(small, sigma / 4, mode="nearest")
+    big = Image.fromarray(small, mode="F").resize((w, h), Image.Resampling.BILINEAR)
+    return np.asarray(big, np.float32)
+
+
+def _one_blas_thread() -> Any:
+    """threadpoolctl's limit to one BLAS thread when it is installed, else nothing."""
+    try:
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    except ImportError:  # pragma: no cover
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
+@dataclass(frozen=True)
+class PixelMLP:
+    """A one-hidden-layer MLP over standardised :func:`pixel_features` (numpy forward)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    w1: np.ndarray
+    b1: np.ndarray
+    w2: np.ndarray
+    b2: np.ndarray
+    classes: tuple[str, ...]
+    training: dict[str, Any]
+    #: the :func:`pixel_features` version it was trained on
+    features: int = 1
+
+    def proba(self, x: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+        """rows×cols×C class probabilities of rows×cols×F features (only at ``where``, if
+        given: elsewhere "clean" with probability 1)."""
+        sh = x.shape[:-1]
+        if where is not None:
+            out = np.zeros((*sh, len(self.classes)), np.float32)
+            out[..., 0] = 1.0
+            if where.any():
+                out[where] = self.proba(x[where])
+            return out
+        # standardisation folded into the first layer: one matmul
+        w1 = (self.w1 / self.std[:, None]).astype(np.float32)
+        b1 = (self.b1 - (self.mean / self.std) @ self.w1).astype(np.float32)
+        with _one_blas_thread():  # these small matmuls only lose to BLAS threads spin-waiting
+            h = np.maximum(x.reshape(-1, x.shape[-1]) @ w1 + b1, 0)
+            o = h @ self.w2.astype(np.float32) + self.b2.astype(np.float32)
+        cols = [o[:, i] for i in range(o.shape[1])]  # softmax column by column (C is small)
+        top = cols[0]
+        for c in cols[1:]:
+            top = np.maximum(top, c)
+        e = [np.exp(c - top) for c in cols]
+        tot = e[0]
+        for c in e[1:]:
+            tot = tot + c
+        return np.stack([c / tot for c in e], -1).reshape(*sh, -1)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "qc-pixel-mlp/1",
+            "features": self.features,
+            "classes": list(self.classes),
+            "training": self.training,
+            **{
+                k: np.asarray(getattr(self, k)).round(6).tolist()
+                for k in ("mean", "std", "w1", "b1", "w2", "b2")
+            },
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PixelMLP:
+        arr = {k: np.asarray(d[k], np.float32) for k in ("mean", "std", "w1", "b1", "w2", "b2")}
+        return cls(
+            classes=tuple(d["classes"]),
+            training=d.get("training", {}),
+            features=int(d.get("features", 1)),
+            **arr,
+        )
+
+
+_MODEL: PixelMLP | None = None
+
+
+def load_pixel_model(path: str | Path | None = None) -> PixelMLP:
+    global _MODEL
+    if path is None and _MODEL is not None:
+        return _MODEL
+    m = PixelMLP.from_json(json.loads(Path(path or _MODEL_PATH).read_text()))
+    if path is None:
+        _MODEL = m
+    return m

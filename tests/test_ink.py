@@ -1,0 +1,194 @@
+"""Pen ink over tissue (idcmap.pipeline.ink, inkfield): measured, taken off the pixels, kept as
+tissue; ink on glass left out; the IDC under a stroke kept. On the repository's example mosaic
+(8955) with marks painted by idcmap.train.artefacts, and on ../shared's 9124 (a blood clot)."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from idcmap.params import Params
+from idcmap.pipeline import ink as inkmod
+from idcmap.pipeline.inkfield import ink_field
+from idcmap.pipeline.tissue import tissue_mask_from_rgb
+from idcmap.train.artefacts import INK_COLOURS, paint_ink
+from idcmap.train.data import read_level0
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiffgen import write_pyramid_tiff
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "8955.tiff"
+
+
+@pytest.fixture(scope="module")
+def example() -> tuple[np.ndarray, np.ndarray]:
+    """8955 at 4 µm/px and its IDC cells (bool, level-0 px)."""
+    rgb = read_level0(EXAMPLE)
+    idc = np.zeros(rgb.shape[:2], bool)
+    with open(ROOT / "examples" / "8955.cells.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            if r["label"] == "1":
+                x, y, w, h = (int(r[k]) for k in ("x", "y", "width", "height"))
+                idc[y : y + h, x : x + w] = True
+    return rgb, idc
+
+
+@pytest.fixture(scope="module")
+def clean_run() -> dict:
+    from idcmap.pipeline.segment import segment_slide
+
+    return segment_slide(EXAMPLE, progress=False, device="cpu", params=Params(qc="all")).summary
+
+
+def thumb(rgb: np.ndarray) -> np.ndarray:
+    return np.asarray(Image.fromarray(rgb).reduce(4))
+
+
+def reduce_mask(m: np.ndarray) -> np.ndarray:
+    return np.asarray(Image.fromarray(m.astype(np.uint8) * 255).reduce(4)) >= 128
+
+
+@pytest.mark.parametrize(("colour", "alpha"), [("blue", 0.6), ("red", 0.45), ("black", 0.5)])
+def test_the_ink_field_is_the_painted_inks_od(
+    example: tuple[np.ndarray, np.ndarray], colour: str, alpha: float
+) -> None:
+    """A mark over tissue: the ink's OD measured at its edge is the OD the painter added,
+    pixel by pixel (its dye, −log(1 − α + α·c), made uneven along the mark), within 0.1."""
+    rgb, _ = example
+    out, painted, _ = paint_ink(
+        rgb, 4.0, np.random.default_rng(3), colour=colour, shape="stroke", where="tissue",
+        width_mm=1.0, alpha=alpha,
+    )  # fmt: skip
+    t, t0 = thumb(out), thumb(rgb)
+    mark = reduce_mask(painted)[: t.shape[0], : t.shape[1]]
+    tissue = tissue_mask_from_rgb(t0, 16.0)
+    field = ink_field(t, mark, tissue & ~mark, 16.0)
+    added = np.log((t0.astype(np.float32) + 1) / (t.astype(np.float32) + 1))
+    under = mark & tissue
+    err = np.median(np.abs(field[under] - added[under]), axis=0)
+    c = np.asarray(INK_COLOURS[colour]) / 255
+    assert np.all(err < 0.1), (err, -np.log(1 - alpha + alpha * c))
+
+
+def test_ink_on_glass_has_no_field_and_is_not_tissue(
+    example: tuple[np.ndarray, np.ndarray],
+) -> None:
+    rgb, _ = example
+    out, painted, _ = paint_ink(
+        rgb, 4.0, np.random.default_rng(1), colour="green", shape="dots", where="glass",
+        width_mm=0.6,
+    )  # fmt: skip
+    t = thumb(out)
+    mark = reduce_mask(painted)[: t.shape[0], : t.shape[1]]
+    tissue = tissue_mask_from_rgb(thumb(rgb), 16.0)
+    assert mark.any() and not (mark & tissue).any()
+    assert not ink_field(t, mark, tissue & ~mark, 16.0).any()
+    assert inkmod.ink_over_tissue(t, mark, 16.0).sum() < 0.05 * mark.sum()
+
+
+def test_the_remover_takes_the_field_off_a_block() -> None:
+    """The tile pass's transform: a constant field on the thumbnail's grid comes off every
+    pixel of a block as ``(rgb + 1)·exp(od) − 1``; where the field is 0 the block is as read."""
+    od = np.zeros((20, 30, 3), np.float32)
+    od[:, :15] = (0.5, 0.2, 0.1)
+    # thumbnail px = 4 level-0 px; model px = 1 level-0 px; stride 50
+    remover = inkmod.InkRemover(od, (4.0, 4.0), (1.0, 1.0), 50)
+    block = np.full((50, 100, 3), 100, np.uint8)
+    out = remover(0, 0, block)  # x 0–99 model px = thumbnail px 0–25: field on px < 15
+    want = np.clip(np.rint(101 * np.exp([0.5, 0.2, 0.1]) - 1), 0, 255)
+    assert np.array_equal(out[:, :50], np.broadcast_to(want, (50, 50, 3)))
+    assert np.array_equal(out[:, 64:], block[:, 64:])
+    assert remover(0, 3, block) is block  # x ≥ 150 model px: thumbnail px ≥ 37, no field
+
+
+def test_fill_cells_bridges_a_stroke() -> None:
+    """Cells under a stroke across a region of high probability get the region's."""
+    prob = np.full((20, 20), np.nan, np.float32)
+    prob[5:15, 2:18] = 0.9
+    fill = np.zeros((20, 20), bool)
+    fill[5:15, 9:12] = True
+    prob[fill] = np.nan
+    out = inkmod.fill_cells(prob, fill)
+    assert np.allclose(out[fill], 0.9, atol=1e-5)
+    assert np.isnan(out[0, 0]) and np.array_equal(out[~fill], prob[~fill], equal_nan=True)
+
+
+def test_translucent_ink_over_tissue_keeps_the_tissue_area(
+    example: tuple[np.ndarray, np.ndarray], clean_run: dict, tmp_path: Path
+) -> None:
+    """Translucent marks over the tissue and an opaque one on glass: the slide's tissue area
+    stays within 10 % of the clean slide's (0.2.0 counted the ink as tissue), and the summary
+    says where the ink lies."""
+    from idcmap.pipeline.segment import segment_slide
+
+    rgb, idc = example
+    rng = np.random.default_rng(7)
+    out, _, _ = paint_ink(rgb, 4.0, rng, colour="blue", shape="stroke", where="tissue", alpha=0.5)
+    out, _, _ = paint_ink(out, 4.0, rng, colour="red", shape="dots", where="tissue", alpha=0.4)
+    out, _, _ = paint_ink(out, 4.0, rng, colour="black", shape="circle", region=idc, alpha=0.6)
+    path = write_pyramid_tiff(tmp_path / "inked.tiff", out, 4.0)
+    s = {m: segment_slide(path, progress=False, device="cpu", params=Params(qc=m)).summary
+         for m in ("none", "all")}  # fmt: skip
+    clean = clean_run["tissue_area_mm2"]
+    assert s["none"]["tissue_area_mm2"] > 1.1 * clean  # the ink on glass read as tissue
+    assert abs(s["all"]["tissue_area_mm2"] / clean - 1) <= 0.10
+    ink = s["all"]["qc"]["ink"]
+    assert ink["over_tissue_mm2"] > 1 and ink["on_glass_mm2"] > 1
+    assert ink["over_tissue_mm2"] == pytest.approx(ink["uninked_mm2"] + ink["filled_mm2"], abs=1e-3)
+
+
+def test_a_stroke_across_an_idc_region_does_not_split_it(
+    example: tuple[np.ndarray, np.ndarray], clean_run: dict, tmp_path: Path
+) -> None:
+    """A green stroke across 8955's IDC region: 0.2.0 cuts the region in two and loses half
+    its area; with QC the ink is taken off the pixels and the region stays one, its area
+    within 15 % of the clean slide's."""
+    from idcmap.pipeline.segment import segment_slide
+
+    rgb, idc = example
+    out, painted, _ = paint_ink(
+        rgb, 4.0, np.random.default_rng(2), colour="green", shape="stroke", where="idc",
+        region=idc, width_mm=0.6, alpha=0.7,
+    )  # fmt: skip
+    assert (painted & idc).sum() > 0.05 * idc.sum()
+    path = write_pyramid_tiff(tmp_path / "stroke.tiff", out, 4.0)
+    s = {m: segment_slide(path, progress=False, device="cpu", params=Params(qc=m)).summary
+         for m in ("none", "all")}  # fmt: skip
+    assert clean_run["regions"] == 1
+    assert s["none"]["regions"] == 2  # the stroke cuts it
+    assert s["all"]["regions"] == 1
+    assert abs(s["all"]["idc_area_mm2"] / clean_run["idc_area_mm2"] - 1) <= 0.15
+
+
+def test_blood_is_not_taken_out_as_ink(shared: Path) -> None:
+    """9124 holds a blood clot (bright, saturated red, like red marker): it stays tissue. Its
+    red is not what decides: were it taken for ink, its texture (red cells) keeps it over
+    tissue, while the painter's red marker on glass is smooth."""
+    from idcmap.pipeline.segment import segment_slide
+
+    path = shared / "idc" / "slides" / "9124.tiff"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    s = {m: segment_slide(path, progress=False, device="cpu", params=Params(qc=m)).summary
+         for m in ("none", "all")}  # fmt: skip
+    assert abs(s["all"]["tissue_area_mm2"] / s["none"]["tissue_area_mm2"] - 1) <= 0.03
+    assert not s["all"]["qc"]["review"]
+    rgb = read_level0(path)
+    t = thumb(rgb)
+    c = t.astype(int)
+    clot = (c[..., 0] > 120) & (c[..., 0] - c[..., 1] > 90) & (c[..., 0] - c[..., 2] > 60)
+    clot = reduce_mask(np.asarray(Image.fromarray(clot).resize(rgb.shape[1::-1])))
+    clot = clot[: t.shape[0], : t.shape[1]]
+    assert clot.sum() > 2000  # the clot, ~0.5 mm² and more
+    assert inkmod.ink_over_tissue(t, clot, 16.0).sum() > 0.9 * clot.sum()
+    out, painted, _ = paint_ink(
+        rgb, 4.0, np.random.default_rng(0), colour="red", shape="stroke", where="glass"
+    )
+    mark = reduce_mask(painted)[: t.shape[0], : t.shape[1]]
+    assert inkmod.ink_over_tissue(thumb(out), mark, 16.0).sum() < 0.05 * mark.sum()
