@@ -32,6 +32,7 @@ BAD = [
     ("simplify_um", [-0.5, NAN]),
     ("outline", ["wiggly", ""]),
     ("qc", ["smudge", "ink,smudge"]),
+    ("stain_norm", ["reinhard", "", None]),
 ]
 GOOD = {
     "stride_px": [None, 1, 50],
@@ -51,6 +52,7 @@ GOOD = {
     "simplify_um": [0.0],
     "outline": ["smooth", "cells"],
     "qc": ["none", "all", "ink,fold"],
+    "stain_norm": ["auto", "none"],
 }
 
 
