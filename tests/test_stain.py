@@ -304,3 +304,34 @@ def test_train_stain_norm_cli_writes_a_loadable_model(
     err = capsys.readouterr().err.strip()
     assert rc != 0 and "--slides-dir" in err and "\n" not in err
 
+
+@needs_shared
+@pytest.mark.parametrize("base", ["idc-v2", "idc-v3"])
+def test_bundled_glass_models_are_their_base_plus_the_map(base: str) -> None:
+    """idc-v2-glass / idc-v3-glass (opt-in) are the base model's own file (same weights file
+    and sha256, same aggregator) plus a glass reference fitted on the 19 training mosaics;
+    with --stain-norm none they give the base model's heatmap exactly."""
+    from idcmap.model.modelfile import bundled_models
+
+    assert f"{base}-glass" in bundled_models()
+    plain, glass = (
+        read_config(bundled_model_path(base)),
+        read_config(bundled_model_path(f"{base}-glass")),
+    )
+    assert glass.weights_file == plain.weights_file and glass.weights_sha256 == plain.weights_sha256
+    assert (
+        glass.aggregator == plain.aggregator
+        and glass.replace(version=plain.version, stain_norm={}) == plain
+    )
+    sn = glass.stain_norm
+    assert sn["method"] == "glass" and len(sn["fitted_on"]) == 19 and "8917" not in sn["fitted_on"]
+    slide = SLIDES / "9076.tiff"  # a VALID mosaic
+    a = segment_slide(slide, model=base, device="cpu", progress=False)
+    b = segment_slide(
+        slide, model=f"{base}-glass", device="cpu", progress=False, params=Params(stain_norm="none")
+    )
+    assert np.array_equal(a.heatmap.prob, b.heatmap.prob, equal_nan=True)
+    c = segment_slide(slide, model=f"{base}-glass", device="cpu", progress=False)
+    assert c.summary.to_json()["stain_norm"]["method"] == "glass"
+    dice = 2 * (a.mask & c.mask).sum() / (a.mask.sum() + c.mask.sum())
+    assert dice > 0.9  # a clean slide of the training lab: its glass moves little

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,11 @@ from idcmap.pipeline.qc import (
 )
 from idcmap.pipeline.regions import Region, idc_mask, mask_to_regions
 from idcmap.pipeline.result import SlideResult
-from idcmap.pipeline.stain import StainMap, StainStats, stain_map
+from idcmap.pipeline.stain import StainMap, StainStats, correct_glass, stain_map
 from idcmap.pipeline.summary import ModelRecord, SlideSummary, TilesRecord
 from idcmap.pipeline.thumbnail import BlockThumbnail
 from idcmap.pipeline.tiles import Block, TileGrid, make_grid
-from idcmap.pipeline.tissue import TissueMask, detect_tissue, tissue_mask_from_rgb
+from idcmap.pipeline.tissue import TissueMask, detect_tissue
 
 
 def segment_slide(
@@ -318,12 +319,17 @@ def _tissue_and_tiles(
     two_pass = slide.best_level_for_mpp(p.tissue_mpp) != slide.read_level_for_mpp(cfg.mpp).level
     if two_pass or stain_ref is not None:
         t = time.perf_counter()
-        tissue = detect_tissue(slide, target_mpp=p.tissue_mpp)
+        recolour = None
+        if stain_ref is not None and "glass" in stain_ref.values:
+            # a tinted glass passes the saturation test: the mask is drawn on the corrected
+            # thumbnail (the tiles follow it)
+            recolour = partial(correct_glass, reference=stain_ref)
+        tissue = detect_tissue(slide, target_mpp=p.tissue_mpp, recolour=recolour)
         timings["tissue"] = time.perf_counter() - t
         pixel_map = None
         if stain_ref is not None:
             t = time.perf_counter()
-            tissue, pixel_map, qc.stain = _stain(tissue, stain_ref)
+            pixel_map, qc.stain = _stain(tissue, stain_ref)
             timings["stain_norm"] = time.perf_counter() - t
         t = time.perf_counter()
         if kinds:
@@ -368,23 +374,16 @@ def _tissue_and_tiles(
     return tissue, grid, tile_prob, stats, True, qc
 
 
-def _stain(
-    tissue: TissueMask, ref: StainStats
-) -> tuple[TissueMask, StainMap | None, dict[str, Any]]:
-    """The slide's stain map from its tissue thumbnail, the tissue mask it was measured on (a
-    ``glass`` method redraws it on the glass-corrected thumbnail: the tiles follow it), and its
-    record for the summary."""
-
-    def redraw(rgb: np.ndarray) -> np.ndarray:
-        return tissue_mask_from_rgb(rgb, tissue.mpp, tissue.mpp_y)
-
-    smap, mask = stain_map(tissue.thumbnail, tissue.mask, ref, mask_fn=redraw)
+def _stain(tissue: TissueMask, ref: StainStats) -> tuple[StainMap | None, dict[str, Any]]:
+    """The slide's stain map from its tissue thumbnail and mask, and its record for the
+    summary."""
+    smap, _ = stain_map(tissue.thumbnail, tissue.mask, ref)
     record = (
         smap.to_dict()
         if smap is not None
         else {"method": ref.method, "slide": None, "why": "too little tissue"}
     )
-    return replace(tissue, mask=mask), smap, record
+    return smap, record
 
 
 def stain_reference(section: Mapping[str, Any]) -> StainStats | None:

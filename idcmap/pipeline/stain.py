@@ -46,6 +46,7 @@ __all__ = [
     "MIN_TISSUE_PX",
     "StainMap",
     "StainStats",
+    "correct_glass",
     "fit_reference",
     "glass_od",
     "measure",
@@ -134,9 +135,10 @@ def glass_od(rgb: np.ndarray) -> np.ndarray | None:
     px = rgb.reshape(-1, 3)
     if len(px) == 0:
         return None
-    lum = px.astype(np.float32).mean(1)
-    n = max(1, round(len(px) * GLASS_TOP))
-    top = np.median(px[np.argpartition(-lum, n - 1)[:n]], axis=0)
+    lum = px.sum(1, dtype=np.uint16)  # 0..765; a histogram finds the top fraction's floor
+    counts = np.bincount(lum, minlength=766)[::-1].cumsum()
+    floor = 765 - int(np.searchsorted(counts, max(1, round(len(px) * GLASS_TOP))))
+    top = np.median(px[lum >= floor], axis=0)
     sat = (top.max() - top.min()) / max(float(top.max()), 1.0)
     od = optical_density(top.round().astype(np.uint8)).astype(np.float64)
     if od.max() > GLASS_MAX_OD or sat > GLASS_MAX_SAT:
@@ -317,6 +319,17 @@ class StainMap:
         return _u8(_from_od(od)).reshape(rgb.shape)
 
 
+def correct_glass(rgb: np.ndarray, reference: StainStats) -> np.ndarray:
+    """``rgb`` with its glass brought to the reference's (a gain per channel; ``rgb`` itself
+    when the reference has no glass or the image none to go by): the thumbnail a ``glass``
+    method's tissue mask is drawn on."""
+    target = reference.values.get("glass")
+    own = None if target is None else glass_od(rgb)
+    if target is None or own is None:
+        return rgb
+    return _apply_lut(rgb, _lut_of(_glass_od_map(own, np.asarray(target))))
+
+
 def stain_map(
     thumbnail: np.ndarray,
     mask: np.ndarray,
@@ -350,8 +363,8 @@ def _lut_of(od: np.ndarray) -> np.ndarray:
 
 def _apply_lut(rgb: np.ndarray, lut: np.ndarray) -> np.ndarray:
     out = np.empty_like(rgb)
-    for c in range(3):
-        out[..., c] = lut[c][rgb[..., c]]
+    for c in range(3):  # np.take into the output: no temporaries (5 ms per Mpx)
+        np.take(lut[c], rgb[..., c], out=out[..., c])
     return out
 
 
