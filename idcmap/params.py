@@ -20,10 +20,12 @@ __all__ = [
     "DECODES",
     "OUTLINES",
     "QC_KINDS",
+    "STAIN_NORMS",
     "Aggregator",
     "Decode",
     "Outline",
     "Params",
+    "StainNorm",
     "parse_qc_kinds",
 ]
 
@@ -37,6 +39,9 @@ AGGREGATORS: tuple[Aggregator, ...] = get_args(Aggregator)
 #: Values of :attr:`Params.decode`.
 Decode = Literal["auto", "pillow", "torch"]
 DECODES: tuple[Decode, ...] = get_args(Decode)
+#: Values of :attr:`Params.stain_norm`.
+StainNorm = Literal["auto", "none"]
+STAIN_NORMS: tuple[StainNorm, ...] = get_args(StainNorm)
 #: Artefact kinds of the QC stage (:mod:`idcmap.pipeline.qc`).
 QC_KINDS = ("ink", "fold", "blur", "debris", "border")
 
@@ -90,6 +95,9 @@ class Params:
     # torchvision decode on the model's device — nvjpeg on CUDA — then a box reduction there;
     # needs torchvision), "auto" = torch when the model runs on CUDA, else pillow
     decode: Decode = "auto"
+    # per-slide stain normalisation (idcmap.pipeline.stain): "auto" = the model's own when its
+    # file carries one (a model without it runs as before), "none" = the colour as read
+    stain_norm: StainNorm = "auto"
 
     def validate(self) -> None:
         """Check every knob; a bad value raises :class:`UsageError` naming it (``name=value``).
@@ -138,5 +146,9 @@ class Params:
             raise UsageError(f"qc={self.qc!r}: {e}") from None
         if self.decode not in DECODES:
             raise UsageError(f"decode={self.decode!r} is unknown; use {', '.join(DECODES)}")
+        if self.stain_norm not in STAIN_NORMS:
+            raise UsageError(
+                f"stain_norm={self.stain_norm!r} is unknown; use {' or '.join(STAIN_NORMS)}"
+            )
         if self.outline not in OUTLINES:
             raise UsageError(f"outline={self.outline!r} must be one of {', '.join(OUTLINES)}")

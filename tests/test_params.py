@@ -33,6 +33,7 @@ BAD = [
     ("outline", ["wiggly", ""]),
     ("qc", ["smudge", "ink,smudge"]),
     ("decode", ["nvjpeg", "", None]),
+    ("stain_norm", ["reinhard", "", None]),
 ]
 GOOD = {
     "stride_px": [None, 1, 50],
@@ -53,6 +54,7 @@ GOOD = {
     "outline": ["smooth", "cells"],
     "qc": ["none", "all", "ink,fold"],
     "decode": ["auto", "pillow", "torch"],
+    "stain_norm": ["auto", "none"],
 }
 
 

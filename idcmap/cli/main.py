@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from idcmap.cli.argtypes import positive_int
 from idcmap.errors import IDCMapError, IDCMapWarning, UsageError, interruption
 from idcmap.io.readers import BACKENDS
-from idcmap.params import AGGREGATORS, DECODES, OUTLINES, Params
+from idcmap.params import AGGREGATORS, DECODES, OUTLINES, STAIN_NORMS, Params
 from idcmap.version import __version__
 
 if TYPE_CHECKING:
@@ -206,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="region stage: auto = the model's learned context aggregator when it has one "
         "(idc-v2), else the Gaussian of --smooth-um; none = the Gaussian (giving --smooth-um "
         "implies none)",
+    )
+    run.add_argument(
+        "--stain-norm",
+        choices=STAIN_NORMS,
+        default=d.stain_norm,
+        help="per-slide stain normalisation: auto = the model's own when its file carries one "
+        "(the slide's tissue colour mapped to its training slides'), none = the colour as read",
     )
     run.add_argument(
         "--min-region-um2",

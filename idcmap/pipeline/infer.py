@@ -54,6 +54,7 @@ def predict_grid(
     torch_threads: int | None = None,
     decoder: TileDecoder | None = None,
     transform: Callable[[int, int, np.ndarray], np.ndarray] | None = None,
+    pixel_map: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, InferenceStats]:
     """IDC probability of every kept tile of ``grid``.
 
@@ -63,7 +64,10 @@ def predict_grid(
     overlapping tiles share their computation; otherwise the kept tiles are cut out and batched.
 
     ``on_block`` (optional) sees every block's pixels after the model (e.g. to build a
-    thumbnail from the same decode).
+    thumbnail from the same decode), as read.
+
+    ``pixel_map`` (optional) maps each block's uint8 pixels before the model (the per-slide
+    stain normalisation, :class:`~idcmap.pipeline.stain.StainMap`).
 
     ``transform`` (optional) maps a block's pixels before the model: ``transform(row0, col0,
     pixels)`` (e.g. :class:`idcmap.pipeline.ink.InkRemover`, which takes pen ink off); its
@@ -114,11 +118,12 @@ def predict_grid(
             # dense costs about the block's area in tiles (overlapping tiles share their
             # computation); cutting tiles costs one patch per kept tile
             h, w = block.pixels.shape[:2]
+            seen = block if pixel_map is None else replace(block, pixels=pixel_map(block.pixels))
             if dense_ok and h * w <= 1.1 * n_keep * grid.patch_px**2:
-                p = _predict_dense(model, block, grid)
+                p = _predict_dense(model, seen, grid)
                 stats.dense_blocks += 1
             else:
-                p = _predict_tiles(model, block, grid, keep, batch_size)
+                p = _predict_tiles(model, seen, grid, keep, batch_size)
             prob[block.row0 : block.row1, block.col0 : block.col1] = np.where(keep, p, np.nan)
             stats.tiles += n_keep
             if on_block is not None:

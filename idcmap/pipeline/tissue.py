@@ -30,6 +30,7 @@ QuPath frame (bounds origin subtracted, see :mod:`idcmap.io.slide`), so it is (0
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,6 +94,7 @@ def detect_tissue(
     target_mpp: float = 16.0,
     min_object_um2: float = 50_000.0,
     min_hole_um2: float = 20_000.0,
+    recolour: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> TissueMask:
     """Tissue mask of ``slide`` at ~``target_mpp`` µm/px (see the module docstring).
 
@@ -100,6 +102,9 @@ def detect_tissue(
         target_mpp: µm per mask pixel wanted (read as :meth:`Slide.read_level_for_mpp` says).
         min_object_um2: tissue pieces smaller than this (µm²) are dropped.
         min_hole_um2: holes in tissue smaller than this (µm²) are filled.
+        recolour: a colour map of the thumbnail the mask is drawn on (the per-slide glass
+            gain of :mod:`idcmap.pipeline.stain`: a tinted glass is not tissue); the thumbnail
+            kept is the one read.
     """
     for name, v in (
         ("target_mpp", target_mpp),
@@ -111,7 +116,11 @@ def detect_tissue(
     rgb, (sx, sy) = slide.read_at_mpp(target_mpp)
     mpp_x, mpp_y = sx * slide.info.mpp, sy * slide.info.mpp_y
     mask = tissue_mask_from_rgb(
-        rgb, mpp_x, mpp_y, min_object_um2=min_object_um2, min_hole_um2=min_hole_um2
+        rgb if recolour is None else recolour(rgb),
+        mpp_x,
+        mpp_y,
+        min_object_um2=min_object_um2,
+        min_hole_um2=min_hole_um2,
     )
     return TissueMask(
         mask=mask,
