@@ -659,3 +659,50 @@ def test_pipeline_records_the_scaled_read(he: np.ndarray, tmp_path: Path) -> Non
     res = segment_slide(path, model=colour_model(), progress=False)
     rec = res.summary.slide
     assert (rec["level_read"], rec["level_read_scale"], rec["colour_mpp"]) == (0, 4, 4.0)
+
+
+def test_need_skips_unwanted_tiles(kind_tiff: tuple[str, Path]) -> None:
+    """Tiles under no wanted output px are not decoded (white); the others are as before."""
+    _, path = kind_tiff
+    asked: list[tuple[int, int, int, int]] = []
+
+    def left_half(x0: int, y0: int, x1: int, y1: int) -> bool:
+        asked.append((x0, y0, x1, y1))
+        return x0 < 20
+
+    with JpegTiffReader(path) as r:
+        whole = r.read_region(0, 0, 0, W, H, 2)
+        got = r.read_region(0, 0, 0, W, H, 2, need=left_half)
+    # 64-px tiles at 1/2: 32 output px each; the rectangles tile the output exactly
+    assert sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in asked) == whole.shape[0] * whole.shape[1]
+    assert np.array_equal(got[:, :32], whole[:, :32])
+    assert (got[:, 32:] == 255).all() and not (whole[:, 32:] == 255).all()
+
+
+def test_kept_only_blocks_give_the_same_tiles(he: np.ndarray, tmp_path: Path) -> None:
+    """``kept_only`` reads skip the JPEG tiles under no kept tile: the kept tiles' pixels and
+    probabilities are bit for bit those of the full read, and fewer px are decoded."""
+    from pipeline_helpers import colour_model
+
+    from idcmap.pipeline.infer import predict_grid
+    from idcmap.pipeline.tiles import make_grid, plan_blocks, read_block
+
+    big = np.kron(he, np.ones((4, 4, 1), np.uint8))  # 1 µm/px, 4:2:0: read at 1/4
+    path = write_jpeg_tiff(tmp_path / "p.tif", big, subsampling=2, downsamples=(1,), mpp=1.0)
+    model = colour_model()
+    with open_slide(path) as slide:
+        rl = slide.read_level_for_mpp(4.0)
+        grid = make_grid(slide, None, model_mpp=4.0, patch_px=50, stride_px=50, min_tissue=0.0)
+        keep = np.zeros_like(grid.keep)
+        keep[0, 0] = keep[-1, -1] = True  # two corners: most of the block is not needed
+        grid = replace(grid, keep=keep)
+        ((r0, r1, c0, c1),) = plan_blocks(grid, rl.downsample)
+        full = read_block(slide, grid, rl, (r0, r1), (c0, c1))
+        part = read_block(slide, grid, rl, (r0, r1), (c0, c1), kept_only=True)
+        for r, c in zip(*np.nonzero(keep), strict=True):
+            win = np.s_[r * 50 : r * 50 + 50, c * 50 : c * 50 + 50]
+            assert np.array_equal(part.pixels[win], full.pixels[win])
+        assert (part.pixels == 255).mean() > (full.pixels == 255).mean() + 0.3
+        p_full, _ = predict_grid(slide, grid, model, progress=False, on_block=lambda b: None)
+        p_part, _ = predict_grid(slide, grid, model, progress=False)
+    np.testing.assert_array_equal(p_part, p_full)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -167,6 +167,7 @@ class JpegTiffReader:
         *,
         executor: Executor | None = None,
         decoder: TileDecoder | None = None,
+        need: Callable[[int, int, int, int], bool] | None = None,
     ) -> np.ndarray:
         """uint8 RGB of the level-px rectangle (x, y, w, h) reduced 1/``scale``.
 
@@ -183,6 +184,9 @@ class JpegTiffReader:
                 while it decodes); None: in the calling thread.
             decoder: decode the tiles with it, all at once (:class:`TileDecoder`); then each
                 output px is the box mean of the *full* decode's px (not the scaled IDCT's).
+            need: ``need(x0, y0, x1, y1)`` says whether any output px of that rectangle (output
+                px, end exclusive) is wanted; a tile under no wanted px is neither fetched nor
+                decoded and stays white (e.g. the glass between a block's tissue tiles).
 
         Raises:
             JpegReadUnsupported: the level is not tiled 8-bit JPEG (fall back to another reader).
@@ -209,6 +213,13 @@ class JpegTiffReader:
             for ty in range(ay0 // th, (ay1 - 1) // th + 1)
             for tx in range(ax0 // tw, (ax1 - 1) // tw + 1)
         ]
+
+        if need is not None:
+            jobs = [
+                (tx, ty)
+                for tx, ty in jobs
+                if need(*_out_rect(tx, ty, tw, th, ax0, ay0, ax1, ay1, x, y, s))
+            ]
 
         def paste(tx: int, ty: int, tile: np.ndarray) -> None:
             tx0, ty0 = tx * tw, ty * th  # tile origin, level px
@@ -290,6 +301,7 @@ class JpegTiffReader:
         *,
         executor: Executor | None = None,
         decoder: TileDecoder | None = None,
+        need: Callable[[int, int, int, int], bool] | None = None,
     ) -> np.ndarray:
         """uint8 RGB h×w×3 of the *scaled* level (``level`` seen at 1/``scale``, as if it were
         a level of downsample ``level downsample × scale``): its px (x, y, w, h), each the mean
@@ -299,7 +311,7 @@ class JpegTiffReader:
         """
         s = scale
         return self.read_region(
-            level, x * s, y * s, w * s, h * s, s, executor=executor, decoder=decoder
+            level, x * s, y * s, w * s, h * s, s, executor=executor, decoder=decoder, need=need
         )
 
     def level_for_size(self, width: int, height: int) -> int | None:
@@ -407,3 +419,30 @@ class JpegTiffReader:
         if exact:
             arr = np.asarray(Image.fromarray(arr[:vh, :vw]).reduce(s))
         return arr[:oh, :ow]
+
+
+def _out_rect(
+    tx: int,
+    ty: int,
+    tw: int,
+    th: int,
+    ax0: int,
+    ay0: int,
+    ax1: int,
+    ay1: int,
+    x: int,
+    y: int,
+    s: int,
+) -> tuple[int, int, int, int]:
+    """The output px (x0, y0, x1, y1) that tile (tx, ty) fills in :meth:`JpegTiffReader.read_region`
+    (the same arithmetic as its paste)."""
+    tx0, ty0 = tx * tw, ty * th
+    bx0, by0 = max(tx0, ax0), max(ty0, ay0)
+    bx1, by1 = min(tx0 + tw, ax1), min(ty0 + th, ay1)
+    dx0, dy0 = (bx0 - x) // s, (by0 - y) // s
+    return (
+        dx0,
+        dy0,
+        dx0 + -(-(bx1 - tx0) // s) - (bx0 - tx0) // s,
+        dy0 + -(-(by1 - ty0) // s) - (by0 - ty0) // s,
+    )

@@ -224,6 +224,7 @@ class Slide:
         *,
         executor: Executor | None = None,
         decoder: TileDecoder | None = None,
+        need: Callable[[int, int, int, int], bool] | None = None,
     ) -> np.ndarray:
         """uint8 H×W×3 of ``size`` read px of ``rl`` at ``location_px`` (read px of ``rl``,
         full frame); white outside the level. Scale 1 is :meth:`read_region`; a scale > 1 is
@@ -232,7 +233,11 @@ class Slide:
 
         ``decoder`` (a :class:`~idcmap.io.jpegtiff.TileDecoder`, e.g. nvjpeg through
         :class:`~idcmap.io.jpegtorch.TorchTileDecoder`): where the level is tiled JPEG, its
-        tiles are decoded with it in one batch, scale 1 included, and box-reduced."""
+        tiles are decoded with it in one batch, scale 1 included, and box-reduced.
+
+        ``need`` (optional; see :meth:`~idcmap.io.jpegtiff.JpegTiffReader.read_region`): where
+        the JPEG reader reads, tiles under no wanted output px are skipped (white); the other
+        paths read everything."""
         (x, y), (w, h), s = location_px, size, rl.scale
         d = self.info.level_downsamples[rl.level]
 
@@ -248,7 +253,9 @@ class Slide:
         if self._failed is not None:
             raise SlideError(self._failed[0], detail=self._failed[1])
         try:
-            return jpeg.read_scaled(jl, s, x, y, w, h, executor=executor, decoder=decoder)
+            return jpeg.read_scaled(
+                jl, s, x, y, w, h, executor=executor, decoder=decoder, need=need
+            )
         except Exception as e:
             self._failed = (
                 f"{self._name}: cannot decode the JPEG tiles of level {rl.level} (corrupt or "

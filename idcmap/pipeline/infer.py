@@ -106,7 +106,11 @@ def predict_grid(
     )
     with bar, use_torch_threads(torch_threads if model.device.type == "cpu" else None):
         t_wait = time.perf_counter()
-        for block in iter_blocks(slide, grid, rl, blocks, workers=workers, decoder=decoder):
+        # tiles no kept tile needs are skipped unless a hook or transform looks at every px
+        kept_only = on_block is None and transform is None
+        for block in iter_blocks(
+            slide, grid, rl, blocks, workers=workers, decoder=decoder, kept_only=kept_only
+        ):
             t0 = time.perf_counter()
             stats.wait_s += t0 - t_wait
             if transform is not None:

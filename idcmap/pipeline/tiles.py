@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,10 @@ MAX_READ_PX = 2048
 #: blocks without tissue are never decoded — while the per-read overhead and the overlap between
 #: blocks (``patch - stride`` px at each edge) stay small.
 BLOCK_MODEL_PX = 1024
+
+#: Margin, in model px, round the kept tiles within which a ``kept_only`` read still decodes
+#: (the area resize to model px averages read px at most one model px away).
+KEPT_MARGIN_MODEL_PX = 2
 
 
 @dataclass(frozen=True)
@@ -229,10 +233,14 @@ def read_block(
     rows: tuple[int, int],
     cols: tuple[int, int],
     decoder: TileDecoder | None = None,
+    kept_only: bool = False,
 ) -> Block:
     """Read one block of tiles from ``rl`` (:meth:`Slide.read_level_for_mpp`: a level, maybe
     decoded at 1/2, 1/4, 1/8) and resize it to model px (area average). ``decoder``: see
-    :meth:`Slide.read_scaled`."""
+    :meth:`Slide.read_scaled`.
+
+    ``kept_only``: JPEG tiles of the level under none of the block's kept tiles (with a margin
+    for the resize) are not decoded and stay white; the kept tiles' pixels are unchanged."""
     (r0, r1), (c0, c1) = rows, cols
     st, p = grid.stride_px, grid.patch_px
     mx0, my0 = c0 * st, r0 * st
@@ -252,9 +260,13 @@ def read_block(
     t0 = time.perf_counter()
     if ix1 <= ix0 or iy1 <= iy0:
         return Block(r0, r1, c0, c1, out)
-    region = slide.read_scaled(rl, (ix0, iy0), (ix1 - ix0, iy1 - iy0), decoder=decoder)
-    t1 = time.perf_counter()
     sx, sy = d / fx, d / fy  # model px per level px (≤ 1 when the level is finer)
+    need = None
+    if kept_only:
+        keep = grid.keep[r0:r1, c0:c1]
+        need = _kept_px(keep, st, p, (ix0 - fx0, iy0 - fy0), (sx, sy))
+    region = slide.read_scaled(rl, (ix0, iy0), (ix1 - ix0, iy1 - iy0), decoder=decoder, need=need)
+    t1 = time.perf_counter()
     if abs(sx - 1) < PX_EPS and abs(sy - 1) < PX_EPS:  # same scale: no resize
         resized = region
         ox, oy = ix0 - fx0, iy0 - fy0
@@ -270,6 +282,35 @@ def read_block(
     if hh > 0 and ww > 0:
         out[max(dy, 0) : max(dy, 0) + hh, max(dx, 0) : max(dx, 0) + ww] = src[:hh, :ww]
     return Block(r0, r1, c0, c1, out, read_s=t1 - t0, resize_s=time.perf_counter() - t1)
+
+
+def _kept_px(
+    keep: np.ndarray,
+    stride_px: int,
+    patch_px: int,
+    offset: tuple[float, float],
+    model_per_read_px: tuple[float, float],
+) -> Callable[[int, int, int, int], bool]:
+    """``need(x0, y0, x1, y1)`` over a block's read px: does the rectangle touch a kept tile?
+
+    Read px ``v`` lies at model px ``(v + offset) · model_per_read_px``; the rectangle is widened
+    by :data:`KEPT_MARGIN_MODEL_PX` so that a resize's filter never reaches a skipped px.
+    """
+    (ox, oy), (sx, sy) = offset, model_per_read_px
+    m = KEPT_MARGIN_MODEL_PX
+    rows, cols = keep.shape
+
+    def tiles(a: float, b: float, n: int) -> tuple[int, int]:
+        # tiles t with [t·stride, t·stride + patch) meeting [a, b)
+        t0 = max(0, math.ceil((a - patch_px) / stride_px + 1e-9))
+        return t0, min(n, math.floor((b - 1e-9) / stride_px) + 1)
+
+    def need(x0: int, y0: int, x1: int, y1: int) -> bool:
+        c0, c1 = tiles((x0 + ox) * sx - m, (x1 + ox) * sx + m, cols)
+        r0, r1 = tiles((y0 + oy) * sy - m, (y1 + oy) * sy + m, rows)
+        return c1 > c0 and r1 > r0 and bool(keep[r0:r1, c0:c1].any())
+
+    return need
 
 
 def _area_resize(region: np.ndarray, tw: int, th: int) -> np.ndarray:
@@ -295,18 +336,19 @@ def iter_blocks(
     workers: int = 2,
     prefetch: int | None = None,
     decoder: TileDecoder | None = None,
+    kept_only: bool = False,
 ) -> Iterator[Block]:
     """Yield blocks in order, read by ``workers`` threads (each with its own slide handle).
 
     At most ``prefetch`` blocks (default ``workers + 1``: every worker busy, one block ready)
     are in flight. A read error raises :class:`SlideError` here. ``decoder``: see
-    :meth:`Slide.read_scaled`.
+    :meth:`Slide.read_scaled`; ``kept_only``: see :func:`read_block`.
     """
     if prefetch is None:
         prefetch = workers + 1
     if workers <= 0:
         for r0, r1, c0, c1 in blocks:
-            yield read_block(slide, grid, rl, (r0, r1), (c0, c1), decoder)
+            yield read_block(slide, grid, rl, (r0, r1), (c0, c1), decoder, kept_only)
         return
     local = threading.local()
     handles: list[Slide] = []
@@ -320,7 +362,7 @@ def iter_blocks(
             with lock:
                 handles.append(h)
         r0, r1, c0, c1 = b
-        return read_block(h, grid, rl, (r0, r1), (c0, c1), decoder)
+        return read_block(h, grid, rl, (r0, r1), (c0, c1), decoder, kept_only)
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="idcmap-read")
     pending: list[Future[Block]] = []
