@@ -1,4 +1,5 @@
-"""Compare two output trees of `idcmap run`: every file byte- or array-identical, except what
+"""Compare two output trees of `idcmap run`: every file byte- or array-identical (PNGs: the same
+pixels and text chunks, whatever their compression), except what
 changes run to run (summary timings, version, model path; GeoJSON feature ids, uuid4 by design)
 and the keys a newer version adds (``--allow-new``: summary ``slide.level_read_scale``,
 ``slide.colour_mpp``, ``parameters.qc``, ``parameters.decode``; npz ``slide_mpp_y``). Prints the
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 NEW_SLIDE_KEYS = {"level_read_scale", "colour_mpp"}
 NEW_PARAMETERS = {"qc", "decode"}
@@ -49,6 +51,10 @@ def same(fa: Path, fb: Path, allow_new: bool) -> bool:
     if fa.name == "summary.json":
         a, b = (json.loads(f.read_text()) for f in (fa, fb))
         return _summary(a, allow_new) == _summary(b, allow_new)
+    if fa.suffix == ".png":
+        with Image.open(fa) as ia, Image.open(fb) as ib:
+            pa, pb = np.asarray(ia), np.asarray(ib)
+            return ia.mode == ib.mode and ia.text == ib.text and np.array_equal(pa, pb)
     if fa.suffix == ".geojson":
         return _no_ids(json.loads(fa.read_text())) == _no_ids(json.loads(fb.read_text()))
     return fa.read_bytes() == fb.read_bytes()

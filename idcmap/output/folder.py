@@ -129,7 +129,9 @@ def _heatmap_png(r: SavedResult, path: Path) -> None:
         mpp_x=r.slide.mpp,
         mpp_y=r.slide.mpp_y,
     )
-    save_png(img, path)
+    # a photograph with a colour overlay: zlib's level 1 writes it in half the time of 6
+    # (2000-px picture of the 8975 40x slide: 132 → 62 ms, 0.80 → 0.88 MB)
+    save_png(img, path, compress_level=1)
 
 
 def _mask_png(r: SavedResult, path: Path) -> None:

@@ -391,12 +391,19 @@ def _colour_bar(
         y += int(small.size) + 4
 
 
-def save_png(image: Image.Image, path: PathLike, text: dict[str, str] | None = None) -> None:
-    """Write a PNG with optional tEXt chunks (e.g. what a pixel means)."""
+def save_png(
+    image: Image.Image,
+    path: PathLike,
+    text: dict[str, str] | None = None,
+    *,
+    compress_level: int = 6,
+) -> None:
+    """Write a PNG with optional tEXt chunks (e.g. what a pixel means). ``compress_level``: zlib's
+    0–9; 1 suits photographic pictures (half the time of 6, ~10 % larger)."""
     info = PngImagePlugin.PngInfo()
     for k, v in (text or {}).items():
         info.add_itxt(k, v)
-    image.save(path, format="PNG", compress_level=6, pnginfo=info)
+    image.save(path, format="PNG", compress_level=compress_level, pnginfo=info)
 
 
 def mask_px_per_cell(
