@@ -124,3 +124,21 @@ def test_public_api_from_the_top() -> None:
 
     for name in idcmap.__all__:
         assert getattr(idcmap, name) is not None
+
+
+def test_the_command_line_parser_imports_nothing_heavy() -> None:
+    """``idcmap --help`` and the first line of every command start fast: building the parser
+    imports no deep-learning, geometry, image-analysis or cluster library, nor the viewer's
+    server (each command imports what it needs when it runs)."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from idcmap.cli.main import build_parser\n"
+        "build_parser()\n"
+        "heavy = ('torch', 'scipy', 'shapely', 'skimage', 'dask', 'fsspec', 'tifffile')\n"
+        "print(sorted(n for n in sys.modules if n.split('.')[0] in heavy"
+        " or n.startswith('idcmap.viewer.server')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
