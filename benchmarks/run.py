@@ -5,8 +5,8 @@ Every case runs in a fresh subprocess (so its peak RSS is its own, read with ``o
 * ``e2e``: :func:`idcmap.segment_slide` + ``save`` (all outputs), for each slide and stride:
   wall time, tiles/s, peak RSS and where the time goes (``summary.json`` ``timings_s``);
 * ``floors``: on the same slide, grid and model: the I/O floor, a pure decode of the pyramid
-  level that is read (``read_region`` over the same blocks, no resize, no model; 1 thread and
-  ``--workers`` threads), and the compute floor, the pure model forward over the same tiles
+  level that is read (``read_block`` over the same blocks, the same JPEG tiles as the pipeline
+  decodes, no model; 1 thread and ``--workers`` threads), and the compute floor, the pure model forward over the same tiles
   already in memory (dense over the blocks, as idcmap does, and batched 50x50 tiles, as peers
   do), plus the largest |dense − tile-by-tile| difference of the probabilities on real blocks;
 * ``naive``: the way CLAM and WSInfer tile: one ``read_region`` per tile at level 0, resized to
@@ -218,25 +218,28 @@ def child_floors(a: argparse.Namespace) -> dict[str, Any]:
 
         rects = [level_rect(b) for b in blocks]
         out["decoded_mpx"] = sum(w * h for _, (w, h) in rects) / 1e6
+        # the pipeline decodes only the JPEG tiles under kept tiles (read_block's kept_only);
+        # the floor decodes the same tiles (where the level is read at scale 1 through the
+        # backend, whole blocks, as the pipeline does)
         t0 = time.perf_counter()
-        for loc, size in rects:
-            slide.read_scaled(level, loc, size)
+        for r0, r1, c0, c1 in blocks:
+            read_block(slide, grid, level, (r0, r1), (c0, c1), kept_only=True)
         out["io_floor_1thread_s"] = time.perf_counter() - t0
         if a.workers > 1:
             local = threading.local()
             handles = []
 
-            def rd(r: tuple) -> None:
+            def rd(b: tuple) -> None:
                 h = getattr(local, "h", None)
                 if h is None:
                     h = local.h = slide.reopen()
                     handles.append(h)
-                h.read_scaled(level, r[0], r[1])
+                read_block(h, grid, level, (b[0], b[1]), (b[2], b[3]), kept_only=True)
 
             with ThreadPoolExecutor(a.workers) as pool:
-                rd(rects[0])  # opens this thread's handle outside the timing... one of them
+                rd(blocks[0])  # opens this thread's handle outside the timing... one of them
                 t0 = time.perf_counter()
-                list(pool.map(rd, rects))
+                list(pool.map(rd, blocks))
                 out["io_floor_s"] = time.perf_counter() - t0
             for h in handles:
                 h.close()
@@ -487,8 +490,8 @@ def report(results: dict[str, Any]) -> str:
         )
     lines.append("")
     lines.append(
-        "| slide | stride | decoded Mpx | openslide decode s (1 thread) | openslide decode s "
-        "| idcmap read_region s (1 thread) | idcmap read_region s (= I/O floor) | "
+        "| slide | stride | block Mpx | openslide decode s (1 thread) | openslide decode s "
+        "| idcmap read_block s (1 thread) | idcmap read_block s (= I/O floor) | "
         "compute floor dense s | compute floor 50x50 tiles s | max(floors) | e2e / max(floors) "
         "| max abs(dense - tiles) | max abs(dense - plain IDCNet per tile) |"
     )
