@@ -175,7 +175,7 @@ class InkRemover:
         stride_px: int,
     ) -> None:
         self.od = od
-        self.any = od.max(axis=2) > 0
+        self.any = (od[..., 0] > 0) | (od[..., 1] > 0) | (od[..., 2] > 0)
         self.scale = (level0_per_model_px[0] / px_level0[0], level0_per_model_px[1] / px_level0[1])
         self.stride = stride_px
 

@@ -102,7 +102,7 @@ P_THRESHOLD = {"ink": 0.7, "fold": 0.95, "debris": 0.9}
 CANDIDATE_OD = 0.25
 #: First look on a 2:1 reduction: pixels whose artefact probability there is above this,
 #: grown by SCREEN_GROW_PX (of the reduction), are classified at full resolution.
-SCREEN_P = 0.1
+SCREEN_P = 0.2
 SCREEN_GROW_PX = 3
 #: Context (px) around the pixels classified: what their neighbourhood features see.
 CONTEXT_PX = 24
