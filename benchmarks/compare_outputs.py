@@ -1,7 +1,8 @@
 """Compare two output trees of `idcmap run`: every file byte- or array-identical, except what
 changes run to run (summary timings, version, model path; GeoJSON feature ids, uuid4 by design)
 and the keys a newer version adds (``--allow-new``: summary ``slide.level_read_scale``,
-``slide.colour_mpp``, ``parameters.qc``; npz ``slide_mpp_y``). Prints the files that differ.
+``slide.colour_mpp``, ``parameters.qc``, ``parameters.decode``; npz ``slide_mpp_y``). Prints the
+files that differ.
 
     python benchmarks/compare_outputs.py OLD_OUT NEW_OUT [--allow-new]
 """
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 NEW_SLIDE_KEYS = {"level_read_scale", "colour_mpp"}
-NEW_PARAMETERS = {"qc"}
+NEW_PARAMETERS = {"qc", "decode"}
 NEW_ARRAYS = {"slide_mpp_y"}
 
 

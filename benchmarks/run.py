@@ -136,6 +136,9 @@ def child_e2e(a: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
     model.predict(np.full((2, model.config.patch_px, model.config.patch_px, 3), 200, np.uint8))
+    from idcmap.io.jpegtorch import tile_decoder
+
+    tile_decoder(a.decode, model.device)  # torchvision's import (~2 s), once per process
     t_load = time.perf_counter() - t0
     util: list[float] = []
     stop = threading.Event()
@@ -155,7 +158,9 @@ def child_e2e(a: argparse.Namespace) -> dict[str, Any]:
         sampler.start()
     with tempfile.TemporaryDirectory(dir=WORK) as out:
         t0 = time.perf_counter()
-        params = Params(workers=a.workers, device=a.device, batch_size=a.batch_size)
+        params = Params(
+            workers=a.workers, device=a.device, batch_size=a.batch_size, decode=a.decode
+        )
         res = segment_slide(a.slide, model=model, stride=a.stride, progress=False, params=params)
         res.save(out)
         wall = time.perf_counter() - t0
@@ -401,7 +406,7 @@ def run_child(kind: str, a: argparse.Namespace, slide: Path, stride: int) -> dic
         "--child", kind, "--slide", str(slide), "--stride", str(stride),
         "--model", str(a.model), "--device", a.device, "--workers", str(a.workers),
         "--threads", str(a.threads), "--batch-size", str(a.batch_size),
-        "--naive-tiles", str(a.naive_tiles), "--result", str(res_path),
+        "--naive-tiles", str(a.naive_tiles), "--result", str(res_path), "--decode", a.decode,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     t0 = time.perf_counter()
@@ -603,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="reader threads")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--decode", default="auto", help="e2e: auto, pillow, torch (Params.decode)")
     ap.add_argument("--naive-tiles", type=int, default=300)
     ap.add_argument("--wsinfer", default="auto", help="auto (if its venv exists), yes, no")
     ap.add_argument("--json", type=Path, default=None, help="write all results here")

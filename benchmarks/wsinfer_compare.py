@@ -10,6 +10,10 @@ inside). ``wsinfer run`` then segments the tissue, cuts 200-µm patches at level
 
     python benchmarks/wsinfer_compare.py --setup
     python benchmarks/wsinfer_compare.py benchmarks/_data/8975-40x.tiff
+    python benchmarks/wsinfer_compare.py --cohort --rounds 3 DIR/*-40x.tiff   # whole processes
+
+``--cohort`` times ``idcmap run SLIDES --out O`` and ``wsinfer run -i DIR`` (the same slides,
+linked into one folder), each a whole process, alternating, and prints the ratio of the medians.
 """
 
 from __future__ import annotations
@@ -80,11 +84,12 @@ def export(model_json: Path, out: Path) -> tuple[Path, Path]:
 
 
 def run(
-    model_json: Path, slide: Path, *, batch_size: int = 32, num_workers: int = 2
+    model_json: Path, slide: Path | list[Path], *, batch_size: int = 32, num_workers: int = 2
 ) -> dict[str, Any]:
-    """Time ``wsinfer run`` on one slide (fresh results folder). Returns the figures."""
+    """Time ``wsinfer run`` on one slide or a cohort (fresh results folder). Returns the figures."""
     exe = VENV / "bin" / "wsinfer"
-    res: dict[str, Any] = {"slide": slide.name}
+    slides = slide if isinstance(slide, list) else [slide]
+    res: dict[str, Any] = {"slide": ",".join(s.name for s in slides)}
     if not exe.exists():
         res["status"] = f"skipped: {exe} is missing (python benchmarks/wsinfer_compare.py --setup)"
         return res
@@ -92,7 +97,8 @@ def run(
     shutil.rmtree(base, ignore_errors=True)
     wsi_dir, results = base / "wsi", base / "results"
     wsi_dir.mkdir(parents=True)
-    (wsi_dir / slide.name).symlink_to(slide.resolve())
+    for s in slides:
+        (wsi_dir / s.name).symlink_to(s.resolve())
     pt, cj = export(model_json, base / "model")
     # offline: an empty zoo registry in a private HOME
     home = base / "home"
@@ -121,19 +127,73 @@ def run(
     csvs = list((results / "model-outputs-csv").glob("*.csv")) + list(
         (results / "model-outputs").glob("*.csv")
     )
-    if p.returncode != 0 or not csvs:
+    if p.returncode != 0 or len(csvs) != len(slides):
         res["status"] = f"failed (exit {p.returncode}); see {log}"
         res["log_tail"] = log.read_text()[-2000:]
         return res
-    with open(csvs[0]) as f:
-        res["patches"] = sum(1 for _ in csv.reader(f)) - 1
+    res["patches"] = 0
+    for c in csvs:
+        with open(c) as f:
+            res["patches"] += sum(1 for _ in csv.reader(f)) - 1
+    res["slides_done"] = len(csvs)
     res["status"] = "ok"
     return res
 
 
+def run_idcmap(model_json: Path, slides: list[Path], *, extra: list[str] = ()) -> dict[str, Any]:
+    """Time the whole process ``idcmap run SLIDES --out <fresh folder>`` (start-up included)."""
+    out = WORK / "idcmap-cohort-out"
+    shutil.rmtree(out, ignore_errors=True)
+    exe = Path(sys.executable).with_name("idcmap")
+    cmd = [str(exe), "run", *map(str, slides), "--out", str(out), "--model", str(model_json)]
+    cmd += ["-q", *extra]
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    err = p.stderr.read().decode() if p.stderr else ""
+    rc = os.waitstatus_to_exitcode(status)
+    done = sum(1 for d in out.glob("*/summary.json"))
+    res: dict[str, Any] = {"wall_s": wall, "peak_rss_mb": ru.ru_maxrss / 1024, "slides_done": done}
+    res["status"] = "ok" if rc == 0 and done == len(slides) else f"failed (exit {rc}): {err[-500:]}"
+    return res
+
+
+def cohort(model_json: Path, slides: list[Path], *, rounds: int, **kw: Any) -> dict[str, Any]:
+    """Whole processes, alternating idcmap / WSInfer, ``rounds`` times: ratio of the medians."""
+    import statistics
+
+    runs: dict[str, list[dict[str, Any]]] = {"idcmap": [], "wsinfer": []}
+    for r in range(rounds):
+        for name in ("idcmap", "wsinfer") if r % 2 == 0 else ("wsinfer", "idcmap"):
+            res = (
+                run_idcmap(model_json, slides)
+                if name == "idcmap"
+                else run(model_json, slides, **kw)
+            )
+            print(
+                f"round {r + 1} {name}: {res.get('status')} {res.get('wall_s', 0):.2f} s",
+                flush=True,
+            )
+            runs[name].append(res)
+    med = {
+        k: statistics.median(x["wall_s"] for x in v if x.get("status") == "ok")
+        for k, v in runs.items()
+    }
+    return {
+        "slides": [s.name for s in slides],
+        "runs": runs,
+        "median_wall_s": med,
+        "ratio_wsinfer_over_idcmap": med["wsinfer"] / med["idcmap"],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("slide", type=Path, nargs="?")
+    ap.add_argument("slide", type=Path, nargs="*", help="one slide, or a cohort with --cohort")
+    ap.add_argument("--cohort", action="store_true", help="all slides in one process each way")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds for --cohort")
+    ap.add_argument("--json", type=Path, help="write the figures here too")
     ap.add_argument("--model", default="bundled", help="idcmap model .json, or 'bundled'")
     ap.add_argument("--setup", action="store_true", help="create WSInfer's venv")
     ap.add_argument("--batch-size", type=int, default=32)
@@ -146,11 +206,15 @@ def main(argv: list[str] | None = None) -> int:
         from idcmap.model.runtime import bundled_model_path
 
         model = bundled_model_path() if a.model == "bundled" else Path(a.model)
-        print(
-            json.dumps(
-                run(model, a.slide, batch_size=a.batch_size, num_workers=a.num_workers), indent=1
-            )
-        )
+        kw = {"batch_size": a.batch_size, "num_workers": a.num_workers}
+        if a.cohort:
+            res = cohort(model, a.slide, rounds=a.rounds, **kw)
+        else:
+            res = run(model, a.slide[0], **kw)
+        text = json.dumps(res, indent=1)
+        print(text)
+        if a.json:
+            a.json.write_text(text)
     return 0
 
 

@@ -44,6 +44,13 @@ class OutputError(IDCMapError):
     """The output folder cannot be written (permissions, full disk, a file in the way)."""
 
 
+class Cancelled(BaseException):
+    """Background work given up because the run is stopping (Ctrl-C or SIGTERM reached the main
+    thread while a slide's outputs were being written in the background): not a failure of
+    the slide. A BaseException, like KeyboardInterrupt, so that whoever reports failures lets
+    it through and temporary outputs are cleaned up."""
+
+
 class IDCMapWarning(UserWarning):
     """Base class of idcmap's warnings (the CLI prints each on one line)."""
 

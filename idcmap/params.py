@@ -17,11 +17,15 @@ from idcmap.io.readers import BACKENDS, Backend
 
 __all__ = [
     "AGGREGATORS",
+    "DECODES",
     "OUTLINES",
     "QC_KINDS",
+    "STAIN_NORMS",
     "Aggregator",
+    "Decode",
     "Outline",
     "Params",
+    "StainNorm",
     "parse_qc_kinds",
 ]
 
@@ -32,6 +36,12 @@ OUTLINES: tuple[Outline, ...] = get_args(Outline)
 #: Values of :attr:`Params.aggregator`.
 Aggregator = Literal["auto", "none"]
 AGGREGATORS: tuple[Aggregator, ...] = get_args(Aggregator)
+#: Values of :attr:`Params.decode`.
+Decode = Literal["auto", "pillow", "torch"]
+DECODES: tuple[Decode, ...] = get_args(Decode)
+#: Values of :attr:`Params.stain_norm`.
+StainNorm = Literal["auto", "none"]
+STAIN_NORMS: tuple[StainNorm, ...] = get_args(StainNorm)
 #: Artefact kinds of the QC stage (:mod:`idcmap.pipeline.qc`).
 QC_KINDS = ("ink", "fold", "blur", "debris", "border")
 
@@ -81,6 +91,13 @@ class Params:
     # "none" (0.2.0's behaviour, the default while the QC goals are not met: docs/qc.md) or a
     # comma list of ink, fold, blur, debris, border
     qc: str = "none"
+    # JPEG tiles: "pillow" (libjpeg's scaled IDCT in the reader threads), "torch" (batched
+    # torchvision decode on the model's device — nvjpeg on CUDA — then a box reduction there;
+    # needs torchvision), "auto" = torch when the model runs on CUDA, else pillow
+    decode: Decode = "auto"
+    # per-slide stain normalisation (idcmap.pipeline.stain): "auto" = the model's own when its
+    # file carries one (a model without it runs as before), "none" = the colour as read
+    stain_norm: StainNorm = "auto"
 
     def validate(self) -> None:
         """Check every knob; a bad value raises :class:`UsageError` naming it (``name=value``).
@@ -127,5 +144,11 @@ class Params:
             parse_qc_kinds(self.qc)
         except ValueError as e:
             raise UsageError(f"qc={self.qc!r}: {e}") from None
+        if self.decode not in DECODES:
+            raise UsageError(f"decode={self.decode!r} is unknown; use {', '.join(DECODES)}")
+        if self.stain_norm not in STAIN_NORMS:
+            raise UsageError(
+                f"stain_norm={self.stain_norm!r} is unknown; use {' or '.join(STAIN_NORMS)}"
+            )
         if self.outline not in OUTLINES:
             raise UsageError(f"outline={self.outline!r} must be one of {', '.join(OUTLINES)}")

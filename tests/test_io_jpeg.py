@@ -13,7 +13,6 @@ tiles of 64 px, q90) and in ``test_aperio_svs_reads`` (the shared SVS).
 
 from __future__ import annotations
 
-import io
 import struct
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
-from tiffgen import synthetic_he
+from tiffgen import encode_tile, split_tables, synthetic_he, write_jpeg_tiff, write_pyramid_tiff
 
 from idcmap.io.colour import LevelColour, choose_level, chroma_mpp_per_level, level_colour_facts
 from idcmap.io.jpeg import jp2k_sampling, parse_jpeg_header
@@ -45,125 +44,6 @@ BOUNDS = {
     ((2, 2), 8): (5, 0.6),
 }
 H, W, TILE, MPP = 230, 300, 64, 0.25  # 300 % 8 = 4, 230 % 8 = 6: partial edge blocks
-
-
-# --------------------------------------------------------------------------- writers
-
-
-def _segments(jpeg: bytes) -> list[tuple[int, bytes]]:
-    """(marker, whole segment bytes) from SOI to the scan's end (the SOS segment holds the rest)."""
-    out, pos = [(0xD8, jpeg[:2])], 2
-    while pos < len(jpeg):
-        marker = jpeg[pos + 1]
-        (length,) = struct.unpack_from(">H", jpeg, pos + 2)
-        if marker == 0xDA:
-            out.append((marker, jpeg[pos:]))
-            break
-        out.append((marker, jpeg[pos : pos + 2 + length]))
-        pos += 2 + length
-    return out
-
-
-ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
-
-
-def encode_tile(
-    tile: np.ndarray,
-    *,
-    subsampling: int,
-    rgb_coded: bool = False,
-    adobe: bool = False,
-    progressive: bool = False,
-) -> bytes:
-    """A Pillow JPEG of ``tile``; ``rgb_coded``: the samples are R, G, B (no colour transform),
-    JFIF dropped, and an Adobe APP14 transform-0 marker added when ``adobe``."""
-    buf = io.BytesIO()
-    if rgb_coded:  # Pillow writes "YCbCr" images without conversion: hand it R, G, B
-        Image.frombytes("YCbCr", tile.shape[1::-1], tile.tobytes()).save(
-            buf, "JPEG", quality=90, subsampling=subsampling
-        )
-        segs = [(m, s) for m, s in _segments(buf.getvalue()) if m != 0xE0]
-        if adobe:
-            segs.insert(1, (0xEE, ADOBE_RGB))
-        return b"".join(s for _, s in segs)
-    Image.fromarray(tile).save(
-        buf, "JPEG", quality=90, subsampling=subsampling, progressive=progressive
-    )
-    return buf.getvalue()
-
-
-def split_tables(jpeg: bytes, *, keep_jfif: bool = False) -> tuple[bytes, bytes]:
-    """(JPEGTables stream, abbreviated stream) of a complete JPEG (DQT/DHT moved to the tables)."""
-    segs = _segments(jpeg)
-    tables = b"\xff\xd8" + b"".join(s for m, s in segs if m in (0xDB, 0xC4)) + b"\xff\xd9"
-    keep = [s for m, s in segs if m not in (0xDB, 0xC4) and (keep_jfif or m != 0xE0)]
-    return tables, b"".join(keep)
-
-
-def write_jpeg_tiff(
-    path: Path,
-    image: np.ndarray,
-    *,
-    subsampling: int = 2,
-    photometric: str = "ycbcr",
-    tag_subsampling: tuple[int, int] | None = None,
-    tables: bool = False,
-    rgb_coded: bool = False,
-    adobe: bool = False,
-    progressive: bool = False,
-    downsamples: tuple[int, ...] = (1,),
-    tile: int = TILE,
-    mpp: float = MPP,
-) -> Path:
-    """A tiled JPEG TIFF pyramid of pre-encoded tiles (tiles outside the image: white)."""
-    try:
-        import imagecodecs  # noqa: F401
-    except ImportError:  # tifffile looks up a JPEG encoder even for encoded tiles
-        tifffile.TIFF.COMPRESSORS._codecs[7] = lambda *a, **k: b""  # never called
-    with tifffile.TiffWriter(path) as tw:
-        for i, d in enumerate(downsamples):
-            lvl = image if d == 1 else np.asarray(Image.fromarray(image).reduce(d))
-            lh, lw = lvl.shape[:2]
-            streams = []
-            for y in range(0, lh, tile):
-                for x in range(0, lw, tile):
-                    t = np.full((tile, tile, 3), 255, np.uint8)
-                    part = lvl[y : y + tile, x : x + tile]
-                    t[: part.shape[0], : part.shape[1]] = part
-                    streams.append(
-                        encode_tile(
-                            t,
-                            subsampling=subsampling,
-                            rgb_coded=rgb_coded,
-                            adobe=adobe,
-                            progressive=progressive,
-                        )
-                    )
-            jpegtables = None
-            if tables:
-                jpegtables, _ = split_tables(streams[0])
-                streams = [split_tables(s)[1] for s in streams]
-            # tifffile writes the YCbCrSubSampling tag for JPEG, and Photometric YCbCr unless
-            # told the output colour space is RGB (the tiles come encoded: nothing is encoded)
-            kw: dict = {
-                "subsampling": tag_subsampling or ((2, 2) if subsampling == 2 else (1, 1)),
-                "compressionargs": {"outcolorspace": photometric.upper()},
-            }
-            tw.write(
-                iter(streams),
-                shape=(lh, lw, 3),
-                dtype=np.uint8,
-                tile=(tile, tile),
-                compression="jpeg",
-                photometric=photometric,
-                subfiletype=0 if i == 0 else 1,
-                resolution=(1e4 / (mpp * d), 1e4 / (mpp * d)),
-                resolutionunit="CENTIMETER",
-                jpegtables=jpegtables,
-                metadata=None,
-                **kw,
-            )
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -453,6 +333,33 @@ def test_striped_jpeg_facts_but_no_read(he, tmp_path):
     assert choose_level([lv], 4 * MPP) == (0, 1)  # no scaled decode: read level 0 and resize
     with JpegTiffReader(p) as r, pytest.raises(JpegReadUnsupported, match="strips"):
         r.read_region(0, 0, 0, 8, 8, 2)
+    # the slide falls back to its backend, says why, and its tissue pass reads as before
+    pytest.importorskip("imagecodecs")  # tiffslide's JPEG decoder for the strip
+    with open_slide(p) as slide:
+        rl = slide.read_level_for_mpp(4 * MPP)
+        assert (rl.level, rl.scale) == (0, 1) and "no scaled decode (strips" in rl.reason
+        rgb, _ = slide.read_at_mpp(4 * MPP)
+        full = slide.read_region((0, 0), 0, (W, H))
+    # the backend's full decode as before: 3:1 blocks (the whole ones that fit), box-resized
+    ref = Image.fromarray(full).reduce(3).resize(rgb.shape[1::-1], Image.Resampling.BOX)
+    np.testing.assert_array_equal(rgb, np.asarray(ref))
+
+
+def test_jpeg2000_falls_back_with_a_reason(he, tmp_path):
+    """JPEG 2000 tiles: colour facts from the codestream, no scaled decode; the backend reads
+    the level whose colour is fine enough, whole, and ``read_at_mpp`` box-reduces it."""
+    pytest.importorskip("imagecodecs")
+    p = write_pyramid_tiff(tmp_path / "j2k.tiff", he, MPP, (1, 4), 64, compression="jpeg2000")
+    with open_slide(p) as slide:
+        assert all(c is not None and not c.readable for c in slide.colour)
+        rl = slide.read_level_for_mpp(16 * MPP)
+        assert (rl.level, rl.scale) == (1, 1)
+        assert "no scaled decode (JPEG2000 compression, not JPEG)" in rl.reason
+        rgb, _ = slide.read_at_mpp(16 * MPP)
+        level1 = slide.read_region((0, 0), 1, slide.info.level_dimensions[1])
+    # 75x58 px (downsample 3.98) in 4:1 blocks → 19x15 → 19x14
+    ref = Image.fromarray(level1).reduce(4).resize(rgb.shape[1::-1], Image.Resampling.BOX)
+    assert diff(rgb, np.asarray(ref))[1] < 0.5
 
 
 PHILIPS_XML = """<?xml version="1.0" encoding="UTF-8" ?>

@@ -32,6 +32,8 @@ BAD = [
     ("simplify_um", [-0.5, NAN]),
     ("outline", ["wiggly", ""]),
     ("qc", ["smudge", "ink,smudge"]),
+    ("decode", ["nvjpeg", "", None]),
+    ("stain_norm", ["reinhard", "", None]),
 ]
 GOOD = {
     "stride_px": [None, 1, 50],
@@ -51,6 +53,8 @@ GOOD = {
     "simplify_um": [0.0],
     "outline": ["smooth", "cells"],
     "qc": ["none", "all", "ink,fold"],
+    "decode": ["auto", "pillow", "torch"],
+    "stain_norm": ["auto", "none"],
 }
 
 

@@ -1,4 +1,5 @@
-"""Tissue stage on the 28 IDC mosaics (real) and on TIFFs written by tests/tiffgen.py."""
+"""Tissue stage on the 28 IDC mosaics (real) and on TIFFs written by tests/tiffgen.py, read by
+the tile pass's rule (full-resolution colour)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiffgen import GLASS_RGB, synthetic_he, write_image, write_pyramid_tiff
+from PIL import Image
+from tiffgen import (
+    GLASS_RGB,
+    synthetic_he,
+    write_image,
+    write_jpeg_tiff,
+    write_pyramid_tiff,
+)
 
 from idcmap.errors import UsageError
 from idcmap.io.open import open_slide
@@ -130,3 +138,62 @@ def test_bad_parameters(d: Path) -> None:
         for kw in ({"target_mpp": 0.0}, {"min_object_um2": -1.0}, {"min_hole_um2": float("nan")}):
             with pytest.raises(UsageError):
                 detect_tissue(s, **kw)
+
+
+def test_tissue_on_a_420_pyramid_has_the_colour_of_the_full_read(d: Path) -> None:
+    """A 40x-style pyramid (YCbCr 4:2:0 tiles at 1, 4, 16 µm/px): the tissue pass reads by the
+    tile pass's rule, the 4-µm level at 1/4 (colour at 16 µm/px), not the 16-µm level (colour at
+    32 µm/px). Its mask is the one drawn from the image itself, where the nearest level's
+    misses tissue edges. Measured (seeds 1, 2, 5): 11-21 mask px of 16,384 differ from the
+    image's mask, against 330-444 for the 16-µm level."""
+    he = synthetic_he(512, 512, seed=2, tissue=0.5)  # the truth, at 4 µm/px
+    big = np.kron(he, np.ones((4, 4, 1), np.uint8))
+    path = write_jpeg_tiff(
+        d / "p420.tiff", big, subsampling=2, downsamples=(1, 4, 16), mpp=1.0, tile=256
+    )
+    truth = tissue_mask_from_rgb(np.asarray(Image.fromarray(he).reduce(4)), 16.0)
+    with open_slide(path) as s:
+        rl = s.read_level_for_mpp(16.0)
+        assert (rl.level, rl.scale, rl.chroma_mpp) == (1, 4, 16.0), rl.reason
+        tm = detect_tissue(s)
+        nearest = tissue_mask_from_rgb(s.read_region((0, 0), 2, s.info.level_dimensions[2]), 16.0)
+    assert tm.mask.shape == truth.shape == nearest.shape
+    new_off, old_off = int((tm.mask != truth).sum()), int((nearest != truth).sum())
+    assert new_off < 0.01 * truth.size and new_off < old_off / 5, (new_off, old_off)
+
+
+@pytest.mark.parametrize(
+    ("kind", "one_pass"),
+    [
+        ("420 pyramid", False),  # tissue: the 4-µm level at 1/4; tiles: the 1-µm level at 1/4
+        ("4-µm level only", False),  # tissue: level 0 at 1/4; tiles: level 0 as it is
+        ("1-µm level only", False),  # tissue: level 0 at 1/8; tiles: level 0 at 1/4
+        ("0.5-µm level only", True),  # both: level 0 at 1/8 (then 2:1 and 4:1 averages)
+        ("png", True),  # no scaled decode: both read the only level whole
+    ],
+)
+def test_one_pass_only_when_the_tissue_read_is_the_tile_read(
+    d: Path, kind: str, one_pass: bool
+) -> None:
+    """The tissue mask comes from the tile pass's blocks only when a read of its own would
+    decode the same level at the same scale; a cheaper read (a coarser level, or a smaller
+    scaled decode) spares the model every glass tile."""
+    from idcmap.pipeline.segment import tissue_from_tile_pass
+
+    he = synthetic_he(128, 160, seed=3)
+    if kind == "png":
+        path, mpp = write_image(d / "one.png", he), 4.0
+    else:
+        up, downsamples = {
+            "420 pyramid": (4, (1, 4, 16)),
+            "4-µm level only": (1, (1,)),
+            "1-µm level only": (4, (1,)),
+            "0.5-µm level only": (8, (1,)),
+        }[kind]
+        img = np.kron(he, np.ones((up, up, 1), np.uint8))
+        path = write_jpeg_tiff(
+            d / f"{kind}.tiff", img, subsampling=2, downsamples=downsamples, mpp=4.0 / up
+        )
+        mpp = None
+    with open_slide(path, mpp=mpp) as s:
+        assert tissue_from_tile_pass(s, 16.0, 4.0) is one_pass

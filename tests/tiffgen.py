@@ -1,4 +1,5 @@
-"""Writers of small slide files for tests (tifffile, PIL): pyramidal, SVS-like, OME, striped, odd.
+"""Writers of small slide files for tests (tifffile, PIL): pyramidal, SVS-like, OME, striped, odd,
+and tiled JPEG of Pillow-encoded tiles in chosen codings (:func:`write_jpeg_tiff`).
 
 Every writer takes the level-0 image as a numpy array (rows × cols [× samples]) and a
 resolution in µm per level-0 pixel (``mpp``), and returns the path it wrote. The pyramids are
@@ -12,6 +13,8 @@ purple nuclei-dense blobs) for tests that need tissue without shipping an image.
 
 from __future__ import annotations
 
+import io
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,9 +26,12 @@ __all__ = [
     "cell_image",
     "downsample_image",
     "drop_tag",
+    "encode_tile",
+    "split_tables",
     "synthetic_he",
     "write_cell_slide",
     "write_image",
+    "write_jpeg_tiff",
     "write_ome_tiff",
     "write_pyramid_tiff",
     "write_striped_tiff",
@@ -266,8 +272,6 @@ def drop_tag(path: str | Path, code: int) -> Path:
     default is inch). The IFD's entries after the removed one move up 12 bytes; values stored
     out of line keep their offsets.
     """
-    import struct
-
     path = Path(path)
     data = bytearray(path.read_bytes())
     if data[:4] != b"II*\x00":
@@ -335,3 +339,124 @@ def write_cell_slide(
     cells = (round(cell_um / mpp), round(cell_um / my))
     img = cell_image(rows, cells, green=60, glass_rows=glass_rows)
     return write_pyramid_tiff(path, img, mpp, downsamples=(1,), compression="zlib", mpp_y=mpp_y)
+
+
+def _segments(jpeg: bytes) -> list[tuple[int, bytes]]:
+    """(marker, whole segment bytes) from SOI to the scan's end (the SOS segment holds the rest)."""
+    out, pos = [(0xD8, jpeg[:2])], 2
+    while pos < len(jpeg):
+        marker = jpeg[pos + 1]
+        (length,) = struct.unpack_from(">H", jpeg, pos + 2)
+        if marker == 0xDA:
+            out.append((marker, jpeg[pos:]))
+            break
+        out.append((marker, jpeg[pos : pos + 2 + length]))
+        pos += 2 + length
+    return out
+
+
+ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
+
+
+def encode_tile(
+    tile: np.ndarray,
+    *,
+    subsampling: int,
+    rgb_coded: bool = False,
+    adobe: bool = False,
+    progressive: bool = False,
+) -> bytes:
+    """A Pillow JPEG of ``tile``; ``rgb_coded``: the samples are R, G, B (no colour transform),
+    JFIF dropped, and an Adobe APP14 transform-0 marker added when ``adobe``."""
+    buf = io.BytesIO()
+    if rgb_coded:  # Pillow writes "YCbCr" images without conversion: hand it R, G, B
+        Image.frombytes("YCbCr", tile.shape[1::-1], tile.tobytes()).save(
+            buf, "JPEG", quality=90, subsampling=subsampling
+        )
+        segs = [(m, s) for m, s in _segments(buf.getvalue()) if m != 0xE0]
+        if adobe:
+            segs.insert(1, (0xEE, ADOBE_RGB))
+        return b"".join(s for _, s in segs)
+    Image.fromarray(tile).save(
+        buf, "JPEG", quality=90, subsampling=subsampling, progressive=progressive
+    )
+    return buf.getvalue()
+
+
+def split_tables(jpeg: bytes, *, keep_jfif: bool = False) -> tuple[bytes, bytes]:
+    """(JPEGTables stream, abbreviated stream) of a complete JPEG (DQT/DHT moved to the tables)."""
+    segs = _segments(jpeg)
+    tables = b"\xff\xd8" + b"".join(s for m, s in segs if m in (0xDB, 0xC4)) + b"\xff\xd9"
+    keep = [s for m, s in segs if m not in (0xDB, 0xC4) and (keep_jfif or m != 0xE0)]
+    return tables, b"".join(keep)
+
+
+def write_jpeg_tiff(
+    path: Path,
+    image: np.ndarray,
+    *,
+    subsampling: int = 2,
+    photometric: str = "ycbcr",
+    tag_subsampling: tuple[int, int] | None = None,
+    tables: bool = False,
+    rgb_coded: bool = False,
+    adobe: bool = False,
+    progressive: bool = False,
+    downsamples: tuple[int, ...] = (1,),
+    tile: int = 64,
+    mpp: float = 0.25,
+) -> Path:
+    """A tiled JPEG TIFF pyramid of tiles JPEG-encoded by Pillow (q90) and written as they are,
+    as ``benchmarks/make_slides.py`` writes them, in the codings scanners use: YCbCr 4:2:0
+    (``subsampling=2``) or 4:4:4 (0) with a JFIF marker, abbreviated streams with a
+    ``JPEGTables`` tag (``tables``), RGB-coded samples (``rgb_coded``) with an Adobe APP14
+    marker (``adobe``) or none. Level i is ``image`` box-reduced by ``downsamples[i]``; tiles
+    outside the image are white."""
+    try:
+        import imagecodecs  # noqa: F401
+    except ImportError:  # tifffile looks up a JPEG encoder even for encoded tiles
+        tifffile.TIFF.COMPRESSORS._codecs[7] = lambda *a, **k: b""  # never called
+    with tifffile.TiffWriter(path) as tw:
+        for i, d in enumerate(downsamples):
+            lvl = image if d == 1 else np.asarray(Image.fromarray(image).reduce(d))
+            lh, lw = lvl.shape[:2]
+            streams = []
+            for y in range(0, lh, tile):
+                for x in range(0, lw, tile):
+                    t = np.full((tile, tile, 3), 255, np.uint8)
+                    part = lvl[y : y + tile, x : x + tile]
+                    t[: part.shape[0], : part.shape[1]] = part
+                    streams.append(
+                        encode_tile(
+                            t,
+                            subsampling=subsampling,
+                            rgb_coded=rgb_coded,
+                            adobe=adobe,
+                            progressive=progressive,
+                        )
+                    )
+            jpegtables = None
+            if tables:
+                jpegtables, _ = split_tables(streams[0])
+                streams = [split_tables(s)[1] for s in streams]
+            # tifffile writes the YCbCrSubSampling tag for JPEG, and Photometric YCbCr unless
+            # told the output colour space is RGB (the tiles come encoded: nothing is encoded)
+            kw: dict = {
+                "subsampling": tag_subsampling or ((2, 2) if subsampling == 2 else (1, 1)),
+                "compressionargs": {"outcolorspace": photometric.upper()},
+            }
+            tw.write(
+                iter(streams),
+                shape=(lh, lw, 3),
+                dtype=np.uint8,
+                tile=(tile, tile),
+                compression="jpeg",
+                photometric=photometric,
+                subfiletype=0 if i == 0 else 1,
+                resolution=(1e4 / (mpp * d), 1e4 / (mpp * d)),
+                resolutionunit="CENTIMETER",
+                jpegtables=jpegtables,
+                metadata=None,
+                **kw,
+            )
+    return path

@@ -1,8 +1,9 @@
 """Batch runs: many slides, one output folder, nothing lost.
 
 :func:`process_slide` is the unit of work (lock, clean-up, skip, segment, save → :class:`Outcome`).
-:func:`run_slides` is the one serial runner: it plans the batch (:func:`plan`: duplicate output
-names, the same slide twice, finished slides) and runs the unit over it in this process; the Dask
+:func:`run_slides` is the one in-process runner: it plans the batch (:func:`plan`: duplicate output
+names, the same slide twice, finished slides) and runs the unit over it, each slide's save in a
+background thread while the next one is segmented (``RunOptions.stream``); the Dask
 runner (:mod:`idcmap.batch.cluster`) plans the same way and runs the same unit on its workers
 (``Outcome`` is a small picklable frozen dataclass). :class:`RunOptions` is the one set of
 per-run options every layer passes on.
@@ -26,21 +27,24 @@ import os
 import shutil
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Literal, get_args
 
 from tqdm.auto import tqdm
 
-from idcmap.errors import IDCMapError, OutputError, UsageError, interruption
+from idcmap.batch.lane import Lane
+from idcmap.errors import Cancelled, IDCMapError, OutputError, UsageError, interruption
 from idcmap.io.urls import is_url, slide_stem, url_name
 from idcmap.model.runtime import IDCModel
 from idcmap.output.cohort import COHORT_FILE, row_from_summary, summary_of, update_cohort
 from idcmap.output.folder import OUTPUT_OPTIONS, is_done
 from idcmap.output.locking import file_lock
 from idcmap.params import Params
+from idcmap.pipeline.result import SlideResult
 from idcmap.pipeline.segment import segment_slide
 from idcmap.pipeline.summary import SlideSummary
 
@@ -60,6 +64,10 @@ class RunOptions:
             ``tiles_geojson``, ``ome_tiff``).
         progress: progress bars (slides; tiles when there is no slide bar).
         debug: every failure's traceback in :attr:`Outcome.detail`.
+        stream: :func:`run_slides` writes each slide's outputs in a background thread while
+            the next slide is read and run through the model (outcomes, cohort rows and
+            outputs as without; :func:`run_slides`); False: one slide after the other.
+            :func:`process_slide` (the Dask workers' unit) always does one slide.
 
     Raises:
         UsageError: an unknown name in ``extra_outputs`` (before any slide is run).
@@ -69,6 +77,7 @@ class RunOptions:
     extra_outputs: frozenset[str] = field(default_factory=frozenset)
     progress: bool = False
     debug: bool = False
+    stream: bool = True
 
     def __post_init__(self) -> None:
         unknown = set(self.extra_outputs) - OUTPUT_OPTIONS
@@ -241,6 +250,58 @@ def record_outcome(out_dir: str | Path, o: Outcome) -> Outcome:
     return o
 
 
+@dataclass
+class _Segmented:
+    """A slide segmented and not yet saved (its lock held): the hand-off between the two
+    halves of :func:`process_slide`."""
+
+    path: str | Path
+    result: SlideResult
+    t0: float  # perf_counter at the start of the segmentation
+
+
+def _segment(
+    s: str | Path,
+    out: Path,
+    *,
+    model: IDCModel,
+    params: Params,
+    options: RunOptions,
+) -> Outcome | _Segmented:
+    """The first half of :func:`process_slide` (the slide's lock held): leftovers removed, a
+    finished slide skipped, the slide segmented; a failure comes back as its Outcome."""
+    stem = slide_stem(s)
+    remove_leftovers(out, stem)
+    if is_done(out, s) and not options.overwrite:
+        return Outcome(str(s), SKIPPED, _SKIPPED, str(out / stem))
+    t0 = time.perf_counter()
+    try:
+        result = segment_slide(s, model=model, progress=options.progress, params=params)
+    except Exception as e:
+        return _failure(s, e, t0, options)
+    return _Segmented(s, result, t0)
+
+
+def _save(
+    seg: _Segmented, out: Path, options: RunOptions, stop: Callable[[], bool] | None = None
+) -> Outcome:
+    """The second half (the slide's lock still held): the outputs saved atomically; a failure
+    comes back as its Outcome. ``stop``: see :func:`idcmap.output.folder.save_outputs`."""
+    s, result = seg.path, seg.result
+    try:
+        final = result.save(out, overwrite=True, extra_outputs=options.extra_outputs, stop=stop)
+    except Exception as e:
+        return _failure(s, e, seg.t0, options)
+    return Outcome(
+        str(s),
+        DONE,
+        done_message(result.summary),
+        str(final),
+        time.perf_counter() - seg.t0,
+        summary=result.summary,
+    )
+
+
 def _locked_process_slide(
     s: str | Path,
     out: Path,
@@ -250,40 +311,29 @@ def _locked_process_slide(
     options: RunOptions,
 ) -> Outcome:
     """The work of :func:`process_slide` once the slide's lock is held."""
-    stem = slide_stem(s)
-    remove_leftovers(out, stem)
-    if is_done(out, s) and not options.overwrite:
-        return Outcome(str(s), SKIPPED, _SKIPPED, str(out / stem))
-    t0 = time.perf_counter()
-    try:
-        result = segment_slide(s, model=model, progress=options.progress, params=params)
-        final = result.save(out, overwrite=True, extra_outputs=options.extra_outputs)
-    except IDCMapError as e:
-        _stop_if_interrupted(e)
+    seg = _segment(s, out, model=model, params=params, options=options)
+    return seg if isinstance(seg, Outcome) else _save(seg, out, options)
+
+
+def _failure(s: str | Path, e: Exception, t0: float, options: RunOptions) -> Outcome:
+    """The ``failed`` Outcome of a slide's error (an interruption hidden in it is re-raised)."""
+    _stop_if_interrupted(e)
+    if isinstance(e, IDCMapError):
         detail = "\n".join(
             filter(None, [e.detail, traceback.format_exc() if options.debug else ""])
         )
         return Outcome(
             str(s), FAILED, _without_path(e, s), seconds=time.perf_counter() - t0, detail=detail
         )
-    except Exception as e:  # an unforeseen bug (MemoryError included) must not cost the others
-        _stop_if_interrupted(e)
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        return Outcome(
-            str(s),
-            FAILED,
-            f"internal error {type(e).__name__}: {first} (debug=True shows the traceback; "
-            "please report it)",
-            seconds=time.perf_counter() - t0,
-            detail=traceback.format_exc(),
-        )
+    # an unforeseen bug (MemoryError included) must not cost the others
+    first = (str(e).strip().splitlines() or [""])[0][:200]
     return Outcome(
         str(s),
-        DONE,
-        done_message(result.summary),
-        str(final),
-        time.perf_counter() - t0,
-        summary=result.summary,
+        FAILED,
+        f"internal error {type(e).__name__}: {first} (debug=True shows the traceback; "
+        "please report it)",
+        seconds=time.perf_counter() - t0,
+        detail=traceback.format_exc(),
     )
 
 
@@ -353,11 +403,15 @@ def run_slides(
     params: Params,
     options: RunOptions = RunOptions(),
 ) -> Iterator[Outcome]:
-    """The serial runner: segment every slide into ``out_dir`` with :func:`process_slide` in
-    this process; yields one :class:`Outcome` per input as each finishes (``Outcome.path``
+    """The in-process runner: segment every slide into ``out_dir`` with :func:`process_slide`'s
+    steps in this process; yields one :class:`Outcome` per input as each finishes (``Outcome.path``
     says which). A slide busy in another run is taken again at the end, waiting for that run:
     skipped if it finished it, redone if it died. With ``options.progress`` and several
-    slides, a bar over the slides."""
+    slides, a bar over the slides.
+
+    With ``options.stream`` (the default), a slide's outputs are written by a background
+    thread while the next slide is segmented (:func:`_streamed`): the same outcomes in the
+    same order, the same files, the same cohort rows, at most one finished slide waiting."""
     out = Path(out_dir)
     params.validate()
     items = list(paths)
@@ -366,16 +420,14 @@ def run_slides(
         check_output_dir(out)
     bar = slide_bar(len(items), options.progress)
     unit = replace(options, progress=options.progress and bar.disable)  # tile bars: no slide bar
+    deferred: list[str] = []
+    run = _streamed if options.stream and len(queue) > 1 else _one_by_one
+    outcomes = run(queue, out, model=model, params=params, options=unit, busy=deferred)
     try:
         for o in early:
             bar.update(1)
             yield o
-        deferred: list[str] = []
-        for s in queue:
-            o = process_slide(s, out, model=model, params=params, options=unit, wait_for_lock=False)
-            if o.status == BUSY:
-                deferred.append(s)
-                continue
+        for o in outcomes:
             bar.update(1)
             yield o
         for s in deferred:  # busy in another run: wait for it, then skip (done) or take over
@@ -383,7 +435,90 @@ def run_slides(
             bar.update(1)
             yield o
     finally:
+        outcomes.close()  # a batch stopped early: the background save is stopped now
         bar.close()
+
+
+def _one_by_one(
+    queue: list[str],
+    out: Path,
+    *,
+    model: IDCModel,
+    params: Params,
+    options: RunOptions,
+    busy: list[str],
+) -> Generator[Outcome, None, None]:
+    """:func:`process_slide` over ``queue``, one after the other; slides busy in another run
+    are appended to ``busy``."""
+    for s in queue:
+        o = process_slide(s, out, model=model, params=params, options=options, wait_for_lock=False)
+        if o.status == BUSY:
+            busy.append(s)
+            continue
+        yield o
+
+
+def _streamed(
+    queue: list[str],
+    out: Path,
+    *,
+    model: IDCModel,
+    params: Params,
+    options: RunOptions,
+    busy: list[str],
+) -> Generator[Outcome, None, None]:
+    """:func:`_one_by_one` with each slide's save (pictures, GeoJSON, NPZ, summary, its cohort
+    row) in a background :class:`~idcmap.batch.lane.Lane` while the next slide is segmented.
+
+    The slide's lock is taken here and handed to the lane, which releases it once the
+    outputs are written and the row recorded. Outcomes and cohort rows come in queue order:
+    a slide's own outcome (skipped, failed) waits for the save in the lane. An interruption
+    (Ctrl-C, SIGTERM, an error of the save that hides one) stops the lane's save at its next
+    file and removes its temporary folder before it propagates; nothing partial is left.
+    """
+    lane: Lane[Outcome] = Lane("idcmap-save")
+    ok = False
+    try:
+        for s in queue:
+            with ExitStack() as held:
+                if not held.enter_context(slide_lock(out, slide_stem(s), wait=False)):
+                    busy.append(s)
+                    continue
+                seg = _segment(s, out, model=model, params=params, options=options)
+                previous = lane.take()  # the slide before: saved, its row recorded
+                if isinstance(seg, Outcome):  # skipped or failed: recorded after the one before
+                    mine: Outcome | None = record_outcome(out, seg)
+                else:
+                    lock = held.pop_all()  # from here the lane releases it
+                    try:
+                        lane.put(partial(_save_and_release, seg, out, options, lock, lane))
+                    except BaseException:
+                        lock.close()
+                        raise
+                    mine = None
+            if previous is not None:
+                yield previous
+            if mine is not None:
+                yield mine
+        last = lane.take()
+        if last is not None:
+            yield last
+        ok = True
+    finally:
+        lane.close(cancel=not ok)
+
+
+def _save_and_release(
+    seg: _Segmented, out: Path, options: RunOptions, lock: ExitStack, lane: Lane[Outcome]
+) -> Outcome:
+    """The lane's job: save, record the row, release the slide's lock. A save that fails
+    while the run is stopping was stopped (a signal reaches the main thread only; what it
+    leaves the save to trip over is no fault of the slide): no row, like an interrupted one."""
+    with lock:
+        o = _save(seg, out, options, stop=lane.stop.is_set)
+        if o.status == FAILED and lane.stop.is_set():
+            raise Cancelled(f"{seg.path}: not saved, the run is stopping")
+        return record_outcome(out, o)
 
 
 def run_batch(

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from idcmap.cli.argtypes import positive_int
 from idcmap.errors import IDCMapError, IDCMapWarning, UsageError, interruption
 from idcmap.io.readers import BACKENDS
-from idcmap.params import AGGREGATORS, OUTLINES, Params
+from idcmap.params import AGGREGATORS, DECODES, OUTLINES, STAIN_NORMS, Params
 from idcmap.version import __version__
 
 if TYPE_CHECKING:
@@ -208,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
         "implies none)",
     )
     run.add_argument(
+        "--stain-norm",
+        choices=STAIN_NORMS,
+        default=d.stain_norm,
+        help="per-slide stain normalisation: auto = the model's own when its file carries one "
+        "(the slide's tissue colour mapped to its training slides'), none = the colour as read",
+    )
+    run.add_argument(
         "--min-region-um2",
         type=_finite,
         default=d.min_region_um2,
@@ -248,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--overwrite", action="store_true", help="redo slides whose outputs exist")
     run.add_argument(
+        "--no-stream",
+        dest="stream",
+        action="store_false",
+        help="one slide after the other (default: a slide's outputs are written in the "
+        "background while the next slide is read; the same outputs either way)",
+    )
+    run.add_argument(
         "--outline",
         choices=list(OUTLINES),
         default=d.outline,
@@ -263,6 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
         "debris and borders are removed from the tissue, ink over tissue is taken off the "
         "pixels (or filled from the tissue around it), folds and blur flagged; the verdict "
         "goes to summary.json",
+    )
+    run.add_argument(
+        "--decode",
+        choices=list(DECODES),
+        default=d.decode,
+        help="JPEG tiles: pillow = libjpeg's scaled IDCT in the reader threads; torch = "
+        "batched decode on the model's device (nvjpeg on CUDA; needs torchvision); auto = "
+        "torch when the model runs on CUDA, else pillow (default: auto)",
     )
     run.add_argument(
         "--quiet",
@@ -326,6 +348,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         extra_outputs=_extra_outputs(args),
         progress=not args.quiet and interactive,
         debug=args.debug,
+        stream=args.stream,
     )
     outcomes: list[Outcome] = []
     for o in _outcomes(args, slides, params, options):

@@ -1,5 +1,5 @@
 """The training-side subcommands of the CLI: ``prepare-data``, ``train``, ``train-aggregator``,
-``evaluate``.
+``train-stain-norm``, ``evaluate``.
 
 :func:`register` adds them to the main parser's subparsers (see :mod:`idcmap.cli.main`). Heavy
 imports (fastai, the data) happen inside the handlers.
@@ -215,6 +215,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ta.add_argument("--debug", action="store_true", help="print tracebacks")
     ta.set_defaults(func=cmd_train_aggregator)
 
+    sn = subparsers.add_parser(
+        "train-stain-norm",
+        help="fit a model's per-slide stain normalisation on its training slides",
+        description="Measure the tissue colour statistics of each training slide as the "
+        "pipeline's tissue pass sees it, and write the model (same weights) to OUT with a "
+        "stain_norm section holding their mean: every slide's colour is then mapped onto it "
+        "before the network (docs/training.md). Slides: SLIDE... or --slides-dir with --split "
+        "(the split's training patients).",
+    )
+    sn.add_argument("slides", nargs="*", type=Path, metavar="SLIDE")
+    sn.add_argument("--out", "-o", required=True, type=Path, help="model .json to write")
+    sn.add_argument(
+        "--model", type=Path, default=None, help="model .json or bundled name (default: idc-v2)"
+    )
+    sn.add_argument(
+        "--slides-dir", type=Path, default=None, help="folder of <patient>.tiff (with --split)"
+    )
+    sn.add_argument("--split", type=Path, default=None, help="split JSON naming train patients")
+    sn.add_argument(
+        "--method",
+        default="glass",
+        choices=list(_stain_methods()),
+        help="statistics and map (default: glass; see idcmap.pipeline.stain)",
+    )
+    sn.add_argument(
+        "--tissue-mpp",
+        type=_pos_float,
+        default=16.0,
+        help="µm/px of the tissue pass the statistics are measured on (default: 16)",
+    )
+    sn.add_argument("--name", default=None, help="model name (default: the base model's)")
+    sn.add_argument("--version", default=None, help="model version (default: the base's)")
+    sn.add_argument("--debug", action="store_true", help="print tracebacks")
+    sn.set_defaults(func=cmd_train_stain_norm)
+
     ev = subparsers.add_parser("evaluate", help="measure a model on labelled patches or slides")
     evs = ev.add_subparsers(dest="what", metavar="{patches,slides}")
     evs.required = True
@@ -415,6 +450,42 @@ def cmd_train_aggregator(args: argparse.Namespace) -> int:
     print(
         f"idcmap: model {args.out} with a context aggregator (region threshold "
         f"{cfg.aggregator['threshold']:.2f}, sha256 {cfg.weights_sha256[:12]}…)"
+    )
+    return 0
+
+
+def _stain_methods() -> tuple[str, ...]:
+    from idcmap.pipeline.stain import METHODS  # numpy only: the parser stays light
+
+    return METHODS
+
+
+def cmd_train_stain_norm(args: argparse.Namespace) -> int:
+    from idcmap.train.data import read_split
+    from idcmap.train.patches import portable_command
+    from idcmap.train.stain import write_stain_norm
+
+    slides = list(args.slides)
+    if bool(args.slides_dir) != bool(args.split) or bool(slides) == bool(args.slides_dir):
+        raise UsageError("pass training slides, or --slides-dir with --split")
+    if args.slides_dir:
+        have = {p.stem: p for p in sorted(Path(args.slides_dir).glob("*.tif*"))}
+        slides = [have[p] for p in read_split(args.split)["train"] if p in have]
+        if not slides:
+            raise UsageError(f"{args.slides_dir} has no slides of the split's train patients")
+    cfg = write_stain_norm(
+        slides,
+        args.out,
+        model=args.model,
+        method=args.method,
+        tissue_mpp=args.tissue_mpp,
+        name=args.name,
+        version=args.version,
+        command=portable_command(["idcmap", *sys.argv[1:]]),
+    )
+    print(
+        f"idcmap: model {args.out} with {args.method} stain normalisation fitted on "
+        f"{len(slides)} slides (sha256 {cfg.weights_sha256[:12]}…)"
     )
     return 0
 

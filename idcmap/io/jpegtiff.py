@@ -1,8 +1,9 @@
 """Scaled-IDCT region reads of the tiled-JPEG levels of a TIFF-family slide.
 
 :class:`JpegTiffReader` reads a level-px rectangle of one tiled-JPEG level at scale 1/s
-(s ∈ {1, 2, 4, 8}), fetching only the tiles it needs with ``os.pread`` on one descriptor
-(thread-safe) and decoding each one at 1/s with libjpeg's scaled IDCT (Pillow
+(s ∈ {1, 2, 4, 8}), fetching only the tiles it needs from a :class:`~idcmap.io.bytesource.
+ByteSource` (a local file read with ``os.pread``, or an fsspec object read with range requests;
+thread-safe either way) and decoding each one at 1/s with libjpeg's scaled IDCT (Pillow
 :meth:`PIL.Image.Image.draft`: the DCT domain, so a 1/4 decode costs a fraction of a full one
 and its colour is at full resolution of the reduced image). Other levels raise
 :class:`JpegReadUnsupported`, so callers fall back to OpenSlide / tiffslide.
@@ -11,34 +12,73 @@ Colour: a TIFF's JPEG tile is decoded as libjpeg would guess from its markers (J
 Adobe APP14 → its transform; else component ids), except that a ``Photometric = RGB`` tile
 without a JFIF marker is decoded as RGB, which is tifffile's rule (``jpeg_decode_colorspace``);
 where libjpeg's guess would differ, an Adobe APP14 marker is inserted before the SOF.
+
+A :class:`TileDecoder` given to :meth:`JpegTiffReader.read_region` decodes a region's tiles in
+one batch instead (:class:`idcmap.io.jpegtorch.TorchTileDecoder`: torchvision, nvjpeg on CUDA):
+the reader hands it each tile's complete stream (tables merged, colour fixed as above) and
+where the tile's reduced px go.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import os
-import threading
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import tifffile
 from PIL import Image, JpegImagePlugin
 
+from idcmap.io.bytesource import ByteSource, LocalSource
 from idcmap.io.colour import SCALES, LevelColour, facts_of, level_pages
 from idcmap.io.jpeg import adobe_marker, merge_tables, parse_jpeg_header
 
-__all__ = ["JpegReadUnsupported", "JpegTiffReader"]
-
-_HAVE_PREAD = hasattr(os, "pread")
+__all__ = ["JpegReadUnsupported", "JpegTiffReader", "TileDecoder", "TilePlacement"]
 
 
 class JpegReadUnsupported(Exception):
     """The level cannot be read by :class:`JpegTiffReader`; read it with OpenSlide/tiffslide."""
+
+
+@dataclass(frozen=True)
+class TilePlacement:
+    """One tile of a region read, for a :class:`TileDecoder`.
+
+    Attributes:
+        stream: the tile's complete JPEG stream (JPEGTables merged, colour marker fixed).
+        valid_px: (w, h) of the tile's px inside the level (edge tiles: less than a tile).
+        src_px: (x0, y0, x1, y1): the part of the tile, decoded, cropped to ``valid_px`` and
+            reduced 1/s (each px the mean of the s×s valid px under it, as ``Image.reduce``),
+            that the output takes.
+        dst_px: (x, y) in the output where ``src_px``'s corner goes.
+    """
+
+    stream: bytes
+    valid_px: tuple[int, int]
+    src_px: tuple[int, int, int, int]
+    dst_px: tuple[int, int]
+
+
+class TileDecoder(Protocol):
+    """Decodes the tiles of one region read at once (a batch), reduces them 1/``scale`` with a
+    box filter and pastes them into a white ``size`` = (w, h) uint8 RGB array.
+
+    ``device_ok``: the streams are baseline YCbCr JPEG, which a device decoder (nvjpeg)
+    decodes as libjpeg does; else it decodes them on the CPU.
+    """
+
+    def decode_region(
+        self,
+        tiles: Sequence[TilePlacement],
+        scale: int,
+        size: tuple[int, int],
+        *,
+        device_ok: bool,
+    ) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -50,31 +90,40 @@ class _LevelIndex:
     tiles_across: int
     tiles_down: int
     fix_colour: int | None  # Adobe transform to insert before the SOF, None: decode as is
+    baseline_ycbcr: bool  # what a device decoder decodes as libjpeg does
 
 
 class JpegTiffReader:
     """Scaled-IDCT reads of the tiled-JPEG levels of a TIFF-family slide.
 
-    One open file descriptor, read with ``os.pread``: :meth:`read_region` may be called from
-    several threads at once.
+    Reads its tiles from one thread-safe :class:`~idcmap.io.bytesource.ByteSource`:
+    :meth:`read_region` may be called from several threads at once.
 
     Args:
-        path: the slide.
+        source: the slide: a local path, or a byte source (e.g. an
+            :class:`~idcmap.io.bytesource.FsspecSource` for a URL); the reader closes it.
         mpp: µm per level-0 px, as in :func:`level_colour_facts`.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, mpp: float | tuple[float, float] | None = None
+        self,
+        source: str | os.PathLike[str] | ByteSource,
+        *,
+        mpp: float | tuple[float, float] | None = None,
     ) -> None:
-        self.path = str(Path(path))
-        self._fd: int | None = None
-        with tifffile.TiffFile(self.path) as tif:
-            self.levels: tuple[LevelColour, ...] = tuple(facts_of(tif, mpp))
-            self._index: list[_LevelIndex | None] = []
-            for lv, page in zip(self.levels, level_pages(tif), strict=True):
-                self._index.append(self._make_index(lv, page) if lv.readable else None)
-        self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        self._lock = threading.Lock()
+        self._source: ByteSource | None = None
+        src = LocalSource(source) if isinstance(source, (str, os.PathLike)) else source
+        try:
+            with src.open() as fh, tifffile.TiffFile(fh) as tif:
+                self.levels: tuple[LevelColour, ...] = tuple(facts_of(tif, mpp))
+                self._index: list[_LevelIndex | None] = []
+                for lv, page in zip(self.levels, level_pages(tif), strict=True):
+                    self._index.append(self._make_index(lv, page) if lv.readable else None)
+        except BaseException:
+            src.close()
+            raise
+        self.name = src.name
+        self._source = src
 
     @staticmethod
     def _make_index(lv: LevelColour, page: Any) -> _LevelIndex:
@@ -91,6 +140,10 @@ class JpegTiffReader:
             tiles_across=math.ceil(int(page.tags["ImageWidth"].value) / lv.tile_width),
             tiles_down=math.ceil(int(page.tags["ImageLength"].value) / lv.tile_height),
             fix_colour=fix,
+            baseline_ycbcr=fix is None
+            and lv.colorspace == "YCbCr"
+            and lv.jpeg.sof in (0xC0, 0xC1)
+            and lv.jpeg.precision == 8,
         )
 
     # -- public
@@ -113,6 +166,7 @@ class JpegTiffReader:
         scale: int = 1,
         *,
         executor: Executor | None = None,
+        decoder: TileDecoder | None = None,
     ) -> np.ndarray:
         """uint8 RGB of the level-px rectangle (x, y, w, h) reduced 1/``scale``.
 
@@ -127,6 +181,8 @@ class JpegTiffReader:
             scale: 1, 2, 4 or 8.
             executor: decode tiles on it (e.g. a ThreadPoolExecutor; Pillow releases the GIL
                 while it decodes); None: in the calling thread.
+            decoder: decode the tiles with it, all at once (:class:`TileDecoder`); then each
+                output px is the box mean of the *full* decode's px (not the scaled IDCT's).
 
         Raises:
             JpegReadUnsupported: the level is not tiled 8-bit JPEG (fall back to another reader).
@@ -163,14 +219,60 @@ class JpegTiffReader:
             dx0, dy0 = (bx0 - x) // s, (by0 - y) // s
             out[dy0 : dy0 + sy1 - sy0, dx0 : dx0 + sx1 - sx0] = tile[sy0:sy1, sx0:sx1]
 
+        streams = self._fetch(ix, jobs)
+        if decoder is not None:
+            rect = (x, y, ax0, ay0, ax1, ay1)
+            return self._decode_with(decoder, ix, jobs, streams, rect, s, out)
         if executor is None or len(jobs) < 2:
-            for tx, ty in jobs:
-                paste(tx, ty, self._tile(ix, tx, ty, s))
+            for (tx, ty), st in zip(jobs, streams, strict=True):
+                paste(tx, ty, self._tile(ix, tx, ty, s, st))
         else:
-            futs = [(tx, ty, executor.submit(self._tile, ix, tx, ty, s)) for tx, ty in jobs]
+            futs = [
+                (tx, ty, executor.submit(self._tile, ix, tx, ty, s, st))
+                for (tx, ty), st in zip(jobs, streams, strict=True)
+            ]
             for tx, ty, f in futs:
                 paste(tx, ty, f.result())
         return out
+
+    def _decode_with(
+        self,
+        decoder: TileDecoder,
+        ix: _LevelIndex,
+        jobs: list[tuple[int, int]],
+        streams: list[bytes | None],
+        rect: tuple[int, int, int, int, int, int],
+        s: int,
+        out: np.ndarray,
+    ) -> np.ndarray:
+        """:meth:`read_region`'s tiles through ``decoder``: the same geometry as its paste."""
+        x, y, ax0, ay0, ax1, ay1 = rect
+        lv = ix.facts
+        tw, th = lv.tile_width, lv.tile_height
+        tiles = []
+        for (tx, ty), stream in zip(jobs, streams, strict=True):
+            if stream is None:
+                continue  # sparse: white, as the output already is
+            tx0, ty0 = tx * tw, ty * th
+            bx0, by0 = max(tx0, ax0), max(ty0, ay0)
+            bx1, by1 = min(tx0 + tw, ax1), min(ty0 + th, ay1)
+            tiles.append(
+                TilePlacement(
+                    stream,
+                    (min(tw, lv.width - tx0), min(th, lv.height - ty0)),
+                    (
+                        (bx0 - tx0) // s,
+                        (by0 - ty0) // s,
+                        -(-(bx1 - tx0) // s),
+                        -(-(by1 - ty0) // s),
+                    ),
+                    ((bx0 - x) // s, (by0 - y) // s),
+                )
+            )
+        if not tiles:
+            return out
+        oh, ow = out.shape[:2]
+        return decoder.decode_region(tiles, s, (ow, oh), device_ok=ix.baseline_ycbcr)
 
     def scaled_dimensions(self, level: int, scale: int) -> tuple[int, int]:
         """(width, height) of ``level`` read at 1/``scale``: ceil(level size / scale)."""
@@ -187,6 +289,7 @@ class JpegTiffReader:
         h: int,
         *,
         executor: Executor | None = None,
+        decoder: TileDecoder | None = None,
     ) -> np.ndarray:
         """uint8 RGB h×w×3 of the *scaled* level (``level`` seen at 1/``scale``, as if it were
         a level of downsample ``level downsample × scale``): its px (x, y, w, h), each the mean
@@ -195,7 +298,9 @@ class JpegTiffReader:
         This is the call a slide reader needs: treat (level, scale) as a virtual level.
         """
         s = scale
-        return self.read_region(level, x * s, y * s, w * s, h * s, s, executor=executor)
+        return self.read_region(
+            level, x * s, y * s, w * s, h * s, s, executor=executor, decoder=decoder
+        )
 
     def level_for_size(self, width: int, height: int) -> int | None:
         """The index of the level of this size (to match another backend's level), or None."""
@@ -210,25 +315,18 @@ class JpegTiffReader:
         ix = self._check(level, scale)
         if not (0 <= tx < ix.tiles_across and 0 <= ty < ix.tiles_down):
             raise ValueError(f"tile ({tx}, {ty}) outside level {level}")
-        return self._tile(ix, tx, ty, scale)
+        return self._tile(ix, tx, ty, scale, self._fetch(ix, [(tx, ty)])[0])
 
     def close(self) -> None:
-        with self._lock:
-            fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+        src, self._source = self._source, None
+        if src is not None:
+            src.close()
 
     def __enter__(self) -> JpegTiffReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        fd = getattr(self, "_fd", None)
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
     # -- internals
 
@@ -240,7 +338,7 @@ class JpegTiffReader:
         ix = self._index[level]
         if ix is None:
             raise JpegReadUnsupported(
-                f"{Path(self.path).name} level {level}: {self.levels[level].reason}; "
+                f"{self.name} level {level}: {self.levels[level].reason}; "
                 "read it with OpenSlide or tiffslide"
             )
         if ix.facts.tile_width % scale or ix.facts.tile_height % scale:
@@ -248,39 +346,44 @@ class JpegTiffReader:
                 f"level {level}: tile {ix.facts.tile_width}x{ix.facts.tile_height} "
                 f"not a multiple of scale {scale}"
             )
-        if self._fd is None:
-            raise ValueError(f"{Path(self.path).name}: the reader was closed")
+        if self._source is None:
+            raise ValueError(f"{self.name}: the reader was closed")
         return ix
 
-    def _stream(self, ix: _LevelIndex, i: int) -> bytes | None:
-        n = ix.counts[i] if i < len(ix.counts) else 0
-        off = ix.offsets[i] if i < len(ix.offsets) else 0
-        if n == 0 or off == 0:
-            return None  # sparse tile
-        fd = self._fd
-        if fd is None:
-            raise ValueError(f"{Path(self.path).name}: the reader was closed")
-        if _HAVE_PREAD:
-            data = os.pread(fd, n, off)
-        else:  # Windows: no pread; one seek + read at a time
-            with self._lock:
-                os.lseek(fd, off, os.SEEK_SET)
-                data = os.read(fd, n)
-        if len(data) != n:
-            raise OSError(f"{Path(self.path).name}: short read of tile {i} (truncated file?)")
+    def _fetch(self, ix: _LevelIndex, tiles: list[tuple[int, int]]) -> list[bytes | None]:
+        """The complete JPEG stream of each tile (tables merged, colour fixed), all fetched in
+        one call to the source; None for a sparse tile (no data: white)."""
+        src = self._source
+        if src is None:
+            raise ValueError(f"{self.name}: the reader was closed")
+        want: list[tuple[int, int]] = []
+        where: list[int | None] = []
+        for tx, ty in tiles:
+            i = ty * ix.tiles_across + tx
+            n = ix.counts[i] if i < len(ix.counts) else 0
+            off = ix.offsets[i] if i < len(ix.offsets) else 0
+            where.append(len(want) if n and off else None)
+            if n and off:
+                want.append((off, n))
+        got = src.read_ranges(want)
+        return [None if k is None else self._complete(ix, got[k]) for k in where]
+
+    @staticmethod
+    def _complete(ix: _LevelIndex, data: bytes) -> bytes:
         stream = merge_tables(data, ix.tables)
         if ix.fix_colour is not None:
             sof = parse_jpeg_header(stream).sof_offset
             stream = stream[:sof] + adobe_marker(ix.fix_colour) + stream[sof:]
         return stream
 
-    def _tile(self, ix: _LevelIndex, tx: int, ty: int, s: int) -> np.ndarray:
-        """Tile (tx, ty) at 1/s, cropped to the level: ceil(valid/s) px (edge tiles exact)."""
+    @staticmethod
+    def _tile(ix: _LevelIndex, tx: int, ty: int, s: int, stream: bytes | None) -> np.ndarray:
+        """Tile (tx, ty) decoded from ``stream`` at 1/s, cropped to the level: ceil(valid/s)
+        px (edge tiles exact)."""
         lv = ix.facts
         tw, th = lv.tile_width, lv.tile_height
         vw, vh = min(tw, lv.width - tx * tw), min(th, lv.height - ty * th)
         ow, oh = -(-vw // s), -(-vh // s)
-        stream = self._stream(ix, ty * ix.tiles_across + tx)
         if stream is None:
             return np.full((oh, ow, 3), 255, np.uint8)
         im: Image.Image = JpegImagePlugin.JpegImageFile(io.BytesIO(stream))

@@ -2,9 +2,12 @@
 
 OpenSlide reads local files only; tiffslide reads a TIFF-based slide (SVS, generic or OME
 pyramidal TIFF, NDPI...) from any fsspec file system with ranged reads, so a worker reads only
-the tiles it needs straight from the object store. ``s3://`` needs ``s3fs``, ``gs://`` needs
-``gcsfs`` (credentials as those libraries find them: environment, config files, instance roles);
-``http(s)://`` needs ``aiohttp``.
+the tiles it needs straight from the object store. Tiled-JPEG levels are read as local ones are:
+by :class:`~idcmap.io.jpegtiff.JpegTiffReader` (scaled IDCT, the level chosen for full-resolution
+colour) over an :class:`~idcmap.io.bytesource.FsspecSource`; tiffslide reads the rest.
+
+``s3://`` needs ``s3fs``, ``gs://`` needs ``gcsfs`` (credentials as those libraries find them:
+environment, config files, instance roles); ``http(s)://`` needs ``aiohttp``.
 
 Every failure (unreachable host, missing object, missing fsspec backend) is one
 :class:`~idcmap.errors.SlideError` line naming the URL.
@@ -15,9 +18,11 @@ from __future__ import annotations
 from typing import Any
 
 from idcmap.errors import SlideError, UnsupportedImageError, UsageError
+from idcmap.io.bytesource import FsspecSource
 from idcmap.io.info import build_info
+from idcmap.io.jpegtiff import JpegTiffReader
 from idcmap.io.readers import TiffSlideReader, non_rgb_message
-from idcmap.io.slide import Slide, close_quietly, probe, reason
+from idcmap.io.slide import Slide, SlideInfo, close_quietly, probe, reason
 from idcmap.io.tiffmeta import tiff_facts
 from idcmap.io.urls import url_name
 
@@ -119,7 +124,20 @@ def open_remote_slide(
             "truncated or use an unsupported compression"
         ) from e
     info = build_info(url, "tiffslide", reader, facts, mpp)
-    return Slide(info, reader, factory)
+    jpeg = _jpeg_reader(url, info) if scaling is None else None
+    return Slide(info, reader, factory, jpeg)
+
+
+def _jpeg_reader(url: str, info: SlideInfo) -> JpegTiffReader | None:
+    """The scaled-IDCT reader of a remote slide, on range requests (as
+    :func:`idcmap.io.open.open_slide` makes one for a local file); None when tifffile's view of
+    its levels is not one it knows (tiffslide reads it as before)."""
+    fs, path = _fs(url)
+    src = FsspecSource(fs, path, url_name(url), block_size=BLOCK_BYTES, cache_type=CACHE_TYPE)
+    try:
+        return JpegTiffReader(src, mpp=(info.mpp, info.mpp_y))
+    except Exception:
+        return None
 
 
 def _open_file(url: str) -> Any:

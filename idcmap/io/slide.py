@@ -26,6 +26,7 @@ import math
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from PIL import Image
 
 from idcmap.errors import SlideError, UnsupportedImageError, UsageError
 from idcmap.io.colour import MPP_TOLERANCE, LevelColour, choose_level
-from idcmap.io.jpegtiff import JpegTiffReader
+from idcmap.io.jpegtiff import JpegTiffReader, TileDecoder
 from idcmap.io.readers import CHUNK_PX, Reader
 
 __all__ = ["PX_EPS", "ReadLevel", "Slide", "SlideInfo", "to_qupath_px"]
@@ -202,6 +203,8 @@ class Slide:
         )
         if chroma is not None and chroma > target_mpp * (1 + MPP_TOLERANCE):
             why += f", coarser than {target_mpp:g} µm/px: no level has finer colour"
+        if not c.readable:  # e.g. NDPI strips, JPEG 2000: the backend reads it, no scaled IDCT
+            why += f"; no scaled decode ({c.reason})"
         return ReadLevel(
             lvl,
             s,
@@ -214,25 +217,38 @@ class Slide:
     # -- reading
 
     def read_scaled(
-        self, rl: ReadLevel, location_px: tuple[int, int], size: tuple[int, int]
+        self,
+        rl: ReadLevel,
+        location_px: tuple[int, int],
+        size: tuple[int, int],
+        *,
+        executor: Executor | None = None,
+        decoder: TileDecoder | None = None,
     ) -> np.ndarray:
         """uint8 H×W×3 of ``size`` read px of ``rl`` at ``location_px`` (read px of ``rl``,
         full frame); white outside the level. Scale 1 is :meth:`read_region`; a scale > 1 is
-        the scaled-IDCT decode where the level allows it, else the box mean of a full read."""
+        the scaled-IDCT decode where the level allows it (its tiles decoded on ``executor``
+        when given), else the box mean of a full read.
+
+        ``decoder`` (a :class:`~idcmap.io.jpegtiff.TileDecoder`, e.g. nvjpeg through
+        :class:`~idcmap.io.jpegtorch.TorchTileDecoder`): where the level is tiled JPEG, its
+        tiles are decoded with it in one batch, scale 1 included, and box-reduced."""
         (x, y), (w, h), s = location_px, size, rl.scale
-        if s == 1:
-            loc = (round(x * rl.downsample), round(y * rl.downsample))
-            return self.read_region(loc, rl.level, (w, h))
-        jpeg = self._jpeg
-        jl = None if jpeg is None else jpeg.level_for_size(*self.info.level_dimensions[rl.level])
-        if jpeg is None or jl is None or not jpeg.supports(jl, s):
-            d = self.info.level_downsamples[rl.level]
-            full = self.read_region((round(x * s * d), round(y * s * d)), rl.level, (w * s, h * s))
+        d = self.info.level_downsamples[rl.level]
+
+        def level0(v: int) -> int:  # the first level-0 px of level px v (any downsample)
+            return math.ceil(v * d - PX_EPS)
+
+        jpeg, jl = self._jpeg, self._jpeg_level(rl, any_scale=decoder is not None)
+        if jl is None and s == 1:
+            return self.read_region((level0(x), level0(y)), rl.level, (w, h))
+        if jpeg is None or jl is None:
+            full = self.read_region((level0(x * s), level0(y * s)), rl.level, (w * s, h * s))
             return block_mean(full, s)
         if self._failed is not None:
             raise SlideError(self._failed[0], detail=self._failed[1])
         try:
-            return jpeg.read_scaled(jl, s, x, y, w, h)
+            return jpeg.read_scaled(jl, s, x, y, w, h, executor=executor, decoder=decoder)
         except Exception as e:
             self._failed = (
                 f"{self._name}: cannot decode the JPEG tiles of level {rl.level} (corrupt or "
@@ -240,6 +256,15 @@ class Slide:
                 f"scaled read of {w}x{h} px at 1/{s}, ({x}, {y}): {reason(e)}",
             )
             raise SlideError(self._failed[0], detail=self._failed[1]) from e
+
+    def _jpeg_level(self, rl: ReadLevel, *, any_scale: bool = False) -> int | None:
+        """The JPEG reader's level that reads ``rl`` scaled (None: read through the backend);
+        ``any_scale``: scale 1 too (a batch decoder reads it)."""
+        jpeg = self._jpeg
+        if jpeg is None or (rl.scale == 1 and not any_scale):
+            return None
+        jl = jpeg.level_for_size(*self.info.level_dimensions[rl.level])
+        return jl if jl is not None and jpeg.supports(jl, rl.scale) else None
 
     def read_region(
         self, location_level0_px: tuple[int, int], level: int, size: tuple[int, int]
@@ -303,8 +328,9 @@ class Slide:
     def read_at_mpp(self, target_mpp: float) -> tuple[np.ndarray, tuple[float, float]]:
         """The whole bounds rectangle at ~``target_mpp`` µm/px, antialiased.
 
-        Reads :meth:`best_level_for_mpp` in chunks of ≤ 4096² level px, averages integer blocks
-        per chunk (seam-free), then resizes the small result with a box filter.
+        Reads what :meth:`read_level_for_mpp` chooses (the tile pass's rule: full-resolution
+        colour, a level maybe decoded at 1/2, 1/4, 1/8) in chunks of ≤ 4096² level px, averages
+        integer blocks per chunk (seam-free), then resizes the small result with a box filter.
 
         Returns:
             (rgb uint8 rows×cols×3, (level-0 px per output px along x, along y)); output pixel
@@ -313,31 +339,34 @@ class Slide:
         bx, by, bw, bh = self.info.bounds_level0_px
         out_w = max(1, round(bw * self.info.mpp / target_mpp))
         out_h = max(1, round(bh * self.info.mpp_y / target_mpp))
-        level = self.best_level_for_mpp(target_mpp)
-        d = self.info.level_downsamples[level]
+        rl = self.read_level_for_mpp(target_mpp)
+        d = rl.downsample  # level-0 px per read px
         lx0, ly0 = math.floor(bx / d + PX_EPS), math.floor(by / d + PX_EPS)
         lw = max(1, math.ceil((bx + bw) / d - PX_EPS) - lx0)
         lh = max(1, math.ceil((by + bh) / d - PX_EPS) - ly0)
         k = max(1, min(lw // out_w, lh // out_h))
-        chunk = max(k, (CHUNK_PX // k) * k)
+        # ≤ 4096² level px per chunk: a scaled read takes chunks of fewer read px
+        chunk = max(k, (CHUNK_PX // rl.scale // k) * k)
         small = np.empty((math.ceil(lh / k), math.ceil(lw / k), 3), np.uint8)
         chunks = [(cx, cy) for cy in range(0, lh, chunk) for cx in range(0, lw, chunk)]
 
-        def read_chunks(handle: Slide, todo: list[tuple[int, int]]) -> None:
+        def read_chunks(
+            handle: Slide, todo: list[tuple[int, int]], pool: Executor | None = None
+        ) -> None:
             for cx, cy in todo:
                 cw, ch = min(chunk, lw - cx), min(chunk, lh - cy)
-                loc = (math.ceil((lx0 + cx) * d - PX_EPS), math.ceil((ly0 + cy) * d - PX_EPS))
-                part = handle.read_region(loc, level, (cw, ch))
+                part = handle.read_scaled(rl, (lx0 + cx, ly0 + cy), (cw, ch), executor=pool)
                 small[
                     cy // k : cy // k + math.ceil(ch / k), cx // k : cx // k + math.ceil(cw / k)
                 ] = block_mean(part, k)
 
-        if len(chunks) < 4:
+        n = min(len(chunks), os.cpu_count() or 1)
+        if self._jpeg_level(rl) is not None:  # thread-safe: decode each chunk's tiles on a pool
+            with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+                read_chunks(self, chunks, pool)
+        elif len(chunks) < 4:
             read_chunks(self, chunks)
         else:  # a slide without a coarse level: decode with one extra handle per core
-            from concurrent.futures import ThreadPoolExecutor
-
-            n = min(len(chunks), os.cpu_count() or 1)
             handles = [self] + [self.reopen() for _ in range(n - 1)]
             try:
                 with ThreadPoolExecutor(max_workers=n) as pool:

@@ -64,6 +64,10 @@ class ModelConfig:
             describes it (kind, features, sigmas, region threshold); its numbers are the
             ``aggregator.*`` tensors of the safetensors. Empty: no aggregator (the fixed
             Gaussian ``smooth_um`` draws the regions).
+        stain_norm: per-slide stain normalisation (:mod:`idcmap.pipeline.stain`):
+            ``{"method": ..., "ref": {...}, ...}``, the method and the reference statistics
+            of the training slides that every slide's tissue colour is mapped to before the
+            network. Empty: none (the slide's colour goes in as read).
     """
 
     name: str
@@ -82,6 +86,7 @@ class ModelConfig:
     weights_sha256: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     aggregator: dict[str, Any] = field(default_factory=dict)
+    stain_norm: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
 
     def __post_init__(self) -> None:
@@ -93,7 +98,10 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+        d = asdict(self)
+        if not d["stain_norm"]:  # files without it stay as they were
+            del d["stain_norm"]
+        return json.dumps(d, indent=2, sort_keys=False) + "\n"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -123,11 +131,24 @@ class ModelConfig:
                 weights_sha256=str(d.get("weights_sha256", "")),
                 training=dict(d.get("training", {})),
                 aggregator=dict(d.get("aggregator") or {}),
+                stain_norm=_stain_norm(d.get("stain_norm")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(
                 f"model config is incomplete or malformed ({e!r}); re-export it"
             ) from e
+
+
+def _stain_norm(v: Any) -> dict[str, Any]:
+    """The ``stain_norm`` section, checked (method known, reference complete)."""
+    if not v:
+        return {}
+    from idcmap.pipeline.stain import StainStats
+
+    if not isinstance(v, dict) or not isinstance(v.get("ref"), dict):
+        raise ValueError(f"stain_norm must be {{'method': ..., 'ref': {{...}}}}, got {v!r}")
+    StainStats.from_dict(str(v.get("method")), v["ref"])
+    return dict(v)
 
 
 def _rgb(v: Any) -> tuple[float, float, float]:

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from idcmap.errors import OutputError
+from idcmap.errors import Cancelled, OutputError
 from idcmap.io.slide import SlideInfo
 from idcmap.io.urls import slide_stem
 from idcmap.output.export import heatmap_npz, regions_to_geojson, write_json
@@ -202,12 +202,23 @@ def save_outputs(
     *,
     overwrite: bool = True,
     extra_outputs: Iterable[str] = (),
+    stop: Callable[[], bool] | None = None,
 ) -> Path:
     """Write ``result``'s outputs to ``out_dir/<stem>/`` atomically; returns that folder.
 
+    ``stop`` (optional) is asked before each file and before the final rename: when it says
+    True the temporary folder is removed and :class:`~idcmap.errors.Cancelled` raised (a
+    batch writing in a background thread while Ctrl-C stops it, :mod:`idcmap.batch.lane`).
+
     Raises:
         OutputError: the folder exists and ``overwrite`` is False, or it cannot be written.
+        Cancelled: ``stop`` said so; nothing was left under the slide's name.
     """
+
+    def check_stop() -> None:
+        if stop is not None and stop():
+            raise Cancelled(f"{stem}: outputs not written, the run is stopping")
+
     extra = set(extra_outputs)
     unknown = extra - OUTPUT_OPTIONS
     if unknown:
@@ -225,6 +236,7 @@ def save_outputs(
         for out in OUTPUTS:
             if out.option is not None and out.option not in extra:
                 continue
+            check_stop()
             if out is OUTPUTS[-1]:  # summary.json records the export time of the others
                 s = result.summary
                 result.summary = replace(
@@ -234,6 +246,7 @@ def save_outputs(
                 )
             out.write(result, out.path_in(tmp, stem))
         _fsync_dir(tmp)
+        check_stop()
         if final.exists():
             if not overwrite:
                 raise OutputError(f"{final} exists; overwrite=True replaces it")

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from idcmap.io.jpegtiff import TileDecoder
 from idcmap.io.slide import Slide
 from idcmap.model.runtime import IDCModel
 from idcmap.model.runtime import torch_threads as use_torch_threads
@@ -51,7 +52,9 @@ def predict_grid(
     desc: str = "tiles",
     on_block: Callable[[Block], None] | None = None,
     torch_threads: int | None = None,
+    decoder: TileDecoder | None = None,
     transform: Callable[[int, int, np.ndarray], np.ndarray] | None = None,
+    pixel_map: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, InferenceStats]:
     """IDC probability of every kept tile of ``grid``.
 
@@ -61,7 +64,10 @@ def predict_grid(
     overlapping tiles share their computation; otherwise the kept tiles are cut out and batched.
 
     ``on_block`` (optional) sees every block's pixels after the model (e.g. to build a
-    thumbnail from the same decode).
+    thumbnail from the same decode), as read.
+
+    ``pixel_map`` (optional) maps each block's uint8 pixels before the model (the per-slide
+    stain normalisation, :class:`~idcmap.pipeline.stain.StainMap`).
 
     ``transform`` (optional) maps a block's pixels before the model: ``transform(row0, col0,
     pixels)`` (e.g. :class:`idcmap.pipeline.ink.InkRemover`, which takes pen ink off); its
@@ -71,6 +77,9 @@ def predict_grid(
     call and restores torch's process-wide setting afterwards; ``None`` leaves it alone. Give
     the reader workers their cores with :func:`threads_beside_readers` (what the CLI does):
     torch's threads spin-wait for each other, so one pre-empted by a reader stalls the rest.
+
+    ``decoder`` (optional): the readers decode JPEG tiles with it in batches
+    (:class:`~idcmap.io.jpegtorch.TorchTileDecoder`: nvjpeg on CUDA); None: Pillow.
 
     Returns:
         (float32 rows×cols probabilities, NaN where the tile was not kept; statistics).
@@ -97,7 +106,7 @@ def predict_grid(
     )
     with bar, use_torch_threads(torch_threads if model.device.type == "cpu" else None):
         t_wait = time.perf_counter()
-        for block in iter_blocks(slide, grid, rl, blocks, workers=workers):
+        for block in iter_blocks(slide, grid, rl, blocks, workers=workers, decoder=decoder):
             t0 = time.perf_counter()
             stats.wait_s += t0 - t_wait
             if transform is not None:
@@ -109,11 +118,12 @@ def predict_grid(
             # dense costs about the block's area in tiles (overlapping tiles share their
             # computation); cutting tiles costs one patch per kept tile
             h, w = block.pixels.shape[:2]
+            seen = block if pixel_map is None else replace(block, pixels=pixel_map(block.pixels))
             if dense_ok and h * w <= 1.1 * n_keep * grid.patch_px**2:
-                p = _predict_dense(model, block, grid)
+                p = _predict_dense(model, seen, grid)
                 stats.dense_blocks += 1
             else:
-                p = _predict_tiles(model, block, grid, keep, batch_size)
+                p = _predict_tiles(model, seen, grid, keep, batch_size)
             prob[block.row0 : block.row1, block.col0 : block.col1] = np.where(keep, p, np.nan)
             stats.tiles += n_keep
             if on_block is not None:

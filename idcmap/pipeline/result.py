@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,7 @@ class SlideResult:
         tiles_geojson: bool = False,
         overwrite: bool = True,
         extra_outputs: Iterable[str] = (),
+        stop: Callable[[], bool] | None = None,
     ) -> Path:
         """Write the outputs (:data:`idcmap.outputs.OUTPUTS`) to ``out_dir/<stem>/``
         atomically: everything goes to a temporary folder first, renamed once complete.
@@ -114,8 +115,9 @@ class SlideResult:
                 ``extra_outputs={"tiles_geojson"}``).
             overwrite: replace an existing folder (else :class:`OutputError`).
             extra_outputs: names of opt-in outputs to write too.
+            stop: asked between files; True gives up (:func:`save_outputs`).
 
         Returns the final folder.
         """
         extra = set(extra_outputs) | ({"tiles_geojson"} if tiles_geojson else set())
-        return save_outputs(self, out_dir, overwrite=overwrite, extra_outputs=extra)
+        return save_outputs(self, out_dir, overwrite=overwrite, extra_outputs=extra, stop=stop)

@@ -8,11 +8,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from idcmap.io.jpegtorch import tile_decoder
 from idcmap.io.open import open_slide
 from idcmap.io.slide import Slide, SlideInfo
 from idcmap.io.urls import slide_stem
@@ -34,6 +36,7 @@ from idcmap.pipeline.qc import (
 )
 from idcmap.pipeline.regions import Region, idc_mask, mask_to_regions
 from idcmap.pipeline.result import SlideResult
+from idcmap.pipeline.stain import StainMap, StainStats, correct_glass, stain_map
 from idcmap.pipeline.summary import ModelRecord, SlideSummary, TilesRecord
 from idcmap.pipeline.thumbnail import BlockThumbnail
 from idcmap.pipeline.tiles import Block, TileGrid, cell_fraction, make_grid
@@ -83,6 +86,8 @@ def segment_slide(
     default_thr = cfg.region_threshold if agg is None else agg.threshold
     thr = default_thr if p.threshold is None else p.threshold
     smooth_um = 0.0 if agg is not None else cfg.smooth_um if p.smooth_um is None else p.smooth_um
+    decoder = tile_decoder(p.decode, net.device)  # None: Pillow's scaled IDCT
+    stain_ref = stain_reference(cfg.stain_norm) if p.stain_norm == "auto" else None
     timings["load_model"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -94,9 +99,10 @@ def segment_slide(
             "torch_threads": p.torch_threads,
             "progress": progress,
             "desc": slide_stem(path),
+            "decoder": decoder,
         }
         tissue, grid, tile_prob, stats, one_pass, qc = _tissue_and_tiles(
-            slide, p, net, stride_px, run_kw, timings
+            slide, p, net, stride_px, run_kw, timings, stain_ref
         )
         timings["tiles_wall"] = stats.wall_s
         info = slide.info
@@ -148,16 +154,20 @@ def segment_slide(
         ).to_dict()
     timings["total"] = time.perf_counter() - t0
 
+    recorded = asdict(p)
+    if not cfg.stain_norm:  # no effect without the model's reference: outputs as before
+        del recorded["stain_norm"]
     summary = build_summary(
         info=info,
         model=net,
         parameters={
-            **asdict(p),
+            **recorded,
             "stride_px": stride_px,
             "threshold": thr,
             "smooth_um": smooth_um,
             "aggregator": agg.kind_name if agg is not None else "none",
             "tile_threshold": cfg.tile_threshold,
+            "decode": "pillow" if decoder is None else "torch",
         },
         heatmap=heatmap,
         mask=mask,
@@ -169,6 +179,8 @@ def segment_slide(
     )
     if qc_verdict is not None:
         summary = replace(summary, qc=qc_verdict)
+    if qc.stain is not None:
+        summary = replace(summary, stain=qc.stain)
     return SlideResult(
         slide=info,
         heatmap=heatmap,
@@ -212,7 +224,7 @@ def build_summary(
         regions: the IDC regions (counted and measured).
         grid: the tile grid (its shape).
         stats: inference statistics (level read, tiles, blocks, busy times).
-        tissue_from_tiles: the tissue mask came from the tile pass (no coarser level).
+        tissue_from_tiles: the tissue mask came from the tile pass (:func:`tissue_from_tile_pass`).
         timings_s: wall time per stage, seconds.
     """
     cfg = model.config
@@ -238,7 +250,7 @@ def build_summary(
         ),
         parameters=dict(parameters),
         tissue_from=(
-            "the tile pass (no coarser level)" if tissue_from_tiles else "a low-resolution read"
+            "the tile pass (no cheaper read)" if tissue_from_tiles else "a low-resolution read"
         ),
         tissue_area_mm2=round(tissue_mm2, 4),
         idc_area_mm2=round(idc_mm2, 4),
@@ -261,7 +273,7 @@ def build_summary(
 @dataclass
 class _QC:
     """What the QC stage found (masks on the tissue thumbnail, the tissue before QC, and the
-    per-cell sharpness the tile pass measured for blur)."""
+    per-cell sharpness the tile pass measured for blur), and the stain normalisation applied."""
 
     masks: QCMasks | None = None
     tissue_before: np.ndarray | None = None
@@ -271,6 +283,7 @@ class _QC:
     fill: np.ndarray | None = None
     #: takes the ink's OD off the tile pass's blocks (None: no ink to take off)
     remover: InkRemover | None = None
+    stain: dict[str, Any] | None = None  # the stain normalisation record (summary.json)
 
 
 #: A tile whose area is at least this fraction artefact is not evaluated (even when the rest
@@ -319,6 +332,16 @@ def _apply_qc(
     return clean, grid
 
 
+def tissue_from_tile_pass(slide: Slide, tissue_mpp: float, model_mpp: float) -> bool:
+    """Whether the tissue mask is drawn from the tile pass's own blocks (one pass) rather than
+    from a read of its own: when both reads, by the same rule (:meth:`Slide.read_level_for_mpp`),
+    decode the same level at the same scale, a separate tissue read would decode the whole level
+    a second time. A coarser level, or the same level decoded at a smaller scale (1/8 where the
+    tiles take 1/4), costs less than evaluating every glass tile of a one-pass grid."""
+    tissue, tiles = slide.read_level_for_mpp(tissue_mpp), slide.read_level_for_mpp(model_mpp)
+    return (tissue.level, tissue.scale) == (tiles.level, tiles.scale)
+
+
 def _tissue_and_tiles(
     slide: Slide,
     p: Params,
@@ -326,10 +349,14 @@ def _tissue_and_tiles(
     stride_px: int,
     run_kw: dict[str, Any],
     timings: dict[str, float],
+    stain_ref: StainStats | None = None,
 ) -> tuple[TissueMask, TileGrid, np.ndarray, InferenceStats, bool, _QC]:
     """Tissue mask (after QC), tile grid and tile probabilities (NaN off tissue); True when
-    the mask came from the tile pass (:class:`BlockThumbnail`: no level coarser than the
-    tiles' one); what the QC stage found."""
+    the mask came from the tile pass (:class:`BlockThumbnail`, see
+    :func:`tissue_from_tile_pass`); what the QC stage found.
+
+    With ``stain_ref`` the tissue is found first (the one-pass path is not taken: the map needs
+    the slide's colour before the first tile), and every block is stain-normalised to it."""
     cfg = net.config
     grid_kw: dict[str, Any] = {
         "model_mpp": cfg.mpp,
@@ -339,10 +366,20 @@ def _tissue_and_tiles(
     }
     kinds = parse_kinds(p.qc)
     qc = _QC()
-    if slide.best_level_for_mpp(p.tissue_mpp) != slide.read_level_for_mpp(cfg.mpp).level:
+    if not tissue_from_tile_pass(slide, p.tissue_mpp, cfg.mpp) or stain_ref is not None:
         t = time.perf_counter()
-        tissue = detect_tissue(slide, target_mpp=p.tissue_mpp)
+        recolour = None
+        if stain_ref is not None and "glass" in stain_ref.values:
+            # a tinted glass passes the saturation test: the mask is drawn on the corrected
+            # thumbnail (the tiles follow it)
+            recolour = partial(correct_glass, reference=stain_ref)
+        tissue = detect_tissue(slide, target_mpp=p.tissue_mpp, recolour=recolour)
         timings["tissue"] = time.perf_counter() - t
+        pixel_map = None
+        if stain_ref is not None:
+            t = time.perf_counter()
+            pixel_map, qc.stain = _stain(tissue, stain_ref)
+            timings["stain_norm"] = time.perf_counter() - t
         t = time.perf_counter()
         if kinds:
             tissue, grid = _apply_qc(slide, tissue, kinds, grid_kw, qc)
@@ -355,7 +392,13 @@ def _tissue_and_tiles(
             qc.sharpness = SharpnessGrid(grid.shape, stride_px, cfg.patch_px)
             on_block = qc.sharpness.add
         tile_prob, stats = predict_grid(
-            slide, grid, net, on_block=on_block, transform=qc.remover, **run_kw
+            slide,
+            grid,
+            net,
+            on_block=on_block,
+            transform=qc.remover,
+            pixel_map=pixel_map,
+            **run_kw,
         )
         return tissue, grid, tile_prob, stats, False, qc
     # one pass: evaluate every tile, draw the mask from the same decoded blocks, keep the
@@ -386,4 +429,23 @@ def _tissue_and_tiles(
     return tissue, grid, tile_prob, stats, True, qc
 
 
-__all__ = ["segment_slide"]
+def _stain(tissue: TissueMask, ref: StainStats) -> tuple[StainMap | None, dict[str, Any]]:
+    """The slide's stain map from its tissue thumbnail and mask, and its record for the
+    summary."""
+    smap, _ = stain_map(tissue.thumbnail, tissue.mask, ref)
+    record = (
+        smap.to_dict()
+        if smap is not None
+        else {"method": ref.method, "slide": None, "why": "too little tissue"}
+    )
+    return smap, record
+
+
+def stain_reference(section: Mapping[str, Any]) -> StainStats | None:
+    """The reference statistics of a model file's ``stain_norm`` section (None: empty)."""
+    if not section:
+        return None
+    return StainStats.from_dict(str(section["method"]), section["ref"])
+
+
+__all__ = ["segment_slide", "stain_reference"]

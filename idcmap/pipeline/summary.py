@@ -70,6 +70,8 @@ class SlideSummary:
         mask_png_px_per_cell: ``k`` of ``mask.png`` (k×k px per cell), when it was written.
         qc: the QC verdict (:class:`~idcmap.pipeline.qc.QCVerdict`: excluded areas by kind,
             colour distance, ``review`` and its reasons), None when QC did not run.
+        stain: the per-slide stain normalisation (method, the slide's own statistics, or why
+            none was applied), None when the model carries none or it was turned off.
     """
 
     slide: Mapping[str, Any] = field(default_factory=dict)
@@ -87,6 +89,7 @@ class SlideSummary:
     idcmap_version: str = __version__
     mask_png_px_per_cell: int | None = None
     qc: Mapping[str, Any] | None = None
+    stain: Mapping[str, Any] | None = None
 
     @property
     def drawn_idc_area_mm2(self) -> float:
@@ -134,6 +137,8 @@ class SlideSummary:
         d["timings_s"] = dict(self.timings_s)
         if self.qc is not None:
             d["qc"] = dict(self.qc)
+        if self.stain is not None:
+            d["stain_norm"] = dict(self.stain)
         if self.mask_png_px_per_cell is not None:
             d["mask_png_px_per_cell"] = self.mask_png_px_per_cell
         return d
@@ -188,4 +193,5 @@ def read_summary(obj: Mapping[str, Any]) -> SlideSummary:
         idcmap_version=str(s.get("idcmap_version") or ""),
         mask_png_px_per_cell=int(k) if isinstance(k, int) else None,
         qc=s["qc"] if isinstance(s.get("qc"), Mapping) else None,
+        stain=s["stain_norm"] if isinstance(s.get("stain_norm"), Mapping) else None,
     )

@@ -1,6 +1,7 @@
-"""The tissue mask from the tile pass itself, for slides without a level coarser than the
-tiles' one (there :func:`~idcmap.pipeline.tissue.detect_tissue` would decode that whole level a
-second time)."""
+"""The tissue mask from the tile pass itself, for slides whose tissue read would be the tile
+read (the same level at the same scale, e.g. a PNG or a level-0-only slide read at 1/8: there
+:func:`~idcmap.pipeline.tissue.detect_tissue` would decode that whole level a second time; see
+:func:`idcmap.pipeline.segment.tissue_from_tile_pass`)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ __all__ = ["BlockThumbnail"]
 
 
 class BlockThumbnail:
-    """The tissue mask from the tile pass itself, for slides without a level coarser than the
-    tiles' one (there :func:`detect_tissue` would decode that whole level a second time).
+    """The tissue mask from the tile pass itself, for slides whose tissue read would be the
+    tile read (there :func:`detect_tissue` would decode that whole level a second time).
 
     The tile pass evaluates every tile of a grid laid without a tissue mask and hands each
     decoded block (model px) to :meth:`add`, which box-averages it onto a thumbnail of k×k model

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from idcmap.errors import SlideError, UsageError
+from idcmap.io.jpegtiff import TileDecoder
 from idcmap.io.slide import PX_EPS, ReadLevel, Slide
 from idcmap.pipeline.tissue import TissueMask
 
@@ -222,10 +223,16 @@ def plan_blocks(
 
 
 def read_block(
-    slide: Slide, grid: TileGrid, rl: ReadLevel, rows: tuple[int, int], cols: tuple[int, int]
+    slide: Slide,
+    grid: TileGrid,
+    rl: ReadLevel,
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+    decoder: TileDecoder | None = None,
 ) -> Block:
     """Read one block of tiles from ``rl`` (:meth:`Slide.read_level_for_mpp`: a level, maybe
-    decoded at 1/2, 1/4, 1/8) and resize it to model px (area average)."""
+    decoded at 1/2, 1/4, 1/8) and resize it to model px (area average). ``decoder``: see
+    :meth:`Slide.read_scaled`."""
     (r0, r1), (c0, c1) = rows, cols
     st, p = grid.stride_px, grid.patch_px
     mx0, my0 = c0 * st, r0 * st
@@ -245,7 +252,7 @@ def read_block(
     t0 = time.perf_counter()
     if ix1 <= ix0 or iy1 <= iy0:
         return Block(r0, r1, c0, c1, out)
-    region = slide.read_scaled(rl, (ix0, iy0), (ix1 - ix0, iy1 - iy0))
+    region = slide.read_scaled(rl, (ix0, iy0), (ix1 - ix0, iy1 - iy0), decoder=decoder)
     t1 = time.perf_counter()
     sx, sy = d / fx, d / fy  # model px per level px (≤ 1 when the level is finer)
     if abs(sx - 1) < PX_EPS and abs(sy - 1) < PX_EPS:  # same scale: no resize
@@ -287,17 +294,19 @@ def iter_blocks(
     *,
     workers: int = 2,
     prefetch: int | None = None,
+    decoder: TileDecoder | None = None,
 ) -> Iterator[Block]:
     """Yield blocks in order, read by ``workers`` threads (each with its own slide handle).
 
     At most ``prefetch`` blocks (default ``workers + 1``: every worker busy, one block ready)
-    are in flight. A read error raises :class:`SlideError` here.
+    are in flight. A read error raises :class:`SlideError` here. ``decoder``: see
+    :meth:`Slide.read_scaled`.
     """
     if prefetch is None:
         prefetch = workers + 1
     if workers <= 0:
         for r0, r1, c0, c1 in blocks:
-            yield read_block(slide, grid, rl, (r0, r1), (c0, c1))
+            yield read_block(slide, grid, rl, (r0, r1), (c0, c1), decoder)
         return
     local = threading.local()
     handles: list[Slide] = []
@@ -311,7 +320,7 @@ def iter_blocks(
             with lock:
                 handles.append(h)
         r0, r1, c0, c1 = b
-        return read_block(h, grid, rl, (r0, r1), (c0, c1))
+        return read_block(h, grid, rl, (r0, r1), (c0, c1), decoder)
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="idcmap-read")
     pending: list[Future[Block]] = []

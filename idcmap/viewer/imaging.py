@@ -4,6 +4,11 @@ Slides are opened with :func:`idcmap.io.slide.open_slide` (same backends, µm/px
 messages as ``idcmap run``); openslide-python's :class:`~openslide.deepzoom.DeepZoomGenerator`
 lays out the Deep Zoom pyramid over the slide's *bounds rectangle* (``limit_bounds=True``), so a
 Deep Zoom level-0 pixel is a pixel of QuPath's frame, the frame of every idcmap output.
+
+A tile's pixels are read by the pipeline's rule (:meth:`~idcmap.io.slide.Slide.read_level_for_mpp`
+at the Deep Zoom level's µm/px, then :meth:`~idcmap.io.slide.Slide.read_scaled`): the level whose
+colour is as fine as the tile's pixels, decoded at 1/2, 1/4 or 1/8 where it is tiled JPEG, so
+the viewer shows at 4 µm/px the colour the model saw.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from idcmap.errors import IDCMapError, SlideError
 from idcmap.io.open import open_slide
-from idcmap.io.slide import Slide
+from idcmap.io.slide import PX_EPS, Slide
 
 __all__ = [
     "OVERLAY_STOPS",
@@ -40,6 +45,10 @@ TILE_PX = 254
 """Deep Zoom tile side (+1 px overlap each side = 256, as OpenSeadragon prefers)."""
 TILE_OVERLAP_PX = 1
 JPEG_QUALITY = 85
+#: Tiles are encoded with full-resolution colour (4:4:4; Pillow's default 4:2:0 would halve the
+#: colour resolution the read keeps): 0.9-1.1x the bytes of 4:2:0 tiles of the nearest level
+#: on a 40x 4:2:0 slide (`benchmarks/read_rules.py`'s tiles, 12-20 KB).
+JPEG_SUBSAMPLING = 0
 THUMB_PX = 256
 """Long side of a batch-table thumbnail."""
 
@@ -178,13 +187,14 @@ class SlideEntry:
         cols, rows = dz.level_tiles[level]
         if not (0 <= col < cols and 0 <= row < rows):
             return None
-        (loc, slide_level, size), z_size = (
+        (loc, _level, _size), z_size = (
             dz.get_tile_coordinates(level, (col, row)),
             dz.get_tile_dimensions(level, (col, row)),
         )
+        level0_per_px = 2.0 ** (dz.level_count - 1 - level)  # level-0 px per Deep Zoom px
         try:
             with self.handles.get() as slide:
-                arr = slide.read_region(loc, slide_level, size)
+                arr = tile_pixels(slide, loc, z_size, level0_per_px)
         except IDCMapError as e:
             self.error = str(e)
             raise
@@ -198,7 +208,7 @@ class SlideEntry:
             if img.size != z_size:
                 img = img.resize(z_size, Image.Resampling.LANCZOS)
         buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=JPEG_QUALITY)
+        img.save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=JPEG_SUBSAMPLING)
         return buf.getvalue()
 
     def thumbnail_jpeg(self, regions: list[dict[str, Any]]) -> bytes:
@@ -230,6 +240,22 @@ class SlideEntry:
     def close(self) -> None:
         if self.handles is not None:
             self.handles.close()
+
+
+def tile_pixels(
+    slide: Slide, loc_level0_px: tuple[int, int], size: tuple[int, int], level0_per_px: float
+) -> np.ndarray:
+    """The slide under a Deep Zoom tile of ``size`` px at ``loc_level0_px`` (full frame), read
+    by the pipeline's rule at its µm/px: at least ``size``, at most ~8x it a side (a read px
+    is never coarser than a tile px beyond the rule's 1 % slack); the caller reduces it."""
+    info = slide.info
+    rl = slide.read_level_for_mpp(level0_per_px * info.mpp)
+    d = rl.downsample
+    x, y = math.floor(loc_level0_px[0] / d + PX_EPS), math.floor(loc_level0_px[1] / d + PX_EPS)
+    f = level0_per_px / d  # read px per tile px
+    w = max(1, min(math.ceil(size[0] * f - PX_EPS), rl.dimensions[0] - x))
+    h = max(1, min(math.ceil(size[1] * f - PX_EPS), rl.dimensions[1] - y))
+    return slide.read_scaled(rl, (x, y), (w, h))
 
 
 class SlideCache:
