@@ -1,7 +1,7 @@
-"""Ink battery: pooled Dice over all cells and over the cells away from the painted ink
-(painted fraction < 0.1): how much of the loss is IDC hidden under the ink, how much damage
-around it. Same painted cases as benchmarks/artefacts.py's ink rows, except that the marker
-colours cycle over the 6 mosaics at once (si = 0..5).
+"""Ink battery: pooled Dice over all cells, over the cells away from the painted ink (painted
+fraction < 0.1) and over those under it: how much of the loss is IDC hidden under the ink,
+how much damage around it. The painted cases of benchmarks/artefacts.py's ink rows (marker
+colours cycle with the mosaic's place in the test list, si = 0..5).
 
     PYTHONPATH=. python benchmarks/ink_away.py OUT_DIR
 """
@@ -24,7 +24,7 @@ from idcmap.train.truth import truth_from_cells
 
 m = load_model(None, device="cpu")
 ids = ["8865", "8913", "8955", "8984", "9035", "14082"]
-tot = {k: [0, 0, 0] for k in ("clean", "none", "all", "clean_out", "none_out", "all_out")}
+tot = {k: [0, 0, 0] for m in ("clean", "none", "all") for k in (m, m + "_out", m + "_under")}
 out = Path(sys.argv[1])
 out.mkdir(parents=True, exist_ok=True)
 for si, sid in enumerate(ids):
@@ -43,7 +43,8 @@ for si, sid in enumerate(ids):
             ("all", run(tif, m, "all")),
         ):
             pred = np.asarray(res.mask, bool)
-            for key, sel in ((mode, np.ones_like(away)), (mode + "_out", away)):
+            every = np.ones_like(away)
+            for key, sel in ((mode, every), (mode + "_out", away), (mode + "_under", ~away)):
                 pr, tr = pred & sel, truth & sel
                 tot[key][0] += int((pr & tr).sum())
                 tot[key][1] += int(pr.sum())

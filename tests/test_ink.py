@@ -148,7 +148,8 @@ def test_a_stroke_across_an_idc_region_does_not_split_it(
 ) -> None:
     """A green stroke across 8955's IDC region: 0.2.0 cuts the region in two and loses half
     its area; with QC the ink is taken off the pixels and the region stays one, its area
-    within 15 % of the clean slide's."""
+    within 15 % of the clean slide's. (Specks of one heatmap cell where the stroke's edge
+    crosses a cell, 0.006–0.015 mm², may come and go beside it: the region is the largest.)"""
     from idcmap.pipeline.segment import segment_slide
 
     rgb, idc = example
@@ -158,12 +159,46 @@ def test_a_stroke_across_an_idc_region_does_not_split_it(
     )  # fmt: skip
     assert (painted & idc).sum() > 0.05 * idc.sum()
     path = write_pyramid_tiff(tmp_path / "stroke.tiff", out, 4.0)
-    s = {m: segment_slide(path, progress=False, device="cpu", params=Params(qc=m)).summary
+    r = {m: segment_slide(path, progress=False, device="cpu", params=Params(qc=m))
          for m in ("none", "all")}  # fmt: skip
+    s = {m: x.summary for m, x in r.items()}
+    largest = {m: max(g.area_um2 for g in x.regions) / 1e6 for m, x in r.items()}
+    clean = clean_run["idc_area_mm2"]
     assert clean_run["regions"] == 1
-    assert s["none"]["regions"] == 2  # the stroke cuts it
-    assert s["all"]["regions"] == 1
-    assert abs(s["all"]["idc_area_mm2"] / clean_run["idc_area_mm2"] - 1) <= 0.15
+    assert s["none"]["regions"] >= 2 and largest["none"] < 0.6 * clean  # the stroke cuts it
+    assert largest["all"] >= 0.85 * clean  # one region holds the IDC
+    assert largest["all"] >= 0.97 * s["all"]["idc_area_mm2"]  # the rest are specks
+    assert abs(s["all"]["idc_area_mm2"] / clean - 1) <= 0.15
+
+
+def test_the_screen_does_not_change_what_is_found(
+    example: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pixel classifier first screens a 2:1 reduction, then classifies the flagged
+    pixels on boxes round them: a pixel's probability is its probability on the whole
+    thumbnail, whatever the screen flagged (the boxes sit on the thumbnail's 4-px grid with
+    the features' whole reach as context). Before, the screen's threshold moved pixels' ink
+    probabilities by up to 0.5 and the masks and the ink's field with them."""
+    from idcmap.pipeline import qc
+
+    rgb, idc = example
+    out, _, _ = paint_ink(
+        rgb, 4.0, np.random.default_rng(2), colour="green", shape="stroke", where="idc",
+        region=idc, width_mm=0.6, alpha=0.7,
+    )  # fmt: skip
+    t = thumb(out)[1:, 3:]  # a thumbnail whose size is not a multiple of 4
+    tissue = tissue_mask_from_rgb(t, 16.0)
+    found = {}
+    for screen in (0.0, 0.1, 0.2):  # 0: every pixel that absorbs light is classified
+        monkeypatch.setattr(qc, "SCREEN_P", screen)
+        found[screen] = qc.find_artefacts(t, 16.0, tissue)
+    ref = found[0.0]
+    assert ref.masks["ink"].sum() > 1000
+    for screen in (0.1, 0.2):
+        for kind in ("ink", "fold", "debris"):
+            assert np.array_equal(found[screen].masks[kind], ref.masks[kind]), (screen, kind)
+        assert found[screen].ink is not None and ref.ink is not None
+        assert np.array_equal(found[screen].ink.od, ref.ink.od)
 
 
 def test_blood_is_not_taken_out_as_ink(shared: Path) -> None:

@@ -102,10 +102,16 @@ P_THRESHOLD = {"ink": 0.7, "fold": 0.95, "debris": 0.9}
 CANDIDATE_OD = 0.25
 #: First look on a 2:1 reduction: pixels whose artefact probability there is above this,
 #: grown by SCREEN_GROW_PX (of the reduction), are classified at full resolution.
-SCREEN_P = 0.1
+SCREEN_P = 0.2
 SCREEN_GROW_PX = 3
-#: Context (px) around the pixels classified: what their neighbourhood features see.
-CONTEXT_PX = 24
+#: Context (px) around the pixels classified: what their neighbourhood features see (the
+#: widest, :func:`~idcmap.pipeline.qcpixel.pixel_features`' σ 10 px on a 4:1 reduction, reaches
+#: 44 px), so that a pixel's features on a box are its features on the whole thumbnail.
+CONTEXT_PX = 48
+#: Boxes start on multiples of this: the features' 2:1 and 4:1 reductions then fall on the
+#: whole thumbnail's grid (boxes off that grid, with 24 px of context, gave pixels up to 0.8
+#: other probabilities than the whole thumbnail's, so the screen's threshold moved the masks).
+BOX_ALIGN_PX = 4
 MIN_PIECE_MM2 = {"ink": 0.05, "fold": 0.1, "debris": 0.005, "border": 0.02}
 #: Ink: pixels above this probability connected to a mark found (above ``P_THRESHOLD``) are
 #: ink too (measured on painted VALID/TRAIN mosaics: recall 0.90 → 0.96, precision 0.99,
@@ -293,11 +299,22 @@ def _classify(
         return p
     ref = tissue_reference(optical_density(rgb), tissue)
     lab, _n = ndimage.label(_grow(cand, CONTEXT_PX))
-    for sl in ndimage.find_objects(lab):
-        if sl is not None and cand[sl].any():
-            sub = cand[sl]
-            x = pixel_features(rgb[sl], tissue[sl], where=sub, version=net.features, ref=ref)
-            view = p[sl]
+    a = BOX_ALIGN_PX
+    for i, sl in enumerate(ndimage.find_objects(lab), 1):
+        if sl is None:
+            continue
+        # the box on the thumbnail's grid of a: its features are the whole thumbnail's
+        box = (
+            slice(sl[0].start // a * a, min(-(-sl[0].stop // a) * a, h)),
+            slice(sl[1].start // a * a, min(-(-sl[1].stop // a) * a, w)),
+        )
+        sub = cand[box] & (lab[box] == i)
+        if sub.any():
+            frame = (box[0].start, box[1].start, h, w)
+            x = pixel_features(
+                rgb[box], tissue[box], where=sub, version=net.features, ref=ref, frame=frame
+            )
+            view = p[box]
             view[sub] = net.proba(x)
     return p
 
@@ -384,8 +401,10 @@ def _resolve_ink(
         else:  # the rule's threshold is the slide's, which much ink had moved
             tissue2 = tissue_mask_from_rgb(rgb2, mpp, mpp_y)
         near = ndimage.binary_dilation(ink_b, iterations=2)
-        p2 = _classify(net, rgb2[box], tissue2[box], within=near)[..., net.classes.index("ink")]
-        left = _kind_mask("ink", p2, other_b, tissue2[box], mpp * mpp_y / 1e6) & near
+        # on the whole thumbnail: the slide's reference and the boxes' grid of the first look
+        p2 = _classify(net, rgb2, tissue2, within=_paste(near, box, ink.shape))
+        p2b = p2[box][..., net.classes.index("ink")]
+        left = _kind_mask("ink", p2b, other_b, tissue2[box], mpp * mpp_y / 1e6) & near
     else:
         od, left = None, ink_b
     # over tissue or on glass: by the texture under the ink (un-inked ink on glass, where the

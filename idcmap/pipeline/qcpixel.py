@@ -49,6 +49,7 @@ def pixel_features(
     where: np.ndarray | None = None,
     version: int = 2,
     ref: np.ndarray | None = None,
+    frame: tuple[int, int, int, int] | None = None,
 ) -> np.ndarray:
     """float32 rows×cols×F colour features of a ~16-µm/px thumbnail (see the module doc), or
     N×F of the N pixels of ``where`` only.
@@ -58,9 +59,14 @@ def pixel_features(
     density, chromaticity, saturation and relative density, and each pixel's difference from
     it (a mark differs from the tissue around it).
     ``ref``: the slide's reference OD (:func:`tissue_reference`), when ``rgb`` is a crop.
+    ``frame``: (row, col, rows, cols), where ``rgb`` is a crop: its origin in the whole
+    thumbnail (multiples of 4) and the whole thumbnail's size. With it, and context enough
+    round the pixels that matter (44 px), their features are the whole thumbnail's: the
+    wide maps are upsampled on the whole thumbnail's geometry, as in training.
     """
+    frame = frame or (0, 0, rgb.shape[0], rgb.shape[1])
     if where is not None and where.mean() < 0.25:  # few pixels: gathering maps costs more
-        return _features_at(rgb, tissue, where, version, ref)
+        return _features_at(rgb, tissue, where, version, ref, frame)
     od = optical_density(rgb)
     r, g, b = od[..., 0], od[..., 1], od[..., 2]
     s = r + g + b  # (axis reductions over a 3-long last axis are slow in numpy)
@@ -99,7 +105,7 @@ def pixel_features(
     feats.append(np.sqrt(np.maximum(_smooth(ls * ls, 1.5) - m1 * m1, 0)))
     if version >= 2:
         for f in (base[3], base[4], base[6], base[9], base[10]):
-            wide = _smooth_wide(f, 10.0)
+            wide = _smooth_wide(f, 10.0, frame)
             feats += [wide, f - wide]
     if where is not None:
         out = np.empty((int(where.sum()), len(feats)), np.float32)
@@ -110,7 +116,12 @@ def pixel_features(
 
 
 def _features_at(
-    rgb: np.ndarray, tissue: np.ndarray, where: np.ndarray, version: int, ref: np.ndarray | None
+    rgb: np.ndarray,
+    tissue: np.ndarray,
+    where: np.ndarray,
+    version: int,
+    ref: np.ndarray | None,
+    frame: tuple[int, int, int, int],
 ) -> np.ndarray:
     """:func:`pixel_features` of the pixels of ``where`` only (N×F, the same numbers): the
     per-pixel features from those pixels alone, the neighbourhood ones from the reduced maps
@@ -153,7 +164,6 @@ def _features_at(
     if version >= 2:
         mn_map = rgb.min(axis=2).astype(np.float32) / 255.0
         sat_map = (mx_map - mn_map) / np.maximum(mx_map, 1e-3)
-        h, w = where.shape
         for f, shift, own in (
             (logs_map, 0.0, feats[3]),
             (chr_map, 0.0, feats[4]),
@@ -161,7 +171,7 @@ def _features_at(
             (sat_map, 0.0, feats[9]),
             (logs_map, log_ref, feats[10]),
         ):
-            wide = _wide_at(f, 10.0, yy, xx, h, w) - shift
+            wide = _wide_at(f, 10.0, yy, xx, frame) - shift
             feats += [wide, own - wide]
     return np.stack(feats, -1).astype(np.float32)
 
@@ -182,28 +192,36 @@ def _at(small: np.ndarray, half: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
 
 
 def _wide_at(
-    f: np.ndarray, sigma: float, yy: np.ndarray, xx: np.ndarray, h: int, w: int
+    f: np.ndarray, sigma: float, yy: np.ndarray, xx: np.ndarray, frame: tuple[int, int, int, int]
 ) -> np.ndarray:
     """:func:`_smooth_wide` of ``f`` at px (yy, xx): the 4:1 map interpolated there."""
     from PIL import Image
 
+    h, w = f.shape
     if min(h, w) < 16:
         return ndimage.gaussian_filter(f, sigma, mode="nearest")[yy, xx].astype(np.float32)
     small = np.asarray(Image.fromarray(f.astype(np.float32), mode="F").reduce(4))
     small = ndimage.gaussian_filter(small, sigma / 4, mode="nearest")
-    sh, sw = small.shape
-    # PIL's bilinear upsampling: source position (x + 0.5)·(sw / w) − 0.5, clamped
-    fy = np.clip((yy + 0.5) * (sh / h) - 0.5, 0, sh - 1)
-    fx = np.clip((xx + 0.5) * (sw / w) - 0.5, 0, sw - 1)
-    y0, x0 = (
-        np.minimum(fy.astype(np.int64), sh - 2 if sh > 1 else 0),
-        np.minimum(fx.astype(np.int64), sw - 2 if sw > 1 else 0),
-    )
-    ty, tx = (fy - y0).astype(np.float32), (fx - x0).astype(np.float32)
-    y1, x1 = np.minimum(y0 + 1, sh - 1), np.minimum(x0 + 1, sw - 1)
+    y0, y1, ty = _lerp4(yy, small.shape[0], frame[0], frame[2])
+    x0, x1, tx = _lerp4(xx, small.shape[1], frame[1], frame[3])
     top = small[y0, x0] * (1 - tx) + small[y0, x1] * tx
     bot = small[y1, x0] * (1 - tx) + small[y1, x1] * tx
     return (top * (1 - ty) + bot * ty).astype(np.float32)
+
+
+def _lerp4(
+    i: np.ndarray, n_small: int, start: int, n_full: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear upsampling of a crop's 4:1 reduction (``n_small`` long; the crop starts at px
+    ``start``, a multiple of 4, of an image ``n_full`` long) to its px ``i``: the two source
+    px and the weight of the second. The source position is PIL's resize of the whole
+    image's reduction to the whole image, (x + 0.5) · (its reduction's length / n_full) − 0.5,
+    clamped: the geometry the classifier was trained on, whatever the crop."""
+    full_small = -(-n_full // 4)
+    f = np.clip((i + start + 0.5) * (full_small / n_full) - 0.5, 0, full_small - 1)
+    f = np.clip(f - start // 4, 0, n_small - 1)
+    i0 = np.minimum(f.astype(np.int64), max(n_small - 2, 0))
+    return i0, np.minimum(i0 + 1, n_small - 1), (f - i0).astype(np.float32)
 
 
 def tissue_reference(od: np.ndarray, tissue: np.ndarray) -> np.ndarray:
@@ -232,17 +250,23 @@ def _smooth(f: np.ndarray, sigma: float) -> np.ndarray:
     return out
 
 
-def _smooth_wide(f: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian of ``sigma`` px, computed on a 4:1 box reduction and upsampled (bilinear)."""
+def _smooth_wide(
+    f: np.ndarray, sigma: float, frame: tuple[int, int, int, int] | None = None
+) -> np.ndarray:
+    """Gaussian of ``sigma`` px, computed on a 4:1 box reduction and upsampled (bilinear, on
+    the whole thumbnail's geometry: ``frame`` of :func:`pixel_features`)."""
     from PIL import Image
 
     h, w = f.shape
     if min(h, w) < 16:
         return ndimage.gaussian_filter(f, sigma, mode="nearest").astype(np.float32)
+    frame = frame or (0, 0, h, w)
     small = np.asarray(Image.fromarray(f.astype(np.float32), mode="F").reduce(4))
     small = ndimage.gaussian_filter(small, sigma / 4, mode="nearest")
-    big = Image.fromarray(small, mode="F").resize((w, h), Image.Resampling.BILINEAR)
-    return np.asarray(big, np.float32)
+    y0, y1, ty = _lerp4(np.arange(h), small.shape[0], frame[0], frame[2])
+    x0, x1, tx = _lerp4(np.arange(w), small.shape[1], frame[1], frame[3])
+    rows = small[y0] * (1 - ty)[:, None] + small[y1] * ty[:, None]
+    return (rows[:, x0] * (1 - tx) + rows[:, x1] * tx).astype(np.float32)
 
 
 def _one_blas_thread() -> Any:
