@@ -8,7 +8,8 @@ Every case runs in a fresh subprocess (so its peak RSS is its own, read with ``o
   level that is read (``read_block`` over the same blocks, the same JPEG tiles as the pipeline
   decodes, no model; 1 thread and ``--workers`` threads), and the compute floor, the pure
   model forward over the same tiles already in memory (dense over the blocks, as idcmap does,
-  and batched 50x50 tiles, as peers do), plus the largest |dense − tile-by-tile| difference of the probabilities on real blocks;
+  and batched 50x50 tiles, as peers do), plus the largest |dense − tile-by-tile| difference
+  of the probabilities on real blocks;
 * ``naive``: the way CLAM and WSInfer tile: one ``read_region`` per tile at level 0, resized to
   50x50, then the model in batches (a deterministic sample of ``--naive-tiles`` tissue tiles,
   extrapolated to all of them);
