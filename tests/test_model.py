@@ -339,3 +339,34 @@ def test_idc_v3_is_opt_in_and_portable() -> None:
     text = (bundled_model_path().parent / "idc-v3.json").read_text(encoding="utf-8")
     for folder in ("/work", "/tmp", "/home", "/root", "/srv"):
         assert folder not in text
+
+
+def test_idc_v4_is_opt_in_and_carries_v2s_aggregator() -> None:
+    """idc-v4 (opt-in) is a student distilled from idc-v2: its own network weights, idc-v2's
+    normalisation and aggregator unchanged (same tensors, same section and threshold), the
+    teacher recorded; the default stays idc-v2."""
+    from idcmap.model.modelfile import read_config, read_weights
+    from idcmap.pipeline.aggregate import PREFIX
+
+    assert "idc-v4" in bundled_models() and bundled_model_path().name == "idc-v2.json"
+    v2p, v4p = bundled_model_path("idc-v2"), bundled_model_path("idc-v4")
+    v2, v4 = read_config(v2p), read_config(v4p)
+    assert v4.version.startswith("4.") and v4.weights_file == "idc-v4.safetensors"
+    assert (v4.mean, v4.std, v4.arch_params) == (v2.mean, v2.std, v2.arch_params)
+    assert v4.training["init"]["model"] == v4.training["distill"]["model"] == "idc-v2"
+    assert v4.training["distill"]["sha256"] == v2.weights_sha256
+    assert {k: v for k, v in v4.aggregator.items() if k != "training"} == {
+        k: v for k, v in v2.aggregator.items() if k != "training"
+    }
+    w2, w4 = read_weights(v2p, v2), read_weights(v4p, v4)
+    agg = sorted(k for k in w2 if k.startswith(PREFIX))
+    assert agg and all(torch.equal(w2[k], w4[k]) for k in agg)
+    assert any(not torch.equal(w2[k], w4[k]) for k in w2 if not k.startswith(PREFIX))
+    m = load_model("idc-v4", device="cpu")
+    assert m.aggregator is not None and m.aggregator.threshold == pytest.approx(0.5)
+    x = load_patches(list_patches(FIXTURE_PATCHES))
+    p2, p4 = load_model("idc-v2", device="cpu").predict(x), m.predict(x)
+    assert 0 < np.abs(p4 - p2).mean() < 0.15  # a student of v2: close to it, not equal
+    text = v4p.read_text(encoding="utf-8")
+    for folder in ("/work", "/tmp", "/home", "/root", "/srv"):
+        assert folder not in text

@@ -306,7 +306,7 @@ def test_train_stain_norm_cli_writes_a_loadable_model(
 
 
 @needs_shared
-@pytest.mark.parametrize("base", ["idc-v2", "idc-v3"])
+@pytest.mark.parametrize("base", ["idc-v2", "idc-v3", "idc-v4"])
 def test_bundled_glass_models_are_their_base_plus_the_map(base: str) -> None:
     """idc-v2-glass / idc-v3-glass (opt-in) are the base model's own file (same weights file
     and sha256, same aggregator) plus a glass reference fitted on the 19 training mosaics;

@@ -357,3 +357,66 @@ def test_training_with_scanner_augment_and_init(idc_data: Path, tmp_path: Path) 
     assert cfg.mean == b.mean and cfg.std == b.std
     assert cfg.training["init"]["sha256"] == b.weights_sha256
     assert "ScannerAugment" in cfg.training["augmentation"]
+
+
+def test_distillation_from_a_frozen_teacher(idc_data: Path, tmp_path: Path) -> None:
+    """--distill-from: training batches carry the frozen teacher's p(IDC) of the clean patch
+    (same flips), the student fine-tuned from the teacher stays close to it on clean patches,
+    and the teacher is recorded."""
+    import torch
+
+    from idcmap.train.degrade import ScannerAugment, lab_stats
+    from idcmap.train.distill import DistillLoss, frozen, teacher_probability
+    from idcmap.train.patches import array_dl_class, train
+
+    teacher = load_model("idc-v2", device="cpu")
+    x = data.load_patches(data.list_patches(FIXTURE_PATCHES))
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    net = frozen(teacher.net)
+    assert not any(p.requires_grad for p in net.parameters())
+    dl = array_dl_class()(
+        xt, torch.zeros(len(x), dtype=torch.long), augment=True, teacher=net, bs=len(x)
+    )
+    xb, _, tp = next(iter(dl.create_batches(range(len(x)))))
+    # the teacher's probability is that of the clean patch under the flips the student got:
+    # the dihedral orbit of the clean patch holds exactly the teacher's batch input
+    clean = xt.float() / 255
+    orbit = [clean, clean.flip(3), clean.flip(2), clean.flip(2).flip(3)]
+    orbit += [o.transpose(2, 3) for o in orbit]
+    probs = torch.stack([teacher_probability(net, o) for o in orbit])
+    assert torch.all((probs - tp).abs().min(0).values < 1e-5)
+    assert xb.shape == clean.shape and not torch.equal(xb, clean)  # jittered
+
+    loss = DistillLoss(1.0)
+    logits = torch.tensor([[0.0, 2.0], [1.0, -1.0]])
+    p = torch.softmax(logits, 1)[:, 1]
+    assert loss(logits, torch.tensor([0, 1]), p) < loss(logits, torch.tensor([0, 1]), 1 - p)
+    assert loss(logits, torch.tensor([1, 0])) == DistillLoss(0.3)(logits, torch.tensor([1, 0]))
+
+    out = tmp_path / "student.json"
+    cfg = train(
+        [idc_data / "patches"],
+        out,
+        epochs=1,
+        seed=1,
+        lr=1e-4,
+        max_patches=192,
+        batch_size=64,
+        arch_params={"widths": [64, 192, 256], "dropout": 0.1},
+        degrade=ScannerAugment(refs=[lab_stats(x[:20])]),
+        degrade_copies=1,
+        init="idc-v2",
+        distill_from="idc-v2",
+        distill_weight=0.9,
+        lr_find_iters=4,
+        progress=False,
+        log=lambda *a: None,
+    )
+    assert cfg.training["distill"] == {
+        "model": "idc-v2",
+        "sha256": teacher.config.weights_sha256,
+        "weight": 0.9,
+    }
+    assert "teacher" in cfg.training["loss"]
+    student = load_model(out, device="cpu")
+    assert np.abs(student.predict(x) - teacher.predict(x)).max() < 0.15

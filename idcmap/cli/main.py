@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="model .json, or a bundled model by name (idc-v2, the default; idc-v1; idc-v3, "
-        "opt-in: robust to scanner and stain shifts)",
+        "idc-v4, opt-in: robust to scanner and stain shifts; -glass: with per-slide glass gain)",
     )
     run.add_argument(
         "--device",

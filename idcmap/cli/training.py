@@ -161,6 +161,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also train on degraded copies (idcmap.train.degrade.ScannerAugment: JPEG with "
         "chroma subsampling, white balance, HED, blur, colour transfer to these reference images)",
     )
+    tr.add_argument(
+        "--distill-from",
+        metavar="MODEL",
+        help="teacher: match its p(IDC) of the clean patch (idcmap.train.distill)",
+    )
+    tr.add_argument("--distill-weight", type=float, default=0.9, help="λ of the teacher term")
     tr.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     tr.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
     tr.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -384,6 +390,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         augment=not args.no_augment,
         degrade=_scanner_augment(args.scanner_augment),
         init=args.init,
+        distill_from=args.distill_from,
+        distill_weight=args.distill_weight,
         device=args.device,
         threads=args.threads,
         progress=not args.quiet,

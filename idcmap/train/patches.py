@@ -39,7 +39,7 @@ from idcmap.model.runtime import (
     resolve_device,
     torch_threads,
 )
-from idcmap.train import data
+from idcmap.train import data, distill
 from idcmap.train.metrics import best_threshold, binary_metrics
 
 # Stain matrix (rows: optical density of haematoxylin, eosin, DAB in RGB; Ruifrok & Johnston).
@@ -47,10 +47,14 @@ _RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.5
 _HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
 
 
-def dihedral(x: torch.Tensor) -> torch.Tensor:
-    """Apply one of the 8 dihedral symmetries, drawn per sample, to N×C×H×W (H == W)."""
+def dihedral(x: torch.Tensor, flips: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply one of the 8 dihedral symmetries, drawn per sample, to N×C×H×W (H == W).
+
+    ``flips`` (bool N×3: flip W, flip H, transpose) gives the symmetries instead of drawing them.
+    """
     n = x.shape[0]
-    flips = torch.rand(n, 3, device=x.device) < 0.5
+    if flips is None:
+        flips = torch.rand(n, 3, device=x.device) < 0.5
 
     def pick(m: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.where(m.view(n, 1, 1, 1), a, b)
@@ -96,11 +100,13 @@ def colour_jitter(
     return x.clamp_(0, 1)
 
 
-def _array_dl_class() -> type:
+def array_dl_class() -> type:
     """A fastai ``DataLoader`` over a uint8 N×3×H×W tensor that builds whole batches at once."""
     from fastai.data.load import DataLoader
 
     class ArrayDL(DataLoader):
+        n_inp = 1  # (x, y) or (x, y, teacher p): one input, the rest go to the loss
+
         def __init__(
             self,
             x: torch.Tensor,
@@ -108,11 +114,13 @@ def _array_dl_class() -> type:
             augment: bool = False,
             channels_last: bool = False,
             pool: torch.Tensor | None = None,  # K×N×3×H×W degraded copies of x
+            teacher: torch.nn.Module | None = None,  # frozen; batches then carry its p(IDC)
             **kw: Any,
         ) -> None:
             super().__init__(n=len(x), num_workers=0, indexed=True, **kw)
             self.x, self.y, self.augment, self.channels_last = x, y, augment, channels_last
             self.pool = pool  # each sample is drawn from x or one of its K copies, uniformly
+            self.teacher = teacher
 
         def create_batches(self, samps: Any) -> Any:
             idx = torch.as_tensor(list(samps), dtype=torch.long)
@@ -121,6 +129,7 @@ def _array_dl_class() -> type:
                 if self.drop_last and len(b) < self.bs:
                     break
                 b = b.to(self.x.device)
+                flips = torch.rand(len(b), 3, device=b.device) < 0.5 if self.augment else None
                 if self.pool is not None:
                     k = torch.randint(0, len(self.pool) + 1, (len(b),), device=b.device)
                     xb = self.x[b]
@@ -130,10 +139,19 @@ def _array_dl_class() -> type:
                 else:
                     xb = self.x[b].float().div_(255)
                 if self.augment:
-                    xb = colour_jitter(dihedral(xb))
+                    xb = colour_jitter(dihedral(xb, flips))
                 if self.channels_last:
                     xb = xb.contiguous(memory_format=torch.channels_last)
-                yield xb, self.y[b]
+                if self.teacher is None:
+                    yield xb, self.y[b]
+                    continue
+                # the teacher sees the clean patch, same symmetry, no jitter nor degradation
+                clean = self.x[b].float().div_(255)
+                if flips is not None:
+                    clean = dihedral(clean, flips)
+                if self.channels_last:
+                    clean = clean.contiguous(memory_format=torch.channels_last)
+                yield xb, self.y[b], distill.teacher_probability(self.teacher, clean)
 
     return ArrayDL
 
@@ -199,6 +217,8 @@ def train(
     degrade: Any = None,
     degrade_copies: int = 3,
     init: str | Path | None = None,
+    distill_from: str | Path | None = None,
+    distill_weight: float = 0.9,
     lr_find_iters: int = 100,
     device: str = "auto",
     progress: bool = True,
@@ -228,6 +248,11 @@ def train(
 
     ``init`` (a model file or bundled name of the same architecture and parameters): start from
     its weights and normalisation instead of random ones (fine-tuning).
+
+    ``distill_from`` (a model file or bundled name with the same patch size and µm per pixel,
+    usually also ``init``): a frozen teacher that sees the clean patch (same
+    flips); the loss is ``distill_weight`` · soft-target cross-entropy to its IDC probability +
+    (1 − ``distill_weight``) · the class-weighted label loss (:mod:`idcmap.train.distill`).
     """
     try:
         import fastai.callback.schedule  # adds lr_find and fit_one_cycle to Learner
@@ -244,6 +269,8 @@ def train(
         raise UsageError(f"out= must end in .json, got {out}")
     if not mpp > 0:
         raise UsageError(f"mpp= must be > 0 (µm per pixel of the patches), got {mpp}")
+    if not 0.0 <= distill_weight <= 1.0:
+        raise UsageError(f"distill_weight= must be in [0, 1], got {distill_weight}")
     arch = get_architecture(architecture)
     # as the model file will hold them (JSON: lists, not tuples), so the run records what it used
     params = json.loads(json.dumps({**arch.default_params, **(arch_params or {})}))
@@ -307,12 +334,25 @@ def train(
                 raise UsageError(f"init={init}: not a {arch.name} network with {params}")
             cfg = dataclasses.replace(cfg, mean=base.config.mean, std=base.config.std)
             init_record = {"model": portable_path(init), "sha256": base.config.weights_sha256}
+        teacher, distill_record = None, None
+        if distill_from is not None:
+            tm = load_model(distill_from, device="cpu")
+            if (tm.config.patch_px, tm.config.mpp) != (cfg.patch_px, cfg.mpp):
+                raise UsageError(f"distill_from={distill_from}: not a {cfg.patch_px}-px model")
+            teacher = distill.frozen(tm.net).to(dev)
+            distill_record = {
+                "model": portable_path(distill_from),
+                "sha256": tm.config.weights_sha256,
+                "weight": distill_weight,
+            }
         net = build_network(cfg)
         if base is not None:
             net.load_state_dict(base.net.state_dict())
         cpu = dev.type == "cpu"
         if cpu:
             net = net.to(memory_format=torch.channels_last)
+            if teacher is not None:
+                teacher = teacher.to(memory_format=torch.channels_last)
 
         def tensors(s: str) -> tuple[torch.Tensor, torch.Tensor]:
             x = torch.from_numpy(arrays[s]).permute(0, 3, 1, 2).contiguous().to(dev)
@@ -325,11 +365,12 @@ def train(
                 degrade = degrade.fit(arrays["train"])
             pool = degraded_copies(arrays["train"], degrade, degrade_copies, seed).to(dev)
             log(f"{degrade_copies} degraded copies of the patches: {time.time() - t0:.0f} s")
-        array_dl = _array_dl_class()
+        array_dl = array_dl_class()
         train_dl = array_dl(
             *tensors("train"),
             augment=augment,
             pool=pool,
+            teacher=teacher,
             channels_last=cpu,
             bs=batch_size,
             shuffle=True,
@@ -350,7 +391,11 @@ def train(
         # class imbalance: weight each class by the inverse of its frequency in the training split
         counts = np.bincount(labels["train"], minlength=2).astype(np.float64)
         class_w = torch.tensor(counts.sum() / (2 * counts), dtype=torch.float32, device=dev)
-        loss = torch.nn.CrossEntropyLoss(weight=class_w)
+        loss: torch.nn.Module = (
+            torch.nn.CrossEntropyLoss(weight=class_w)
+            if teacher is None
+            else distill.DistillLoss(distill_weight, class_w)
+        )
 
         tmp = tempfile.TemporaryDirectory(prefix="idcmap-train-")  # lr_find's scratch files
         learn = Learner(
@@ -412,7 +457,13 @@ def train(
             "lr_max": lr_used,
             "schedule": "fit_one_cycle",
             "weight_decay": weight_decay,
-            "loss": f"cross-entropy, class weights {[round(float(w), 4) for w in class_w]}",
+            "loss": f"cross-entropy, class weights {[round(float(w), 4) for w in class_w]}"
+            + (
+                f"; x{1 - distill_weight:g}, + x{distill_weight:g} soft cross-entropy to the "
+                "teacher's p(IDC) of the clean patch"
+                if teacher is not None
+                else ""
+            ),
             "augmentation": (
                 "dihedral (8) + HED stain jitter + brightness/contrast/saturation"
                 + (
@@ -433,6 +484,7 @@ def train(
             ),
             "torch": torch.__version__,
             "init": init_record,
+            "distill": distill_record,
             "command": command,
         }
         import fastai
