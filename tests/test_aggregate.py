@@ -1,4 +1,5 @@
-"""The learned aggregation stage (idcmap/aggregate.py) and the bundled idc-v2 that carries one.
+"""The learned aggregation stage (idcmap/aggregate.py) and the bundled idc-v2 that carries one
+(the default's aggregator is idc-v2's own: see test_model's default-model test).
 
 Real inputs: the bundled model files, heatmaps of the committed example mosaic and of shared
 mosaics through the real pipeline, a real (seconds-long) aggregator training run.
@@ -37,7 +38,7 @@ _PINNED_WEIGHTED = 0.307318
 
 @pytest.fixture(scope="module")
 def v2():  # type: ignore[no-untyped-def]
-    return load_model(None, device="cpu")
+    return load_model("idc-v2", device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +58,7 @@ def _heatmap(prob: np.ndarray, cell_px: float = 50.0, mpp: float = 4.0) -> Heatm
     )
 
 
-def test_bundled_default_is_v2_with_an_aggregator_and_v1_loads_by_name(v2) -> None:  # type: ignore[no-untyped-def]
-    assert bundled_model_path().name == "idc-v2.json"
+def test_idc_v2_has_an_aggregator_and_v1_loads_by_name(v2) -> None:  # type: ignore[no-untyped-def]
     assert v2.aggregator is not None and v2.config.aggregator["kind"] == KIND
     assert 0.0 < v2.aggregator.threshold < 1.0
     v1 = load_model("idc-v1", device="cpu")

