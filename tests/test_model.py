@@ -37,10 +37,17 @@ def model():  # type: ignore[no-untyped-def]
 
 @pytest.fixture()
 def model_copy(tmp_path: Path) -> Path:
+    """The default model's JSON and its weights file (whose name the JSON gives) in tmp_path."""
     src = bundled_model_path()
     shutil.copy(src, tmp_path / src.name)
-    shutil.copy(src.with_suffix(".safetensors"), tmp_path / src.with_suffix(".safetensors").name)
+    shutil.copy(_weights(src), _weights(tmp_path / src.name))
     return tmp_path / src.name
+
+
+def _weights(model_json: Path) -> Path:
+    from idcmap.model.modelfile import read_config
+
+    return model_json.parent / read_config(model_json).weights_file
 
 
 def test_shipped_model_on_fixture_test_patches(model) -> None:  # type: ignore[no-untyped-def]
@@ -69,7 +76,7 @@ def test_shipped_config_describes_itself(model) -> None:  # type: ignore[no-unty
 
 
 def test_damaged_weights_are_refused(model_copy: Path) -> None:
-    w = model_copy.with_suffix(".safetensors")
+    w = _weights(model_copy)
     data = bytearray(w.read_bytes())
     data[len(data) // 2] ^= 0x01
     w.write_bytes(bytes(data))
@@ -88,7 +95,7 @@ def test_foreign_json_is_refused(tmp_path: Path) -> None:
 
 
 def test_missing_weights_are_refused(model_copy: Path) -> None:
-    model_copy.with_suffix(".safetensors").unlink()
+    _weights(model_copy).unlink()
     with pytest.raises(ModelError, match="missing"):
         load_model(model_copy, device="cpu")
 
@@ -255,9 +262,9 @@ def test_writing_into_the_package_is_refused(model_copy: Path) -> None:
 
     cfg = read_config(model_copy)
     with pytest.raises(UsageError, match="package"):
-        save_config(cfg, bundled_model_path(), model_copy.with_suffix(".safetensors"))
+        save_config(cfg, bundled_model_path(), _weights(model_copy))
     out = model_copy.parent / "elsewhere" / "tuned.json"
-    written = save_config(cfg.replace(smooth_um=123.0), out, model_copy.with_suffix(".safetensors"))
+    written = save_config(cfg.replace(smooth_um=123.0), out, _weights(model_copy))
     m = load_model(out, device="cpu")
     assert m.config.smooth_um == 123.0 and m.sha256 == written.weights_sha256 == cfg.weights_sha256
 
@@ -344,11 +351,11 @@ def test_idc_v3_is_opt_in_and_portable() -> None:
 def test_idc_v4_is_opt_in_and_carries_v2s_aggregator() -> None:
     """idc-v4 (opt-in) is a student distilled from idc-v2: its own network weights, idc-v2's
     normalisation and aggregator unchanged (same tensors, same section and threshold), the
-    teacher recorded; the default stays idc-v2."""
+    teacher recorded."""
     from idcmap.model.modelfile import read_config, read_weights
     from idcmap.pipeline.aggregate import PREFIX
 
-    assert "idc-v4" in bundled_models() and bundled_model_path().name == "idc-v2.json"
+    assert "idc-v4" in bundled_models()
     v2p, v4p = bundled_model_path("idc-v2"), bundled_model_path("idc-v4")
     v2, v4 = read_config(v2p), read_config(v4p)
     assert v4.version.startswith("4.") and v4.weights_file == "idc-v4.safetensors"
@@ -370,3 +377,23 @@ def test_idc_v4_is_opt_in_and_carries_v2s_aggregator() -> None:
     text = v4p.read_text(encoding="utf-8")
     for folder in ("/work", "/tmp", "/home", "/root", "/srv"):
         assert folder not in text
+
+
+def test_the_default_is_idc_v4_glass_and_v2_still_loads() -> None:
+    """The bundled default is idc-v4-glass: idc-v4's weights file with the per-slide glass gain;
+    its output on examples/8955.tiff is pinned (measured on CPU: 476 tissue cells, 172 IDC cells,
+    6.88 mm²; idc-v2: 149 cells, 5.96 mm²). idc-v2 and idc-v1 still load by name."""
+    from idcmap.pipeline.segment import segment_slide
+
+    assert bundled_model_path().name == "idc-v4-glass.json"
+    m = load_model(device="cpu")
+    assert m.config.weights_file == "idc-v4.safetensors"
+    assert m.config.stain_norm["method"] == "glass"
+    assert m.sha256 == load_model("idc-v4", device="cpu").sha256
+    res = segment_slide(ROOT / "examples" / "8955.tiff", model=m, progress=False)
+    assert int(res.heatmap.tissue.sum()) == 476
+    assert abs(int(res.mask.sum()) - 172) <= 1
+    assert res.summary["idc_area_mm2"] == pytest.approx(6.88, abs=0.05)
+    assert res.summary["stain_norm"]["method"] == "glass"
+    for name in ("idc-v2", "idc-v1"):
+        assert load_model(name, device="cpu").config.stain_norm == {}

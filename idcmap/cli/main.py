@@ -127,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         type=Path,
         default=None,
-        help="model .json, or a bundled model by name (idc-v2, the default; idc-v1; idc-v3, "
-        "idc-v4, opt-in: robust to scanner and stain shifts; -glass: with per-slide glass gain)",
+        help="model .json, or a bundled model by name (idc-v4-glass, the default: robust to "
+        "scanner and stain shifts, with a per-slide glass gain; idc-v4 without the gain; "
+        "idc-v2, 0.2's default; idc-v1; idc-v3; idc-v2-glass; idc-v3-glass)",
     )
     run.add_argument(
         "--device",
@@ -204,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=AGGREGATORS,
         default=d.aggregator,
         help="region stage: auto = the model's learned context aggregator when it has one "
-        "(idc-v2), else the Gaussian of --smooth-um; none = the Gaussian (giving --smooth-um "
-        "implies none)",
+        "(idc-v2, idc-v4 and their -glass), else the Gaussian of --smooth-um; none = the "
+        "Gaussian (giving --smooth-um implies none)",
     )
     run.add_argument(
         "--stain-norm",

@@ -184,7 +184,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     ta.add_argument("--out", "-o", required=True, type=Path, help="model .json to write")
     ta.add_argument(
-        "--model", type=Path, default=None, help="model .json or bundled name (default: idc-v2)"
+        "--model",
+        type=Path,
+        default=None,
+        help="model .json or bundled name (default: the bundled default, idc-v4-glass)",
     )
     ta.add_argument("--train", nargs="+", type=Path, default=None, metavar="SLIDE")
     ta.add_argument("--valid", nargs="+", type=Path, default=None, metavar="SLIDE")
@@ -233,7 +236,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sn.add_argument("slides", nargs="*", type=Path, metavar="SLIDE")
     sn.add_argument("--out", "-o", required=True, type=Path, help="model .json to write")
     sn.add_argument(
-        "--model", type=Path, default=None, help="model .json or bundled name (default: idc-v2)"
+        "--model",
+        type=Path,
+        default=None,
+        help="model .json or bundled name (default: the bundled default, idc-v4-glass)",
     )
     sn.add_argument(
         "--slides-dir", type=Path, default=None, help="folder of <patient>.tiff (with --split)"
@@ -262,7 +268,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ep = evs.add_parser("patches", help="ROC AUC, F1, balanced accuracy... on patch folders")
     ep.add_argument("--data", nargs="+", required=True, type=Path, metavar="DIR")
     ep.add_argument(
-        "--model", type=Path, default=None, help="model .json or bundled name (default: idc-v2)"
+        "--model",
+        type=Path,
+        default=None,
+        help="model .json or bundled name (default: the bundled default, idc-v4-glass)",
     )
     ep.add_argument(
         "--patients-from",
@@ -289,7 +298,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="cells.csv or QuPath .geojson per slide (default: <stem>.cells.csv beside each slide)",
     )
     es.add_argument(
-        "--model", type=Path, default=None, help="model .json or bundled name (default: idc-v2)"
+        "--model",
+        type=Path,
+        default=None,
+        help="model .json or bundled name (default: the bundled default, idc-v4-glass)",
     )
     es.add_argument("--threshold", type=float, default=None, help="default: the model's")
     es.add_argument("--device", default="auto")
@@ -329,7 +341,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="cells.csv or QuPath .geojson per slide (default: <stem>.cells.csv)",
     )
     et.add_argument(
-        "--model", type=Path, default=None, help="model .json or bundled name (default: idc-v2)"
+        "--model",
+        type=Path,
+        default=None,
+        help="model .json or bundled name (default: the bundled default, idc-v4-glass)",
     )
     et.add_argument("--device", default="auto")
     et.add_argument(

@@ -58,10 +58,11 @@ def write_stain_norm(
     version: str | None = None,
     command: str | None = None,
 ) -> ModelConfig:
-    """Write ``model`` (a model file or bundled name; default idc-v2) to ``out`` with a
+    """Write ``model`` (a model file or bundled name; default idc-v4, the
+    default model's network) to ``out`` with a
     ``stain_norm`` section fitted on ``slides``. Returns the config as written."""
     t0 = time.perf_counter()
-    src = find_config(model if model is not None else "idc-v2")
+    src = find_config(model if model is not None else "idc-v4")
     cfg = read_config(src)
     ref = fit_slides_reference(slides, method, tissue_mpp)
     section = {
