@@ -285,6 +285,7 @@ def test_evaluate_slides_command(tmp_path: Path) -> None:
 def test_tune_regions_writes_a_model_where_told(tmp_path: Path) -> None:
     """--write names the model file to write; the bundled model's own file is never touched."""
     from idcmap.errors import UsageError
+    from idcmap.model.modelfile import weights_path
     from idcmap.model.runtime import bundled_model_path
 
     slide = EXAMPLE_SLIDES[0]
@@ -297,9 +298,8 @@ def test_tune_regions_writes_a_model_where_told(tmp_path: Path) -> None:
     assert _cli([*args, "--write", str(out)]) == 0
     tuned, shipped = load_model(out, device="cpu"), load_model(device="cpu")
     assert tuned.sha256 == shipped.sha256
-    assert out.with_suffix(".safetensors").read_bytes() == (
-        bundled_model_path().with_suffix(".safetensors").read_bytes()
-    )
+    shipped_weights = weights_path(bundled_model_path(), shipped.config)
+    assert weights_path(out, tuned.config).read_bytes() == shipped_weights.read_bytes()
     regions = tuned.config.training["regions"]
     assert regions["chosen_on"] == [slide.stem] and 0.0 < regions["pooled_dice"] <= 1.0
     assert tuned.config.tile_threshold == shipped.config.tile_threshold

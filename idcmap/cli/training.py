@@ -17,6 +17,12 @@ from idcmap.cli.argtypes import positive_int
 from idcmap.errors import UsageError
 
 
+def _model_arg(parser: argparse.ArgumentParser, default: str = "idc-v4-glass, the default") -> None:
+    parser.add_argument(
+        "--model", type=Path, default=None, help=f"model .json or bundled name (default: {default})"
+    )
+
+
 def _frac(s: str) -> float:
     v = float(s)
     if not 0 <= v < 1:
@@ -183,12 +189,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--split (the <patient>.tiff of each split's patients).",
     )
     ta.add_argument("--out", "-o", required=True, type=Path, help="model .json to write")
-    ta.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="model .json or bundled name (default: the bundled default, idc-v4-glass)",
-    )
+    _model_arg(ta)
     ta.add_argument("--train", nargs="+", type=Path, default=None, metavar="SLIDE")
     ta.add_argument("--valid", nargs="+", type=Path, default=None, metavar="SLIDE")
     ta.add_argument(
@@ -235,12 +236,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     sn.add_argument("slides", nargs="*", type=Path, metavar="SLIDE")
     sn.add_argument("--out", "-o", required=True, type=Path, help="model .json to write")
-    sn.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="model .json or bundled name (default: the bundled default, idc-v4-glass)",
-    )
+    _model_arg(sn, "idc-v4, the default model's network")
     sn.add_argument(
         "--slides-dir", type=Path, default=None, help="folder of <patient>.tiff (with --split)"
     )
@@ -267,12 +263,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evs.required = True
     ep = evs.add_parser("patches", help="ROC AUC, F1, balanced accuracy... on patch folders")
     ep.add_argument("--data", nargs="+", required=True, type=Path, metavar="DIR")
-    ep.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="model .json or bundled name (default: the bundled default, idc-v4-glass)",
-    )
+    _model_arg(ep)
     ep.add_argument(
         "--patients-from",
         type=Path,
@@ -297,12 +288,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="cells.csv or QuPath .geojson per slide (default: <stem>.cells.csv beside each slide)",
     )
-    es.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="model .json or bundled name (default: the bundled default, idc-v4-glass)",
-    )
+    _model_arg(es)
     es.add_argument("--threshold", type=float, default=None, help="default: the model's")
     es.add_argument("--device", default="auto")
     es.add_argument(
@@ -340,12 +326,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="cells.csv or QuPath .geojson per slide (default: <stem>.cells.csv)",
     )
-    et.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="model .json or bundled name (default: the bundled default, idc-v4-glass)",
-    )
+    _model_arg(et)
     et.add_argument("--device", default="auto")
     et.add_argument(
         "--write",
