@@ -386,6 +386,18 @@ def test_distillation_from_a_frozen_teacher(idc_data: Path, tmp_path: Path) -> N
     probs = torch.stack([teacher_probability(net, o) for o in orbit])
     assert torch.all((probs - tp).abs().min(0).values < 1e-5)
     assert xb.shape == clean.shape and not torch.equal(xb, clean)  # jittered
+    # teacher_jitter: the teacher sees the student's own jittered input (no degraded copies here)
+    dl = array_dl_class()(
+        xt,
+        torch.zeros(len(x), dtype=torch.long),
+        augment=True,
+        teacher=net,
+        teacher_jitter=True,
+        bs=len(x),
+    )
+    xb, _, tp = next(iter(dl.create_batches(range(len(x)))))
+    assert not torch.equal(xb, clean)
+    assert torch.allclose(teacher_probability(net, xb), tp, atol=1e-5)
 
     loss = DistillLoss(1.0)
     logits = torch.tensor([[0.0, 2.0], [1.0, -1.0]])
@@ -416,6 +428,7 @@ def test_distillation_from_a_frozen_teacher(idc_data: Path, tmp_path: Path) -> N
         "model": "idc-v2",
         "sha256": teacher.config.weights_sha256,
         "weight": 0.9,
+        "teacher_jitter": False,
     }
     assert "teacher" in cfg.training["loss"]
     student = load_model(out, device="cpu")

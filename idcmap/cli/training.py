@@ -173,6 +173,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="teacher: match its p(IDC) of the clean patch (idcmap.train.distill)",
     )
     tr.add_argument("--distill-weight", type=float, default=0.9, help="λ of the teacher term")
+    tr.add_argument("--distill-jitter", action="store_true", help="teacher sees the colour jitter")
     tr.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     tr.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
     tr.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -388,6 +389,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         init=args.init,
         distill_from=args.distill_from,
         distill_weight=args.distill_weight,
+        distill_jitter=args.distill_jitter,
         device=args.device,
         threads=args.threads,
         progress=not args.quiet,

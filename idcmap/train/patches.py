@@ -71,17 +71,19 @@ def colour_jitter(
     brightness: float = 0.08,
     contrast: float = 0.15,
     saturation: float = 0.15,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Stain and colour augmentation of float N×3×H×W in [0, 1], drawn per sample.
 
     HED jitter (Tellez et al. 2018): optical density → H, E, D; scale each by 1 ± ``hed`` and
     shift by ± ``hed_bias``; back to RGB. Then brightness (additive), contrast and saturation
-    (multiplicative around the image mean / grey).
+    (multiplicative around the image mean / grey). ``generator``: draw from it (two calls with
+    equally seeded generators jitter alike).
     """
     n, dev = x.shape[0], x.device
 
     def u(*shape: int, s: float) -> torch.Tensor:
-        return (torch.rand(*shape, device=dev) * 2 - 1) * s
+        return (torch.rand(*shape, device=dev, generator=generator) * 2 - 1) * s
 
     # od' = ((od @ HED_FROM_RGB) * scale + shift) @ RGB_FROM_HED, as one 3x3 map per sample
     m, m_inv = _RGB_FROM_HED.to(dev), _HED_FROM_RGB.to(dev)
@@ -115,12 +117,13 @@ def array_dl_class() -> type:
             channels_last: bool = False,
             pool: torch.Tensor | None = None,  # K×N×3×H×W degraded copies of x
             teacher: torch.nn.Module | None = None,  # frozen; batches then carry its p(IDC)
+            teacher_jitter: bool = False,  # the teacher sees the student's colour jitter too
             **kw: Any,
         ) -> None:
             super().__init__(n=len(x), num_workers=0, indexed=True, **kw)
             self.x, self.y, self.augment, self.channels_last = x, y, augment, channels_last
             self.pool = pool  # each sample is drawn from x or one of its K copies, uniformly
-            self.teacher = teacher
+            self.teacher, self.teacher_jitter = teacher, teacher_jitter
 
         def create_batches(self, samps: Any) -> Any:
             idx = torch.as_tensor(list(samps), dtype=torch.long)
@@ -138,17 +141,24 @@ def array_dl_class() -> type:
                     xb = xb.float().div_(255)
                 else:
                     xb = self.x[b].float().div_(255)
+                g, jitter_seed = None, 0
+                if self.teacher is not None and self.teacher_jitter:  # the same draws twice
+                    jitter_seed = int(torch.randint(0, 2**62, ()))
+                    g = torch.Generator(xb.device).manual_seed(jitter_seed)
                 if self.augment:
-                    xb = colour_jitter(dihedral(xb, flips))
+                    xb = colour_jitter(dihedral(xb, flips), generator=g)
                 if self.channels_last:
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 if self.teacher is None:
                     yield xb, self.y[b]
                     continue
-                # the teacher sees the clean patch, same symmetry, no jitter nor degradation
+                # the teacher sees the clean patch, same symmetry; jitter only if teacher_jitter
                 clean = self.x[b].float().div_(255)
                 if flips is not None:
                     clean = dihedral(clean, flips)
+                    if g is not None:
+                        g = torch.Generator(clean.device).manual_seed(jitter_seed)
+                        clean = colour_jitter(clean, generator=g)
                 if self.channels_last:
                     clean = clean.contiguous(memory_format=torch.channels_last)
                 yield xb, self.y[b], distill.teacher_probability(self.teacher, clean)
@@ -219,6 +229,7 @@ def train(
     init: str | Path | None = None,
     distill_from: str | Path | None = None,
     distill_weight: float = 0.9,
+    distill_jitter: bool = False,
     lr_find_iters: int = 100,
     device: str = "auto",
     progress: bool = True,
@@ -253,6 +264,8 @@ def train(
     usually also ``init``): a frozen teacher that sees the clean patch (same
     flips); the loss is ``distill_weight`` · soft-target cross-entropy to its IDC probability +
     (1 − ``distill_weight``) · the class-weighted label loss (:mod:`idcmap.train.distill`).
+    ``distill_jitter``: the teacher sees the student's colour jitter too (only the scanner
+    degradation is then to be learnt away).
     """
     try:
         import fastai.callback.schedule  # adds lr_find and fit_one_cycle to Learner
@@ -344,6 +357,7 @@ def train(
                 "model": portable_path(distill_from),
                 "sha256": tm.config.weights_sha256,
                 "weight": distill_weight,
+                "teacher_jitter": distill_jitter,
             }
         net = build_network(cfg)
         if base is not None:
@@ -371,6 +385,7 @@ def train(
             augment=augment,
             pool=pool,
             teacher=teacher,
+            teacher_jitter=distill_jitter,
             channels_last=cpu,
             bs=batch_size,
             shuffle=True,
