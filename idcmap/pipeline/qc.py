@@ -349,11 +349,13 @@ def _kind_mask(
     box = _box(m, 4)
     m[box] = _clean(m[box], MIN_PIECE_MM2[kind] / px_mm2, 1 if kind != "debris" else 0)
     if kind == "ink" and m.any():  # hysteresis: the paler parts of a mark found
-        lab, n = ndimage.label((pk > INK_LOW) & ~other, structure=np.ones((3, 3), bool))
+        low = (pk > INK_LOW) & ~other
+        box = _box(low, 0)  # (m lies inside it; most of a slide is clean)
+        lab, n = ndimage.label(low[box], structure=np.ones((3, 3), bool))
         keep = np.zeros(n + 1, bool)
-        keep[np.unique(lab[m])] = True
+        keep[np.unique(lab[m[box]])] = True
         keep[0] = False
-        m |= keep[lab]
+        m[box] |= keep[lab]
     if kind in ("ink", "debris") and m.any():
         r = max(1, round(INK_CLOSE_UM / math.sqrt(px_mm2 * 1e6))) if kind == "ink" else 0
         box = _box(m, r + 4)
@@ -393,12 +395,7 @@ def _resolve_ink(
     """Un-ink the thumbnail, look for ink again on it, and split what is left into over
     tissue and on glass (:mod:`idcmap.pipeline.ink`); on the ink's bounding box and
     :data:`INK_MARGIN_UM` around it (the rest of the slide does not change)."""
-    ys, xs = np.nonzero(ink)
-    m = math.ceil(INK_MARGIN_UM / min(mpp, mpp_y))
-    box = (
-        slice(max(ys.min() - m, 0), ys.max() + m + 1),
-        slice(max(xs.min() - m, 0), xs.max() + m + 1),
-    )
+    box = _box(ink, math.ceil(INK_MARGIN_UM / min(mpp, mpp_y)))
     rgb_b, tissue_b, ink_b, other_b = rgb[box], tissue[box], ink[box], other[box]
     od = ink_field(rgb_b, ink_b, tissue_b & ~ink_b, mpp) if unink else None
     tissue2 = tissue
