@@ -706,3 +706,34 @@ def test_kept_only_blocks_give_the_same_tiles(he: np.ndarray, tmp_path: Path) ->
         p_full, _ = predict_grid(slide, grid, model, progress=False, on_block=lambda b: None)
         p_part, _ = predict_grid(slide, grid, model, progress=False)
     np.testing.assert_array_equal(p_part, p_full)
+
+
+def test_kept_only_blocks_under_the_ink_remover(he: np.ndarray, tmp_path: Path) -> None:
+    """The QC stage's un-inking transform (per px) keeps the ``kept_only`` reads: the kept
+    tiles' probabilities are bit for bit those of a whole read (a hook forces one)."""
+    from pipeline_helpers import colour_model
+
+    from idcmap.pipeline.infer import predict_grid
+    from idcmap.pipeline.ink import InkRemover
+    from idcmap.pipeline.tiles import make_grid
+
+    big = np.kron(he, np.ones((4, 4, 1), np.uint8))  # 1 µm/px, 4:2:0: read at 1/4
+    path = write_jpeg_tiff(tmp_path / "p.tif", big, subsampling=2, downsamples=(1,), mpp=1.0)
+    model = colour_model()
+    with open_slide(path) as slide:
+        grid = make_grid(slide, None, model_mpp=4.0, patch_px=50, stride_px=50, min_tissue=0.0)
+        keep = np.zeros_like(grid.keep)
+        keep[0, 0] = keep[-1, -1] = keep[1, 1] = True
+        grid = replace(grid, keep=keep)
+        # a field on a 16-µm thumbnail over the first tiles (and the glass beside them)
+        th, tw = -(-big.shape[0] // 16), -(-big.shape[1] // 16)
+        od = np.zeros((th, tw, 3), np.float32)
+        od[: th // 2, : tw // 2] = (0.4, 0.1, 0.2)
+        remover = InkRemover(od, (16.0, 16.0), grid.level0_per_model_px, grid.stride_px)
+        p_full, _ = predict_grid(
+            slide, grid, model, progress=False, transform=remover, on_block=lambda b: None
+        )
+        p_part, _ = predict_grid(slide, grid, model, progress=False, transform=remover)
+        p_none, _ = predict_grid(slide, grid, model, progress=False)
+    np.testing.assert_array_equal(p_part, p_full)
+    assert not np.array_equal(p_part, p_none, equal_nan=True)  # the field did reach a tile

@@ -71,7 +71,8 @@ def predict_grid(
 
     ``transform`` (optional) maps a block's pixels before the model: ``transform(row0, col0,
     pixels)`` (e.g. :class:`idcmap.pipeline.ink.InkRemover`, which takes pen ink off); its
-    time counts as the model's.
+    time counts as the model's. Each output px must depend on that px's value and place only
+    (blocks are read for their kept tiles only, as without it).
 
     ``torch_threads`` (optional, CPU only) runs the model with that many torch threads for this
     call and restores torch's process-wide setting afterwards; ``None`` leaves it alone. Give
@@ -106,8 +107,9 @@ def predict_grid(
     )
     with bar, use_torch_threads(torch_threads if model.device.type == "cpu" else None):
         t_wait = time.perf_counter()
-        # tiles no kept tile needs are skipped unless a hook or transform looks at every px
-        kept_only = on_block is None and transform is None
+        # tiles no kept tile needs are skipped unless a hook looks at every px (a transform,
+        # per px, leaves the kept tiles' px what they would be after a whole read)
+        kept_only = on_block is None
         for block in iter_blocks(
             slide, grid, rl, blocks, workers=workers, decoder=decoder, kept_only=kept_only
         ):
