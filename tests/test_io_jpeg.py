@@ -706,3 +706,68 @@ def test_kept_only_blocks_give_the_same_tiles(he: np.ndarray, tmp_path: Path) ->
         p_full, _ = predict_grid(slide, grid, model, progress=False, on_block=lambda b: None)
         p_part, _ = predict_grid(slide, grid, model, progress=False)
     np.testing.assert_array_equal(p_part, p_full)
+
+
+def test_kept_only_blocks_under_the_ink_remover(he: np.ndarray, tmp_path: Path) -> None:
+    """The QC stage's un-inking transform (per px) keeps the ``kept_only`` reads: the kept
+    tiles' probabilities are bit for bit those of a whole read (a hook forces one)."""
+    from pipeline_helpers import colour_model
+
+    from idcmap.pipeline.infer import predict_grid
+    from idcmap.pipeline.ink import InkRemover
+    from idcmap.pipeline.tiles import make_grid
+
+    big = np.kron(he, np.ones((4, 4, 1), np.uint8))  # 1 µm/px, 4:2:0: read at 1/4
+    path = write_jpeg_tiff(tmp_path / "p.tif", big, subsampling=2, downsamples=(1,), mpp=1.0)
+    model = colour_model()
+    with open_slide(path) as slide:
+        grid = make_grid(slide, None, model_mpp=4.0, patch_px=50, stride_px=50, min_tissue=0.0)
+        keep = np.zeros_like(grid.keep)
+        keep[0, 0] = keep[-1, -1] = keep[1, 1] = True
+        grid = replace(grid, keep=keep)
+        # a field on a 16-µm thumbnail over the first tiles (and the glass beside them)
+        th, tw = -(-big.shape[0] // 16), -(-big.shape[1] // 16)
+        od = np.zeros((th, tw, 3), np.float32)
+        od[: th // 2, : tw // 2] = (0.4, 0.1, 0.2)
+        remover = InkRemover(od, (16.0, 16.0), grid.level0_per_model_px, grid.stride_px)
+        p_full, _ = predict_grid(
+            slide, grid, model, progress=False, transform=remover, on_block=lambda b: None
+        )
+        p_part, _ = predict_grid(slide, grid, model, progress=False, transform=remover)
+        p_none, _ = predict_grid(slide, grid, model, progress=False)
+    np.testing.assert_array_equal(p_part, p_full)
+    assert not np.array_equal(p_part, p_none, equal_nan=True)  # the field did reach a tile
+
+
+def test_kept_only_blocks_give_the_blur_its_sharpness(he: np.ndarray, tmp_path: Path) -> None:
+    """The QC stage's blur hook reads the kept tiles and the tiles its cells need
+    (:meth:`SharpnessGrid.tiles_needed`), not whole blocks: the sharpness of every cell that
+    :func:`find_blur` looks at (the kept tiles' cells) is bit for bit a whole read's."""
+    from pipeline_helpers import colour_model
+
+    from idcmap.pipeline.infer import predict_grid
+    from idcmap.pipeline.qcblur import SharpnessGrid
+    from idcmap.pipeline.tiles import make_grid
+
+    big = np.kron(he, np.ones((4, 4, 1), np.uint8))  # 1 µm/px, 4:2:0: read at 1/4
+    path = write_jpeg_tiff(tmp_path / "p.tif", big, subsampling=2, downsamples=(1,), mpp=1.0)
+    model = colour_model()
+    with open_slide(path) as slide:
+        grid = make_grid(slide, None, model_mpp=4.0, patch_px=50, stride_px=25, min_tissue=0.0)
+        keep = np.zeros_like(grid.keep)
+        keep[0, 0] = keep[-1, -1] = keep[3, 2] = True
+        grid = replace(grid, keep=keep)
+        whole = SharpnessGrid(grid.shape, grid.stride_px, grid.patch_px)
+        part = SharpnessGrid(grid.shape, grid.stride_px, grid.patch_px)
+        need = part.tiles_needed(grid.keep)
+        assert need.sum() < 0.8 * need.size  # most of the block is not read
+        p_whole, _ = predict_grid(slide, grid, model, progress=False, on_block=whole.add)
+        p_part, _ = predict_grid(
+            slide, grid, model, progress=False, on_block=part.add, read_tiles=need
+        )
+    np.testing.assert_array_equal(p_part, p_whole)
+    cells = np.zeros(whole.fine.shape, bool)  # the kept tiles' cells (2 × 2 each)
+    for r, c in zip(*np.nonzero(keep), strict=True):
+        cells[r : r + 2, c : c + 2] = True
+    np.testing.assert_array_equal(part.ratio[cells], whole.ratio[cells])
+    assert not np.array_equal(part.ratio, whole.ratio, equal_nan=True)  # the rest was not read

@@ -54,6 +54,7 @@ def predict_grid(
     torch_threads: int | None = None,
     decoder: TileDecoder | None = None,
     transform: Callable[[int, int, np.ndarray], np.ndarray] | None = None,
+    read_tiles: np.ndarray | None = None,
     pixel_map: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, InferenceStats]:
     """IDC probability of every kept tile of ``grid``.
@@ -64,14 +65,16 @@ def predict_grid(
     overlapping tiles share their computation; otherwise the kept tiles are cut out and batched.
 
     ``on_block`` (optional) sees every block's pixels after the model (e.g. to build a
-    thumbnail from the same decode), as read.
+    thumbnail from the same decode), as read: whole, or with ``read_tiles`` (bool, the grid's
+    shape) the px of the kept tiles and of those only (the rest white), all that it needs.
 
     ``pixel_map`` (optional) maps each block's uint8 pixels before the model (the per-slide
     stain normalisation, :class:`~idcmap.pipeline.stain.StainMap`).
 
     ``transform`` (optional) maps a block's pixels before the model: ``transform(row0, col0,
     pixels)`` (e.g. :class:`idcmap.pipeline.ink.InkRemover`, which takes pen ink off); its
-    time counts as the model's.
+    time counts as the model's. Each output px must depend on that px's value and place only
+    (blocks are read for their kept tiles only, as without it).
 
     ``torch_threads`` (optional, CPU only) runs the model with that many torch threads for this
     call and restores torch's process-wide setting afterwards; ``None`` leaves it alone. Give
@@ -106,10 +109,12 @@ def predict_grid(
     )
     with bar, use_torch_threads(torch_threads if model.device.type == "cpu" else None):
         t_wait = time.perf_counter()
-        # tiles no kept tile needs are skipped unless a hook or transform looks at every px
-        kept_only = on_block is None and transform is None
+        # tiles no kept tile needs are skipped unless a hook looks at every px (a transform,
+        # per px, leaves the kept tiles' px what they would be after a whole read)
+        kept_only = on_block is None or read_tiles is not None
+        read_grid = grid if read_tiles is None else replace(grid, keep=grid.keep | read_tiles)
         for block in iter_blocks(
-            slide, grid, rl, blocks, workers=workers, decoder=decoder, kept_only=kept_only
+            slide, read_grid, rl, blocks, workers=workers, decoder=decoder, kept_only=kept_only
         ):
             t0 = time.perf_counter()
             stats.wait_s += t0 - t_wait

@@ -89,7 +89,8 @@ def texture(rgb: np.ndarray) -> np.ndarray:
     minus its 3×3 median. The median keeps the edges of smooth areas (a mark's rim, where
     two marks overlap), so they do not read as structure; in intensity, not OD, so that the
     JPEG noise of dark ink on glass is not blown up."""
-    c = rgb.astype(np.float32).sum(axis=2)
+    # (whole numbers: any order of the sum is exact; a 3-long axis reduction is ~10× slower)
+    c = rgb[..., 0].astype(np.float32) + rgb[..., 1] + rgb[..., 2]
     hp = c - ndimage.median_filter(c, 3)
     return np.sqrt(np.maximum(ndimage.uniform_filter(hp * hp, 5), 0)).astype(np.float32)
 

@@ -59,7 +59,7 @@ from idcmap.pipeline.qcpixel import (
     load_pixel_model,
     optical_density,
     pixel_features,
-    tissue_reference,
+    tissue_reference_rgb,
 )
 from idcmap.pipeline.regions import mask_to_regions
 from idcmap.pipeline.tissue import tissue_mask_from_rgb
@@ -240,13 +240,16 @@ def find_artefacts(
     tissue = np.asarray(tissue, bool)
     if "border" in want:
         dark = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]) < BORDER_DARK
-        lab, n = ndimage.label(dark)
-        edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
-        keep = np.zeros(n + 1, bool)
-        keep[edge] = True
-        keep[0] = False
-        border = ndimage.binary_dilation(keep[lab], iterations=2)
-        masks["border"] = _clean(border, MIN_PIECE_MM2["border"] / px_mm2, 0)
+        if dark[0].any() or dark[-1].any() or dark[:, 0].any() or dark[:, -1].any():
+            lab, n = ndimage.label(dark)
+            edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+            keep = np.zeros(n + 1, bool)
+            keep[edge] = True
+            keep[0] = False
+            border = ndimage.binary_dilation(keep[lab], iterations=2)
+            masks["border"] = _clean(border, MIN_PIECE_MM2["border"] / px_mm2, 0)
+        else:  # nothing dark touches the edge (most slides): no border
+            masks["border"] = np.zeros(shape, bool)
     model_kinds = want & {"ink", "fold", "debris"}
     if model_kinds:
         net = model or load_pixel_model()
@@ -297,18 +300,26 @@ def _classify(
     p[..., 0] = 1.0
     if not cand.any():
         return p
-    ref = tissue_reference(optical_density(rgb), tissue)
-    lab, _n = ndimage.label(_grow(cand, CONTEXT_PX))
+    ref = tissue_reference_rgb(rgb, tissue)
+    # grown and labelled on the candidates' bounding box and CONTEXT_PX around it only: the
+    # growth cannot reach further (the same boxes as on the whole thumbnail)
     a = BOX_ALIGN_PX
+    crop = tuple(  # on the grid of a too: the boxes below stay inside it
+        slice(sl.start // a * a, min(-(-sl.stop // a) * a, n))
+        for sl, n in zip(_box(cand, CONTEXT_PX), (h, w), strict=True)
+    )
+    lab, _n = ndimage.label(_grow(cand[crop], CONTEXT_PX))
+    oy, ox = crop[0].start, crop[1].start
     for i, sl in enumerate(ndimage.find_objects(lab), 1):
         if sl is None:
             continue
         # the box on the thumbnail's grid of a: its features are the whole thumbnail's
         box = (
-            slice(sl[0].start // a * a, min(-(-sl[0].stop // a) * a, h)),
-            slice(sl[1].start // a * a, min(-(-sl[1].stop // a) * a, w)),
+            slice((sl[0].start + oy) // a * a, min(-(-(sl[0].stop + oy) // a) * a, h)),
+            slice((sl[1].start + ox) // a * a, min(-(-(sl[1].stop + ox) // a) * a, w)),
         )
-        sub = cand[box] & (lab[box] == i)
+        lab_box = lab[box[0].start - oy : box[0].stop - oy, box[1].start - ox : box[1].stop - ox]
+        sub = cand[box] & (lab_box == i)
         if sub.any():
             frame = (box[0].start, box[1].start, h, w)
             x = pixel_features(
@@ -338,11 +349,13 @@ def _kind_mask(
     box = _box(m, 4)
     m[box] = _clean(m[box], MIN_PIECE_MM2[kind] / px_mm2, 1 if kind != "debris" else 0)
     if kind == "ink" and m.any():  # hysteresis: the paler parts of a mark found
-        lab, n = ndimage.label((pk > INK_LOW) & ~other, structure=np.ones((3, 3), bool))
+        low = (pk > INK_LOW) & ~other
+        box = _box(low, 0)  # (m lies inside it; most of a slide is clean)
+        lab, n = ndimage.label(low[box], structure=np.ones((3, 3), bool))
         keep = np.zeros(n + 1, bool)
-        keep[np.unique(lab[m])] = True
+        keep[np.unique(lab[m[box]])] = True
         keep[0] = False
-        m |= keep[lab]
+        m[box] |= keep[lab]
     if kind in ("ink", "debris") and m.any():
         r = max(1, round(INK_CLOSE_UM / math.sqrt(px_mm2 * 1e6))) if kind == "ink" else 0
         box = _box(m, r + 4)
@@ -382,12 +395,7 @@ def _resolve_ink(
     """Un-ink the thumbnail, look for ink again on it, and split what is left into over
     tissue and on glass (:mod:`idcmap.pipeline.ink`); on the ink's bounding box and
     :data:`INK_MARGIN_UM` around it (the rest of the slide does not change)."""
-    ys, xs = np.nonzero(ink)
-    m = math.ceil(INK_MARGIN_UM / min(mpp, mpp_y))
-    box = (
-        slice(max(ys.min() - m, 0), ys.max() + m + 1),
-        slice(max(xs.min() - m, 0), xs.max() + m + 1),
-    )
+    box = _box(ink, math.ceil(INK_MARGIN_UM / min(mpp, mpp_y)))
     rgb_b, tissue_b, ink_b, other_b = rgb[box], tissue[box], ink[box], other[box]
     od = ink_field(rgb_b, ink_b, tissue_b & ~ink_b, mpp) if unink else None
     tissue2 = tissue

@@ -62,6 +62,27 @@ class SharpnessGrid:
         self.fine[r0 : r0 + hh, c0 : c0 + ww] = f[:hh, :ww]
         self.med[r0 : r0 + hh, c0 : c0 + ww] = m[:hh, :ww]
 
+    def tiles_needed(self, keep: np.ndarray, fill: np.ndarray | None = None) -> np.ndarray:
+        """bool, ``keep``'s shape: the tiles whose px the sharpness of every cell that
+        :func:`find_blur` looks at needs (:func:`~idcmap.pipeline.infer.predict_grid`'s
+        ``read_tiles``): the cells of the kept tiles and the ``fill`` cells (the heatmap's
+        tissue cells), with their 8 neighbours (the box blurs reach 5 px into the next cell's
+        centre). Read for those tiles only, those cells' sharpness is a whole read's."""
+        rows, cols = keep.shape
+        k = self.fine.shape[0] - rows + 1
+        cells = np.zeros(self.fine.shape, bool)
+        for dy in range(k):
+            for dx in range(k):
+                cells[dy : dy + rows, dx : dx + cols] |= keep
+        if fill is not None:
+            cells |= fill
+        cells = ndimage.binary_dilation(cells, structure=np.ones((3, 3), bool))
+        tiles = np.zeros(keep.shape, bool)  # every tile covering a needed cell
+        for dy in range(k):
+            for dx in range(k):
+                tiles |= cells[dy : dy + rows, dx : dx + cols]
+        return tiles
+
     @property
     def ratio(self) -> np.ndarray:
         """float32 sharpness on the heatmap's grid (NaN where no block was read)."""

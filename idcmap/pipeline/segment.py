@@ -387,15 +387,17 @@ def _tissue_and_tiles(
         else:
             grid = make_grid(slide, tissue, **grid_kw)
         timings["grid"] = time.perf_counter() - t
-        on_block = None
+        on_block = read_tiles = None
         if "blur" in kinds:
             qc.sharpness = SharpnessGrid(grid.shape, stride_px, cfg.patch_px)
             on_block = qc.sharpness.add
+            read_tiles = qc.sharpness.tiles_needed(grid.keep, qc.fill)
         tile_prob, stats = predict_grid(
             slide,
             grid,
             net,
             on_block=on_block,
+            read_tiles=read_tiles,
             transform=qc.remover,
             pixel_map=pixel_map,
             **run_kw,

@@ -157,8 +157,11 @@ def cell_fraction(tissue: TissueMask, rows: int, cols: int, cw: float, ch: float
     """Fraction of ``tissue.mask``'s pixels (by centre) inside each cell of a grid of cw×ch
     level-0 px from the bounds origin (any bool mask on a :class:`TissueMask`'s grid: the QC
     stage's artefact masks too)."""
-    m = tissue.mask.astype(np.float64)
-    sat = np.pad(m, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    m = tissue.mask
+    # summed-area table of counts: int32 is exact (and ~5× faster than float64 with its pad)
+    sat = np.zeros((m.shape[0] + 1, m.shape[1] + 1), np.int32)
+    np.cumsum(m, 0, dtype=np.int32, out=sat[1:, 1:])
+    np.cumsum(sat[1:, 1:], 1, out=sat[1:, 1:])
     ox, oy = tissue.origin_level0_px
     px, py = tissue.px_level0
 
