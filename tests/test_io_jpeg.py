@@ -16,6 +16,7 @@ from __future__ import annotations
 import struct
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -661,6 +662,20 @@ def test_pipeline_records_the_scaled_read(he: np.ndarray, tmp_path: Path) -> Non
     assert (rec["level_read"], rec["level_read_scale"], rec["colour_mpp"]) == (0, 4, 4.0)
 
 
+def _one_um_420(he: np.ndarray, tmp_path: Path) -> Path:
+    """``he`` as a 1-µm/px slide of one 4:2:0 level (the model's 4 µm/px is read at 1/4)."""
+    big = np.kron(he, np.ones((4, 4, 1), np.uint8))
+    return write_jpeg_tiff(tmp_path / "p.tif", big, subsampling=2, downsamples=(1,), mpp=1.0)
+
+
+def _keep_only(grid: Any, *cells: tuple[int, int]) -> Any:
+    """``grid`` with only ``cells`` (row, col; negative counts from the end) kept."""
+    keep = np.zeros_like(grid.keep)
+    for rc in cells:
+        keep[rc] = True
+    return replace(grid, keep=keep)
+
+
 def test_need_skips_unwanted_tiles(kind_tiff: tuple[str, Path]) -> None:
     """Tiles under no wanted output px are not decoded (white); the others are as before."""
     _, path = kind_tiff
@@ -687,15 +702,13 @@ def test_kept_only_blocks_give_the_same_tiles(he: np.ndarray, tmp_path: Path) ->
     from idcmap.pipeline.infer import predict_grid
     from idcmap.pipeline.tiles import make_grid, plan_blocks, read_block
 
-    big = np.kron(he, np.ones((4, 4, 1), np.uint8))  # 1 µm/px, 4:2:0: read at 1/4
-    path = write_jpeg_tiff(tmp_path / "p.tif", big, subsampling=2, downsamples=(1,), mpp=1.0)
+    path = _one_um_420(he, tmp_path)
     model = colour_model()
     with open_slide(path) as slide:
         rl = slide.read_level_for_mpp(4.0)
         grid = make_grid(slide, None, model_mpp=4.0, patch_px=50, stride_px=50, min_tissue=0.0)
-        keep = np.zeros_like(grid.keep)
-        keep[0, 0] = keep[-1, -1] = True  # two corners: most of the block is not needed
-        grid = replace(grid, keep=keep)
+        grid = _keep_only(grid, (0, 0), (-1, -1))  # two corners: most of the block unneeded
+        keep = grid.keep
         ((r0, r1, c0, c1),) = plan_blocks(grid, rl.downsample)
         full = read_block(slide, grid, rl, (r0, r1), (c0, c1))
         part = read_block(slide, grid, rl, (r0, r1), (c0, c1), kept_only=True)
@@ -717,16 +730,13 @@ def test_kept_only_blocks_under_the_ink_remover(he: np.ndarray, tmp_path: Path) 
     from idcmap.pipeline.ink import InkRemover
     from idcmap.pipeline.tiles import make_grid
 
-    big = np.kron(he, np.ones((4, 4, 1), np.uint8))  # 1 µm/px, 4:2:0: read at 1/4
-    path = write_jpeg_tiff(tmp_path / "p.tif", big, subsampling=2, downsamples=(1,), mpp=1.0)
+    path = _one_um_420(he, tmp_path)
     model = colour_model()
     with open_slide(path) as slide:
         grid = make_grid(slide, None, model_mpp=4.0, patch_px=50, stride_px=50, min_tissue=0.0)
-        keep = np.zeros_like(grid.keep)
-        keep[0, 0] = keep[-1, -1] = keep[1, 1] = True
-        grid = replace(grid, keep=keep)
+        grid = _keep_only(grid, (0, 0), (-1, -1), (1, 1))
         # a field on a 16-µm thumbnail over the first tiles (and the glass beside them)
-        th, tw = -(-big.shape[0] // 16), -(-big.shape[1] // 16)
+        th, tw = -(-4 * he.shape[0] // 16), -(-4 * he.shape[1] // 16)
         od = np.zeros((th, tw, 3), np.float32)
         od[: th // 2, : tw // 2] = (0.4, 0.1, 0.2)
         remover = InkRemover(od, (16.0, 16.0), grid.level0_per_model_px, grid.stride_px)
@@ -749,14 +759,12 @@ def test_kept_only_blocks_give_the_blur_its_sharpness(he: np.ndarray, tmp_path: 
     from idcmap.pipeline.qcblur import SharpnessGrid
     from idcmap.pipeline.tiles import make_grid
 
-    big = np.kron(he, np.ones((4, 4, 1), np.uint8))  # 1 µm/px, 4:2:0: read at 1/4
-    path = write_jpeg_tiff(tmp_path / "p.tif", big, subsampling=2, downsamples=(1,), mpp=1.0)
+    path = _one_um_420(he, tmp_path)
     model = colour_model()
     with open_slide(path) as slide:
         grid = make_grid(slide, None, model_mpp=4.0, patch_px=50, stride_px=25, min_tissue=0.0)
-        keep = np.zeros_like(grid.keep)
-        keep[0, 0] = keep[-1, -1] = keep[3, 2] = True
-        grid = replace(grid, keep=keep)
+        grid = _keep_only(grid, (0, 0), (-1, -1), (3, 2))
+        keep = grid.keep
         whole = SharpnessGrid(grid.shape, grid.stride_px, grid.patch_px)
         part = SharpnessGrid(grid.shape, grid.stride_px, grid.patch_px)
         need = part.tiles_needed(grid.keep)
