@@ -168,6 +168,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "chroma subsampling, white balance, HED, blur, colour transfer to these reference images)",
     )
     tr.add_argument(
+        "--blur-p",
+        type=float,
+        default=None,
+        help="with --scanner-augment: probability of the Gaussian blur per patch (default 0.15)",
+    )
+    tr.add_argument(
+        "--blur-max-px",
+        type=float,
+        default=None,
+        help="with --scanner-augment: largest blur sigma in patch pixels, drawn U(0.2, this) "
+        "(default 0.8)",
+    )
+    tr.add_argument(
         "--distill-from",
         metavar="MODEL",
         help="teacher: match its p(IDC) of the clean patch (idcmap.train.distill)",
@@ -350,13 +363,27 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scanner_augment(refs: list[Path] | None) -> Any:
-    """The ScannerAugment of ``--scanner-augment`` (train() measures its source statistics)."""
+def _scanner_augment(
+    refs: list[Path] | None, blur_p: float | None = None, blur_max_px: float | None = None
+) -> Any:
+    """The ScannerAugment of ``--scanner-augment`` (train() measures its source statistics);
+    ``blur_p`` / ``blur_max_px`` override its blur probability and largest sigma (None: keep)."""
     if refs is None:
         return None
     from idcmap.train.degrade import ScannerAugment, load_refs
 
-    return ScannerAugment(refs=list(load_refs(refs).values()))
+    if blur_p is not None and not 0.0 <= blur_p <= 1.0:
+        raise UsageError(f"--blur-p must be in [0, 1], got {blur_p}")
+    if blur_max_px is not None and not blur_max_px > 0.2:
+        raise UsageError(
+            f"--blur-max-px must be > 0.2 (sigma is drawn from U(0.2, it)), got {blur_max_px}"
+        )
+    aug = ScannerAugment(refs=list(load_refs(refs).values()))
+    if blur_p is not None:
+        aug.p_blur = blur_p
+    if blur_max_px is not None:
+        aug.blur_max = blur_max_px
+    return aug
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -385,7 +412,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_patches=args.max_patches,
         threshold_criterion=args.threshold_criterion,
         augment=not args.no_augment,
-        degrade=_scanner_augment(args.scanner_augment),
+        degrade=_scanner_augment(args.scanner_augment, args.blur_p, args.blur_max_px),
         init=args.init,
         distill_from=args.distill_from,
         distill_weight=args.distill_weight,
