@@ -167,19 +167,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also train on degraded copies (idcmap.train.degrade.ScannerAugment: JPEG with "
         "chroma subsampling, white balance, HED, blur, colour transfer to these reference images)",
     )
-    tr.add_argument(
-        "--blur-p",
-        type=float,
-        default=None,
-        help="with --scanner-augment: probability of the Gaussian blur per patch (default 0.15)",
-    )
-    tr.add_argument(
-        "--blur-max-px",
-        type=float,
-        default=None,
-        help="with --scanner-augment: largest blur sigma in patch pixels, drawn U(0.2, this) "
-        "(default 0.8)",
-    )
+    tr.add_argument("--blur-p", type=float, help="its blur's probability per patch (0.15)")
+    tr.add_argument("--blur-max-px", type=float, help="its top blur sigma: U(0.2, it) px (0.8)")
     tr.add_argument(
         "--distill-from",
         metavar="MODEL",
@@ -363,26 +352,18 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scanner_augment(
-    refs: list[Path] | None, blur_p: float | None = None, blur_max_px: float | None = None
-) -> Any:
+def _scanner_augment(refs: list[Path] | None, blur_p: float | None, max_px: float | None) -> Any:
     """The ScannerAugment of ``--scanner-augment`` (train() measures its source statistics);
-    ``blur_p`` / ``blur_max_px`` override its blur probability and largest sigma (None: keep)."""
+    ``blur_p`` / ``max_px``: its blur probability and largest sigma in px (None: its own)."""
     if refs is None:
         return None
     from idcmap.train.degrade import ScannerAugment, load_refs
 
-    if blur_p is not None and not 0.0 <= blur_p <= 1.0:
-        raise UsageError(f"--blur-p must be in [0, 1], got {blur_p}")
-    if blur_max_px is not None and not blur_max_px > 0.2:
-        raise UsageError(
-            f"--blur-max-px must be > 0.2 (sigma is drawn from U(0.2, it)), got {blur_max_px}"
-        )
     aug = ScannerAugment(refs=list(load_refs(refs).values()))
-    if blur_p is not None:
-        aug.p_blur = blur_p
-    if blur_max_px is not None:
-        aug.blur_max = blur_max_px
+    aug.p_blur = aug.p_blur if blur_p is None else blur_p
+    aug.blur_max = aug.blur_max if max_px is None else max_px
+    if not (0.0 <= aug.p_blur <= 1.0 and aug.blur_max > 0.2):
+        raise UsageError("--blur-p must be in [0, 1] and --blur-max-px > 0.2 (U(0.2, it) px)")
     return aug
 
 
