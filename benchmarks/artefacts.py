@@ -342,6 +342,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--clean", action="store_true", help="QC on the 28 clean mosaics instead")
     ap.add_argument("--keep-tiffs", action="store_true")
+    ap.add_argument("--model", default=None, help="model .json or bundled name (default: bundled)")
     ap.add_argument(
         "--table", type=Path, nargs="*", help="print the tables of battery.json files (merged)"
     )
@@ -354,7 +355,7 @@ def main() -> None:
             detail(rows, kind)
         return
     a.out.mkdir(parents=True, exist_ok=True)
-    model = load_model(None, device="cpu")
+    model = load_model(a.model, device="cpu")
     if a.clean:
         clean_run(a, model)
     else:

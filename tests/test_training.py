@@ -433,3 +433,36 @@ def test_distillation_from_a_frozen_teacher(idc_data: Path, tmp_path: Path) -> N
     assert "teacher" in cfg.training["loss"]
     student = load_model(out, device="cpu")
     assert np.abs(student.predict(x) - teacher.predict(x)).max() < 0.15
+
+
+def test_scanner_augment_blur_options(tmp_path: Path) -> None:
+    """--blur-p / --blur-max-px set ScannerAugment's blur probability and largest sigma (the
+    rest of the recipe as without them); out-of-range values are refused."""
+    from idcmap.cli.training import _scanner_augment, register
+    from idcmap.errors import UsageError
+    from idcmap.train.degrade import ScannerAugment
+
+    refs = sorted((ROOT.parent / "shared" / "data" / "stain-refs").glob("*.png"))[:2]
+    if not refs:
+        pytest.skip("../shared/data/stain-refs is absent (CI has it)")
+    parser = argparse.ArgumentParser(prog="idcmap")
+    register(parser.add_subparsers(dest="command"))
+    argv = ["train", "--data", "p", "--out", "m.json", "--scanner-augment", *map(str, refs)]
+    args = parser.parse_args([*argv, "--blur-p", "0.5", "--blur-max-px", "2.5"])
+    aug = _scanner_augment(args.scanner_augment, args.blur_p, args.blur_max_px)
+    assert (aug.p_blur, aug.blur_max) == (0.5, 2.5) and len(aug.refs) == 2
+    plain = parser.parse_args(argv)
+    dflt = _scanner_augment(plain.scanner_augment, plain.blur_p, plain.blur_max_px)
+    assert (dflt.p_blur, dflt.blur_max) == (ScannerAugment.p_blur, ScannerAugment.blur_max)
+    assert _scanner_augment(None, 0.5, 2.5) is None  # no --scanner-augment: no degradation
+    for bad in ((1.5, None), (None, 0.1)):
+        with pytest.raises(UsageError):
+            _scanner_augment(refs, *bad)
+    # p 1: every patch of a batch is blurred (sigma ≥ 0.2 px), so high frequencies drop
+    x = data.load_patches(data.list_patches(FIXTURE_PATCHES))[:32]
+    only_blur = ScannerAugment(p_hed=0, p_transfer=0, p_gain=0, p_jpeg=0, p_blur=1.0, blur_max=2.5)
+    y = only_blur(x, np.random.default_rng(0))
+    assert (
+        np.abs(np.diff(y.astype(float), axis=2)).mean()
+        < np.abs(np.diff(x.astype(float), axis=2)).mean()
+    )

@@ -167,6 +167,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also train on degraded copies (idcmap.train.degrade.ScannerAugment: JPEG with "
         "chroma subsampling, white balance, HED, blur, colour transfer to these reference images)",
     )
+    tr.add_argument("--blur-p", type=float, help="its blur's probability per patch (0.15)")
+    tr.add_argument("--blur-max-px", type=float, help="its top blur sigma: U(0.2, it) px (0.8)")
     tr.add_argument(
         "--distill-from",
         metavar="MODEL",
@@ -350,13 +352,19 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scanner_augment(refs: list[Path] | None) -> Any:
-    """The ScannerAugment of ``--scanner-augment`` (train() measures its source statistics)."""
+def _scanner_augment(refs: list[Path] | None, blur_p: float | None, max_px: float | None) -> Any:
+    """The ScannerAugment of ``--scanner-augment`` (train() measures its source statistics);
+    ``blur_p`` / ``max_px``: its blur probability and largest sigma in px (None: its own)."""
     if refs is None:
         return None
     from idcmap.train.degrade import ScannerAugment, load_refs
 
-    return ScannerAugment(refs=list(load_refs(refs).values()))
+    aug = ScannerAugment(refs=list(load_refs(refs).values()))
+    aug.p_blur = aug.p_blur if blur_p is None else blur_p
+    aug.blur_max = aug.blur_max if max_px is None else max_px
+    if not (0.0 <= aug.p_blur <= 1.0 and aug.blur_max > 0.2):
+        raise UsageError("--blur-p must be in [0, 1] and --blur-max-px > 0.2 (U(0.2, it) px)")
+    return aug
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -385,7 +393,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_patches=args.max_patches,
         threshold_criterion=args.threshold_criterion,
         augment=not args.no_augment,
-        degrade=_scanner_augment(args.scanner_augment),
+        degrade=_scanner_augment(args.scanner_augment, args.blur_p, args.blur_max_px),
         init=args.init,
         distill_from=args.distill_from,
         distill_weight=args.distill_weight,
