@@ -301,3 +301,30 @@ def test_a_batch_with_overwrite_redoes_finished_slides(tmp_path: Path, slide: Pa
     assert [o.status for o in again] == ["skipped"]
     redo = run_batch([slide], out, options=RunOptions(overwrite=True), **kw)
     assert [o.status for o in redo] == ["done"]
+
+
+def test_ctrl_c_while_a_lock_is_taken_leaves_no_lock_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KeyboardInterrupt landing while ``flock`` takes the lock (the file just created) must
+    not leave the lock file behind: the next run would find a stray ``.<stem>.lock``."""
+    from idcmap.output import locking
+
+    path = tmp_path / ".s.lock"
+    real = fcntl.flock
+    calls = [0]
+
+    def interrupted_once(fd: int, op: int) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise KeyboardInterrupt
+        real(fd, op)
+
+    monkeypatch.setattr(locking.fcntl, "flock", interrupted_once)
+    with pytest.raises(KeyboardInterrupt), locking.file_lock(path, wait=False):
+        pass
+    assert not path.exists()
+    monkeypatch.setattr(locking.fcntl, "flock", real)
+    with locking.file_lock(path, wait=False) as got:
+        assert got and path.exists()
+    assert not path.exists()
