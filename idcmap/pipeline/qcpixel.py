@@ -248,9 +248,7 @@ def _smooth(f: np.ndarray, sigma: float) -> np.ndarray:
     h, w = f.shape
     if min(h, w) < 8:
         return ndimage.gaussian_filter(f, sigma, mode="nearest")
-    f2 = f[: h - h % 2, : w - w % 2]
-    small = (f2[0::2, 0::2] + f2[1::2, 0::2] + f2[0::2, 1::2] + f2[1::2, 1::2]) * 0.25
-    small = ndimage.gaussian_filter(small, sigma / 2, mode="nearest")
+    small = _smooth_small(f, sigma)
     out = np.empty((h, w), small.dtype)
     hh, ww = 2 * small.shape[0], 2 * small.shape[1]
     for dy in (0, 1):
