@@ -18,9 +18,8 @@ from idcmap.errors import UsageError
 
 
 def _model_arg(parser: argparse.ArgumentParser, default: str = "idc-v4-glass, the default") -> None:
-    parser.add_argument(
-        "--model", type=Path, default=None, help=f"model .json or bundled name (default: {default})"
-    )
+    help_ = f"model .json or bundled name (default: {default})"
+    parser.add_argument("--model", type=Path, default=None, help=help_)
 
 
 def _frac(s: str) -> float:
@@ -410,11 +409,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split_members(slides_dir: Path, split: Path, keys: tuple[str, ...]) -> list[list[Path]]:
+    """The slides (``*.tif*``) of ``slides_dir`` whose stem is a patient of each split part."""
+    from idcmap.train.data import read_split
+
+    parts, have = read_split(split), {p.stem: p for p in sorted(Path(slides_dir).glob("*.tif*"))}
+    return [[have[p] for p in parts[k] if p in have] for k in keys]
+
+
 def _split_slides(
     args: argparse.Namespace,
 ) -> tuple[list[Path], list[Path], list[Path], list[Path]]:
-    from idcmap.train.data import read_split
-
     if args.train or args.valid:
         if not (args.train and args.valid) or args.split or args.slides_dir:
             raise UsageError("pass both --train and --valid, or --slides-dir with --split")
@@ -422,10 +427,7 @@ def _split_slides(
     else:
         if not (args.slides_dir and args.split):
             raise UsageError("pass --train and --valid slides, or --slides-dir with --split")
-        split = read_split(args.split)
-        have = {p.stem: p for p in sorted(Path(args.slides_dir).glob("*.tif*"))}
-        train = [have[p] for p in split["train"] if p in have]
-        valid = [have[p] for p in split["valid"] if p in have]
+        train, valid = _split_members(args.slides_dir, args.split, ("train", "valid"))
         if not train or not valid:
             raise UsageError(
                 f"{args.slides_dir} has no slides of the split's train or valid patients"
@@ -475,7 +477,6 @@ def _stain_methods() -> tuple[str, ...]:
 
 
 def cmd_train_stain_norm(args: argparse.Namespace) -> int:
-    from idcmap.train.data import read_split
     from idcmap.train.patches import portable_command
     from idcmap.train.stain import write_stain_norm
 
@@ -483,8 +484,7 @@ def cmd_train_stain_norm(args: argparse.Namespace) -> int:
     if bool(args.slides_dir) != bool(args.split) or bool(slides) == bool(args.slides_dir):
         raise UsageError("pass training slides, or --slides-dir with --split")
     if args.slides_dir:
-        have = {p.stem: p for p in sorted(Path(args.slides_dir).glob("*.tif*"))}
-        slides = [have[p] for p in read_split(args.split)["train"] if p in have]
+        (slides,) = _split_members(args.slides_dir, args.split, ("train",))
         if not slides:
             raise UsageError(f"{args.slides_dir} has no slides of the split's train patients")
     cfg = write_stain_norm(
