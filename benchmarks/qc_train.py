@@ -119,15 +119,21 @@ def samples(
 def reference() -> None:
     from idcmap.io.open import open_slide
 
-    ods = []
+    from idcmap.pipeline.stain import glass_od
+
+    ods, glasses = [], []
     for sid in train_ids():
         with open_slide(SLIDES / f"{sid}.tiff") as s:
             rgb, _ = s.read_at_mpp(16.0)
         t = tissue_mask_from_rgb(rgb, 16.0)
         od = -np.log((rgb[t].astype(np.float64) + 1) / 256)
         ods.append(od.mean(0))
-        print(sid, od.mean(0).round(4))
+        g = glass_od(rgb)
+        if g is not None:
+            glasses.append(g)
+        print(sid, od.mean(0).round(4), None if g is None else g.round(4))
     print("REF_OD =", tuple(np.mean(ods, 0).round(4).tolist()), "(mean over the training mosaics)")
+    print("REF_GLASS_OD =", tuple(np.mean(glasses, 0).round(4).tolist()), f"({len(glasses)} mosaics)")
 
 
 def main() -> None:

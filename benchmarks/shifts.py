@@ -182,13 +182,15 @@ def shifted_slide(slide: Path, name: str, shift: Shift, cache: Path) -> Path:
     return out
 
 
-def score(slide: Path, model: object, stride: int | None) -> tuple[int, int, int]:
+def score(
+    slide: Path, model: object, stride: int | None, qc: str = "none"
+) -> tuple[int, int, int]:
     from idcmap.params import Params
     from idcmap.pipeline.segment import segment_slide
     from idcmap.train.metrics import dice_iou
     from idcmap.train.truth import read_truth
 
-    res = segment_slide(slide, model=model, progress=False, params=Params(stride_px=stride))
+    res = segment_slide(slide, model=model, progress=False, params=Params(stride_px=stride, qc=qc))
     truth = slide.with_name(slide.name.rsplit(".", 1)[0] + ".cells.csv")
     r = dice_iou(np.asarray(res.mask, dtype=bool), read_truth(truth, res.heatmap))
     return r["intersection"], r["pred_cells"], r["truth_cells"]
@@ -241,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", default=None, help="substrings of shift names to run")
     ap.add_argument("--stride", type=int, default=None, help="tile step in model px (default 50)")
     ap.add_argument("--json", type=Path, default=None, help="write the counts here")
+    ap.add_argument("--qc", default="none", help="the QC stage's kinds (Params.qc), e.g. all")
     a = ap.parse_args(argv)
     if a.merge:  # models side by side from earlier runs on the same slides and shifts
         runs = [json.loads(p.read_text()) for p in a.merge]
@@ -277,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = [shifted_slide(s, name, sh, a.cache) for s in a.slides]
         for lab, m in zip(labels, models, strict=True):
             results[lab][name] = {
-                k: score(p, m, a.stride) for k, p in zip(stems, paths, strict=True)
+                k: score(p, m, a.stride, a.qc) for k, p in zip(stems, paths, strict=True)
             }
         print(f"{name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     text = tables(results, labels, stems)

@@ -1,7 +1,9 @@
 """QC stage: artefacts (ink, folds, blur, debris, scanner borders) and a per-slide verdict.
 
 Sits between the tissue stage and the tiles stage. It works on the tissue stage's thumbnail
-(~16 µm/px; timings in docs/qc.md), except blur,
+(~16 µm/px; timings in docs/qc.md), its glass first brought to the training mosaics' glass
+(:data:`REF_GLASS_OD`: a scanner's white balance is a gain per channel, and the classifier
+would take a tinted slide's tissue for ink), except blur,
 which a 16-µm thumbnail cannot see: blur is found from per-cell *sharpness* that the tiles
 pass computes on the 4-µm blocks it decodes anyway (:class:`SharpnessGrid`, an ``on_block``
 hook of :func:`idcmap.infer.predict_grid`), so it is known only after the model ran.
@@ -54,6 +56,7 @@ from idcmap.pipeline.ink import (
 from idcmap.pipeline.inkfield import ink_field
 from idcmap.pipeline.qcblur import SharpnessGrid, block_sharpness, find_blur
 from idcmap.pipeline.qcpixel import (
+    REF_GLASS_OD,
     REF_OD,
     PixelMLP,
     load_pixel_model,
@@ -62,6 +65,7 @@ from idcmap.pipeline.qcpixel import (
     tissue_reference_rgb,
 )
 from idcmap.pipeline.regions import mask_to_regions
+from idcmap.pipeline.stain import balance_glass, glass_od
 from idcmap.pipeline.tissue import tissue_mask_from_rgb
 
 __all__ = [
@@ -82,6 +86,11 @@ __all__ = [
 #: 0.7–6.8 on the 28 shared mosaics (train and test), 9.8–20.9 on the nine BreaKHis images of
 #: ../shared/data/stain-refs (another laboratory), reduced 4:1.
 COLOUR_FAR = 8.5
+#: Glass OD offset from the training mosaics' glass (:data:`REF_GLASS_OD`, any channel) above
+#: which a slide gets ``review``: a scanner white balance the model was not validated on (the
+#: 22 training and validation mosaics: within ±0.014; a 7 % gain is 0.03). A model with the
+#: ``glass`` stain normalisation sees the corrected colour, and so does this test.
+GLASS_FAR_OD = 0.03
 
 #: Kinds removed from the tissue; the others (fold, blur) are reported and flagged only.
 #: Measured on the test mosaics with painted artefacts (benchmarks/artefacts.py): excluding
@@ -222,7 +231,8 @@ def find_artefacts(
             False: all ink over tissue is left (filled), e.g. when the tiles were evaluated.
 
     Returns masks for each asked kind among ink, fold, debris, border. Ink and debris are
-    reported wherever they are (on glass too); folds only on tissue.
+    reported wherever they are (on glass too); folds only on tissue. ``rgb``'s glass is
+    brought to :data:`REF_GLASS_OD` first (:func:`~idcmap.pipeline.stain.balance_glass`).
     """
     import time
 
@@ -238,6 +248,7 @@ def find_artefacts(
         masks = {k: np.zeros(shape, bool) for k in want - {"blur"}}
         return QCMasks(masks, mpp, mpp_y, shape=(int(shape[0]), int(shape[1])))
     tissue = np.asarray(tissue, bool)
+    rgb = balance_glass(rgb, REF_GLASS_OD)
     if "border" in want:
         dark = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]) < BORDER_DARK
         if dark[0].any() or dark[-1].any() or dark[:, 0].any() or dark[:, -1].any():
@@ -469,6 +480,8 @@ class QCVerdict:
     #: ``over_tissue_mm2``, ``over_tissue_pct``, ``uninked_mm2`` (over tissue, taken off the
     #: pixels), ``filled_mm2`` (over tissue, left: probability from around); None: no ink
     ink: dict[str, float] | None = None
+    #: the glass's OD minus :data:`REF_GLASS_OD` (R, G, B) as the model sees it; None: no glass
+    glass_od_offset: tuple[float, float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -481,6 +494,9 @@ class QCVerdict:
             "colour_distance": None
             if math.isnan(self.colour_distance)
             else round(self.colour_distance, 3),
+            "glass_od_offset": None
+            if self.glass_od_offset is None
+            else [round(v, 4) for v in self.glass_od_offset],
             "review": self.review,
             "reasons": list(self.reasons),
         }
@@ -496,9 +512,10 @@ def verdict(
     idc_cells: np.ndarray | None = None,
     cell_um: float = 200.0,
 ) -> QCVerdict:
-    """Areas excluded per kind, colour distance and ``review`` + reasons.
+    """Areas excluded per kind, colour distance, glass tint and ``review`` + reasons.
 
-    ``tissue`` is the tissue mask before QC (thumbnail grid); ``blur_cells``/``idc_cells``
+    ``tissue`` is the tissue mask before QC (thumbnail grid); ``rgb`` the thumbnail as the
+    model sees it (after its stain normalisation, if any); ``blur_cells``/``idc_cells``
     (heatmap grid, cells of ``cell_mm2``) add blur's area and the "blur over/near IDC" check.
     Ink/debris/border count where they cover tissue *or* would have been taken for tissue.
     """
@@ -552,7 +569,24 @@ def verdict(
         reasons.append(
             f"tissue colour far from the training data (distance {cd:.1f} > {COLOUR_FAR})"
         )
-    return QCVerdict(tissue_mm2, area, pct, cd, bool(reasons), reasons, ink)
+    own = glass_od(rgb)
+    offset = None if own is None else tuple(float(v) for v in own - np.asarray(REF_GLASS_OD))
+    if offset is not None and max(abs(v) for v in offset) > GLASS_FAR_OD:
+        rgb_off = ", ".join(f"{v:+.2f}" for v in offset)
+        reasons.append(
+            f"scanner white balance off the training data's (glass OD {rgb_off} in R, G, B; "
+            f"> {GLASS_FAR_OD})"
+        )
+    return QCVerdict(
+        tissue_mm2,
+        area,
+        pct,
+        cd,
+        bool(reasons),
+        reasons,
+        ink,
+        (offset[0], offset[1], offset[2]) if offset is not None else None,
+    )
 
 
 def _pct(part: float, whole: float) -> str:

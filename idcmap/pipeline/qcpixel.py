@@ -21,6 +21,7 @@ from scipy import ndimage
 
 __all__ = [
     "CLASSES",
+    "REF_GLASS_OD",
     "REF_OD",
     "PixelMLP",
     "load_pixel_model",
@@ -37,6 +38,11 @@ CLASSES = ("clean", "ink", "fold", "debris")
 #: per-mosaic means; tissue mask of :func:`idcmap.pipeline.tissue.tissue_mask_from_rgb`).
 #: Computed by ``PYTHONPATH=. python benchmarks/qc_train.py --reference``.
 REF_OD = (0.2533, 0.5507, 0.3559)
+#: Mean glass OD (R, G, B) of the 19 training mosaics (:func:`idcmap.pipeline.stain.glass_od` of
+#: their 16-µm/px thumbnails; per-mosaic spread ±0.006): the QC stage brings every slide's glass
+#: to it first, so a scanner's white balance is not taken for ink. Same command as
+#: :data:`REF_OD`.
+REF_GLASS_OD = (0.0415, 0.0441, 0.0424)
 _MODEL_PATH = Path(__file__).parents[1] / "model" / "weights" / "qc" / "qc-v2.json"
 
 

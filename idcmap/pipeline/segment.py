@@ -146,7 +146,7 @@ def segment_slide(
         qc_verdict = verdict(
             qc.masks,
             qc.tissue_before,
-            tissue.thumbnail,
+            tissue.thumbnail if qc.pixel_map is None else qc.pixel_map(tissue.thumbnail),
             blur_cells=blur_cells,
             cell_mm2=heatmap.cell_area_um2 / 1e6,
             idc_cells=mask,
@@ -284,6 +284,8 @@ class _QC:
     #: takes the ink's OD off the tile pass's blocks (None: no ink to take off)
     remover: InkRemover | None = None
     stain: dict[str, Any] | None = None  # the stain normalisation record (summary.json)
+    #: the stain map the model's pixels go through (the verdict's colour is the model's view)
+    pixel_map: StainMap | None = None
 
 
 #: A tile whose area is at least this fraction artefact is not evaluated (even when the rest
@@ -379,6 +381,7 @@ def _tissue_and_tiles(
         if stain_ref is not None:
             t = time.perf_counter()
             pixel_map, qc.stain = _stain(tissue, stain_ref)
+            qc.pixel_map = pixel_map
             timings["stain_norm"] = time.perf_counter() - t
         t = time.perf_counter()
         if kinds:

@@ -46,6 +46,7 @@ __all__ = [
     "MIN_TISSUE_PX",
     "StainMap",
     "StainStats",
+    "balance_glass",
     "correct_glass",
     "fit_reference",
     "glass_od",
@@ -324,10 +325,17 @@ def correct_glass(rgb: np.ndarray, reference: StainStats) -> np.ndarray:
     when the reference has no glass or the image none to go by): the thumbnail a ``glass``
     method's tissue mask is drawn on."""
     target = reference.values.get("glass")
-    own = None if target is None else glass_od(rgb)
-    if target is None or own is None:
+    return rgb if target is None else balance_glass(rgb, target)
+
+
+def balance_glass(rgb: np.ndarray, target_od: Sequence[float]) -> np.ndarray:
+    """``rgb`` with its glass (:func:`glass_od`) brought to the OD ``target_od`` by a gain per
+    channel (clamped, :data:`GLASS_MAX_SHIFT_OD`); ``rgb`` itself when it has no glass to go
+    by. A scanner's white balance is such a gain: this takes it off."""
+    own = glass_od(rgb)
+    if own is None:
         return rgb
-    return _apply_lut(rgb, _lut_of(_glass_od_map(own, np.asarray(target))))
+    return _apply_lut(rgb, _lut_of(_glass_od_map(own, np.asarray(target_od, np.float64))))
 
 
 def stain_map(
