@@ -118,7 +118,6 @@ def samples(
 
 def reference() -> None:
     from idcmap.io.open import open_slide
-
     from idcmap.pipeline.stain import glass_od
 
     ods, glasses = [], []
@@ -133,7 +132,8 @@ def reference() -> None:
             glasses.append(g)
         print(sid, od.mean(0).round(4), None if g is None else g.round(4))
     print("REF_OD =", tuple(np.mean(ods, 0).round(4).tolist()), "(mean over the training mosaics)")
-    print("REF_GLASS_OD =", tuple(np.mean(glasses, 0).round(4).tolist()), f"({len(glasses)} mosaics)")
+    ref_glass = tuple(np.mean(glasses, 0).round(4).tolist())
+    print("REF_GLASS_OD =", ref_glass, f"({len(glasses)} mosaics)")
 
 
 def main() -> None:

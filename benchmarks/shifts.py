@@ -182,9 +182,7 @@ def shifted_slide(slide: Path, name: str, shift: Shift, cache: Path) -> Path:
     return out
 
 
-def score(
-    slide: Path, model: object, stride: int | None, qc: str = "none"
-) -> tuple[int, int, int]:
+def score(slide: Path, model: object, stride: int | None, qc: str = "none") -> tuple[int, int, int]:
     from idcmap.params import Params
     from idcmap.pipeline.segment import segment_slide
     from idcmap.train.metrics import dice_iou
