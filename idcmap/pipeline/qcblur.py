@@ -21,26 +21,37 @@ def block_sharpness(pixels: np.ndarray, cell_px: int) -> tuple[np.ndarray, np.nd
     """Per ``cell_px`` cell of a 4-µm/px block: (fine detail, medium detail) of its grey image:
     mean |g − B₁(g)| and mean |B₁(g) − B₄(g)| (B_r: PIL box blur of radius r px, fast C).
     Their ratio is the cell's sharpness, free of contrast: a blur of σ ≥ 6 µm removes the fine
-    detail far more than the medium one."""
+    detail far more than the medium one.
+
+    Measured on the central half of each cell (4× fewer pixels), each centre padded with its
+    own edge pixels as far as the two blurs reach (:data:`_REACH_PX`): a cell's figures depend on
+    its own pixels only, so the tile pass reads no neighbours for them."""
     from PIL import Image, ImageFilter
 
-    # the central half of each cell (4× fewer pixels; the filters barely cross cell seams)
     r, c = pixels.shape[0] // cell_px, pixels.shape[1] // cell_px
     q = cell_px // 4
     win = cell_px - 2 * q
     cells = pixels[: r * cell_px, : c * cell_px].reshape(r, cell_px, c, cell_px, -1)
     centre = cells[:, q : q + win, :, q : q + win].reshape(r * win, c * win, -1)
-    img = Image.fromarray(np.ascontiguousarray(centre)).convert("L")
-    g = np.asarray(img, np.int16)
+    grey = np.asarray(Image.fromarray(np.ascontiguousarray(centre)).convert("L"))
+    e = _REACH_PX
+    padded = np.pad(grey.reshape(r, win, c, win), ((0, 0), (e, e), (0, 0), (e, e)), mode="edge")
+    side = win + 2 * e
+    img = Image.fromarray(np.ascontiguousarray(padded.reshape(r * side, c * side)))
     b1i = img.filter(ImageFilter.BoxBlur(1))
-    b1 = np.asarray(b1i, np.int16)
-    b4 = np.asarray(b1i.filter(ImageFilter.BoxBlur(4)), np.int16)
+    b4i = b1i.filter(ImageFilter.BoxBlur(4))
+
+    def inner(im: Image.Image) -> np.ndarray:
+        a = np.asarray(im, np.int16).reshape(r, side, c, side)
+        return a[:, e : e + win, :, e : e + win]
+
+    g, b1, b4 = inner(img), inner(b1i), inner(b4i)
     fine, med = np.abs(g - b1), np.abs(b1 - b4)
+    return fine.mean((1, 3), dtype=np.float32), med.mean((1, 3), dtype=np.float32)
 
-    def pool(a: np.ndarray) -> np.ndarray:
-        return a.reshape(r, win, c, win).mean((1, 3), dtype=np.float32)
 
-    return pool(fine), pool(med)
+#: How far (px) the two box blurs of :func:`block_sharpness` reach together (radius 1 + 4).
+_REACH_PX = 5
 
 
 class SharpnessGrid:
@@ -65,22 +76,17 @@ class SharpnessGrid:
     def tiles_needed(self, keep: np.ndarray, fill: np.ndarray | None = None) -> np.ndarray:
         """bool, ``keep``'s shape: the tiles whose px the sharpness of every cell that
         :func:`find_blur` looks at needs (:func:`~idcmap.pipeline.infer.predict_grid`'s
-        ``read_tiles``): the cells of the kept tiles and the ``fill`` cells (the heatmap's
-        tissue cells), with their 8 neighbours (the box blurs reach 5 px into the next cell's
-        centre). Read for those tiles only, those cells' sharpness is a whole read's."""
+        ``read_tiles``): the kept tiles and those covering the ``fill`` cells (the heatmap's
+        tissue cells). A cell's sharpness depends on its own px only (:func:`block_sharpness`),
+        so read for those tiles only, those cells' sharpness is a whole read's."""
+        if fill is None or not fill.any():
+            return keep.copy()
         rows, cols = keep.shape
         k = self.fine.shape[0] - rows + 1
-        cells = np.zeros(self.fine.shape, bool)
+        tiles = keep.copy()  # and every tile covering a fill cell
         for dy in range(k):
             for dx in range(k):
-                cells[dy : dy + rows, dx : dx + cols] |= keep
-        if fill is not None:
-            cells |= fill
-        cells = ndimage.binary_dilation(cells, structure=np.ones((3, 3), bool))
-        tiles = np.zeros(keep.shape, bool)  # every tile covering a needed cell
-        for dy in range(k):
-            for dx in range(k):
-                tiles |= cells[dy : dy + rows, dx : dx + cols]
+                tiles |= fill[dy : dy + rows, dx : dx + cols]
         return tiles
 
     @property

@@ -133,13 +133,17 @@ def optical_density(rgb: np.ndarray) -> np.ndarray:
 def glass_od(rgb: np.ndarray) -> np.ndarray | None:
     """The OD (3) of the glass: per-channel median of the brightest :data:`GLASS_TOP` pixels;
     None when they do not look like glass (see :data:`GLASS_MAX_SAT`)."""
-    px = rgb.reshape(-1, 3)
+    px = np.ascontiguousarray(rgb).reshape(-1, 3)
     if len(px) == 0:
         return None
-    lum = px.sum(1, dtype=np.uint16)  # 0..765; a histogram finds the top fraction's floor
+    # 0..765; a histogram finds the top fraction's floor (channel by channel: a reduction over
+    # the 3-long axis is ~10x slower in numpy)
+    lum = px[:, 0].astype(np.uint16)
+    lum += px[:, 1]
+    lum += px[:, 2]
     counts = np.bincount(lum, minlength=766)[::-1].cumsum()
     floor = 765 - int(np.searchsorted(counts, max(1, round(len(px) * GLASS_TOP))))
-    top = np.median(px[lum >= floor], axis=0)
+    top = np.median(px[np.flatnonzero(lum >= floor)], axis=0)
     sat = (top.max() - top.min()) / max(float(top.max()), 1.0)
     od = optical_density(top.round().astype(np.uint8)).astype(np.float64)
     if od.max() > GLASS_MAX_OD or sat > GLASS_MAX_SAT:
