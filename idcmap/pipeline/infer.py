@@ -12,10 +12,10 @@ import torch
 from tqdm.auto import tqdm
 
 from idcmap.io.jpegtiff import TileDecoder
-from idcmap.io.slide import Slide
+from idcmap.io.slide import ReadLevel, Slide
 from idcmap.model.runtime import IDCModel
 from idcmap.model.runtime import torch_threads as use_torch_threads
-from idcmap.pipeline.tiles import Block, TileGrid, iter_blocks, plan_blocks
+from idcmap.pipeline.tiles import Block, BlockReader, TileGrid, plan_blocks
 
 #: Largest side, in model px, of one dense forward pass (bounds activation memory on the CPU:
 #: about 0.3 GB for 1024² px with the default widths).
@@ -56,6 +56,7 @@ def predict_grid(
     transform: Callable[[int, int, np.ndarray], np.ndarray] | None = None,
     read_tiles: np.ndarray | None = None,
     pixel_map: Callable[[np.ndarray], np.ndarray] | None = None,
+    reader: BlockReader | None = None,
 ) -> tuple[np.ndarray, InferenceStats]:
     """IDC probability of every kept tile of ``grid``.
 
@@ -84,6 +85,10 @@ def predict_grid(
     ``decoder`` (optional): the readers decode JPEG tiles with it in batches
     (:class:`~idcmap.io.jpegtorch.TorchTileDecoder`: nvjpeg on CUDA); None: Pillow.
 
+    ``reader`` (optional): blocks already being read (:func:`start_reads`, e.g. while the QC
+    stage ran) for a grid whose kept tiles include every tile this call reads; taken over and
+    closed. One that does not cover them is closed and the blocks are read afresh.
+
     Returns:
         (float32 rows×cols probabilities, NaN where the tile was not kept; statistics).
     """
@@ -94,8 +99,6 @@ def predict_grid(
         scale=rl.scale,
         chroma_mpp=rl.chroma_mpp,
     )
-    blocks = plan_blocks(grid, rl.downsample)
-    stats.blocks = len(blocks)
     prob = np.full(grid.shape, np.nan, dtype=np.float32)
     dense_ok = model.supports_dense(grid.stride_px)
     t_start = time.perf_counter()
@@ -113,35 +116,79 @@ def predict_grid(
         # per px, leaves the kept tiles' px what they would be after a whole read)
         kept_only = on_block is None or read_tiles is not None
         read_grid = grid if read_tiles is None else replace(grid, keep=grid.keep | read_tiles)
-        for block in iter_blocks(
-            slide, read_grid, rl, blocks, workers=workers, decoder=decoder, kept_only=kept_only
-        ):
-            t0 = time.perf_counter()
-            stats.wait_s += t0 - t_wait
-            if transform is not None:
-                block = replace(block, pixels=transform(block.row0, block.col0, block.pixels))
-            stats.read_s += block.read_s
-            stats.resize_s += block.resize_s
-            keep = grid.keep[block.row0 : block.row1, block.col0 : block.col1]
-            n_keep = int(keep.sum())
-            # dense costs about the block's area in tiles (overlapping tiles share their
-            # computation); cutting tiles costs one patch per kept tile
-            h, w = block.pixels.shape[:2]
-            seen = block if pixel_map is None else replace(block, pixels=pixel_map(block.pixels))
-            if dense_ok and h * w <= 1.1 * n_keep * grid.patch_px**2:
-                p = _predict_dense(model, seen, grid)
-                stats.dense_blocks += 1
-            else:
-                p = _predict_tiles(model, seen, grid, keep, batch_size)
-            prob[block.row0 : block.row1, block.col0 : block.col1] = np.where(keep, p, np.nan)
-            stats.tiles += n_keep
-            if on_block is not None:
-                on_block(block)
-            t_wait = time.perf_counter()
-            stats.model_s += t_wait - t0
-            bar.update(n_keep)
+        if reader is not None and not _covers(reader, read_grid, rl, kept_only):
+            reader.close()
+            reader = None
+        if reader is None:
+            reader = BlockReader(
+                slide,
+                read_grid,
+                rl,
+                plan_blocks(read_grid, rl.downsample),
+                workers=workers,
+                decoder=decoder,
+                kept_only=kept_only,
+            )
+        stats.blocks = len(reader.blocks)
+        with reader:
+            for block in reader:
+                t0 = time.perf_counter()
+                stats.wait_s += t0 - t_wait
+                if transform is not None:
+                    block = replace(block, pixels=transform(block.row0, block.col0, block.pixels))
+                stats.read_s += block.read_s
+                stats.resize_s += block.resize_s
+                keep = grid.keep[block.row0 : block.row1, block.col0 : block.col1]
+                n_keep = int(keep.sum())
+                # dense costs about the block's area in tiles (overlapping tiles share their
+                # computation); cutting tiles costs one patch per kept tile
+                h, w = block.pixels.shape[:2]
+                seen = block
+                if pixel_map is not None:
+                    seen = replace(block, pixels=pixel_map(block.pixels))
+                if dense_ok and h * w <= 1.1 * n_keep * grid.patch_px**2:
+                    p = _predict_dense(model, seen, grid)
+                    stats.dense_blocks += 1
+                else:
+                    p = _predict_tiles(model, seen, grid, keep, batch_size)
+                prob[block.row0 : block.row1, block.col0 : block.col1] = np.where(keep, p, np.nan)
+                stats.tiles += n_keep
+                if on_block is not None:
+                    on_block(block)
+                t_wait = time.perf_counter()
+                stats.model_s += t_wait - t0
+                bar.update(n_keep)
     stats.wall_s = time.perf_counter() - t_start
     return prob, stats
+
+
+def start_reads(
+    slide: Slide,
+    grid: TileGrid,
+    model_mpp: float,
+    *,
+    workers: int = 2,
+    decoder: TileDecoder | None = None,
+) -> BlockReader:
+    """Start reading the kept tiles of ``grid`` (as :func:`predict_grid` would, kept tiles
+    only) before the model is ready for them; hand the reader to :func:`predict_grid`."""
+    rl = slide.read_level_for_mpp(model_mpp)
+    blocks = plan_blocks(grid, rl.downsample)
+    return BlockReader(slide, grid, rl, blocks, workers=workers, decoder=decoder, kept_only=True)
+
+
+def _covers(reader: BlockReader, grid: TileGrid, rl: ReadLevel, kept_only: bool) -> bool:
+    """Whether ``reader``'s blocks hold every px :func:`predict_grid` needs for ``grid``."""
+    r = reader.grid
+    return (
+        reader.rl == rl
+        and r.shape == grid.shape
+        and r.level0_per_model_px == grid.level0_per_model_px
+        and r.bounds_level0_px == grid.bounds_level0_px
+        and (r.patch_px, r.stride_px) == (grid.patch_px, grid.stride_px)
+        and (kept_only or not reader.kept_only)
+        and not (grid.keep & ~r.keep).any()
+    )
 
 
 def threads_beside_readers(workers: int) -> int | None:

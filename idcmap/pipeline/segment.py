@@ -22,7 +22,7 @@ from idcmap.model.runtime import IDCModel, load_model
 from idcmap.params import Params
 from idcmap.pipeline.contours import contour_regions
 from idcmap.pipeline.heatmap import Heatmap, smooth, stitch
-from idcmap.pipeline.infer import InferenceStats, predict_grid
+from idcmap.pipeline.infer import InferenceStats, predict_grid, start_reads
 from idcmap.pipeline.ink import InkRemover, fill_cells
 from idcmap.pipeline.measure import measurements_summary
 from idcmap.pipeline.qc import (
@@ -377,34 +377,48 @@ def _tissue_and_tiles(
             recolour = partial(correct_glass, reference=stain_ref)
         tissue = detect_tissue(slide, target_mpp=p.tissue_mpp, recolour=recolour)
         timings["tissue"] = time.perf_counter() - t
-        pixel_map = None
-        if stain_ref is not None:
-            t = time.perf_counter()
-            pixel_map, qc.stain = _stain(tissue, stain_ref)
-            qc.pixel_map = pixel_map
-            timings["stain_norm"] = time.perf_counter() - t
-        t = time.perf_counter()
+        reader = None
         if kinds:
-            tissue, grid = _apply_qc(slide, tissue, kinds, grid_kw, qc)
-            timings["qc"] = time.perf_counter() - t
-        else:
-            grid = make_grid(slide, tissue, **grid_kw)
-        timings["grid"] = time.perf_counter() - t
-        on_block = read_tiles = None
-        if "blur" in kinds:
-            qc.sharpness = SharpnessGrid(grid.shape, stride_px, cfg.patch_px)
-            on_block = qc.sharpness.add
-            read_tiles = qc.sharpness.tiles_needed(grid.keep, qc.fill)
-        tile_prob, stats = predict_grid(
-            slide,
-            grid,
-            net,
-            on_block=on_block,
-            read_tiles=read_tiles,
-            transform=qc.remover,
-            pixel_map=pixel_map,
-            **run_kw,
-        )
+            # the readers start on the tissue's tiles while this thread runs the stain map and
+            # the QC stage (single-threaded: a core would idle); QC only takes tiles away,
+            # else predict_grid reads afresh
+            pre = make_grid(slide, tissue, **grid_kw)
+            reader = start_reads(
+                slide, pre, cfg.mpp, workers=run_kw["workers"], decoder=run_kw["decoder"]
+            )
+        try:
+            pixel_map = None
+            if stain_ref is not None:
+                t = time.perf_counter()
+                pixel_map, qc.stain = _stain(tissue, stain_ref)
+                qc.pixel_map = pixel_map
+                timings["stain_norm"] = time.perf_counter() - t
+            t = time.perf_counter()
+            if kinds:
+                tissue, grid = _apply_qc(slide, tissue, kinds, grid_kw, qc)
+                timings["qc"] = time.perf_counter() - t
+            else:
+                grid = make_grid(slide, tissue, **grid_kw)
+            timings["grid"] = time.perf_counter() - t
+            on_block = read_tiles = None
+            if "blur" in kinds:
+                qc.sharpness = SharpnessGrid(grid.shape, stride_px, cfg.patch_px)
+                on_block = qc.sharpness.add
+                read_tiles = qc.sharpness.tiles_needed(grid.keep, qc.fill)
+            tile_prob, stats = predict_grid(
+                slide,
+                grid,
+                net,
+                on_block=on_block,
+                read_tiles=read_tiles,
+                transform=qc.remover,
+                pixel_map=pixel_map,
+                reader=reader,
+                **run_kw,
+            )
+        finally:
+            if reader is not None:  # predict_grid took it over; an error before: stop it
+                reader.close()
         return tissue, grid, tile_prob, stats, False, qc
     # one pass: evaluate every tile, draw the mask from the same decoded blocks, keep the
     # tissue tiles

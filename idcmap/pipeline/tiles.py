@@ -345,54 +345,115 @@ def iter_blocks(
 
     At most ``prefetch`` blocks (default ``workers + 1``: every worker busy, one block ready)
     are in flight. A read error raises :class:`SlideError` here. ``decoder``: see
-    :meth:`Slide.read_scaled`; ``kept_only``: see :func:`read_block`.
+    :meth:`Slide.read_scaled`; ``kept_only``: see :func:`read_block`. The reads start at the
+    first block asked for (:class:`BlockReader` starts them at once).
     """
-    if prefetch is None:
-        prefetch = workers + 1
-    if workers <= 0:
-        for r0, r1, c0, c1 in blocks:
-            yield read_block(slide, grid, rl, (r0, r1), (c0, c1), decoder, kept_only)
-        return
-    local = threading.local()
-    handles: list[Slide] = []
-    lock = threading.Lock()
-
-    def task(b: tuple[int, int, int, int]) -> Block:
-        h = getattr(local, "slide", None)
-        if h is None:
-            h = slide.reopen()
-            local.slide = h
-            with lock:
-                handles.append(h)
-        r0, r1, c0, c1 = b
-        return read_block(h, grid, rl, (r0, r1), (c0, c1), decoder, kept_only)
-
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="idcmap-read")
-    pending: list[Future[Block]] = []
+    reader = BlockReader(
+        slide,
+        grid,
+        rl,
+        blocks,
+        workers=workers,
+        prefetch=prefetch,
+        decoder=decoder,
+        kept_only=kept_only,
+        start=False,
+    )
     try:
-        it = iter(blocks)
-        for b in it:
-            pending.append(pool.submit(task, b))
-            if len(pending) >= prefetch:
+        yield from reader
+    finally:
+        reader.close()
+
+
+class BlockReader:
+    """The blocks of ``grid`` (``blocks``, in order), read by ``workers`` threads, each with its
+    own slide handle, from the moment it is made (``start``): the caller can do other work (the
+    QC stage) while the first blocks are decoded. Iterate once; :meth:`close` it when done (or
+    use it as a context manager). See :func:`iter_blocks` for the arguments."""
+
+    def __init__(
+        self,
+        slide: Slide,
+        grid: TileGrid,
+        rl: ReadLevel,
+        blocks: list[tuple[int, int, int, int]],
+        *,
+        workers: int = 2,
+        prefetch: int | None = None,
+        decoder: TileDecoder | None = None,
+        kept_only: bool = False,
+        start: bool = True,
+    ) -> None:
+        self.slide, self.grid, self.rl, self.blocks = slide, grid, rl, blocks
+        self.workers = workers
+        self.prefetch = workers + 1 if prefetch is None else prefetch
+        self.decoder, self.kept_only = decoder, kept_only
+        self._local = threading.local()
+        self._handles: list[Slide] = []
+        self._lock = threading.Lock()
+        self._it = iter(blocks)
+        self._pending: list[Future[Block]] = []
+        self._pool: ThreadPoolExecutor | None = None
+        if start:
+            self._start()
+
+    def _task(self, b: tuple[int, int, int, int]) -> Block:
+        h = getattr(self._local, "slide", None)
+        if h is None:
+            h = self.slide.reopen()
+            self._local.slide = h
+            with self._lock:
+                self._handles.append(h)
+        r0, r1, c0, c1 = b
+        return read_block(h, self.grid, self.rl, (r0, r1), (c0, c1), self.decoder, self.kept_only)
+
+    def _start(self) -> None:
+        if self._pool is not None or self.workers <= 0:
+            return
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="idcmap-read")
+        for b in self._it:
+            self._pending.append(self._pool.submit(self._task, b))
+            if len(self._pending) >= self.prefetch:
                 break
-        while pending:
-            fut = pending.pop(0)
-            nxt = next(it, None)
+
+    def __iter__(self) -> Iterator[Block]:
+        if self.workers <= 0:
+            for r0, r1, c0, c1 in self._it:
+                yield read_block(
+                    self.slide, self.grid, self.rl, (r0, r1), (c0, c1), self.decoder, self.kept_only
+                )
+            return
+        self._start()
+        assert self._pool is not None
+        while self._pending:
+            fut = self._pending.pop(0)
+            nxt = next(self._it, None)
             if nxt is not None:
-                pending.append(pool.submit(task, nxt))
+                self._pending.append(self._pool.submit(self._task, nxt))
             try:
                 yield fut.result()
             except SlideError:
                 raise
             except Exception as e:  # decoding errors from deep inside a backend
-                name = Path(slide.info.path).name
+                name = Path(self.slide.info.path).name
                 raise SlideError(
                     f"{name}: cannot read pixels (corrupt or truncated?); re-export or re-scan it",
                     detail=f"{type(e).__name__}: {e}",
                 ) from e
-    finally:
-        for f in pending:
+
+    def close(self) -> None:
+        """Cancel the reads not started, wait for the others, close the workers' handles."""
+        for f in self._pending:
             f.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
-        for h in handles:
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        for h in self._handles:
             h.close()
+        self._handles.clear()
+
+    def __enter__(self) -> BlockReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
