@@ -87,10 +87,10 @@ class Params:
     simplify_um: float = 2.0  # polygon simplification tolerance
     force_rgb: bool = False  # process non-brightfield images anyway
     outline: Outline = "smooth"  # region outlines: "smooth" (threshold contour) or "cells" (edges)
-    # QC stage (idcmap.pipeline.qc): artefact kinds removed from the tissue or flagged: "all",
-    # "none" (0.2.0's behaviour, the default while the QC goals are not met: docs/qc.md) or a
+    # QC stage (idcmap.pipeline.qc): artefact kinds removed from the tissue or flagged: "all"
+    # (the default: docs/qc.md#on-by-default), "none" (0.2.0's behaviour) or a
     # comma list of ink, fold, blur, debris, border
-    qc: str = "none"
+    qc: str = "all"
     # JPEG tiles: "pillow" (libjpeg's scaled IDCT in the reader threads), "torch" (batched
     # torchvision decode on the model's device — nvjpeg on CUDA — then a box reduction there;
     # needs torchvision), "auto" = torch when the model runs on CUDA, else pillow

@@ -35,9 +35,9 @@ def block_slide(path: Path, mpp: float = 4.0) -> Path:
 
 def test_measurements_in_geojson_and_summary(tmp_path: Path) -> None:
     slide = block_slide(tmp_path / "s.tiff")
-    res = segment_slide(
-        slide, model=colour_model(threshold=0.6), progress=False, params=Params(smooth_um=0)
-    )
+    # qc none: flat synthetic colours look like ink to the QC stage
+    params = Params(smooth_um=0, qc="none")
+    res = segment_slide(slide, model=colour_model(threshold=0.6), progress=False, params=params)
     out = res.save(tmp_path / "out")
     gj = json.loads((out / "s.geojson").read_text())
     validate_qupath_geojson(gj)
@@ -137,6 +137,7 @@ def test_cli_outline_cells_and_input_errors(
     slide = block_slide(tmp_path / "c.tiff")
     out = tmp_path / "out"
     base = ["--out", str(out), "--model", str(model), "--workers", "0", "--simplify-um", "0"]
+    base += ["--qc", "none"]  # flat synthetic colours: no QC (they look like ink)
     assert main(["run", str(slide), "--outline", "cells", *base]) == 0
     s = json.loads((out / "c" / "summary.json").read_text())
     assert s["parameters"]["outline"] == "cells"

@@ -154,7 +154,7 @@ def test_api_lists_finished_slide_folders_only(server: ViewerServer, out_dir: Pa
     assert rows["8955"]["largest_focus_mm"] == m["largest_focus_greatest_dimension_mm"] > 0
     assert rows["measured"]["largest_focus_mm"] == 3.21
     assert rows["measured"]["review"] == "yes" and "ink" in rows["measured"]["review_reasons"]
-    assert rows["8955"]["review"] is None  # no QC ran
+    assert rows["8955"]["review"] == "no"  # QC ran (the default) and flagged nothing
     assert rows[None]["status"] == "failed" and "bad magic" in rows[None]["reason"]
     status, ctype, body = get(server, "/files/cohort.csv")
     assert status == 200 and ctype.startswith("text/csv") and b"corrupt.svs" in body

@@ -273,8 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--qc",
         default=d.qc,
         metavar="KINDS",
-        help="artefacts the QC stage finds: all, none (0.2.0's behaviour, the default for now: "
-        "docs/qc.md) or a comma list of ink, fold, blur, debris, border; ink on glass, "
+        help="artefacts the QC stage finds: all (the default), none (0.2.0's behaviour) or a "
+        "comma list of ink, fold, blur, debris, border; ink on glass, "
         "debris and borders are removed from the tissue, ink over tissue is taken off the "
         "pixels (or filled from the tissue around it), folds and blur flagged; the verdict "
         "goes to summary.json",
