@@ -416,6 +416,9 @@ def test_cli_serves_on_a_free_port_and_stops_on_a_signal(out_dir: Path, sig: int
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
+        # a suite started in the background by a non-interactive shell ignores SIGINT: not so
+        # the viewer a user runs
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert proc.stdout is not None
