@@ -17,7 +17,9 @@ __all__ = ["BLUR_RATIO", "SharpnessGrid", "block_sharpness", "find_blur"]
 BLUR_RATIO = 0.25
 
 
-def block_sharpness(pixels: np.ndarray, cell_px: int) -> tuple[np.ndarray, np.ndarray]:
+def block_sharpness(
+    pixels: np.ndarray, cell_px: int, cells: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per ``cell_px`` cell of a 4-µm/px block: (fine detail, medium detail) of its grey image:
     mean |g − B₁(g)| and mean |B₁(g) − B₄(g)| (B_r: PIL box blur of radius r px, fast C).
     Their ratio is the cell's sharpness, free of contrast: a blur of σ ≥ 6 µm removes the fine
@@ -25,29 +27,39 @@ def block_sharpness(pixels: np.ndarray, cell_px: int) -> tuple[np.ndarray, np.nd
 
     Measured on the central half of each cell (4× fewer pixels), each centre padded with its
     own edge pixels as far as the two blurs reach (:data:`_REACH_PX`): a cell's figures depend on
-    its own pixels only, so the tile pass reads no neighbours for them."""
+    its own pixels only, so the tile pass reads no neighbours for them. ``cells`` (bool, the
+    block's rows × cols of cells): measure those only (NaN elsewhere; the same figures)."""
     from PIL import Image, ImageFilter
 
     r, c = pixels.shape[0] // cell_px, pixels.shape[1] // cell_px
     q = cell_px // 4
     win = cell_px - 2 * q
-    cells = pixels[: r * cell_px, : c * cell_px].reshape(r, cell_px, c, cell_px, -1)
-    centre = cells[:, q : q + win, :, q : q + win].reshape(r * win, c * win, -1)
-    grey = np.asarray(Image.fromarray(np.ascontiguousarray(centre)).convert("L"))
+    grid = pixels[: r * cell_px, : c * cell_px].reshape(r, cell_px, c, cell_px, -1)
+    centre = grid[:, q : q + win, :, q : q + win].transpose(0, 2, 1, 3, 4)  # r×c×win×win×ch
+    if cells is None:
+        cells = np.ones((r, c), bool)
+    idx = np.flatnonzero(cells[:r, :c])
+    fine_out = np.full((r, c), np.nan, np.float32)
+    med_out = fine_out.copy()
+    if len(idx) == 0:
+        return fine_out, med_out
+    # the cells asked for, one under the other: a strip n·win px tall
+    strip = centre.reshape(r * c, win, win, -1)[idx].reshape(len(idx) * win, win, -1)
+    grey = np.asarray(Image.fromarray(np.ascontiguousarray(strip)).convert("L"))
     e = _REACH_PX
-    padded = np.pad(grey.reshape(r, win, c, win), ((0, 0), (e, e), (0, 0), (e, e)), mode="edge")
+    padded = np.pad(grey.reshape(-1, win, win), ((0, 0), (e, e), (e, e)), mode="edge")
     side = win + 2 * e
-    img = Image.fromarray(np.ascontiguousarray(padded.reshape(r * side, c * side)))
+    img = Image.fromarray(np.ascontiguousarray(padded.reshape(-1, side)))
     b1i = img.filter(ImageFilter.BoxBlur(1))
     b4i = b1i.filter(ImageFilter.BoxBlur(4))
 
     def inner(im: Image.Image) -> np.ndarray:
-        a = np.asarray(im, np.int16).reshape(r, side, c, side)
-        return a[:, e : e + win, :, e : e + win]
+        return np.asarray(im, np.int16).reshape(-1, side, side)[:, e : e + win, e : e + win]
 
     g, b1, b4 = inner(img), inner(b1i), inner(b4i)
-    fine, med = np.abs(g - b1), np.abs(b1 - b4)
-    return fine.mean((1, 3), dtype=np.float32), med.mean((1, 3), dtype=np.float32)
+    fine_out.flat[idx] = np.abs(g - b1).mean((1, 2), dtype=np.float32)
+    med_out.flat[idx] = np.abs(b1 - b4).mean((1, 2), dtype=np.float32)
+    return fine_out, med_out
 
 
 #: How far (px) the two box blurs of :func:`block_sharpness` reach together (radius 1 + 4).
@@ -64,14 +76,38 @@ class SharpnessGrid:
         self.stride = stride_px
         self.fine = np.full((shape[0] + k - 1, shape[1] + k - 1), np.nan, np.float32)
         self.med = self.fine.copy()
+        self.k = k
+        #: the cells whose sharpness is measured and the tiles read (:meth:`tiles_needed` sets
+        #: them; None: every cell of every block)
+        self.need: np.ndarray | None = None
+        self.read: np.ndarray | None = None
 
     def add(self, block: Any) -> None:
-        f, m = block_sharpness(block.pixels, self.stride)
+        rows, cols = block.row1 - block.row0, block.col1 - block.col0
+        want = None
+        if self.read is not None and self.need is not None:
+            # the cells this block's read tiles cover (their px are the slide's, not white)
+            # and find_blur looks at: measured there only, and only written there
+            tiles = self.read[block.row0 : block.row1, block.col0 : block.col1]
+            cover = np.zeros((rows + self.k - 1, cols + self.k - 1), bool)
+            for dy in range(self.k):
+                for dx in range(self.k):
+                    cover[dy : dy + rows, dx : dx + cols] |= tiles
+            need = self.need[block.row0 : block.row0 + cover.shape[0], block.col0 :][
+                :, : cover.shape[1]
+            ]
+            want = cover[: need.shape[0], : need.shape[1]] & need
+        f, m = block_sharpness(block.pixels, self.stride, want)
         r0, c0 = block.row0, block.col0
         hh = min(f.shape[0], self.fine.shape[0] - r0)
         ww = min(f.shape[1], self.fine.shape[1] - c0)
-        self.fine[r0 : r0 + hh, c0 : c0 + ww] = f[:hh, :ww]
-        self.med[r0 : r0 + hh, c0 : c0 + ww] = m[:hh, :ww]
+        if want is None:
+            self.fine[r0 : r0 + hh, c0 : c0 + ww] = f[:hh, :ww]
+            self.med[r0 : r0 + hh, c0 : c0 + ww] = m[:hh, :ww]
+            return
+        w = want[:hh, :ww]
+        self.fine[r0 : r0 + hh, c0 : c0 + ww][w] = f[:hh, :ww][w]
+        self.med[r0 : r0 + hh, c0 : c0 + ww][w] = m[:hh, :ww][w]
 
     def tiles_needed(self, keep: np.ndarray, fill: np.ndarray | None = None) -> np.ndarray:
         """bool, ``keep``'s shape: the tiles whose px the sharpness of every cell that
@@ -79,14 +115,20 @@ class SharpnessGrid:
         ``read_tiles``): the kept tiles and those covering the ``fill`` cells (the heatmap's
         tissue cells). A cell's sharpness depends on its own px only (:func:`block_sharpness`),
         so read for those tiles only, those cells' sharpness is a whole read's."""
-        if fill is None or not fill.any():
-            return keep.copy()
         rows, cols = keep.shape
-        k = self.fine.shape[0] - rows + 1
-        tiles = keep.copy()  # and every tile covering a fill cell
+        k = self.k
+        need = np.zeros(self.fine.shape, bool)  # the cells find_blur looks at
         for dy in range(k):
             for dx in range(k):
-                tiles |= fill[dy : dy + rows, dx : dx + cols]
+                need[dy : dy + rows, dx : dx + cols] |= keep
+        tiles = keep.copy()  # and every tile covering a fill cell
+        if fill is not None and fill.any():
+            need |= fill
+            for dy in range(k):
+                for dx in range(k):
+                    tiles |= fill[dy : dy + rows, dx : dx + cols]
+        # from now on :meth:`add` measures those cells only, where a read tile covers them
+        self.need, self.read = need, tiles
         return tiles
 
     @property
