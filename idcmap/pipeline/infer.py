@@ -143,14 +143,18 @@ def predict_grid(
                 # dense costs about the block's area in tiles (overlapping tiles share their
                 # computation); cutting tiles costs one patch per kept tile
                 h, w = block.pixels.shape[:2]
-                seen = block
-                if pixel_map is not None:
-                    seen = replace(block, pixels=pixel_map(block.pixels))
-                if dense_ok and h * w <= 1.1 * n_keep * grid.patch_px**2:
+                tile_px = n_keep * grid.patch_px**2
+                if dense_ok and h * w <= 1.1 * tile_px:
+                    seen = block
+                    if pixel_map is not None:
+                        seen = replace(block, pixels=pixel_map(block.pixels))
                     p = _predict_dense(model, seen, grid)
                     stats.dense_blocks += 1
-                else:
-                    p = _predict_tiles(model, seen, grid, keep, batch_size)
+                else:  # the colour map on whichever is smaller: the block or its kept tiles
+                    seen, tile_map = block, pixel_map
+                    if pixel_map is not None and h * w < tile_px:
+                        seen, tile_map = replace(block, pixels=pixel_map(block.pixels)), None
+                    p = _predict_tiles(model, seen, grid, keep, batch_size, tile_map)
                 prob[block.row0 : block.row1, block.col0 : block.col1] = np.where(keep, p, np.nan)
                 stats.tiles += n_keep
                 if on_block is not None:
@@ -220,7 +224,12 @@ def _predict_dense(model: IDCModel, block: Block, grid: TileGrid) -> np.ndarray:
 
 
 def _predict_tiles(
-    model: IDCModel, block: Block, grid: TileGrid, keep: np.ndarray, batch_size: int
+    model: IDCModel,
+    block: Block,
+    grid: TileGrid,
+    keep: np.ndarray,
+    batch_size: int,
+    pixel_map: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     st, p = grid.stride_px, grid.patch_px
     out = np.full(keep.shape, np.nan, dtype=np.float32)
@@ -230,6 +239,8 @@ def _predict_tiles(
     windows = np.lib.stride_tricks.sliding_window_view(block.pixels, (p, p), axis=(0, 1))[
         ::st, ::st
     ]
-    tiles = windows[rr, cc].transpose(0, 2, 3, 1)  # n×p×p×3 (fancy indexing copies)
-    out[rr, cc] = model.predict(np.ascontiguousarray(tiles), batch_size=batch_size)
+    tiles = np.ascontiguousarray(windows[rr, cc].transpose(0, 2, 3, 1))  # n×p×p×3
+    if pixel_map is not None:  # per px: the same as mapping the block first
+        tiles = pixel_map(tiles)
+    out[rr, cc] = model.predict(tiles, batch_size=batch_size)
     return out

@@ -38,13 +38,14 @@ def block_sharpness(
     centre = grid[:, q : q + win, :, q : q + win].transpose(0, 2, 1, 3, 4)  # r×c×win×win×ch
     if cells is None:
         cells = np.ones((r, c), bool)
-    idx = np.flatnonzero(cells[:r, :c])
+    rr, cc = np.nonzero(cells[:r, :c])
     fine_out = np.full((r, c), np.nan, np.float32)
     med_out = fine_out.copy()
-    if len(idx) == 0:
+    if len(rr) == 0:
         return fine_out, med_out
-    # the cells asked for, one under the other: a strip n·win px tall
-    strip = centre.reshape(r * c, win, win, -1)[idx].reshape(len(idx) * win, win, -1)
+    # the cells asked for, one under the other: a strip n·win px tall (gathered from the view:
+    # only their px are copied)
+    strip = centre[rr, cc].reshape(len(rr) * win, win, -1)
     grey = np.asarray(Image.fromarray(np.ascontiguousarray(strip)).convert("L"))
     e = _REACH_PX
     padded = np.pad(grey.reshape(-1, win, win), ((0, 0), (e, e), (e, e)), mode="edge")
@@ -57,8 +58,8 @@ def block_sharpness(
         return np.asarray(im, np.int16).reshape(-1, side, side)[:, e : e + win, e : e + win]
 
     g, b1, b4 = inner(img), inner(b1i), inner(b4i)
-    fine_out.flat[idx] = np.abs(g - b1).mean((1, 2), dtype=np.float32)
-    med_out.flat[idx] = np.abs(b1 - b4).mean((1, 2), dtype=np.float32)
+    fine_out[rr, cc] = np.abs(g - b1).mean((1, 2), dtype=np.float32)
+    med_out[rr, cc] = np.abs(b1 - b4).mean((1, 2), dtype=np.float32)
     return fine_out, med_out
 
 
