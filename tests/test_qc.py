@@ -300,3 +300,25 @@ def test_a_scanner_white_balance_is_not_taken_for_ink(mosaic: np.ndarray, tmp_pa
     reasons = v2.summary["qc"]["reasons"]
     assert any("white balance" in r for r in reasons), reasons
     assert v2.summary["qc"]["glass_od_offset"][2] > 0.06
+
+
+def test_a_slide_blurred_all_over_is_flagged(mosaic: np.ndarray, tmp_path: Path) -> None:
+    """Blur over the whole slide (σ 0.7 px at 4 µm/px, the shift table's row: −0.028 Dice) has
+    no sharp tissue to be relative to, so find_blur cannot see it; the slide's own sharpness
+    level (SOFT_P90) flags it. The same mosaic unblurred is not flagged."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiffgen import write_pyramid_tiff
+
+    from idcmap.pipeline.segment import segment_slide
+    from idcmap.train.degrade import blur
+
+    verdicts = {}
+    for name, img in (("soft", blur(mosaic, 0.7)), ("clean", mosaic)):
+        path = write_pyramid_tiff(tmp_path / f"{name}.tiff", img, 4.0)
+        verdicts[name] = segment_slide(path, progress=False, device="cpu").summary["qc"]
+    soft, clean = verdicts["soft"], verdicts["clean"]
+    assert soft["sharpness_p90"] < qc.SOFT_P90 < clean["sharpness_p90"]
+    assert any("softer" in r for r in soft["reasons"]), soft["reasons"]
+    assert not any("softer" in r for r in clean["reasons"]), clean["reasons"]

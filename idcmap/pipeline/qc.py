@@ -53,7 +53,7 @@ from idcmap.pipeline.ink import (
     soft_field,
 )
 from idcmap.pipeline.inkfield import ink_field
-from idcmap.pipeline.qcblur import SharpnessGrid, block_sharpness, find_blur
+from idcmap.pipeline.qcblur import SOFT_P90, SharpnessGrid, block_sharpness, find_blur, sharp_p90
 from idcmap.pipeline.qcpixel import (
     REF_GLASS_OD,
     PixelMLP,
@@ -85,6 +85,7 @@ __all__ = [
     "REVIEW_BLUR_NEAR_UM",
     "REVIEW_EXCLUDED",
     "REVIEW_FLAGGED",
+    "SOFT_P90",
     "QCMasks",
     "QCVerdict",
     "SharpnessGrid",
@@ -94,6 +95,7 @@ __all__ = [
     "find_blur",
     "parse_kinds",
     "pixel_features",
+    "sharp_p90",
     "verdict",
 ]
 

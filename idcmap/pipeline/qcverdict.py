@@ -14,6 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from idcmap.pipeline.ink import InkResult
+from idcmap.pipeline.qcblur import SOFT_P90
 from idcmap.pipeline.qcpixel import REF_GLASS_OD, REF_OD, optical_density
 from idcmap.pipeline.stain import glass_od
 
@@ -141,6 +142,8 @@ class QCVerdict:
     ink: dict[str, float] | None = None
     #: the glass's OD minus :data:`REF_GLASS_OD` (R, G, B) as the model sees it; None: no glass
     glass_od_offset: tuple[float, float, float] | None = None
+    #: the 90th percentile of the tissue cells' sharpness (None: blur not measured)
+    sharpness_p90: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -156,6 +159,7 @@ class QCVerdict:
             "glass_od_offset": None
             if self.glass_od_offset is None
             else [round(v, 4) for v in self.glass_od_offset],
+            "sharpness_p90": None if self.sharpness_p90 is None else round(self.sharpness_p90, 3),
             "review": self.review,
             "reasons": list(self.reasons),
         }
@@ -170,11 +174,13 @@ def verdict(
     cell_mm2: float = 0.04,
     idc_cells: np.ndarray | None = None,
     cell_um: float = 200.0,
+    sharpness_p90: float | None = None,
 ) -> QCVerdict:
     """Areas excluded per kind, colour distance, glass tint and ``review`` + reasons.
 
     ``tissue`` is the tissue mask before QC (thumbnail grid); ``rgb`` the thumbnail as the
-    model sees it (after its stain normalisation, if any); ``blur_cells``/``idc_cells``
+    model sees it (after its stain normalisation, if any); ``sharpness_p90`` the slide's sharp
+    tissue (:func:`~idcmap.pipeline.qcblur.sharp_p90`); ``blur_cells``/``idc_cells``
     (heatmap grid, cells of ``cell_mm2``) add blur's area and the "blur over/near IDC" check.
     Ink/debris/border count where they cover tissue *or* would have been taken for tissue.
     """
@@ -228,6 +234,11 @@ def verdict(
         reasons.append(
             f"tissue colour far from the training data (distance {cd:.1f} > {COLOUR_FAR})"
         )
+    if sharpness_p90 is not None and sharpness_p90 < SOFT_P90:
+        reasons.append(
+            f"the whole slide is softer than the slides the model was validated on "
+            f"(sharpness {sharpness_p90:.2f} < {SOFT_P90})"
+        )
     own = glass_od(rgb)
     offset = None if own is None else tuple(float(v) for v in own - np.asarray(REF_GLASS_OD))
     if offset is not None and max(abs(v) for v in offset) > GLASS_FAR_OD:
@@ -245,6 +256,7 @@ def verdict(
         reasons,
         ink,
         (offset[0], offset[1], offset[2]) if offset is not None else None,
+        sharpness_p90,
     )
 
 

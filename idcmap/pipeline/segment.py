@@ -32,6 +32,7 @@ from idcmap.pipeline.qc import (
     find_artefacts,
     find_blur,
     parse_kinds,
+    sharp_p90,
     verdict,
 )
 from idcmap.pipeline.regions import Region, idc_mask, mask_to_regions
@@ -124,10 +125,11 @@ def segment_slide(
         if fill.any():
             heatmap = replace(heatmap, prob=fill_cells(heatmap.prob, fill))
         timings["qc_fill"] = time.perf_counter() - t
-    blur_cells = None
+    blur_cells, sharp = None, None
     if qc.sharpness is not None:  # blur: cells of the tile pass (glass, NaN, if excluded)
         t = time.perf_counter()
         blur_cells = find_blur(qc.sharpness.ratio, heatmap.tissue)
+        sharp = sharp_p90(qc.sharpness.ratio, heatmap.tissue)
         if "blur" in EXCLUDE:
             heatmap = replace(heatmap, prob=np.where(blur_cells, np.nan, heatmap.prob))
         timings["qc_blur"] = time.perf_counter() - t
@@ -151,6 +153,7 @@ def segment_slide(
             cell_mm2=heatmap.cell_area_um2 / 1e6,
             idc_cells=mask,
             cell_um=heatmap.cell_um[0],
+            sharpness_p90=sharp,
         ).to_dict()
     timings["total"] = time.perf_counter() - t0
 
