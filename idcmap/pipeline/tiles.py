@@ -330,46 +330,15 @@ def _area_resize(region: np.ndarray, tw: int, th: int) -> np.ndarray:
     return np.asarray(out)
 
 
-def iter_blocks(
-    slide: Slide,
-    grid: TileGrid,
-    rl: ReadLevel,
-    blocks: list[tuple[int, int, int, int]],
-    *,
-    workers: int = 2,
-    prefetch: int | None = None,
-    decoder: TileDecoder | None = None,
-    kept_only: bool = False,
-) -> Iterator[Block]:
-    """Yield blocks in order, read by ``workers`` threads (each with its own slide handle).
-
-    At most ``prefetch`` blocks (default ``workers + 1``: every worker busy, one block ready)
-    are in flight. A read error raises :class:`SlideError` here. ``decoder``: see
-    :meth:`Slide.read_scaled`; ``kept_only``: see :func:`read_block`. The reads start at the
-    first block asked for (:class:`BlockReader` starts them at once).
-    """
-    reader = BlockReader(
-        slide,
-        grid,
-        rl,
-        blocks,
-        workers=workers,
-        prefetch=prefetch,
-        decoder=decoder,
-        kept_only=kept_only,
-        start=False,
-    )
-    try:
-        yield from reader
-    finally:
-        reader.close()
-
-
 class BlockReader:
     """The blocks of ``grid`` (``blocks``, in order), read by ``workers`` threads, each with its
-    own slide handle, from the moment it is made (``start``): the caller can do other work (the
-    QC stage) while the first blocks are decoded. Iterate once; :meth:`close` it when done (or
-    use it as a context manager). See :func:`iter_blocks` for the arguments."""
+    own slide handle, from the moment it is made (``start``; False: at the first block asked
+    for): the caller can do other work (the QC stage) while the first blocks are decoded.
+    Iterate once; :meth:`close` it when done (or use it as a context manager).
+
+    At most ``prefetch`` blocks (default ``workers + 1``: every worker busy, one block ready)
+    are in flight. A read error raises :class:`SlideError` while iterating. ``decoder``: see
+    :meth:`Slide.read_scaled`; ``kept_only``: see :func:`read_block`."""
 
     def __init__(
         self,
