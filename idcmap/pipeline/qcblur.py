@@ -147,10 +147,17 @@ class SharpnessGrid:
             return self.fine / np.maximum(self.med, 0.5)
 
 
-def find_blur(sharpness: np.ndarray, tissue_cells: np.ndarray, *, min_cells: int = 4) -> np.ndarray:
+def find_blur(
+    sharpness: np.ndarray,
+    tissue_cells: np.ndarray,
+    *,
+    min_cells: int = 4,
+    p90: float | None = None,
+) -> np.ndarray:
     """bool cells: tissue cells whose sharpness is < :data:`BLUR_RATIO` × the slide's 90th
-    percentile of tissue cells, smoothed (3×3 majority) and in pieces of ≥ ``min_cells``."""
-    ref = sharp_p90(sharpness, tissue_cells)
+    percentile of tissue cells (``p90``, when the caller has :func:`sharp_p90` already),
+    smoothed (3×3 majority) and in pieces of ≥ ``min_cells``."""
+    ref = p90 if p90 is not None else sharp_p90(sharpness, tissue_cells)
     if ref is None:
         return np.zeros(sharpness.shape, bool)
     t = tissue_cells & np.isfinite(sharpness)

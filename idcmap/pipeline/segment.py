@@ -128,8 +128,8 @@ def segment_slide(
     blur_cells, sharp = None, None
     if qc.sharpness is not None:  # blur: cells of the tile pass (glass, NaN, if excluded)
         t = time.perf_counter()
-        blur_cells = find_blur(qc.sharpness.ratio, heatmap.tissue)
         sharp = sharp_p90(qc.sharpness.ratio, heatmap.tissue)
+        blur_cells = find_blur(qc.sharpness.ratio, heatmap.tissue, p90=sharp)
         if "blur" in EXCLUDE:
             heatmap = replace(heatmap, prob=np.where(blur_cells, np.nan, heatmap.prob))
         timings["qc_blur"] = time.perf_counter() - t
