@@ -14,7 +14,8 @@ for the aggregator); ink over tissue stays tissue — its optical density is tak
 pixels before the network sees them, and where ink is left after that, its cells get the
 probability of the tissue around them (:mod:`idcmap.pipeline.ink`, :mod:`~.inkfield`); folds
 and blur are reported (area, ``review``) but kept, because removing them cost Dice where they
-lay over IDC that the model still finds.
+lay over IDC that the model still finds; blurred cells get their logit raised by
+:data:`BLUR_LOGIT_SHIFT` (:func:`lift_blurred`: blurred IDC reads paler).
 
 Methods (the classifier trained on artefacts painted onto the training mosaics):
 
@@ -53,7 +54,15 @@ from idcmap.pipeline.ink import (
     soft_field,
 )
 from idcmap.pipeline.inkfield import ink_field
-from idcmap.pipeline.qcblur import SOFT_P90, SharpnessGrid, block_sharpness, find_blur, sharp_p90
+from idcmap.pipeline.qcblur import (
+    BLUR_LOGIT_SHIFT,
+    SOFT_P90,
+    SharpnessGrid,
+    block_sharpness,
+    find_blur,
+    lift_blurred,
+    sharp_p90,
+)
 from idcmap.pipeline.qcpixel import (
     REF_GLASS_OD,
     PixelMLP,
@@ -78,6 +87,7 @@ from idcmap.pipeline.stain import balance_glass
 from idcmap.pipeline.tissue import tissue_mask_from_rgb
 
 __all__ = [
+    "BLUR_LOGIT_SHIFT",
     "COLOUR_FAR",
     "EXCLUDE",
     "GLASS_FAR_OD",
@@ -93,6 +103,7 @@ __all__ = [
     "colour_distance",
     "find_artefacts",
     "find_blur",
+    "lift_blurred",
     "parse_kinds",
     "pixel_features",
     "sharp_p90",

@@ -3,12 +3,23 @@ blur), and the out-of-focus cells (used by :mod:`idcmap.pipeline.qc`)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["BLUR_RATIO", "SOFT_P90", "SharpnessGrid", "block_sharpness", "find_blur", "sharp_p90"]
+__all__ = [
+    "BLUR_LOGIT_SHIFT",
+    "BLUR_RATIO",
+    "FLAT_DETAIL",
+    "SOFT_P90",
+    "SharpnessGrid",
+    "block_sharpness",
+    "find_blur",
+    "lift_blurred",
+    "sharp_p90",
+]
 
 #: A tissue cell is blurred when its sharpness is below this fraction of the slide's 90th
 #: percentile of tissue cells (the sharp tissue; a median moves when blur covers half a slide).
@@ -23,6 +34,20 @@ BLUR_RATIO = 0.25
 #: only: 1.56–1.59), CMU-1-Small-Region.svs 1.84; the 6 test mosaics blurred by σ 0.7 px (2.8 µm,
 #: −0.028 Dice) 0.63–0.85.
 SOFT_P90 = 0.95
+
+#: A cell whose medium detail (:func:`block_sharpness`, grey levels) is below this has no
+#: texture to judge focus by: flat glass that a tinted slide got counted as tissue (a colour
+#: transfer of the shift table: 60 % of 8913's "tissue" had exactly 0), not blurred tissue (the
+#: painted battery's blurred cells: ≥ 0.3 on 9 slides). Its sharpness is undefined (NaN).
+FLAT_DETAIL = 0.1
+
+#: Blur takes the detail the network reads IDC from, so its probability falls on blurred IDC
+#: (a painted band over IDC: −0.079 pooled Dice with ``idc-v4-glass``); the cells
+#: :func:`find_blur` finds get this much added to their logit before the aggregator
+#: (:func:`lift_blurred`). Fitted on the 3 VALID mosaics' painted-blur battery (0, 1, 2, 3:
+#: pooled Dice 0.729, 0.791, 0.808, 0.780; clean 0.819); the command and the TEST figures are
+#: in docs/qc.md#blur-lift.
+BLUR_LOGIT_SHIFT = 2.0
 
 
 def block_sharpness(
@@ -142,9 +167,11 @@ class SharpnessGrid:
 
     @property
     def ratio(self) -> np.ndarray:
-        """float32 sharpness on the heatmap's grid (NaN where no block was read)."""
+        """float32 sharpness on the heatmap's grid (NaN where no block was read, and where a
+        cell has no detail to measure it by: :data:`FLAT_DETAIL`)."""
         with np.errstate(invalid="ignore", divide="ignore"):
-            return self.fine / np.maximum(self.med, 0.5)
+            r = self.fine / np.maximum(self.med, 0.5)
+        return np.where(self.med >= FLAT_DETAIL, r, np.nan).astype(np.float32)
 
 
 def find_blur(
@@ -178,3 +205,16 @@ def sharp_p90(sharpness: np.ndarray, tissue_cells: np.ndarray) -> float | None:
     if t.sum() < 10:
         return None
     return float(np.percentile(sharpness[t], 90))
+
+
+def lift_blurred(
+    prob: np.ndarray, cells: np.ndarray, shift: float = BLUR_LOGIT_SHIFT
+) -> np.ndarray:
+    """float32 ``prob`` (rows×cols heatmap, NaN off tissue) with ``shift`` added to the logit
+    of the ``cells`` (:func:`find_blur`'s); the other cells unchanged."""
+    out = np.array(prob, dtype=np.float32, copy=True)
+    sel = cells & np.isfinite(out)
+    if shift and sel.any():
+        p = np.clip(out[sel].astype(np.float64), 1e-6, 1 - 1e-6)
+        out[sel] = 1.0 / (1.0 + (1.0 - p) / p * math.exp(-shift))
+    return out

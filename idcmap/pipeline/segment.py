@@ -31,6 +31,7 @@ from idcmap.pipeline.qc import (
     SharpnessGrid,
     find_artefacts,
     find_blur,
+    lift_blurred,
     parse_kinds,
     sharp_p90,
     verdict,
@@ -132,6 +133,8 @@ def segment_slide(
         blur_cells = find_blur(qc.sharpness.ratio, heatmap.tissue, p90=sharp)
         if "blur" in EXCLUDE:
             heatmap = replace(heatmap, prob=np.where(blur_cells, np.nan, heatmap.prob))
+        elif blur_cells.any():  # blurred IDC reads paler: lift it before the aggregator
+            heatmap = replace(heatmap, prob=lift_blurred(heatmap.prob, blur_cells))
         timings["qc_blur"] = time.perf_counter() - t
     t = time.perf_counter()
     smoothed = agg.refine(heatmap) if agg is not None else smooth(heatmap, smooth_um)
