@@ -305,7 +305,8 @@ def test_a_scanner_white_balance_is_not_taken_for_ink(mosaic: np.ndarray, tmp_pa
 def test_a_slide_blurred_all_over_is_flagged(mosaic: np.ndarray, tmp_path: Path) -> None:
     """Blur over the whole slide (σ 0.7 px at 4 µm/px, the shift table's row: −0.028 Dice) has
     no sharp tissue to be relative to, so find_blur cannot see it; the slide's own sharpness
-    level (SOFT_P90) flags it. The same mosaic unblurred is not flagged."""
+    level (SOFT_P90) flags it, and lifts its tissue's logit (SOFT_LOGIT_SHIFT). The same
+    mosaic unblurred is neither flagged nor lifted."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -314,11 +315,20 @@ def test_a_slide_blurred_all_over_is_flagged(mosaic: np.ndarray, tmp_path: Path)
     from idcmap.pipeline.segment import segment_slide
     from idcmap.train.degrade import blur
 
-    verdicts = {}
+    verdicts, idc = {}, {}
     for name, img in (("soft", blur(mosaic, 0.7)), ("clean", mosaic)):
         path = write_pyramid_tiff(tmp_path / f"{name}.tiff", img, 4.0)
-        verdicts[name] = segment_slide(path, progress=False, device="cpu").summary["qc"]
+        summary = segment_slide(path, progress=False, device="cpu").summary
+        verdicts[name], idc[name] = summary["qc"], summary["idc_area_mm2"]
+        unlifted = Params(qc="ink,fold,debris,border")  # no sharpness: no lift
+        idc[name, "unlifted"] = segment_slide(
+            path, progress=False, device="cpu", params=unlifted
+        ).summary["idc_area_mm2"]
     soft, clean = verdicts["soft"], verdicts["clean"]
+    # the soft slide's tissue gets SOFT_LOGIT_SHIFT: its IDC comes back towards the clean
+    # slide's (measured: clean 4.84, soft 3.04 → 5.04 mm²); the clean slide gets no lift
+    assert idc["clean"] == idc["clean", "unlifted"], idc
+    assert abs(idc["soft"] - idc["clean"]) < abs(idc["soft", "unlifted"] - idc["clean"]), idc
     assert soft["sharpness_p90"] < qc.SOFT_P90 < clean["sharpness_p90"]
     assert any("softer" in r for r in soft["reasons"]), soft["reasons"]
     assert not any("softer" in r for r in clean["reasons"]), clean["reasons"]

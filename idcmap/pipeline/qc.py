@@ -15,7 +15,8 @@ pixels before the network sees them, and where ink is left after that, its cells
 probability of the tissue around them (:mod:`idcmap.pipeline.ink`, :mod:`~.inkfield`); folds
 and blur are reported (area, ``review``) but kept, because removing them cost Dice where they
 lay over IDC that the model still finds; blurred cells get their logit raised by
-:data:`BLUR_LOGIT_SHIFT` (:func:`lift_blurred`: blurred IDC reads paler).
+:data:`BLUR_LOGIT_SHIFT` (:func:`lift_blurred`: blurred IDC reads paler), and every tissue
+cell of a slide soft all over (below :data:`SOFT_P90`) :data:`SOFT_LOGIT_SHIFT`.
 
 Methods (the classifier trained on artefacts painted onto the training mosaics):
 
@@ -56,6 +57,7 @@ from idcmap.pipeline.ink import (
 from idcmap.pipeline.inkfield import ink_field
 from idcmap.pipeline.qcblur import (
     BLUR_LOGIT_SHIFT,
+    SOFT_LOGIT_SHIFT,
     SOFT_P90,
     SharpnessGrid,
     block_sharpness,
@@ -95,6 +97,7 @@ __all__ = [
     "REVIEW_BLUR_NEAR_UM",
     "REVIEW_EXCLUDED",
     "REVIEW_FLAGGED",
+    "SOFT_LOGIT_SHIFT",
     "SOFT_P90",
     "QCMasks",
     "QCVerdict",

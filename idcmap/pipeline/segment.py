@@ -27,6 +27,8 @@ from idcmap.pipeline.ink import InkRemover, fill_cells
 from idcmap.pipeline.measure import measurements_summary
 from idcmap.pipeline.qc import (
     EXCLUDE,
+    SOFT_LOGIT_SHIFT,
+    SOFT_P90,
     QCMasks,
     SharpnessGrid,
     find_artefacts,
@@ -135,6 +137,9 @@ def segment_slide(
             heatmap = replace(heatmap, prob=np.where(blur_cells, np.nan, heatmap.prob))
         elif blur_cells.any():  # blurred IDC reads paler: lift it before the aggregator
             heatmap = replace(heatmap, prob=lift_blurred(heatmap.prob, blur_cells))
+        if sharp is not None and sharp < SOFT_P90:  # so does a slide soft all over
+            rest = heatmap.tissue & ~blur_cells
+            heatmap = replace(heatmap, prob=lift_blurred(heatmap.prob, rest, SOFT_LOGIT_SHIFT))
         timings["qc_blur"] = time.perf_counter() - t
     t = time.perf_counter()
     smoothed = agg.refine(heatmap) if agg is not None else smooth(heatmap, smooth_um)
