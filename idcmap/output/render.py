@@ -145,14 +145,31 @@ def _sample_surface(
         return out, shown
     tissue = np.isfinite(prob)
     shown[np.ix_(oky, okx)] = tissue[np.ix_(cy[oky], cx[okx])]
-    yy, xx = np.meshgrid(np.clip(gy, 0, rows - 1), np.clip(gx, 0, cols - 1), indexing="ij")
-    coords = np.stack([yy.ravel(), xx.ravel()])
-    num = ndimage.map_coordinates(np.where(tissue, prob, 0.0), coords, order=1, mode="nearest")
-    den = ndimage.map_coordinates(tissue.astype(np.float64), coords, order=1, mode="nearest")
+    # bilinear on a grid of picture px is separable: rows, then columns, as two matrix
+    # products (what map_coordinates(order=1, mode="nearest") gives, 5x faster)
+    wy, wx = _lerp_weights(gy, rows), _lerp_weights(gx, cols)
+    num = wy @ (np.where(tissue, prob, 0.0) @ wx.T)
+    den = wy @ (tissue.astype(np.float64) @ wx.T)
     with np.errstate(invalid="ignore", divide="ignore"):
-        val = (num / den).reshape(shown.shape)
+        val = num / den
     out[shown] = val[shown].astype(np.float32)
     return out, shown
+
+
+def _lerp_weights(g: np.ndarray, n: int) -> np.ndarray:
+    """len(g)×n weights of linear interpolation at grid coordinates ``g`` (clamped to the
+    grid: the edge cells' values hold beyond their centres)."""
+    g = np.clip(g, 0, n - 1)
+    w = np.zeros((len(g), n), np.float64)
+    if n == 1:
+        w[:, 0] = 1.0
+        return w
+    i0 = np.minimum(np.floor(g).astype(np.int64), n - 2)
+    f = g - i0
+    at = np.arange(len(g))
+    w[at, i0] = 1.0 - f
+    w[at, i0 + 1] = f
+    return w
 
 
 def _outline(
