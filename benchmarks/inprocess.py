@@ -26,9 +26,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--label", default="")
     a = ap.parse_args()
-    from idcmap.model.runtime import load_model
+    try:
+        from idcmap.model.runtime import load_model
+        from idcmap.pipeline.segment import segment_slide
+    except ImportError:  # 0.2.0's flat layout
+        from idcmap.api import segment_slide
+        from idcmap.model import load_model
     from idcmap.params import Params
-    from idcmap.pipeline.segment import segment_slide
 
     model = load_model(None, device="cpu")
     params = Params() if a.qc == "default" else Params(qc=a.qc)
