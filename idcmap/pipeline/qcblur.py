@@ -219,7 +219,7 @@ def lift_blurred(
     prob: np.ndarray, cells: np.ndarray, shift: float = BLUR_LOGIT_SHIFT
 ) -> np.ndarray:
     """float32 ``prob`` (rows×cols heatmap, NaN off tissue) with ``shift`` added to the logit
-    of the ``cells`` (:func:`find_blur`'s); the other cells unchanged."""
+    of the ``cells`` (:func:`find_blur`'s, or a soft slide's tissue); the other cells unchanged."""
     out = np.array(prob, dtype=np.float32, copy=True)
     sel = cells & np.isfinite(out)
     if shift and sel.any():
