@@ -20,6 +20,12 @@ from idcmap.pipeline.tiles import Block, BlockReader, TileGrid, plan_blocks
 #: Largest side, in model px, of one dense forward pass (bounds activation memory on the CPU:
 #: about 0.3 GB for 1024² px with the default widths).
 MAX_DENSE_PX = 1024
+#: Blocks the readers that :func:`start_reads` starts may decode ahead of the model (a block
+#: is at most 1024² model px, 3.1 MB: 38 MB in all). They start before the QC stage, which
+#: runs on one thread, and keep the other core busy through it. At the usual ``workers + 1``
+#: they stalled after 3 blocks and the QC stage's time added to the slide's (measured in
+#: docs/performance.md).
+READ_AHEAD_BLOCKS = 12
 
 
 @dataclass
@@ -178,7 +184,16 @@ def start_reads(
     only) before the model is ready for them; hand the reader to :func:`predict_grid`."""
     rl = slide.read_level_for_mpp(model_mpp)
     blocks = plan_blocks(grid, rl.downsample)
-    return BlockReader(slide, grid, rl, blocks, workers=workers, decoder=decoder, kept_only=True)
+    return BlockReader(
+        slide,
+        grid,
+        rl,
+        blocks,
+        workers=workers,
+        decoder=decoder,
+        kept_only=True,
+        prefetch=max(READ_AHEAD_BLOCKS, workers + 1),
+    )
 
 
 def _covers(reader: BlockReader, grid: TileGrid, rl: ReadLevel, kept_only: bool) -> bool:
