@@ -88,6 +88,31 @@ def test_white_balance(tile: np.ndarray) -> None:
     assert np.array_equal(dg.white_balance(tile, (1, 1, 1)), tile)
 
 
+def test_od_offset(tile: np.ndarray) -> None:
+    """An added OD multiplies each channel by exp(-od); a negative one brightens, clipped."""
+    assert np.array_equal(dg.od_offset(tile, (0, 0, 0)), tile)
+    out = dg.od_offset(tile, (0.2, 0.0, 0.1))
+    ratio = out.reshape(-1, 3).astype(float).sum(0) / tile.reshape(-1, 3).astype(float).sum(0)
+    np.testing.assert_allclose(ratio, np.exp([-0.2, 0.0, -0.1]), atol=0.005)
+    bright = dg.od_offset(tile, (-0.5, -0.5, -0.5))
+    assert bright.max() == 255 and (bright >= tile).all()
+    with pytest.raises(ValueError, match="3 values"):
+        dg.od_offset(tile, (0.1, 0.1))
+
+
+def test_scanner_augment_od_offset_is_opt_in(patches: np.ndarray) -> None:
+    """Off by default and drawing nothing then (earlier recipes keep their random stream); on,
+    it moves some patches' colour along a random OD direction."""
+    aug = dg.ScannerAugment(p_hed=0, p_gain=0, p_blur=0, p_jpeg=0)
+    assert np.array_equal(aug(patches[:32], np.random.default_rng(0)), patches[:32])
+    on = dg.ScannerAugment(p_hed=0, p_gain=0, p_blur=0, p_jpeg=0, p_od=1.0, od_max=0.3)
+    out = on(patches[:32], np.random.default_rng(0))
+    od = -np.log(np.maximum(out.astype(float), 1) / np.maximum(patches[:32].astype(float), 1))
+    per_patch = np.median(od.reshape(32, -1, 3), axis=1)  # one offset per patch
+    assert (np.abs(per_patch).max(1) > 0.02).mean() > 0.8
+    assert np.linalg.norm(per_patch, axis=1).max() <= 0.3 + 0.02
+
+
 def test_hed_shift_identity_and_direction(patches: np.ndarray) -> None:
     from skimage.color import rgb2hed
 

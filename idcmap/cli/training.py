@@ -169,6 +169,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--blur-p", type=float, help="its blur's probability per patch (0.15)")
     tr.add_argument("--blur-max-px", type=float, help="its top blur sigma: U(0.2, it) px (0.8)")
     tr.add_argument(
+        "--od-p", type=float, help="its OD offset's probability per patch (0: none; un-inking)"
+    )
+    tr.add_argument("--od-max", type=float, help="its largest OD offset, natural log (0.2)")
+    tr.add_argument(
         "--distill-from",
         metavar="MODEL",
         help="teacher: match its p(IDC) of the clean patch (idcmap.train.distill)",
@@ -351,9 +355,16 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scanner_augment(refs: list[Path] | None, blur_p: float | None, max_px: float | None) -> Any:
+def _scanner_augment(
+    refs: list[Path] | None,
+    blur_p: float | None,
+    max_px: float | None,
+    od_p: float | None = None,
+    od_max: float | None = None,
+) -> Any:
     """The ScannerAugment of ``--scanner-augment`` (train() measures its source statistics);
-    ``blur_p`` / ``max_px``: its blur probability and largest sigma in px (None: its own)."""
+    ``blur_p`` / ``max_px``: its blur probability and largest sigma in px, ``od_p`` /
+    ``od_max``: its OD offset's (None: its own)."""
     if refs is None:
         return None
     from idcmap.train.degrade import ScannerAugment, load_refs
@@ -363,6 +374,10 @@ def _scanner_augment(refs: list[Path] | None, blur_p: float | None, max_px: floa
     aug.blur_max = aug.blur_max if max_px is None else max_px
     if not (0.0 <= aug.p_blur <= 1.0 and aug.blur_max > 0.2):
         raise UsageError("--blur-p must be in [0, 1] and --blur-max-px > 0.2 (U(0.2, it) px)")
+    aug.p_od = aug.p_od if od_p is None else od_p
+    aug.od_max = aug.od_max if od_max is None else od_max
+    if not (0.0 <= aug.p_od <= 1.0 and aug.od_max > 0):
+        raise UsageError("--od-p must be in [0, 1] and --od-max > 0")
     return aug
 
 
@@ -392,7 +407,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_patches=args.max_patches,
         threshold_criterion=args.threshold_criterion,
         augment=not args.no_augment,
-        degrade=_scanner_augment(args.scanner_augment, args.blur_p, args.blur_max_px),
+        degrade=_scanner_augment(
+            args.scanner_augment, args.blur_p, args.blur_max_px, args.od_p, args.od_max
+        ),
         init=args.init,
         distill_from=args.distill_from,
         distill_weight=args.distill_weight,

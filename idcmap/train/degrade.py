@@ -39,6 +39,7 @@ __all__ = [
     "lab_stats",
     "lab_to_rgb",
     "load_refs",
+    "od_offset",
     "reinhard",
     "reinhard_to",
     "rgb_to_lab",
@@ -113,6 +114,20 @@ def white_balance(img: np.ndarray, gains: Sequence[float] | np.ndarray) -> np.nd
     if g.shape[-1] != 3:
         raise ValueError("gains need 3 values (R, G, B)")
     return _to_u8(img.astype(np.float32) * g)
+
+
+def od_offset(img: np.ndarray, od: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Add ``od`` (natural-log optical density per R, G, B channel) to every pixel: a uniform
+    absorber over the image (positive) or its over-removal (negative, brighter, clipped at 255).
+
+    What un-inking leaves under a marker: the ink's OD field is estimated, smooth over a few
+    hundred µm, so within a patch its error is one offset, of either sign, in the ink's colour.
+    ``od`` of shape (3,) or broadcastable to ``img`` (e.g. N×1×1×3 for a batch)."""
+    _check(img)
+    d = np.asarray(od, dtype=np.float32)
+    if d.shape[-1] != 3:
+        raise ValueError("od needs 3 values (R, G, B)")
+    return _to_u8(img.astype(np.float32) * np.exp(-d))
 
 
 def hed_shift(
@@ -254,9 +269,11 @@ class ScannerAugment:
     In the order the physics applies them, each with its own probability per image: stain
     amount (HED scale ``1 ± hed_scale`` and shift ``± hed_shift`` per stain), colour transfer to
     one of ``refs`` at strength U(0, ``transfer_max``) from ``source`` (the training data's
-    lαβ statistics), white balance gains U(``gain_range``) per channel, Gaussian blur
-    U(0, ``blur_max``) px, and last a JPEG re-encode at quality U(``quality_range``) with the
-    chroma subsampling drawn from ``subsampling_p``. Deterministic given the generator.
+    lαβ statistics), an OD offset of a random direction and size U(0, ``od_max``) (what
+    un-inking leaves: :func:`od_offset`; off unless ``p_od`` > 0), white balance gains
+    U(``gain_range``) per channel, Gaussian blur U(0, ``blur_max``) px, and last a JPEG
+    re-encode at quality U(``quality_range``) with the chroma subsampling drawn from
+    ``subsampling_p``. Deterministic given the generator.
     """
 
     source: LabStats | None = None
@@ -266,6 +283,8 @@ class ScannerAugment:
     hed_shift: float = 0.012
     p_transfer: float = 0.3
     transfer_max: float = 0.8
+    p_od: float = 0.0
+    od_max: float = 0.2
     p_gain: float = 0.5
     gain_range: tuple[float, float] = (0.91, 1.05)
     p_blur: float = 0.15
@@ -316,6 +335,15 @@ class ScannerAugment:
                 a = rng.uniform(0, self.transfer_max, (k, 1, 1, 1))
                 scale = sd_t / sd_s
                 x[sel] = _affine_lab(x[sel], rgb_to_lab(x[sel]), scale, mu_t - mu_s * scale, a)
+        # a uniform absorber, or its over-removal, in any colour (no draw when off: the
+        # generator's stream, and so earlier recipes, stay as they were)
+        sel = np.flatnonzero(rng.random(n) < self.p_od) if self.p_od > 0 else np.empty(0, int)
+        if len(sel):
+            k = len(sel)
+            u = rng.normal(size=(k, 3))
+            u /= np.linalg.norm(u, axis=1, keepdims=True)
+            d = u * rng.uniform(0, self.od_max, (k, 1))
+            x[sel] = od_offset(x[sel], d.reshape(k, 1, 1, 3))
         # scanner white balance
         sel = np.flatnonzero(rng.random(n) < self.p_gain)
         if len(sel):
