@@ -38,6 +38,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_jpeg_tiff(d / "p420.tiff", big, subsampling=2, downsamples=(1, 4, 16), mpp=1.0, tile=256)
     (d / "empty.tiff").write_bytes(b"")
     (d / "notes.tiff").write_bytes(b"these are not the pixels you are looking for\n" * 50)
+    whole = (d / "he.tiff").read_bytes()
+    (d / "cut.tiff").write_bytes(whole[: len(whole) * 3 // 4])  # an upload cut short
     return d
 
 
@@ -64,6 +66,7 @@ def test_a_remote_slide_reads_like_the_local_file_and_only_what_it_needs(root: P
         ("no-such.tiff", SlideError, "not found"),
         ("empty.tiff", SlideError, "is empty"),
         ("notes.tiff", SlideError, "not a TIFF-based slide"),
+        ("cut.tiff", SlideError, "damaged or truncated TIFF"),
     ],
 )
 def test_remote_failures_are_one_line(root: Path, name: str, error: type, words: str) -> None:

@@ -156,6 +156,25 @@ def test_truncated_and_empty(shared: Path, tmp_path: Path) -> None:
         open_slide(empty)
 
 
+@pytest.mark.parametrize("keep", [600, 0.8])
+def test_truncated_tiff_is_refused_before_any_read(
+    gen: dict[str, Path], tmp_path: Path, keep: float
+) -> None:
+    """A copy cut short keeps its header: cut inside its directory (its tile tables lost) or
+    after it (tiles lost), it is refused when opened, on one line, whatever the backend. Before,
+    tiffslide read the lost tiles as blank, and such a slide came out as "no tissue"."""
+    data = gen["cm"].read_bytes()
+    cut = tmp_path / "cut.tiff"
+    cut.write_bytes(data[: int(keep if keep > 1 else len(data) * keep)])
+    for backend in ("auto", "tiffslide", "openslide"):
+        with pytest.raises(SlideError, match="damaged or truncated TIFF") as ei:
+            open_slide(cut, backend=backend)
+        assert "\n" not in str(ei.value) and "cut.tiff" in str(ei.value)
+        assert "pixel data" in ei.value.detail  # what is missing, for --debug
+    with open_slide(gen["cm"]) as s:  # the whole file still opens
+        assert s.info.level_count >= 1
+
+
 def test_missing_dir_and_bad_options(tmp_path: Path, gen: dict[str, Path]) -> None:
     with pytest.raises(SlideError, match="no such file"):
         open_slide(tmp_path / "nope.svs")

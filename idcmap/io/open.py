@@ -124,6 +124,11 @@ def open_slide(
     spath = _resolve_path(path)
     name = Path(spath).name
     facts = tiff_facts(spath)
+    if facts is not None and facts.damaged is not None:
+        raise SlideError(
+            f"{name}: a damaged or truncated TIFF; copy or export it again",
+            detail=facts.damaged,
+        )
     scaling: Any = None
     if facts is not None and facts.non_rgb is not None:
         if not allow_non_rgb:

@@ -106,6 +106,10 @@ def open_remote_slide(
             f"{url_name(url)}: not a TIFF-based slide; remote slides are read with tiffslide "
             "(SVS, NDPI, pyramidal or OME TIFF); copy other formats locally"
         )
+    if facts.damaged is not None:
+        raise SlideError(
+            f"{url_name(url)}: a damaged or truncated TIFF; upload it again", detail=facts.damaged
+        )
     scaling: Any = None
     if facts.non_rgb is not None:
         if not allow_non_rgb:

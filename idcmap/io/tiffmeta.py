@@ -1,9 +1,11 @@
 """What tifffile says about a TIFF before any backend opens it: pixel type (refuse or convert
-non-RGB), pyramid depth (OME / SubIFD levels OpenSlide misses), resolution tags."""
+non-RGB), pyramid depth (OME / SubIFD levels OpenSlide misses), resolution tags, and pixel data
+that is missing or lies past the end of the file (a truncated copy)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +21,28 @@ class TiffFacts:
     is_ome: bool = False
     res_mpp: tuple[float, float] | None = None
     res_note: str | None = None
+    damaged: str | None = None
+
+
+#: image pages checked for their pixel data (a pyramid has a few; stacks need no more)
+MAX_PAGES_CHECKED = 64
+
+
+def _damage(tif: Any) -> str | None:
+    """Why the file's image data cannot all be there, or None. A truncated copy keeps its
+    header, so backends open it; tiffslide then reads the lost tiles as blank (a slide with
+    "no tissue"), OpenSlide fails on the first lost tile. Either way say so before reading."""
+    size = int(tif.filehandle.size)  # a local file or a remote object's file handle
+    for i, page in enumerate(tif.pages[:MAX_PAGES_CHECKED]):
+        if page is None or not getattr(page, "shape", None):
+            continue
+        offsets, counts = page.dataoffsets, page.databytecounts
+        if not offsets or len(offsets) != len(counts):
+            return f"image {i} has no pixel data"
+        ends = np.asarray(offsets, dtype=np.int64) + np.asarray(counts, dtype=np.int64)
+        if int(ends.max()) > size:
+            return f"image {i}'s pixel data ends past the file's {size:,} bytes"
+    return None
 
 
 def tiff_facts(path: str) -> TiffFacts | None:
@@ -47,6 +71,7 @@ def tiff_facts(path: str) -> TiffFacts | None:
             except Exception:
                 facts.levels = 1
             facts.res_mpp, facts.res_note = mpp_from_tags(page)
+            facts.damaged = _damage(tif)
             return facts
     except Exception:
         return None
