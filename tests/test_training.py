@@ -436,8 +436,9 @@ def test_distillation_from_a_frozen_teacher(idc_data: Path, tmp_path: Path) -> N
 
 
 def test_scanner_augment_blur_options(tmp_path: Path) -> None:
-    """--blur-p / --blur-max-px set ScannerAugment's blur probability and largest sigma (the
-    rest of the recipe as without them); out-of-range values are refused."""
+    """--blur-p / --blur-max-px set ScannerAugment's blur probability and largest sigma, --od-p /
+    --od-max its OD offset (the rest of the recipe as without them); out-of-range values are
+    refused."""
     from idcmap.cli.training import _scanner_augment, register
     from idcmap.errors import UsageError
     from idcmap.train.degrade import ScannerAugment
@@ -449,15 +450,19 @@ def test_scanner_augment_blur_options(tmp_path: Path) -> None:
     register(parser.add_subparsers(dest="command"))
     argv = ["train", "--data", "p", "--out", "m.json", "--scanner-augment", *map(str, refs)]
     args = parser.parse_args([*argv, "--blur-p", "0.5", "--blur-max-px", "2.5"])
-    aug = _scanner_augment(args.scanner_augment, args.blur_p, args.blur_max_px)
+    aug = _scanner_augment(args)
     assert (aug.p_blur, aug.blur_max) == (0.5, 2.5) and len(aug.refs) == 2
     plain = parser.parse_args(argv)
-    dflt = _scanner_augment(plain.scanner_augment, plain.blur_p, plain.blur_max_px)
+    dflt = _scanner_augment(plain)
     assert (dflt.p_blur, dflt.blur_max) == (ScannerAugment.p_blur, ScannerAugment.blur_max)
-    assert _scanner_augment(None, 0.5, 2.5) is None  # no --scanner-augment: no degradation
-    for bad in ((1.5, None), (None, 0.1)):
+    assert dflt.p_od == 0.0  # the OD offset is opt-in
+    od = _scanner_augment(parser.parse_args([*argv, "--od-p", "0.3", "--od-max", "0.2"]))
+    assert (od.p_od, od.od_max, od.p_blur) == (0.3, 0.2, ScannerAugment.p_blur)
+    no_refs = parser.parse_args(["train", "--data", "p", "--out", "m.json", "--blur-p", "0.5"])
+    assert _scanner_augment(no_refs) is None  # no --scanner-augment: no degradation
+    for bad in (["--blur-p", "1.5"], ["--blur-max-px", "0.1"], ["--od-p", "2"], ["--od-max", "0"]):
         with pytest.raises(UsageError):
-            _scanner_augment(refs, *bad)
+            _scanner_augment(parser.parse_args([*argv, *bad]))
     # p 1: every patch of a batch is blurred (sigma ≥ 0.2 px), so high frequencies drop
     x = data.load_patches(data.list_patches(FIXTURE_PATCHES))[:32]
     only_blur = ScannerAugment(p_hed=0, p_transfer=0, p_gain=0, p_jpeg=0, p_blur=1.0, blur_max=2.5)

@@ -78,12 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--out", "-o", required=True, type=Path, help="model .json to write")
     tr.add_argument("--epochs", type=positive_int, default=20)
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help="max learning rate of the one-cycle schedule (default: lr_find's)",
-    )
+    tr.add_argument("--lr", type=float, help="peak of the one-cycle schedule (default: lr_find's)")
     tr.add_argument("--batch-size", type=positive_int, default=256)
     tr.add_argument(
         "--arch",
@@ -135,14 +130,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=6,
         help="test patients taken from each prepare-data folder (default: 6)",
     )
+    tr.add_argument("--split", type=Path, help="reuse a split JSON instead of drawing one")
     tr.add_argument(
-        "--split", type=Path, default=None, help="reuse a split JSON instead of drawing one"
-    )
-    tr.add_argument(
-        "--max-patches",
-        type=positive_int,
-        default=None,
-        help="cap the patches of each split (quick runs)",
+        "--max-patches", type=positive_int, help="cap each split's patches (quick runs)"
     )
     tr.add_argument(
         "--threshold-criterion",
@@ -168,9 +158,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     tr.add_argument("--blur-p", type=float, help="its blur's probability per patch (0.15)")
     tr.add_argument("--blur-max-px", type=float, help="its top blur sigma: U(0.2, it) px (0.8)")
-    tr.add_argument(
-        "--od-p", type=float, help="its OD offset's probability per patch (0: none; un-inking)"
-    )
+    tr.add_argument("--od-p", type=float, help="its OD offset's probability per patch (0)")
     tr.add_argument("--od-max", type=float, help="its largest OD offset, natural log (0.2)")
     tr.add_argument(
         "--distill-from",
@@ -355,27 +343,20 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scanner_augment(
-    refs: list[Path] | None,
-    blur_p: float | None,
-    max_px: float | None,
-    od_p: float | None = None,
-    od_max: float | None = None,
-) -> Any:
-    """The ScannerAugment of ``--scanner-augment`` (train() measures its source statistics);
-    ``blur_p`` / ``max_px``: its blur probability and largest sigma in px, ``od_p`` /
-    ``od_max``: its OD offset's (None: its own)."""
-    if refs is None:
+def _scanner_augment(args: argparse.Namespace) -> Any:
+    """The ScannerAugment of ``--scanner-augment`` (train() measures its source statistics),
+    with ``--blur-p``/``--blur-max-px`` and ``--od-p``/``--od-max`` where given."""
+    if args.scanner_augment is None:
         return None
     from idcmap.train.degrade import ScannerAugment, load_refs
 
-    aug = ScannerAugment(refs=list(load_refs(refs).values()))
-    aug.p_blur = aug.p_blur if blur_p is None else blur_p
-    aug.blur_max = aug.blur_max if max_px is None else max_px
+    aug = ScannerAugment(refs=list(load_refs(args.scanner_augment).values()))
+    for flag, field in (("blur_p", "p_blur"), ("blur_max_px", "blur_max"), ("od_p", "p_od")):
+        if getattr(args, flag) is not None:
+            setattr(aug, field, getattr(args, flag))
+    aug.od_max = aug.od_max if args.od_max is None else args.od_max
     if not (0.0 <= aug.p_blur <= 1.0 and aug.blur_max > 0.2):
         raise UsageError("--blur-p must be in [0, 1] and --blur-max-px > 0.2 (U(0.2, it) px)")
-    aug.p_od = aug.p_od if od_p is None else od_p
-    aug.od_max = aug.od_max if od_max is None else od_max
     if not (0.0 <= aug.p_od <= 1.0 and aug.od_max > 0):
         raise UsageError("--od-p must be in [0, 1] and --od-max > 0")
     return aug
@@ -407,9 +388,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_patches=args.max_patches,
         threshold_criterion=args.threshold_criterion,
         augment=not args.no_augment,
-        degrade=_scanner_augment(
-            args.scanner_augment, args.blur_p, args.blur_max_px, args.od_p, args.od_max
-        ),
+        degrade=_scanner_augment(args),
         init=args.init,
         distill_from=args.distill_from,
         distill_weight=args.distill_weight,
