@@ -77,6 +77,27 @@ def test_expand_recursive(tmp_path: Path) -> None:
     assert expand_inputs([top, str(top), empty], recursive=True) == [top, empty]
 
 
+def test_a_broken_link_in_a_folder_fails_on_its_own_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A link named like a slide whose target is gone (an unmounted share, a moved cohort) is
+    not skipped silently: it stays an input, and the run says what it is; links to other files
+    and folders are not inputs."""
+    from idcmap.cli.main import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "gone.svs").symlink_to(tmp_path / "share" / "gone.svs")
+    (folder / "notes.txt").symlink_to(tmp_path / "share" / "notes.txt")
+    assert expand_inputs([folder]) == [folder / "gone.svs"]
+    assert expand_inputs([folder], recursive=True) == [folder / "gone.svs"]
+    rc = main(["run", str(folder), "--out", str(tmp_path / "o"), "-q"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("✗ ")]
+    assert "gone.svs: a broken link (to " in line and "share/gone.svs); check the link" in line
+
+
 def test_slide_suffixes_are_matched_whatever_their_case(tmp_path: Path) -> None:
     """Scanners and Windows shares write ``A.SVS``, ``b.Tiff``, ``C.NDPI``; a DICOM series of
     ``.DCM`` files is still one input."""

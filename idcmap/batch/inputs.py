@@ -7,7 +7,8 @@ folder**, so a list travels with its slides. A missing slide stays in the list: 
 its own line and the batch goes on.
 
 Folders: the slides directly inside, or with ``recursive=True`` in every sub-folder too (sorted,
-hidden files and folders skipped, symlinked folders not followed, an idcmap output folder — one
+hidden files and folders skipped, a link named like a slide kept even when broken, so that it
+fails on its own line, symlinked folders not followed, an idcmap output folder — one
 with a ``summary.json`` — never taken as input, so ``--out`` inside the input folder is safe).
 A folder whose slide files are all ``.dcm`` is one DICOM WSI series, kept as one slide.
 """
@@ -69,7 +70,7 @@ def _slides_in(folder: Path) -> list[Path]:
             for q in folder.iterdir()
             if not q.name.startswith(".")
             and q.name.lower().endswith(SLIDE_SUFFIXES)
-            and q.is_file()
+            and (q.is_file() or q.is_symlink())  # a broken link fails on its own line
         )
     except OSError:
         return []

@@ -62,6 +62,8 @@ SLIDE_SUFFIXES = (
 def _resolve_path(path: str | os.PathLike[str]) -> str:
     p = Path(path)
     if not p.exists():
+        if p.is_symlink():
+            raise SlideError(f"{p}: a broken link (to {os.readlink(p)}); check the link")
         raise SlideError(f"{p}: no such file; check the path")
     if p.is_dir():
         dcm = sorted(p.glob("*.dcm"))
