@@ -123,6 +123,11 @@ def test_cluster_matches_serial(client: Any, slides: list[str], serial: Path, tm
     # a rerun skips everything (seen by the client: no task at all)
     again = list(segment_slides(slides[:3], out, client=client, progress=False))
     assert [o.status for o in again] == ["skipped"] * 3
+    # ... unless asked for other outputs: then each says so, and nothing is redone
+    other = Params(qc="none")
+    diff = list(segment_slides(slides[:3], out, client=client, params=other, progress=False))
+    assert [o.status for o in diff] == ["failed"] * 3
+    assert all("done with other settings (qc=all, not none)" in o.message for o in diff), diff
     # a new batch on the same cluster keeps the workers' models (the plugin is idempotent)
     more = list(segment_slides(slides[:3], out, client=client, progress=False, overwrite=True))
     assert [o.status for o in more] == ["done"] * 3

@@ -20,6 +20,8 @@ from pipeline_helpers import colour_model
 from tiffgen import write_pyramid_tiff
 
 from idcmap.batch.runner import Outcome, RunOptions, process_slide, run_batch, slide_lock
+from idcmap.model.runtime import IDCModel
+from idcmap.output.cohort import read_cohort
 from idcmap.params import Params
 
 
@@ -301,6 +303,50 @@ def test_a_batch_with_overwrite_redoes_finished_slides(tmp_path: Path, slide: Pa
     assert [o.status for o in again] == ["skipped"]
     redo = run_batch([slide], out, options=RunOptions(overwrite=True), **kw)
     assert [o.status for o in redo] == ["done"]
+
+
+def test_a_slide_finished_with_other_settings_is_reported_not_kept(
+    tmp_path: Path, slide: Path
+) -> None:
+    """A rerun into the same folder skips a finished slide only when its outputs are what this
+    run would write. Made with another model or other output-changing parameters, the slide
+    fails on its own line, saying what differs (its outputs and cohort row stay as they were);
+    settings that only say how to compute (workers, batch size) do not count."""
+    out = tmp_path / "out"
+    model = colour_model()
+    kw = {"options": RunOptions(), "report": str}
+
+    def statuses(m: IDCModel, p: Params) -> list[str]:
+        return [o.status for o in run_batch([slide], out, model=m, params=p, **kw)]
+
+    assert statuses(model, Params(workers=0)) == ["done"]
+    assert statuses(model, Params(workers=2, batch_size=7)) == ["skipped"]
+    row = read_cohort(out)
+    other = colour_model()
+    other.config = other.config.replace(version="other")
+    cases = [
+        (model, Params(workers=0, stride_px=model.config.patch_px // 2), "stride_px="),
+        (model, Params(workers=0, qc="none"), "qc=all, not none"),
+        (model, Params(workers=0, threshold=0.3), "threshold=0.5, not 0.3"),
+        (model, Params(workers=0, min_region_um2=0), "min_region_um2=40000.0, not 0"),
+        (other, Params(workers=0), f"model {model.config.name} {model.config.version}, not"),
+    ]
+    for m, p, why in cases:
+        (o,) = run_batch([slide], out, model=m, params=p, **kw)
+        assert o.status == "failed", (p, o)
+        assert why in o.message and "overwrite=True redoes it" in o.message, o.message
+        assert o.message.startswith("done with other settings (")
+    assert read_cohort(out) == row
+    redo = run_batch(
+        [slide],
+        out,
+        model=other,
+        params=Params(workers=0),
+        options=RunOptions(overwrite=True),
+        report=str,
+    )
+    assert [o.status for o in redo] == ["done"]
+    assert statuses(other, Params(workers=0)) == ["skipped"]
 
 
 def test_ctrl_c_while_a_lock_is_taken_leaves_no_lock_file(

@@ -278,7 +278,10 @@ def segment_slides(
     out = Path(out_dir)
     # finished slides are seen here only when this process sees out_dir; else the workers
     # skip them (a finished folder is final: no lock is needed to see it)
-    early, queue = plan(paths, out, overwrite=overwrite, see_out_dir=True)
+    from idcmap.model.modelfile import bundled_model_path, read_config
+
+    cfg = read_config(model_ref(model, p.device).config_path or bundled_model_path())
+    early, queue = plan(paths, out, overwrite=overwrite, see_out_dir=True, against=(cfg, p))
     bar = slide_bar(len(early) + len(queue), progress)
     try:
         for o in early:

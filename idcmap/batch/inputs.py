@@ -23,7 +23,7 @@ from idcmap.errors import UsageError
 from idcmap.io.open import SLIDE_SUFFIXES
 from idcmap.io.urls import is_url
 
-__all__ = ["expand_inputs", "read_slide_list"]
+__all__ = ["expand_inputs", "read_slide_list", "same_slide", "slide_path"]
 
 
 def read_slide_list(list_file: str | Path) -> list[str | Path]:
@@ -135,3 +135,16 @@ def expand_inputs(
             seen.add(key)
             unique.append(s)
     return unique
+
+
+def slide_path(path: str | os.PathLike[str]) -> str:
+    """A slide as :attr:`~idcmap.batch.runner.Outcome.path` names it: a URL as given, a local
+    path as ``Path`` spells it (``./a//b.svs`` → ``a/b.svs``)."""
+    return path if is_url(path) else str(Path(path))
+
+
+def same_slide(a: str, b: str) -> bool:
+    """Whether two inputs are one slide (URLs as given, local paths once resolved)."""
+    if is_url(a) or is_url(b):
+        return a == b
+    return Path(a).resolve() == Path(b).resolve()

@@ -36,9 +36,12 @@ from typing import Literal, get_args
 
 from tqdm.auto import tqdm
 
+from idcmap.batch.inputs import same_slide, slide_path
 from idcmap.batch.lane import Lane
+from idcmap.batch.resume import finished_with_other_settings
 from idcmap.errors import Cancelled, IDCMapError, OutputError, UsageError, interruption
 from idcmap.io.urls import is_url, slide_stem, url_name
+from idcmap.model.modelfile import ModelConfig
 from idcmap.model.runtime import IDCModel
 from idcmap.output.cohort import COHORT_FILE, row_from_summary, summary_of, update_cohort
 from idcmap.output.folder import OUTPUT_OPTIONS, is_done
@@ -231,14 +234,14 @@ def record_outcome(out_dir: str | Path, o: Outcome) -> Outcome:
     if o.status == BUSY:
         return o
     summary = o.summary
-    if summary is None and o.status == SKIPPED and o.out_dir:
-        summary = summary_of(o.out_dir)  # the finished output's figures
+    if summary is None and o.status in (SKIPPED, FAILED) and o.out_dir:
+        summary = summary_of(o.out_dir)  # the finished output's figures, if there is one
     row = row_from_summary(
         slide_stem(o.path),
         o.path,
         o.status,
         reason="" if o.status == DONE else o.message,
-        summary=summary if o.status != FAILED else None,
+        summary=summary,
         output=o.out_dir or "",
         seconds=round(o.seconds, 2) if o.status != SKIPPED else None,
     )
@@ -273,7 +276,7 @@ def _segment(
     stem = slide_stem(s)
     remove_leftovers(out, stem)
     if is_done(out, s) and not options.overwrite:
-        return Outcome(str(s), SKIPPED, _SKIPPED, str(out / stem))
+        return _finished(out, s, model.config, params)
     t0 = time.perf_counter()
     try:
         result = segment_slide(s, model=model, progress=options.progress, params=params)
@@ -347,7 +350,12 @@ def _stop_if_interrupted(e: Exception) -> None:
 
 
 def plan(
-    paths: Iterable[str | os.PathLike[str]], out_dir: Path, *, overwrite: bool, see_out_dir: bool
+    paths: Iterable[str | os.PathLike[str]],
+    out_dir: Path,
+    *,
+    overwrite: bool,
+    see_out_dir: bool,
+    against: tuple[ModelConfig, Params] | None = None,
 ) -> tuple[list[Outcome], list[str]]:
     """What is known before any slide runs, and the work left (both runners use it).
 
@@ -355,8 +363,8 @@ def plan(
     already taken by another file (not in cohort.csv: the row belongs to the first),
     ``skipped`` ones for a slide given again (another spelling of the same file), and,
     when ``see_out_dir`` (this process sees the output folder), ``skipped`` ones for finished
-    slides (recorded in cohort.csv); ``queue`` is the rest, each slide once, in order.
-    """
+    slides (recorded; ``failed``, row untouched, if made with other settings than ``against``:
+    model config, parameters); ``queue`` is the rest, each slide once, in order."""
     early: list[Outcome] = []
     queue: list[str] = []
     seen: dict[str, str] = {}
@@ -364,7 +372,7 @@ def plan(
         s = slide_path(p)
         stem = slide_stem(s)
         if stem in seen:
-            if not _same(seen[stem], s):
+            if not same_slide(seen[stem], s):
                 early.append(
                     Outcome(
                         s,
@@ -378,9 +386,8 @@ def plan(
             continue
         seen[stem] = s
         if see_out_dir and not overwrite and is_done(out_dir, s):
-            early.append(
-                record_outcome(out_dir, Outcome(s, SKIPPED, _SKIPPED, str(out_dir / stem)))
-            )
+            o = _finished(out_dir, s, *(against or (None, None)))
+            early.append(o if o.status == FAILED else record_outcome(out_dir, o))
             continue
         queue.append(s)
     return early, queue
@@ -389,10 +396,12 @@ def plan(
 _SKIPPED = "already done (overwrite=True redoes it)"
 
 
-def _same(a: str, b: str) -> bool:
-    if is_url(a) or is_url(b):
-        return a == b
-    return Path(a).resolve() == Path(b).resolve()
+def _finished(out: Path, s: str | Path, cfg: ModelConfig | None, params: Params | None) -> Outcome:
+    """A slide whose output folder is finished: skipped, or failed when it was made with other
+    settings than the model ``cfg`` and ``params`` (never kept silently)."""
+    folder = out / slide_stem(s)
+    why = finished_with_other_settings(folder, cfg, params)
+    return Outcome(str(s), SKIPPED if why is None else FAILED, why or _SKIPPED, str(folder))
 
 
 def run_slides(
@@ -415,7 +424,8 @@ def run_slides(
     out = Path(out_dir)
     params.validate()
     items = list(paths)
-    early, queue = plan(items, out, overwrite=options.overwrite, see_out_dir=True)
+    run_as = (model.config, params)
+    early, queue = plan(items, out, overwrite=options.overwrite, see_out_dir=True, against=run_as)
     if queue:
         check_output_dir(out)
     bar = slide_bar(len(items), options.progress)
@@ -541,12 +551,6 @@ def run_batch(
         write_line(describe(o), report, options.progress)
         by_path[o.path] = o
     return [by_path[s] for s in items]
-
-
-def slide_path(path: str | os.PathLike[str]) -> str:
-    """A slide as :attr:`Outcome.path` names it: a URL as given, a local path as ``Path``
-    spells it (``./a//b.svs`` → ``a/b.svs``)."""
-    return path if is_url(path) else str(Path(path))
 
 
 def totals_line(outcomes: Iterable[Outcome], out_dir: str | os.PathLike[str]) -> str:
