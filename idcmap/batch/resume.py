@@ -34,12 +34,12 @@ def other_settings(summary: SlideSummary, config: ModelConfig, params: Params) -
     None when its outputs are what this run would write: the model (weights and version) first,
     then each parameter of :data:`RESULT_PARAMS`, the stride, and the threshold, σ and
     aggregator where this run sets them (left unset, they are the model's, compared with it)."""
-    m, cfg = summary.model, config
-    if (m.sha256, m.version) != (cfg.weights_sha256, cfg.version):
-        return f"model {m.name} {m.version}, not {cfg.name} {cfg.version}"
+    m = summary.model
+    if (m.sha256, m.version) != (config.weights_sha256, config.version):
+        return f"model {m.name} {m.version}, not {config.name} {config.version}"
     rec = summary.parameters
     want = {f: getattr(params, f) for f in RESULT_PARAMS if f in rec}
-    want["stride_px"] = params.stride_px or cfg.patch_px
+    want["stride_px"] = params.stride_px or config.patch_px
     for f in ("threshold", "smooth_um"):
         if getattr(params, f) is not None:
             want[f] = getattr(params, f)
@@ -56,8 +56,9 @@ def finished_with_other_settings(
 ) -> str | None:
     """The one-line reason a finished output ``folder`` is not this run's (None: it is, or
     there is no model config and parameters to compare with, or no summary to read)."""
-    summary = summary_of(folder) if config is not None and params is not None else None
-    why = other_settings(summary, config, params) if summary and config and params else None
+    if config is None or params is None or (summary := summary_of(folder)) is None:
+        return None
+    why = other_settings(summary, config, params)
     if why is None:
         return None
     return (
