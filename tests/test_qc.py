@@ -365,3 +365,31 @@ def test_blurred_idc_is_lifted_back(mosaic: np.ndarray, shared: Path, tmp_path: 
     lost_lifted = abs(idc["clean", "all"] - idc["blurred", "all"])
     assert lost_unlifted > 0.2 * idc["clean", "all"], idc
     assert lost_lifted < 0.65 * lost_unlifted, idc  # measured: 4.84 clean, 0.96 → 2.48 mm²
+
+
+def test_a_slide_whose_glass_is_at_white_is_flagged(mosaic: np.ndarray, tmp_path: Path) -> None:
+    """Less haematoxylin (the shift table's row, −0.042 pooled Dice in CV) lightens the glass
+    too, and the glass clips at 255: the glass gain cannot see how much paler the slide got, so
+    the verdict says so. The same mosaic as it is (glass OD ~0.04) is not flagged."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiffgen import write_pyramid_tiff
+
+    from idcmap.pipeline.segment import segment_slide
+    from idcmap.pipeline.stain import glass_od
+    from idcmap.train.degrade import hed_shift
+
+    pale = hed_shift(mosaic, h=-0.01)
+    own = glass_od(pale)
+    assert own is not None and (own[:2] < qc.GLASS_WHITE_OD).all(), own
+    path = write_pyramid_tiff(tmp_path / "pale.tiff", pale, 4.0)
+    v = segment_slide(path, progress=False, device="cpu").summary["qc"]
+    assert v["review"], v
+    white = [r for r in v["reasons"] if "glass is at white" in r]
+    assert len(white) == 1 and "red" in white[0] and "green" in white[0], v["reasons"]
+    own = glass_od(mosaic)
+    assert own is not None and (own > 2 * qc.GLASS_WHITE_OD).all(), own
+    clean = write_pyramid_tiff(tmp_path / "clean.tiff", mosaic, 4.0)
+    reasons = segment_slide(clean, progress=False, device="cpu").summary["qc"]["reasons"]
+    assert not any("glass is at white" in r for r in reasons), reasons

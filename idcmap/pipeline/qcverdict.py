@@ -6,7 +6,7 @@ artefacts)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ __all__ = [
     "COLOUR_FAR",
     "EXCLUDE",
     "GLASS_FAR_OD",
+    "GLASS_WHITE_OD",
     "REVIEW_BLUR_NEAR_UM",
     "REVIEW_EXCLUDED",
     "REVIEW_FLAGGED",
@@ -40,6 +41,13 @@ COLOUR_FAR = 8.5
 #: 22 training and validation mosaics: within ±0.014; a 7 % gain is 0.03). A model with the
 #: ``glass`` stain normalisation sees the corrected colour, and so does this test.
 GLASS_FAR_OD = 0.03
+#: The slide's own glass (as scanned, before any glass gain) below this OD in a channel is at
+#: white there: a channel at 255 hides how much brighter the scanner (or a paler stain) made the
+#: slide, so the glass gain can take off only part of it. Measured: the 28 mosaics' glass is
+#: 0.028–0.061 OD per channel, CMU-1-Small-Region.svs 0.036–0.040; under "haematoxylin −0.01"
+#: of the shift table it is 0.000 in red and green on all 28 (idc-v4-glass: −0.042 pooled Dice
+#: in CV, −0.021 on the test mosaics), under "eosin −0.01" 0–0.004 in green.
+GLASS_WHITE_OD = 0.01
 
 #: Kinds removed from the tissue; the others (fold, blur) are reported and flagged only.
 #: Measured on the test mosaics with painted artefacts (benchmarks/artefacts.py): excluding
@@ -175,6 +183,7 @@ def verdict(
     idc_cells: np.ndarray | None = None,
     cell_um: float = 200.0,
     sharpness_p90: float | None = None,
+    own_glass_od: Sequence[float] | np.ndarray | None = None,
 ) -> QCVerdict:
     """Areas excluded per kind, colour distance, glass tint and ``review`` + reasons.
 
@@ -182,6 +191,8 @@ def verdict(
     model sees it (after its stain normalisation, if any); ``sharpness_p90`` the slide's sharp
     tissue (:func:`~idcmap.pipeline.qcblur.sharp_p90`); ``blur_cells``/``idc_cells``
     (heatmap grid, cells of ``cell_mm2``) add blur's area and the "blur over/near IDC" check.
+    ``own_glass_od`` is the slide's glass as scanned (:func:`~idcmap.pipeline.stain.glass_od`
+    of the thumbnail before any gain; None: not measured), for the "glass at white" check.
     Ink/debris/border count where they cover tissue *or* would have been taken for tissue.
     """
     px_mm2 = qc.mpp * qc.mpp_y / 1e6
@@ -246,6 +257,14 @@ def verdict(
         reasons.append(
             f"scanner white balance off the training data's (glass OD {rgb_off} in R, G, B; "
             f"> {GLASS_FAR_OD})"
+        )
+    white = [] if own_glass_od is None else [v < GLASS_WHITE_OD for v in own_glass_od]
+    if any(white):
+        names = [c for c, w in zip(("red", "green", "blue"), white, strict=True) if w]
+        where = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+        reasons.append(
+            f"the glass is at white in {where} (OD < {GLASS_WHITE_OD}): how much paler the "
+            "slide is than the training data cannot be measured on it"
         )
     return QCVerdict(
         tissue_mm2,

@@ -40,7 +40,7 @@ from idcmap.pipeline.qc import (
 )
 from idcmap.pipeline.regions import Region, idc_mask, mask_to_regions
 from idcmap.pipeline.result import SlideResult
-from idcmap.pipeline.stain import StainMap, StainStats, correct_glass, stain_map
+from idcmap.pipeline.stain import StainMap, StainStats, correct_glass, glass_od, stain_map
 from idcmap.pipeline.summary import ModelRecord, SlideSummary, TilesRecord
 from idcmap.pipeline.thumbnail import BlockThumbnail
 from idcmap.pipeline.tiles import Block, TileGrid, cell_fraction, make_grid
@@ -162,6 +162,7 @@ def segment_slide(
             idc_cells=mask,
             cell_um=heatmap.cell_um[0],
             sharpness_p90=sharp,
+            own_glass_od=glass_od(tissue.thumbnail),
         ).to_dict()
     timings["total"] = time.perf_counter() - t0
 
