@@ -99,8 +99,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         with open(p, "rb") as f:
             f.seek(start)
-            self.wfile.write(f.read(n))
+            data = f.read(n)
+        # counted before it is sent: a client that has the bytes must see the request counted
         self.server.count(p.name, start, n)
+        self.wfile.write(data)
 
 
 @contextmanager
