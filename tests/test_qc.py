@@ -393,3 +393,28 @@ def test_a_slide_whose_glass_is_at_white_is_flagged(mosaic: np.ndarray, tmp_path
     clean = write_pyramid_tiff(tmp_path / "clean.tiff", mosaic, 4.0)
     reasons = segment_slide(clean, progress=False, device="cpu").summary["qc"]["reasons"]
     assert not any("glass is at white" in r for r in reasons), reasons
+
+
+def test_debris_over_the_idc_is_flagged(mosaic: np.ndarray, shared: Path, tmp_path: Path) -> None:
+    """Dark debris over the IDC is excluded (not tissue, not IDC), so the IDC under it is not
+    counted: the verdict measures the tissue excluded next to the IDC mask and flags the
+    slide. The clean mosaic has none."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiffgen import write_pyramid_tiff
+
+    from idcmap.pipeline.segment import segment_slide
+    from idcmap.train.data import read_cells
+
+    region = np.zeros(mosaic.shape[:2], bool)
+    for x, y, w, h, lab in read_cells(shared / "idc" / "slides" / f"{MOSAIC}.cells.csv"):
+        region[y : y + h, x : x + w] |= lab == 1
+    painted = paint(mosaic, 4.0, ["debris"], seed=0, region=region, where="idc")
+    path = write_pyramid_tiff(tmp_path / "debris.tiff", painted.rgb, 4.0)
+    v = segment_slide(path, progress=False, device="cpu").summary["qc"]
+    assert v["excluded_near_idc_mm2"] > qc.REVIEW_EXCLUDED_NEAR_IDC_MM2, v
+    assert any("excluded over or next to the IDC" in r for r in v["reasons"]), v["reasons"]
+    clean = write_pyramid_tiff(tmp_path / "clean.tiff", mosaic, 4.0)
+    v = segment_slide(clean, progress=False, device="cpu").summary["qc"]
+    assert v["excluded_near_idc_mm2"] == 0.0 and not v["review"], v

@@ -25,6 +25,7 @@ __all__ = [
     "GLASS_WHITE_OD",
     "REVIEW_BLUR_NEAR_UM",
     "REVIEW_EXCLUDED",
+    "REVIEW_EXCLUDED_NEAR_IDC_MM2",
     "REVIEW_FLAGGED",
     "QCMasks",
     "QCVerdict",
@@ -60,6 +61,9 @@ REVIEW_FLAGGED = 0.05
 REVIEW_EXCLUDED = 0.10
 #: Review when blurred tissue lies within this distance (µm) of the IDC mask.
 REVIEW_BLUR_NEAR_UM = 400.0
+#: Review when more tissue than this (mm²) is excluded (debris, border) within
+#: :data:`REVIEW_BLUR_NEAR_UM` of the IDC mask: IDC under it is not counted.
+REVIEW_EXCLUDED_NEAR_IDC_MM2 = 0.1
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,9 @@ class QCVerdict:
     glass_od_offset: tuple[float, float, float] | None = None
     #: the 90th percentile of the tissue cells' sharpness (None: blur not measured)
     sharpness_p90: float | None = None
+    #: tissue excluded (debris, border) within :data:`REVIEW_BLUR_NEAR_UM` of the IDC mask, mm²
+    #: (None: no IDC mask given)
+    excluded_near_idc_mm2: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -168,6 +175,9 @@ class QCVerdict:
             if self.glass_od_offset is None
             else [round(v, 4) for v in self.glass_od_offset],
             "sharpness_p90": None if self.sharpness_p90 is None else round(self.sharpness_p90, 3),
+            "excluded_near_idc_mm2": None
+            if self.excluded_near_idc_mm2 is None
+            else round(self.excluded_near_idc_mm2, 4),
             "review": self.review,
             "reasons": list(self.reasons),
         }
@@ -234,10 +244,17 @@ def verdict(
     for k in sorted(set(pct) - EXCLUDE):
         if pct[k] > 100 * REVIEW_FLAGGED:
             reasons.append(f"{k} over {pct[k]:.0f} % of the tissue (kept, not excluded)")
-    if blur_cells is not None and blur_cells.any() and idc_cells is not None and idc_cells.any():
-        d = ndimage.distance_transform_edt(~idc_cells) * cell_um
-        if (d[blur_cells] <= REVIEW_BLUR_NEAR_UM).any():
+    near_mm2 = None if idc_cells is None else 0.0
+    if idc_cells is not None and idc_cells.any():
+        d = np.asarray(ndimage.distance_transform_edt(~idc_cells)) * cell_um
+        if blur_cells is not None and (d[blur_cells] <= REVIEW_BLUR_NEAR_UM).any():
             reasons.append("out-of-focus tissue over or near the IDC regions")
+        near_mm2 = _near_mm2(removed & tissue, qc, d, cell_um)
+        if near_mm2 > REVIEW_EXCLUDED_NEAR_IDC_MM2:
+            reasons.append(
+                f"{near_mm2:.2f} mm² of tissue excluded over or next to the IDC regions "
+                "(debris, border): IDC under it is not counted"
+            )
     # the tissue's own colour: not under ink (nor where ink was taken off)
     plain = after & ~qc.masks.get("ink", np.zeros(after.shape, bool))
     cd = colour_distance(rgb, plain)  # NaN when no tissue is free of ink
@@ -276,7 +293,21 @@ def verdict(
         ink,
         (offset[0], offset[1], offset[2]) if offset is not None else None,
         sharpness_p90,
+        near_mm2,
     )
+
+
+def _near_mm2(mask: np.ndarray, qc: QCMasks, dist_um: np.ndarray, cell_um: float) -> float:
+    """Area (mm²) of ``mask`` (thumbnail grid) whose pixels lie within
+    :data:`REVIEW_BLUR_NEAR_UM` of the IDC mask, given its distance map ``dist_um`` (heatmap
+    grid, cells of ``cell_um``; both grids start at the slide's origin)."""
+    ys, xs = np.nonzero(mask)
+    if not len(ys):
+        return 0.0
+    rows = np.minimum(((ys + 0.5) * qc.mpp_y / cell_um).astype(int), dist_um.shape[0] - 1)
+    cols = np.minimum(((xs + 0.5) * qc.mpp / cell_um).astype(int), dist_um.shape[1] - 1)
+    near = dist_um[rows, cols] <= REVIEW_BLUR_NEAR_UM
+    return float(near.sum()) * qc.mpp * qc.mpp_y / 1e6
 
 
 def _pct(part: float, whole: float) -> str:
