@@ -397,3 +397,22 @@ def test_the_default_is_idc_v4_glass_and_v2_still_loads() -> None:
     assert res.summary["stain_norm"]["method"] == "glass"
     for name in ("idc-v2", "idc-v1"):
         assert load_model(name, device="cpu").config.stain_norm == {}
+
+
+def test_the_blur_model_section_round_trips_and_is_checked() -> None:
+    """``blur_model`` names the second network for out-of-focus tissue: the default carries it,
+    it survives to_json/from_dict, a file without it writes none, and a malformed one is a
+    ModelError. The named model is bundled, loaded once per model."""
+    path = bundled_model_path()
+    d = json.loads(path.read_text())
+    cfg = ModelConfig.from_dict(d)
+    assert cfg.blur_model == {"model": "idc-v4blur", "logit_shift": 1.0}
+    assert ModelConfig.from_dict(json.loads(cfg.to_json())).blur_model == cfg.blur_model
+    assert "blur_model" not in json.loads(cfg.replace(blur_model={}).to_json())
+    for bad in ({"model": ""}, {"logit_shift": 1.0}, {"model": "x", "logit_shift": "nan"}, [1]):
+        with pytest.raises(ModelError, match="blur_model"):
+            ModelConfig.from_dict({**d, "blur_model": bad})
+    m = load_model(device="cpu")
+    blur = m.blur_model()
+    assert blur is not None and blur.config.version == "4.0.0+blur" and m.blur_model() is blur
+    assert load_model("idc-v2", device="cpu").blur_model() is None

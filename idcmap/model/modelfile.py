@@ -68,6 +68,10 @@ class ModelConfig:
             ``{"method": ..., "ref": {...}, ...}``, the method and the reference statistics
             of the training slides that every slide's tissue colour is mapped to before the
             network. Empty: none (the slide's colour goes in as read).
+        blur_model: a second network for out-of-focus tissue (:mod:`idcmap.pipeline.segment`):
+            ``{"model": <a bundled model's name>, "logit_shift": <float>}``. The tissue cells the
+            QC stage finds blurred get its probability, plus ``logit_shift`` on the logit,
+            instead of this network's lifted one. Empty: none.
     """
 
     name: str
@@ -87,6 +91,7 @@ class ModelConfig:
     training: dict[str, Any] = field(default_factory=dict)
     aggregator: dict[str, Any] = field(default_factory=dict)
     stain_norm: dict[str, Any] = field(default_factory=dict)
+    blur_model: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
 
     def __post_init__(self) -> None:
@@ -99,8 +104,9 @@ class ModelConfig:
 
     def to_json(self) -> str:
         d = asdict(self)
-        if not d["stain_norm"]:  # files without it stay as they were
-            del d["stain_norm"]
+        for key in ("stain_norm", "blur_model"):  # files without them stay as they were
+            if not d[key]:
+                del d[key]
         return json.dumps(d, indent=2, sort_keys=False) + "\n"
 
     @classmethod
@@ -132,6 +138,7 @@ class ModelConfig:
                 training=dict(d.get("training", {})),
                 aggregator=dict(d.get("aggregator") or {}),
                 stain_norm=_stain_norm(d.get("stain_norm")),
+                blur_model=_blur_model(d.get("blur_model")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(
@@ -149,6 +156,17 @@ def _stain_norm(v: Any) -> dict[str, Any]:
         raise ValueError(f"stain_norm must be {{'method': ..., 'ref': {{...}}}}, got {v!r}")
     StainStats.from_dict(str(v.get("method")), v["ref"])
     return dict(v)
+
+
+def _blur_model(v: Any) -> dict[str, Any]:
+    """The ``blur_model`` section, checked (a model name and a finite logit shift)."""
+    if not v:
+        return {}
+    if not isinstance(v, dict) or not isinstance(v.get("model"), str) or not v["model"]:
+        raise ValueError(f"blur_model must be {{'model': <name>, 'logit_shift': x}}, got {v!r}")
+    if not math.isfinite(float(v.get("logit_shift", 0.0))):
+        raise ValueError(f"blur_model logit_shift must be finite, got {v!r}")
+    return {"model": v["model"], "logit_shift": float(v.get("logit_shift", 0.0))}
 
 
 def _rgb(v: Any) -> tuple[float, float, float]:

@@ -133,8 +133,13 @@ def segment_slide(
         t = time.perf_counter()
         sharp = sharp_p90(qc.sharpness.ratio, heatmap.tissue)
         blur_cells = find_blur(qc.sharpness.ratio, heatmap.tissue, p90=sharp)
+        blur_net = net.blur_model() if blur_cells.any() else None
         if "blur" in EXCLUDE:
             heatmap = replace(heatmap, prob=np.where(blur_cells, np.nan, heatmap.prob))
+        elif blur_net is not None:  # a network that reads blurred tissue better, lifted less
+            prob = _blurred_cells_by(blur_net, path, p, grid, qc, blur_cells, heatmap, run_kw)
+            shift = float(cfg.blur_model["logit_shift"])
+            heatmap = replace(heatmap, prob=lift_blurred(prob, blur_cells, shift))
         elif blur_cells.any():  # blurred IDC reads paler: lift it before the aggregator
             heatmap = replace(heatmap, prob=lift_blurred(heatmap.prob, blur_cells))
         if sharp is not None and sharp < SOFT_P90:  # so does a slide soft all over
@@ -344,6 +349,36 @@ def _apply_qc(
                 ink.od, tissue.px_level0, grid.level0_per_model_px, grid.stride_px
             )
     return clean, grid
+
+
+def _blurred_cells_by(
+    blur_net: IDCModel,
+    path: str | Path,
+    p: Params,
+    grid: TileGrid,
+    qc: _QC,
+    blur_cells: np.ndarray,
+    heatmap: Heatmap,
+    run_kw: dict[str, Any],
+) -> np.ndarray:
+    """``heatmap.prob`` with the ``blur_cells`` given ``blur_net``'s probability: a second,
+    short pass over the tiles that cover them (the same pixels as the first: stain map and
+    un-inking included), stitched the same way."""
+    k = grid.cells_per_tile
+    rows, cols = grid.keep.shape
+    covering = np.zeros_like(grid.keep)
+    for dy in range(k):  # tile (r, c) covers cells r..r+k-1, c..c+k-1
+        for dx in range(k):
+            covering |= blur_cells[dy : dy + rows, dx : dx + cols]
+    sub = replace(grid, keep=grid.keep & covering)
+    kw = {**run_kw, "progress": False}
+    with open_slide(path, backend=p.backend, mpp=p.mpp, allow_non_rgb=p.force_rgb) as slide:
+        tile_prob, _ = predict_grid(
+            slide, sub, blur_net, transform=qc.remover, pixel_map=qc.pixel_map, **kw
+        )
+    second = stitch(tile_prob, sub.keep, k)
+    use = blur_cells & np.isfinite(second)
+    return np.where(use, second, heatmap.prob).astype(np.float32)
 
 
 def tissue_from_tile_pass(slide: Slide, tissue_mpp: float, model_mpp: float) -> bool:
