@@ -133,10 +133,10 @@ def segment_slide(
         t = time.perf_counter()
         sharp = sharp_p90(qc.sharpness.ratio, heatmap.tissue)
         blur_cells = find_blur(qc.sharpness.ratio, heatmap.tissue, p90=sharp)
-        blur_net = net.blur_model() if blur_cells.any() else None
         if "blur" in EXCLUDE:
             heatmap = replace(heatmap, prob=np.where(blur_cells, np.nan, heatmap.prob))
-        elif blur_net is not None:  # a network that reads blurred tissue better, lifted less
+        elif blur_cells.any() and (blur_net := net.blur_model()) is not None:
+            # a network that reads blurred tissue better, lifted less (loaded on first use)
             prob = _blurred_cells_by(blur_net, path, p, grid, qc, blur_cells, heatmap, run_kw)
             shift = float(cfg.blur_model["logit_shift"])
             heatmap = replace(heatmap, prob=lift_blurred(prob, blur_cells, shift))
