@@ -14,6 +14,7 @@ from PIL import Image
 
 from idcmap.params import Params
 from idcmap.pipeline import ink as inkmod
+from idcmap.pipeline.correct import PixelCorrector
 from idcmap.pipeline.inkfield import ink_field
 from idcmap.pipeline.tissue import tissue_mask_from_rgb
 from idcmap.train.artefacts import INK_COLOURS, paint_ink
@@ -92,19 +93,43 @@ def test_ink_on_glass_has_no_field_and_is_not_tissue(
     assert inkmod.ink_over_tissue(t, mark, 16.0).sum() < 0.05 * mark.sum()
 
 
-def test_the_remover_takes_the_field_off_a_block() -> None:
+def test_the_corrector_takes_the_ink_field_off_a_block() -> None:
     """The tile pass's transform: a constant field on the thumbnail's grid comes off every
     pixel of a block as ``(rgb + 1)·exp(od) − 1``; where the field is 0 the block is as read."""
     od = np.zeros((20, 30, 3), np.float32)
     od[:, :15] = (0.5, 0.2, 0.1)
     # thumbnail px = 4 level-0 px; model px = 1 level-0 px; stride 50
-    remover = inkmod.InkRemover(od, (4.0, 4.0), (1.0, 1.0), 50)
+    remover = PixelCorrector((4.0, 4.0), (1.0, 1.0), 50, ink_od=od)
     block = np.full((50, 100, 3), 100, np.uint8)
     out = remover(0, 0, block)  # x 0–99 model px = thumbnail px 0–25: field on px < 15
     want = np.clip(np.rint(101 * np.exp([0.5, 0.2, 0.1]) - 1), 0, 255)
     assert np.array_equal(out[:, :50], np.broadcast_to(want, (50, 50, 3)))
     assert np.array_equal(out[:, 64:], block[:, 64:])
     assert remover(0, 3, block) is block  # x ≥ 150 model px: thumbnail px ≥ 37, no field
+
+
+def test_the_corrector_halves_a_folds_od_and_takes_ink_off_with_it() -> None:
+    """A fold's gain (:func:`fold_gain`: 1/2 inside, 1 outside) halves the OD of a block's px:
+    ``(rgb + 1)·exp(OD/2) − 1`` = √(256·(rgb + 1)) − 1 (99 → 159); with an ink field too, both
+    come off (OD/2 − ink); far from the fold, the block is as read."""
+    from idcmap.pipeline.correct import FOLD_OD_FACTOR, fold_gain
+
+    fold = np.zeros((40, 40), bool)
+    fold[:, :20] = True
+    gain = fold_gain(fold)
+    assert FOLD_OD_FACTOR == 2.0 and np.allclose(gain[:, :15], 0.5) and np.all(gain[:, 25:] == 1)
+    block = np.full((50, 160, 3), 99, np.uint8)
+    out = PixelCorrector((4.0, 4.0), (1.0, 1.0), 50, gain=gain)(0, 0, block)
+    assert np.array_equal(out[:, :56], np.full((50, 56, 3), 159, np.uint8))  # thumbnail px < 14
+    assert np.array_equal(out[:, 100:], block[:, 100:])  # thumbnail px ≥ 25
+    ink = np.zeros((40, 40, 3), np.float32)
+    ink[:, :20] = (0.5, 0.2, 0.1)
+    both = PixelCorrector((4.0, 4.0), (1.0, 1.0), 50, ink_od=ink, gain=gain)(0, 0, block)
+    od = -np.log(100 / 256)
+    want = np.rint(256 * np.exp(-(od / 2 - np.array([0.5, 0.2, 0.1]))) - 1).clip(0, 255)
+    assert np.array_equal(both[0, 0], want.astype(np.uint8))
+    with pytest.raises(ValueError, match="needs"):
+        PixelCorrector((4.0, 4.0), (1.0, 1.0), 50)
 
 
 def test_fill_cells_bridges_a_stroke() -> None:

@@ -726,8 +726,8 @@ def test_kept_only_blocks_under_the_ink_remover(he: np.ndarray, tmp_path: Path) 
     tiles' probabilities are bit for bit those of a whole read (a hook forces one)."""
     from pipeline_helpers import colour_model
 
+    from idcmap.pipeline.correct import PixelCorrector
     from idcmap.pipeline.infer import predict_grid
-    from idcmap.pipeline.ink import InkRemover
     from idcmap.pipeline.tiles import make_grid
 
     path = _one_um_420(he, tmp_path)
@@ -739,7 +739,7 @@ def test_kept_only_blocks_under_the_ink_remover(he: np.ndarray, tmp_path: Path) 
         th, tw = -(-4 * he.shape[0] // 16), -(-4 * he.shape[1] // 16)
         od = np.zeros((th, tw, 3), np.float32)
         od[: th // 2, : tw // 2] = (0.4, 0.1, 0.2)
-        remover = InkRemover(od, (16.0, 16.0), grid.level0_per_model_px, grid.stride_px)
+        remover = PixelCorrector((16.0, 16.0), grid.level0_per_model_px, grid.stride_px, ink_od=od)
         p_full, _ = predict_grid(
             slide, grid, model, progress=False, transform=remover, on_block=lambda b: None
         )

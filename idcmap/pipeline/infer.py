@@ -79,9 +79,9 @@ def predict_grid(
     stain normalisation, :class:`~idcmap.pipeline.stain.StainMap`).
 
     ``transform`` (optional) maps a block's pixels before the model: ``transform(row0, col0,
-    pixels)`` (e.g. :class:`idcmap.pipeline.ink.InkRemover`, which takes pen ink off); its
-    time counts as the model's. Each output px must depend on that px's value and place only
-    (blocks are read for their kept tiles only, as without it).
+    pixels)`` (e.g. :class:`idcmap.pipeline.correct.PixelCorrector`, which takes pen ink off
+    and un-folds folds); its time counts as the model's. Each output px must depend on that
+    px's value and place only (blocks are read for their kept tiles only, as without it).
 
     ``torch_threads`` (optional, CPU only) runs the model with that many torch threads for this
     call and restores torch's process-wide setting afterwards; ``None`` leaves it alone. Give

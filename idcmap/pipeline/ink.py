@@ -8,9 +8,10 @@ it *adds* a smooth field to whatever lies under it. So ink over tissue can be ta
    mark's edge crosses tissue: the tissue runs on under the ink, so the mean OD just inside
    the edge minus the mean just outside it is the ink's own OD; a mark that never crosses
    tissue gets no field (it lies on glass).
-2. **Un-inking** (:func:`remove_ink`, :class:`InkRemover`): that field is subtracted from the
-   OD of the thumbnail and, upsampled, of every block the tile pass decodes, before the
-   network sees it: ``rgb' = (rgb + 1) · exp(field) − 1``.
+2. **Un-inking** (:func:`remove_ink`; on the tile pass's blocks
+   :class:`idcmap.pipeline.correct.PixelCorrector`): that field is subtracted from the OD of
+   the thumbnail and, upsampled, of every block the tile pass decodes, before the network sees
+   it: ``rgb' = (rgb + 1) · exp(field) − 1``.
 3. **What is left**: the QC stage runs its pixel classifier again on the un-inked thumbnail.
    Ink left there (opaque ink, where two marks overlap, ink on glass) is not shown to the
    network. Over tissue (:func:`ink_over_tissue`: the tissue's fine structure survives under
@@ -25,14 +26,12 @@ glass to the tissue rule; pale tissue under ink is tissue again).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
 __all__ = [
-    "InkRemover",
     "InkResult",
     "fill_cells",
     "glass_rim",
@@ -157,72 +156,6 @@ def soft_field(od: np.ndarray, ink: np.ndarray) -> np.ndarray:
     soft = ndimage.gaussian_filter(ink.astype(np.float32), 1.0)
     spread = ndimage.grey_dilation(od, size=(3, 3, 1))  # the rim's outer px get the field
     return (spread * soft[..., None]).astype(np.float32)
-
-
-class InkRemover:
-    """Takes the ink's OD (on the thumbnail's grid) off the blocks of the tile pass: a
-    ``transform`` of :func:`idcmap.pipeline.infer.predict_grid`.
-
-    Args:
-        od: float32 rows×cols×3 field on the thumbnail's grid (:func:`soft_field`).
-        px_level0: (x, y) level-0 px per thumbnail px.
-        level0_per_model_px: (x, y) level-0 px per model px (the grid's).
-        stride_px: the tile grid's stride, model px.
-    """
-
-    def __init__(
-        self,
-        od: np.ndarray,
-        px_level0: tuple[float, float],
-        level0_per_model_px: tuple[float, float],
-        stride_px: int,
-    ) -> None:
-        self.od = od
-        self.any = (od[..., 0] > 0) | (od[..., 1] > 0) | (od[..., 2] > 0)
-        self.scale = (level0_per_model_px[0] / px_level0[0], level0_per_model_px[1] / px_level0[1])
-        self.stride = stride_px
-
-    def __call__(self, row0: int, col0: int, pixels: np.ndarray) -> np.ndarray:
-        """``pixels`` (a block at model px whose top-left is tile (row0, col0)) un-inked; the
-        block itself where no ink reaches it."""
-        from PIL import Image
-
-        h, w = pixels.shape[:2]
-        sx, sy = self.scale
-        bx, by = col0 * self.stride, row0 * self.stride  # the block's corner, model px
-        th, tw = self.any.shape
-        # thumbnail px under the block (edge convention: px i spans [i, i + 1))
-        x0, x1 = max(0, int(bx * sx) - 1), min(tw, int(np.ceil((bx + w) * sx)) + 1)
-        y0, y1 = max(0, int(by * sy) - 1), min(th, int(np.ceil((by + h) * sy)) + 1)
-        if x0 >= x1 or y0 >= y1:
-            return pixels
-        inked = self.any[y0:y1, x0:x1]
-        if not inked.any():
-            return pixels
-        rows, cols = np.flatnonzero(inked.any(1)), np.flatnonzero(inked.any(0))
-        ty0, ty1 = max(y0 + rows[0] - 1, 0), min(y0 + rows[-1] + 2, th)  # + bilinear reach
-        tx0, tx1 = max(x0 + cols[0] - 1, 0), min(x0 + cols[-1] + 2, tw)
-        # the block's px whose centres fall there
-        i0, i1 = max(math.ceil(ty0 / sy - by), 0), min(math.floor(ty1 / sy - by), h)
-        j0, j1 = max(math.ceil(tx0 / sx - bx), 0), min(math.floor(tx1 / sx - bx), w)
-        if i0 >= i1 or j0 >= j1:
-            return pixels
-        box = (
-            (bx + j0) * sx - tx0,
-            (by + i0) * sy - ty0,
-            (bx + j1) * sx - tx0,
-            (by + i1) * sy - ty0,
-        )
-        up = np.empty((i1 - i0, j1 - j0, 3), np.float32)
-        for c in range(3):
-            crop = Image.fromarray(np.ascontiguousarray(self.od[ty0:ty1, tx0:tx1, c]), mode="F")
-            up[..., c] = np.asarray(
-                crop.resize((j1 - j0, i1 - i0), Image.Resampling.BILINEAR, box=box)
-            )
-        out = pixels.copy()
-        sub = (pixels[i0:i1, j0:j1].astype(np.float32) + 1.0) * np.exp(up) - 1.0
-        out[i0:i1, j0:j1] = np.clip(np.rint(sub), 0, 255).astype(np.uint8)
-        return out
 
 
 def fill_cells(

@@ -83,6 +83,9 @@ class QCMasks:
     ink: InkResult | None = None
     #: the thumbnail's (rows, cols), for the masks of a run that looked for none (blur only)
     shape: tuple[int, int] = (0, 0)
+    #: the px whose OD is halved (:mod:`idcmap.pipeline.correct`): the folds found and the
+    #: paler parts of their bands (:data:`idcmap.pipeline.qc.FOLD_LOW`); None: no fold
+    unfold: np.ndarray | None = None
 
     @property
     def excluded(self) -> np.ndarray:

@@ -21,9 +21,10 @@ from idcmap.io.urls import slide_stem
 from idcmap.model.runtime import IDCModel, load_model
 from idcmap.params import Params
 from idcmap.pipeline.contours import contour_regions
+from idcmap.pipeline.correct import PixelCorrector, fold_gain
 from idcmap.pipeline.heatmap import Heatmap, smooth, stitch
 from idcmap.pipeline.infer import InferenceStats, predict_grid, start_reads
-from idcmap.pipeline.ink import InkRemover, fill_cells
+from idcmap.pipeline.ink import fill_cells
 from idcmap.pipeline.measure import measurements_summary
 from idcmap.pipeline.qc import (
     EXCLUDE,
@@ -298,8 +299,8 @@ class _QC:
     #: heatmap cells that are tissue by the tissue rule and hold ink: those left unevaluated
     #: get the probability of the tissue around them (:func:`fill_cells`)
     fill: np.ndarray | None = None
-    #: takes the ink's OD off the tile pass's blocks (None: no ink to take off)
-    remover: InkRemover | None = None
+    #: takes the ink's OD off the tile pass's blocks and halves a fold's (None: neither)
+    corrector: PixelCorrector | None = None
     stain: dict[str, Any] | None = None  # the stain normalisation record (summary.json)
     #: the stain map the model's pixels go through (the verdict's colour is the model's view)
     pixel_map: StainMap | None = None
@@ -320,7 +321,8 @@ def _apply_qc(
     unink: bool = True,
 ) -> tuple[TissueMask, TileGrid]:
     """Remove the artefacts from the tissue; the grid keeps tiles of clean tissue only (ink
-    over tissue, un-inked, included: ``unink`` False where the tile pass ran already)."""
+    over tissue, un-inked, included) and ``qc.corrector`` un-inks and un-folds their pixels:
+    ``unink`` False where the tile pass ran already (neither is corrected then)."""
     qc.tissue_before = tissue.mask
     qc.masks = find_artefacts(
         tissue.thumbnail,
@@ -344,10 +346,18 @@ def _apply_qc(
         frac = cell_fraction(clean, rows, cols, cw, ch)
         inked = cell_fraction(replace(tissue, mask=qc.masks.masks["ink"]), rows, cols, cw, ch)
         qc.fill = (frac >= max(grid_kw["min_tissue"], 1e-6)) & (inked > 0)
-        if ink.od is not None:
-            qc.remover = InkRemover(
-                ink.od, tissue.px_level0, grid.level0_per_model_px, grid.stride_px
-            )
+    unfold = qc.masks.unfold
+    # (where the tiles were evaluated already, folds stay as read)
+    gain = fold_gain(unfold & clean.mask) if unink and unfold is not None else None
+    ink_od = ink.od if ink is not None else None
+    if ink_od is not None or gain is not None:
+        qc.corrector = PixelCorrector(
+            tissue.px_level0,
+            grid.level0_per_model_px,
+            grid.stride_px,
+            ink_od=ink_od,
+            gain=gain,
+        )
     return clean, grid
 
 
@@ -374,7 +384,7 @@ def _blurred_cells_by(
     kw = {**run_kw, "progress": False}
     with open_slide(path, backend=p.backend, mpp=p.mpp, allow_non_rgb=p.force_rgb) as slide:
         tile_prob, _ = predict_grid(
-            slide, sub, blur_net, transform=qc.remover, pixel_map=qc.pixel_map, **kw
+            slide, sub, blur_net, transform=qc.corrector, pixel_map=qc.pixel_map, **kw
         )
     second = stitch(tile_prob, sub.keep, k)
     use = blur_cells & np.isfinite(second)
@@ -458,7 +468,7 @@ def _tissue_and_tiles(
                 net,
                 on_block=on_block,
                 read_tiles=read_tiles,
-                transform=qc.remover,
+                transform=qc.corrector,
                 pixel_map=pixel_map,
                 reader=reader,
                 **run_kw,
