@@ -132,6 +132,23 @@ def test_the_corrector_halves_a_folds_od_and_takes_ink_off_with_it() -> None:
         PixelCorrector((4.0, 4.0), (1.0, 1.0), 50)
 
 
+def test_blend_inked_mixes_the_network_with_the_tissue_around() -> None:
+    """An un-inked cell's probability is 0.7 × its own + 0.3 × the tissue around the ink's
+    (``INK_NET_WEIGHT``); cells off the ink, and a slide whose every cell is inked, are as
+    they were."""
+    prob = np.full((20, 20), np.nan, np.float32)
+    prob[5:15, 2:18] = 0.9
+    inked = np.zeros((20, 20), bool)
+    inked[5:15, 9:12] = True
+    prob[inked] = 0.3
+    out = inkmod.blend_inked(prob, inked)
+    assert inkmod.INK_NET_WEIGHT == 0.7
+    assert np.allclose(out[inked], 0.7 * 0.3 + 0.3 * 0.9, atol=1e-5)
+    assert np.array_equal(out[~inked], prob[~inked], equal_nan=True)
+    every = np.isfinite(prob)
+    assert inkmod.blend_inked(prob, every) is prob
+
+
 def test_fill_cells_bridges_a_stroke() -> None:
     """Cells under a stroke across a region of high probability get the region's."""
     prob = np.full((20, 20), np.nan, np.float32)

@@ -24,7 +24,7 @@ from idcmap.pipeline.contours import contour_regions
 from idcmap.pipeline.correct import PixelCorrector, fold_gain
 from idcmap.pipeline.heatmap import Heatmap, smooth, stitch
 from idcmap.pipeline.infer import InferenceStats, predict_grid, start_reads
-from idcmap.pipeline.ink import fill_cells
+from idcmap.pipeline.ink import blend_inked, fill_cells
 from idcmap.pipeline.measure import measurements_summary
 from idcmap.pipeline.qc import (
     EXCLUDE,
@@ -123,9 +123,11 @@ def segment_slide(
         patch_px=cfg.patch_px,
     )
     timings["stitch"] = time.perf_counter() - t
-    if qc.fill is not None:  # ink over tissue: the probability of the tissue around it
+    if qc.fill is not None:  # ink over tissue: (part) the probability of the tissue around it
         t = time.perf_counter()
         fill = qc.fill & np.isnan(heatmap.prob)
+        # the un-inked cells' read, part network and part the tissue around them
+        heatmap = replace(heatmap, prob=blend_inked(heatmap.prob, qc.fill))
         if fill.any():
             heatmap = replace(heatmap, prob=fill_cells(heatmap.prob, fill))
         timings["qc_fill"] = time.perf_counter() - t
