@@ -28,6 +28,17 @@ def mosaic(shared: Path) -> np.ndarray:
     return read_level0(path)
 
 
+@pytest.fixture(scope="module")
+def idc_region(mosaic: np.ndarray, shared: Path) -> np.ndarray:
+    """bool, the mosaic's IDC cells (its cells.csv) at level 0."""
+    from idcmap.train.data import read_cells
+
+    region = np.zeros(mosaic.shape[:2], bool)
+    for x, y, w, h, label in read_cells(shared / "idc" / "slides" / f"{MOSAIC}.cells.csv"):
+        region[y : y + h, x : x + w] |= label == 1
+    return region
+
+
 def thumb(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The tissue stage's view: 16 µm/px (4:1 box) and its tissue mask."""
     t = np.asarray(Image.fromarray(rgb).reduce(4))
@@ -120,9 +131,6 @@ def test_blur_band_lowers_sharpness(mosaic: np.ndarray) -> None:
 def test_all_ink_slide_gives_a_clear_verdict(mosaic: np.ndarray, tmp_path: Path) -> None:
     """A slide drowned in ink: the pipeline finishes, finds no IDC, and says why; the tissue
     under the ink is still tissue (about the clean crop's area), though none is evaluated."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from tiffgen import write_pyramid_tiff
 
     from idcmap.pipeline.segment import segment_slide
@@ -275,9 +283,6 @@ def test_a_scanner_white_balance_is_not_taken_for_ink(mosaic: np.ndarray, tmp_pa
     model's mask is the one without QC; a model without the glass normalisation is flagged for
     the white balance it was not validated on. (Before: 77 % of 9037's tissue taken for ink,
     its IDC area 11.6 → 2.1 mm².)"""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from tiffgen import write_pyramid_tiff
 
     from idcmap.model.runtime import load_model
@@ -307,9 +312,6 @@ def test_a_slide_blurred_all_over_is_flagged(mosaic: np.ndarray, tmp_path: Path)
     no sharp tissue to be relative to, so find_blur cannot see it; the slide's own sharpness
     level (SOFT_P90) flags it, and lifts its tissue's logit (SOFT_LOGIT_SHIFT). The same
     mosaic unblurred is neither flagged nor lifted."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from tiffgen import write_pyramid_tiff
 
     from idcmap.pipeline.segment import segment_slide
@@ -334,24 +336,18 @@ def test_a_slide_blurred_all_over_is_flagged(mosaic: np.ndarray, tmp_path: Path)
     assert not any("softer" in r for r in clean["reasons"]), clean["reasons"]
 
 
-def test_blurred_idc_is_lifted_back(mosaic: np.ndarray, shared: Path, tmp_path: Path) -> None:
+def test_blurred_idc_is_lifted_back(
+    mosaic: np.ndarray, idc_region: np.ndarray, tmp_path: Path
+) -> None:
     """An out-of-focus band over the IDC of a real mosaic: the network reads the blurred IDC
     paler, so without the lift (blur not looked for) the IDC area falls; with it, the cells
     find_blur finds get BLUR_LOGIT_SHIFT and the IDC area comes back towards the clean one
     (σ 10 µm, within the painted battery's 6–16 µm)."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from tiffgen import write_pyramid_tiff
 
     from idcmap.pipeline.segment import segment_slide
-    from idcmap.train.data import read_cells
 
-    region = np.zeros(mosaic.shape[:2], bool)
-    for x, y, w, h, label in read_cells(shared / "idc" / "slides" / f"{MOSAIC}.cells.csv"):
-        if label == 1:
-            region[y : y + h, x : x + w] = True
-    blurred = paint(mosaic, 4.0, ["blur"], seed=0, region=region, where="idc", sigma_um=10.0)
+    blurred = paint(mosaic, 4.0, ["blur"], seed=0, region=idc_region, where="idc", sigma_um=10.0)
     idc = {}
     for name, img in (("clean", mosaic), ("blurred", blurred.rgb)):
         path = write_pyramid_tiff(tmp_path / f"{name}.tiff", img, 4.0)
@@ -371,9 +367,6 @@ def test_a_slide_whose_glass_is_at_white_is_flagged(mosaic: np.ndarray, tmp_path
     """Less haematoxylin (the shift table's row, −0.042 pooled Dice in CV) lightens the glass
     too, and the glass clips at 255: the glass gain cannot see how much paler the slide got, so
     the verdict says so. The same mosaic as it is (glass OD ~0.04) is not flagged."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from tiffgen import write_pyramid_tiff
 
     from idcmap.pipeline.segment import segment_slide
@@ -395,22 +388,17 @@ def test_a_slide_whose_glass_is_at_white_is_flagged(mosaic: np.ndarray, tmp_path
     assert not any("glass is at white" in r for r in reasons), reasons
 
 
-def test_debris_over_the_idc_is_flagged(mosaic: np.ndarray, shared: Path, tmp_path: Path) -> None:
+def test_debris_over_the_idc_is_flagged(
+    mosaic: np.ndarray, idc_region: np.ndarray, tmp_path: Path
+) -> None:
     """Dark debris over the IDC is excluded (not tissue, not IDC), so the IDC under it is not
     counted: the verdict measures the tissue excluded next to the IDC mask and flags the
     slide. The clean mosaic has none."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from tiffgen import write_pyramid_tiff
 
     from idcmap.pipeline.segment import segment_slide
-    from idcmap.train.data import read_cells
 
-    region = np.zeros(mosaic.shape[:2], bool)
-    for x, y, w, h, lab in read_cells(shared / "idc" / "slides" / f"{MOSAIC}.cells.csv"):
-        region[y : y + h, x : x + w] |= lab == 1
-    painted = paint(mosaic, 4.0, ["debris"], seed=0, region=region, where="idc")
+    painted = paint(mosaic, 4.0, ["debris"], seed=0, region=idc_region, where="idc")
     path = write_pyramid_tiff(tmp_path / "debris.tiff", painted.rgb, 4.0)
     v = segment_slide(path, progress=False, device="cpu").summary["qc"]
     assert v["excluded_near_idc_mm2"] > qc.REVIEW_EXCLUDED_NEAR_IDC_MM2, v
@@ -421,26 +409,19 @@ def test_debris_over_the_idc_is_flagged(mosaic: np.ndarray, shared: Path, tmp_pa
 
 
 def test_blurred_idc_is_read_by_the_blur_network(
-    mosaic: np.ndarray, shared: Path, tmp_path: Path
+    mosaic: np.ndarray, idc_region: np.ndarray, tmp_path: Path
 ) -> None:
     """The default model names a second network for out-of-focus tissue (``blur_model``:
     idc-v4blur, trained with strong blur): the cells find_blur finds take its probability,
     lifted by its smaller ``logit_shift``, from a second pass over their tiles only. On an
     out-of-focus band over 9035's IDC it keeps more of the IDC than the lift alone (measured:
     clean 4.84 mm², lift alone 2.48, blur network 2.56). Cells outside the blur are the same."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from tiffgen import write_pyramid_tiff
 
     from idcmap.model.runtime import load_model
     from idcmap.pipeline.segment import segment_slide
-    from idcmap.train.data import read_cells
 
-    region = np.zeros(mosaic.shape[:2], bool)
-    for x, y, w, h, label in read_cells(shared / "idc" / "slides" / f"{MOSAIC}.cells.csv"):
-        region[y : y + h, x : x + w] |= label == 1
-    blurred = paint(mosaic, 4.0, ["blur"], seed=0, region=region, where="idc", sigma_um=10.0)
+    blurred = paint(mosaic, 4.0, ["blur"], seed=0, region=idc_region, where="idc", sigma_um=10.0)
     path = write_pyramid_tiff(tmp_path / "blurred.tiff", blurred.rgb, 4.0)
     default = load_model(None, device="cpu")
     assert default.config.blur_model == {"model": "idc-v4blur", "logit_shift": 1.0}
@@ -460,23 +441,18 @@ def test_blurred_idc_is_read_by_the_blur_network(
     )
 
 
-def test_a_fold_over_the_idc_is_un_folded(mosaic: np.ndarray, shared: Path, tmp_path: Path) -> None:
+def test_a_fold_over_the_idc_is_un_folded(
+    mosaic: np.ndarray, idc_region: np.ndarray, tmp_path: Path
+) -> None:
     """A fold (the section over itself: OD × 1.8) over 9035's IDC. Found, its band's OD is
     halved before the network sees it (:attr:`QCMasks.unfold`: the fold found and its paler
     rim), and the IDC area comes back towards the clean slide's; the fold reported is the one
     found. Measured: clean 4.84 mm², the fold as read 3.72, un-folded 4.68."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from tiffgen import write_pyramid_tiff
 
     from idcmap.pipeline.segment import segment_slide
-    from idcmap.train.data import read_cells
 
-    region = np.zeros(mosaic.shape[:2], bool)
-    for x, y, w, h, label in read_cells(shared / "idc" / "slides" / f"{MOSAIC}.cells.csv"):
-        region[y : y + h, x : x + w] |= label == 1
-    folded = paint(mosaic, 4.0, ["fold"], seed=0, region=region, where="idc")
+    folded = paint(mosaic, 4.0, ["fold"], seed=0, region=idc_region, where="idc")
     path = write_pyramid_tiff(tmp_path / "folded.tiff", folded.rgb, 4.0)
     clean_path = write_pyramid_tiff(tmp_path / "clean.tiff", mosaic, 4.0)
     a = segment_slide(path, progress=False)
