@@ -8,7 +8,7 @@ measured on the tissue thumbnail's grid (~16 µm/px) and upsampled bilinearly to
   ink's field is subtracted.
 * **Folds**: a fold lays the section over itself, so the light crosses twice the tissue and
   its OD is :data:`FOLD_OD_FACTOR` times the single layer's. The fold's OD is divided by it
-  (:func:`fold_gain`). Measured with ``benchmarks/artefacts.py`` (docs/qc.md#folds): the
+  (:func:`fold_gain`). Measured with ``benchmarks/artefacts.py`` (docs/qc.md#folds-un-folded): the
   network read folded IDC as not IDC (a painted fold over the tumour: IDC area −14 … −24 %).
 
 ``rgb' = (rgb + 1) · exp(OD · (1 − gain) + ink) − 1``: the fold's excess OD and the ink's OD

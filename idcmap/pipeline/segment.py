@@ -299,7 +299,8 @@ class _QC:
     tissue_before: np.ndarray | None = None
     sharpness: SharpnessGrid | None = None
     #: heatmap cells that are tissue by the tissue rule and hold ink: those left unevaluated
-    #: get the probability of the tissue around them (:func:`fill_cells`)
+    #: get the probability of the tissue around them (:func:`fill_cells`), the evaluated ones
+    #: part of it (:func:`blend_inked`)
     fill: np.ndarray | None = None
     #: takes the ink's OD off the tile pass's blocks and halves a fold's (None: neither)
     corrector: PixelCorrector | None = None
