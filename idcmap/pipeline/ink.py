@@ -55,7 +55,7 @@ INK_NET_WEIGHT = 0.7
 #: How far (Gaussian sigmas, heatmap cells of 200 µm) the tissue around the ink is taken from.
 #: Up to 16 cells, the dev set's best (0.8286), a tumour ringed and crossed by ink took the
 #: tissue outside the ring (8865 seed 0 on the test mosaics: IDC 2.0 → 0.0 mm², clean 1.84);
-#: up to 2 cells: dev 0.8173, 1 cell: 0.8106.
+#: up to 2 cells: dev 0.8173 (weight 0.5 / 0.85: 0.8157 / 0.8148), 1 cell: 0.8106.
 INK_AROUND_SIGMAS = (1.0, 2.0)
 #: Ink pixels whose texture (:func:`texture`, in the mark's core) is above this are over
 #: tissue; below, on glass. Measured on painted mosaics (thumbnails, 16 µm/px): ink over
