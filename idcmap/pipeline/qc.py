@@ -122,8 +122,9 @@ __all__ = [
 #: Border: max channel below this (0–255) and connected to the image edge.
 BORDER_DARK = 40
 #: Pixel classifier threshold (probability of the artefact class) and minimum piece (mm²).
-#: Folds are only reported: 0.8 finds 0.64 of the painted folds on 9 TRAIN/VALID mosaics
-#: (0.95: 0.42) and flags none of the 28 clean ones (docs/qc.md#artefact-battery).
+#: Folds: 0.8 finds 0.64 of the painted folds on 9 TRAIN/VALID mosaics (0.95: 0.42) and flags
+#: none of the 28 clean ones (docs/qc.md#artefact-battery); what it finds is also un-folded
+#: (:data:`FOLD_LOW`; seeded at 0.6 instead, the same dev Dice).
 P_THRESHOLD = {"ink": 0.7, "fold": 0.8, "debris": 0.9}
 #: The classifier runs on pixels whose summed optical density is above this.
 CANDIDATE_OD = 0.25
