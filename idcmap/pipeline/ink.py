@@ -193,18 +193,30 @@ def blend_inked(
     known = np.isfinite(prob) & ~inked
     if weight >= 1 or not ev.any() or not known.any():
         return prob
+    around = _around(prob, known, ev, sigmas)
+    use = ev & np.isfinite(around)
+    return np.where(use, weight * prob + (1 - weight) * around, prob).astype(np.float32)
+
+
+def _around(
+    prob: np.ndarray, known: np.ndarray, todo: np.ndarray, sigmas: tuple[float, ...]
+) -> np.ndarray:
+    """float64 rows×cols: at each ``todo`` cell, the normalised Gaussian average of ``prob``
+    over the ``known`` cells (they weigh 1, others 0) at the smallest of ``sigmas`` (cells)
+    whose neighbourhood holds enough of them; NaN where none does, and off ``todo``."""
     p0 = np.where(known, prob, 0.0).astype(np.float64)
     w = known.astype(np.float64)
-    around = np.full(prob.shape, np.nan)
-    todo = ev.copy()
+    out = np.full(prob.shape, np.nan)
+    todo = todo.copy()
     for s in sigmas:
         den = ndimage.gaussian_filter(w, s, mode="constant")
         ok = todo & (den > 0.05)
         if ok.any():
-            around[ok] = ndimage.gaussian_filter(p0, s, mode="constant")[ok] / den[ok]
+            out[ok] = ndimage.gaussian_filter(p0, s, mode="constant")[ok] / den[ok]
             todo &= ~ok
-    use = ev & np.isfinite(around)
-    return np.where(use, weight * prob + (1 - weight) * around, prob).astype(np.float32)
+        if not todo.any():
+            break
+    return out
 
 
 def fill_cells(
@@ -226,17 +238,10 @@ def fill_cells(
     if not known.any():
         out[todo] = 0.0
         return out
-    p0 = np.where(known, prob, 0.0).astype(np.float64)
-    w = known.astype(np.float64)
-    for s in sigmas:
-        den = ndimage.gaussian_filter(w, s, mode="constant")
-        ok = todo & (den > 0.05)
-        if ok.any():
-            num = ndimage.gaussian_filter(p0, s, mode="constant")
-            out[ok] = (num[ok] / den[ok]).astype(np.float32)
-            todo &= ~ok
-        if not todo.any():
-            break
-    if todo.any():
-        out[todo] = float(p0[known].mean())
+    around = _around(prob, known, todo, sigmas)
+    near = todo & np.isfinite(around)
+    out[near] = around[near].astype(np.float32)
+    rest = todo & ~near
+    if rest.any():  # beyond every sigma: the slide's mean
+        out[rest] = float(np.asarray(prob, np.float64)[known].mean())
     return out
