@@ -610,7 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--model",
         default="bundled",
-        help="model .json, 'bundled' (the package's default, idc-v2), or 'random' (random IDCNet)",
+        help="model .json, 'bundled' (the package's default, idc-v4-glass), "
+        "or 'random' (random IDCNet)",
     )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=2, help="reader threads")

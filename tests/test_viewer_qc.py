@@ -1,8 +1,9 @@
 """The viewer's QC layer: the areas the QC stage found, coloured by kind, over the slide page.
 
 OUT is made by ``idcmap run`` with the bundled model on ``examples/8955.tiff`` three ways:
-``inked`` (a blue ink stroke painted over its tissue, run with ``--qc all``), ``allink`` (a
-crop of it drowned in ink, ``--qc all``: no tissue left) and ``clean`` (no ``--qc``). Browser
+``inked`` (a blue ink stroke painted over its tissue, run with ``--qc all``), ``folded`` (a
+fold painted over its tissue, ``--qc all``), ``allink`` (a crop of it drowned in ink, ``--qc
+all``: no tissue left) and ``clean`` (no ``--qc``). Browser
 tests skip when no Chromium is installed (``.ci/install-browser.sh`` installs it).
 """
 
@@ -24,7 +25,7 @@ from PIL import Image
 
 from idcmap.cli.main import main as idcmap_main
 from idcmap.output.export import ARTEFACT_COLORS
-from idcmap.train.artefacts import paint_ink
+from idcmap.train.artefacts import paint_fold, paint_ink
 from idcmap.train.data import read_level0
 from idcmap.viewer.server import ViewerServer, make_server
 
@@ -43,12 +44,14 @@ def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         rgb, 4.0, np.random.default_rng(0), colour="blue", shape="stroke", width_mm=0.8, alpha=0.7
     )
     write_pyramid_tiff(base / "inked.tiff", inked, 4.0, (1, 4))
+    folded, _, _ = paint_fold(rgb, 4.0, np.random.default_rng(0), width_mm=1.0, factor=2.0)
+    write_pyramid_tiff(base / "folded.tiff", folded, 4.0, (1, 4))
     crop = rgb[:600, :700].astype(np.float32)
     drowned = (crop * (0.25 + 0.75 * np.asarray([30, 60, 160]) / 255)).astype(np.uint8)
     write_pyramid_tiff(base / "allink.tiff", drowned, 4.0, (1, 4))
     shutil.copy(EXAMPLE, base / "clean.tiff")
     out = base / "out"
-    qc = [str(base / "inked.tiff"), str(base / "allink.tiff"), "--qc", "all"]
+    qc = [str(base / f"{s}.tiff") for s in ("inked", "folded", "allink")] + ["--qc", "all"]
     assert idcmap_main(["run", *qc, "-o", str(out), "-q"]) == 0
     clean = [str(base / "clean.tiff"), "--qc", "none"]  # a slide QC did not run on
     assert idcmap_main(["run", *clean, "-o", str(out), "-q"]) == 0
@@ -123,6 +126,19 @@ def test_api_gives_the_artefact_layers_and_keeps_them_out_of_the_regions(
     assert over > 0 and f"over tissue {over:.2f} mm² kept" in ink["note"]
     # no QC: no layer, and the page says so
     assert api(server, "clean")["qc"] is None
+
+
+def test_a_fold_layer_is_kept_and_says_how_it_was_read(server: ViewerServer, out_dir: Path) -> None:
+    qc = api(server, "folded")["qc"]
+    summary = json.loads((out_dir / "folded" / "summary.json").read_text())
+    assert [layer["kind"] for layer in qc["layers"]] == ["fold"]
+    fold = qc["layers"][0]
+    assert fold["name"] == "Fold" and fold["color"] == list(ARTEFACT_COLORS["fold"])
+    assert fold["excluded"] is False
+    assert fold["area_mm2"] > 0.5
+    assert fold["area_mm2"] == pytest.approx(summary["qc"]["excluded_mm2"]["fold"])
+    assert "optical density halved" in fold["note"]
+    assert qc["review"] is True and any("fold" in r for r in qc["reasons"])
 
 
 def test_slide_page_shows_the_ink_layer_in_its_colour(

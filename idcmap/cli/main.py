@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="model .json, or a bundled model by name (idc-v4-glass, the default: robust to "
         "scanner and stain shifts, with a per-slide glass gain; idc-v4 without the gain; "
-        "idc-v2, 0.2's default; idc-v1; idc-v3; idc-v2-glass; idc-v3-glass)",
+        "idc-v2, 0.2's default; idc-v1; idc-v3; idc-v2-glass; idc-v3-glass; idc-v4blur)",
     )
     run.add_argument(
         "--device",
@@ -276,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="artefacts the QC stage finds: all (the default), none (0.2.0's behaviour) or a "
         "comma list of ink, fold, blur, debris, border; ink on glass, "
         "debris and borders are removed from the tissue, ink over tissue is taken off the "
-        "pixels (or filled from the tissue around it), folds and blur flagged; the verdict "
+        "pixels (or filled from the tissue around it), a fold's optical density is halved, "
+        "blurred tissue is read by the model's blur-robust network (or lifted); the verdict "
         "goes to summary.json",
     )
     run.add_argument(

@@ -259,8 +259,9 @@ def _download_names(sf: SlideFolder) -> list[str]:
 def _qc_details(verdict: Any, layers: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The slide page's QC section: None when the slide was run without QC (no verdict in
     its summary), else the verdict's flag, reasons and areas, and the GeoJSON's artefact
-    layers, each marked ``excluded`` (removed from the tissue) or not (flagged, kept); the ink
-    layer's ``note`` says what became of it (on glass removed, over tissue kept)."""
+    layers, each marked ``excluded`` (removed from the tissue) or not (kept); a kept layer's
+    ``note`` says what became of it (ink: on glass removed, over tissue un-inked or filled;
+    folds and blur: how they were read)."""
     if not isinstance(verdict, dict):
         return None
     from idcmap.pipeline.qc import EXCLUDE
@@ -276,11 +277,22 @@ def _qc_details(verdict: Any, layers: list[dict[str, Any]]) -> dict[str, Any] | 
                 **layer,
                 "excluded": layer["kind"] in EXCLUDE,
                 "area_mm2": _finite_or_none(areas.get(layer["kind"])),
-                "note": _ink_note(verdict.get("ink")) if layer["kind"] == "ink" else None,
+                "note": (
+                    _ink_note(verdict.get("ink"))
+                    if layer["kind"] == "ink"
+                    else _KEPT_NOTES.get(layer["kind"])
+                ),
             }
             for layer in layers
         ],
     }
+
+
+#: What the pipeline does with the artefacts it keeps as tissue (:mod:`idcmap.pipeline.segment`)
+_KEPT_NOTES = {
+    "fold": "kept, read with its optical density halved (two layers of the section)",
+    "blur": "kept, read for blur (the model's blur-robust network, or a lift of its IDC)",
+}
 
 
 def _ink_note(ink: Any) -> str | None:

@@ -148,11 +148,11 @@
       li.appendChild(sw);
       const area = layer.area_mm2 === null ? "" : " · " + fmt(layer.area_mm2, 2) + " mm²";
       li.appendChild(el("span", null, layer.name + area));
-      const what = layer.note || (layer.excluded ? "removed from the tissue" : "flagged, kept");
+      const what = layer.note || (layer.excluded ? "removed from the tissue" : "kept");
       li.appendChild(el("span", "what", what));
       ul.appendChild(li);
     }
-    note.textContent = "Removed areas are not tissue, not tiles and not IDC; flagged ones are analysed and reported; ink over tissue stays tissue, its colour taken off before the network.";
+    note.textContent = "Removed areas are not tissue, not tiles and not IDC; kept ones are analysed (corrected as the legend says) and reported; ink over tissue stays tissue, its colour taken off before the network.";
   }
 
   function buildQcSvg(viewer, qc) {
