@@ -15,9 +15,10 @@ def main(slide: Path, out: Path) -> None:
     model = load_model(device="auto")  # load once, reuse for many slides
     result = segment_slide(slide, model=model, progress=False)
     s = result.summary
+    m = s["measurements"]  # the drawn regions' figures, as the CLI's done line and cohort.csv
     print(
         f"{slide.name}: {len(result.regions)} IDC region(s), "
-        f"{s['idc_area_mm2']:.2f} mm² IDC of {s['tissue_area_mm2']:.2f} mm² tissue"
+        f"{m['idc_area_mm2']:.2f} mm² IDC ({m['idc_percent_of_tissue']:.1f} % of the tissue)"
     )
     for i, region in enumerate(result.regions, 1):
         print(

@@ -51,7 +51,9 @@ def parse_qc_kinds(spec: str | Iterable[str] | None) -> frozenset[str]:
     if spec is None or spec == "all":
         return frozenset(QC_KINDS)
     if isinstance(spec, str):
-        spec = [] if spec.strip() in ("", "none") else [s.strip() for s in spec.split(",")]
+        if not spec.strip():  # an empty --qc "" is a slip, not "none": say so
+            raise ValueError(f"no QC kind given; use none, all or some of {QC_KINDS}")
+        spec = [] if spec.strip() == "none" else [s.strip() for s in spec.split(",")]
     out = frozenset(spec)
     bad = out - set(QC_KINDS)
     if bad:
@@ -87,7 +89,7 @@ class Params:
     simplify_um: float = 2.0  # polygon simplification tolerance
     force_rgb: bool = False  # process non-brightfield images anyway
     outline: Outline = "smooth"  # region outlines: "smooth" (threshold contour) or "cells" (edges)
-    # QC stage (idcmap.pipeline.qc): artefact kinds removed from the tissue or flagged: "all"
+    # QC stage (idcmap.pipeline.qc): artefact kinds it finds (and removes or corrects): "all"
     # (the default: docs/qc.md#on-by-default), "none" (0.2.0's behaviour) or a
     # comma list of ink, fold, blur, debris, border
     qc: str = "all"

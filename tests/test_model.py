@@ -416,3 +416,13 @@ def test_the_blur_model_section_round_trips_and_is_checked() -> None:
     blur = m.blur_model()
     assert blur is not None and blur.config.version == "4.0.0+blur" and m.blur_model() is blur
     assert load_model("idc-v2", device="cpu").blur_model() is None
+
+
+def test_a_mistyped_bundled_name_gets_the_closest_one_and_the_list() -> None:
+    with pytest.raises(ModelError, match=r"did you mean idc-v4-glass\? bundled: idc-v1,"):
+        load_model("idc-v4glass")
+    with pytest.raises(ModelError, match=r"bundled: .*idc-v4blur") as e:
+        load_model("nonexistent")
+    assert "did you mean" not in str(e.value)
+    with pytest.raises(ModelError, match="written by 'idcmap train'"):  # a path: no names
+        load_model("no/such/model.json")

@@ -55,6 +55,8 @@ def test_parse_kinds() -> None:
     assert qc.parse_kinds("ink,fold") == {"ink", "fold"}
     with pytest.raises(ValueError, match="unknown QC kind"):
         qc.parse_kinds("ink,smudge")
+    with pytest.raises(ValueError, match="no QC kind given"):  # --qc "": a slip, not none
+        qc.parse_kinds(" ")
     with pytest.raises(UsageError, match="qc="):
         Params(qc="smudge").validate()
 
@@ -403,9 +405,14 @@ def test_debris_over_the_idc_is_flagged(
     v = segment_slide(path, progress=False, device="cpu").summary["qc"]
     assert v["excluded_near_idc_mm2"] > qc.REVIEW_EXCLUDED_NEAR_IDC_MM2, v
     assert any("excluded over or next to the IDC" in r for r in v["reasons"]), v["reasons"]
+    # the tissue left, on the tissue mask's own grid: before less what was excluded from it
+    before, after = v["tissue_before_qc_mm2"], v["tissue_after_qc_mm2"]
+    on_tissue = v["excluded_pct_of_tissue"]["debris"] / 100 * before
+    assert before - after == pytest.approx(on_tissue, abs=0.01), v
     clean = write_pyramid_tiff(tmp_path / "clean.tiff", mosaic, 4.0)
     v = segment_slide(clean, progress=False, device="cpu").summary["qc"]
     assert v["excluded_near_idc_mm2"] == 0.0 and not v["review"], v
+    assert v["tissue_after_qc_mm2"] <= v["tissue_before_qc_mm2"], v
 
 
 def test_blurred_idc_is_read_by_the_blur_network(

@@ -129,6 +129,10 @@ class Outcome:
 
 def check_output_dir(out_dir: Path) -> None:
     """Fail early, once, when the output folder cannot be written."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(
+            f"output folder {out_dir} is a file, not a folder; choose another out_dir="
+        )
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / f".idcmap-write-test-{os.getpid()}"
@@ -562,6 +566,23 @@ def totals_line(outcomes: Iterable[Outcome], out_dir: str | os.PathLike[str]) ->
         f"idcmap: {n[DONE]} done, {n[SKIPPED]} skipped, {n[FAILED]} failed; "
         f"outputs in {os.fspath(out_dir)}"
     )
+
+
+#: At most this many failed slides are named again at the end of a batch
+FAILURES_LISTED = 20
+
+
+def failures_lines(outcomes: Iterable[Outcome], limit: int = FAILURES_LISTED) -> list[str]:
+    """The failed slides named again at the end of a batch, so a long run's failures do not
+    scroll away: a heading, at most ``limit`` ✗ lines, and how many more (empty if none)."""
+    failed = [o for o in outcomes if o.status == FAILED]
+    if not failed:
+        return []
+    lines = [f"idcmap: {len(failed)} slide(s) failed:"]
+    lines += [format_outcome(o) for o in failed[:limit]]
+    if len(failed) > limit:
+        lines.append(f"… and {len(failed) - limit} more (their ✗ lines are above)")
+    return lines
 
 
 def slide_bar(total: int, progress: bool) -> tqdm:

@@ -67,7 +67,7 @@ def to_flags(text: str) -> str:
             return m.group(0)
         if value == "True":
             return flag_of(name)
-        if value:
+        if value.strip(chr(34) + chr(39)):  # (an empty string value reads as the bare flag)
             return f"{flag_of(name)} {value.strip(chr(34) + chr(39))}"
         after = m.string[m.end() : m.end() + 1]  # "mpp=0.25" → "--mpp 0.25"; "out_dir=;" → "--out;"
         return flag_of(name) + (
@@ -310,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the pipeline will read.",
     )
     info.add_argument("slide", help="a slide file, a DICOM series folder or a URL")
-    info.add_argument("--backend", default="auto", choices=list(BACKENDS))
+    info.add_argument(
+        "--backend", default="auto", choices=list(BACKENDS), help="slide reader (default: auto)"
+    )
     info.add_argument("--mpp", type=_finite, default=None, help="µm per level-0 pixel override")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument("--debug", action="store_true", help="print tracebacks")
@@ -329,7 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from idcmap.batch.inputs import expand_inputs, read_slide_list
-    from idcmap.batch.runner import FAILED, RunOptions, format_outcome, totals_line, write_line
+    from idcmap.batch.runner import (
+        FAILED,
+        RunOptions,
+        failures_lines,
+        format_outcome,
+        totals_line,
+        write_line,
+    )
 
     # every Params field has the flag flag_of(field): --stride for stride_px, --mpp for mpp...
     params = Params(**{f.name: getattr(args, _dest(f.name)) for f in fields(Params)})
@@ -361,7 +370,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             print,
             options.progress,
         )
-    # the reasons of the failures are on their ✗ lines above, one line each
+    # in a long run the ✗ lines scroll away: the failures again, then the totals
+    for line in failures_lines(outcomes) if len(outcomes) > 1 else []:
+        print(to_flags(line))
     print(totals_line(outcomes, args.out))
     return 1 if any(o.status == FAILED for o in outcomes) else 0
 

@@ -94,8 +94,8 @@ def warn_if_contradicted(
         warnings.warn(
             MppMismatchWarning(
                 f"{Path(path).name}: mpp={user_mpp:g} contradicts the slide's own "
-                f"{meta:.4g} µm/px ({source}); if that is right, areas are off "
-                f"{(user_mpp / meta) ** 2:.3g}x"
+                f"{meta:.4g} µm/px ({source}); if that is right, every area is "
+                f"{(user_mpp / meta) ** 2:.3g} times what it should be"
             ),
             stacklevel=4,
         )

@@ -211,8 +211,23 @@ def find_config(path: str | Path) -> Path:
     if p.suffix == ".safetensors":
         p = p.with_suffix(".json")
     if not p.is_file():
-        raise ModelError(f"model config {p} not found; pass the .json written by 'idcmap train'")
+        raise ModelError(_not_found(p))
     return p
+
+
+def _not_found(p: Path) -> str:
+    """The error for a model that names no file: the closest bundled name, or them all."""
+    import difflib
+
+    names = bundled_models()
+    if p.suffix or len(p.parts) > 1:  # a path: a file the user meant to give
+        return f"model config {p} not found; pass the .json written by 'idcmap train'"
+    close = difflib.get_close_matches(str(p), names, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return (
+        f"no model file or bundled model named {p}; {hint}bundled: {', '.join(names)} "
+        "(or pass the .json written by 'idcmap train')"
+    )
 
 
 def read_config(json_path: str | Path) -> ModelConfig:

@@ -162,10 +162,18 @@ class QCVerdict:
     #: tissue excluded (debris, border) within :data:`REVIEW_BLUR_NEAR_UM` of the IDC mask, mm²
     #: (None: no IDC mask given)
     excluded_near_idc_mm2: float | None = None
+    #: the tissue left after QC, mm², on the same thumbnail grid as ``tissue_mm2`` (the
+    #: summary's ``tissue_area_mm2`` counts whole 200-µm cells instead, so it is larger)
+    tissue_after_mm2: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "tissue_before_qc_mm2": round(self.tissue_mm2, 4),
+            **(
+                {}
+                if self.tissue_after_mm2 is None
+                else {"tissue_after_qc_mm2": round(self.tissue_after_mm2, 4)}
+            ),
             **({} if self.ink is None else {"ink": {k: round(v, 4) for k, v in self.ink.items()}}),
             "excluded_mm2": {k: round(v, 4) for k, v in self.excluded_mm2.items()},
             "excluded_pct_of_tissue": {
@@ -297,6 +305,7 @@ def verdict(
         (offset[0], offset[1], offset[2]) if offset is not None else None,
         sharpness_p90,
         near_mm2,
+        after_mm2,
     )
 
 

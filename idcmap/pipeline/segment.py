@@ -454,12 +454,12 @@ def _tissue_and_tiles(
                 qc.pixel_map = pixel_map
                 timings["stain_norm"] = time.perf_counter() - t
             t = time.perf_counter()
-            if kinds:
+            if kinds:  # the QC stage makes the grid of the tissue it leaves (timed with it)
                 tissue, grid = _apply_qc(slide, tissue, kinds, grid_kw, qc)
                 timings["qc"] = time.perf_counter() - t
             else:
                 grid = make_grid(slide, tissue, **grid_kw)
-            timings["grid"] = time.perf_counter() - t
+                timings["grid"] = time.perf_counter() - t
             on_block = read_tiles = None
             if "blur" in kinds:
                 qc.sharpness = SharpnessGrid(grid.shape, stride_px, cfg.patch_px)

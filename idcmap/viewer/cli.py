@@ -57,7 +57,8 @@ def run_view(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
 
     if not args.out.is_dir():
-        raise UsageError(f"{args.out}: no such folder; pass the --out folder of an `idcmap run`")
+        what = "a file, not a folder" if args.out.exists() else "no such folder"
+        raise UsageError(f"{args.out}: {what}; pass the --out folder of an `idcmap run`")
     try:
         server = make_server(args.out, args.host, args.port, log=log if args.verbose else None)
     except UsageError as e:  # the library speaks Python API; say it in flags

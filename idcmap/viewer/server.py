@@ -532,7 +532,8 @@ def make_server(
     """
     p = Path(out_dir)
     if not p.is_dir():
-        raise UsageError(f"{p}: no such folder; out_dir= must be the output folder of a run")
+        what = "a file, not a folder" if p.exists() else "no such folder"
+        raise UsageError(f"{p}: {what}; out_dir= must be the output folder of a run")
     try:
         return ViewerServer(p, host, port, log=log)
     except OSError as e:
