@@ -658,3 +658,24 @@ def test_download_named_symlinks_out_of_out_are_404(out_dir: Path, tmp_path: Pat
         srv.shutdown()
         srv.server_close()
         thread.join(5)
+
+
+def test_a_slide_run_by_a_relative_path_is_found_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run records the slide path as given (``s.tiff``, relative to where it started) and
+    where it resolved to; a viewer started in another folder finds the file by the latter."""
+    from idcmap.viewer.catalog import Catalog
+
+    start, elsewhere = tmp_path / "slides", tmp_path / "elsewhere"
+    start.mkdir()
+    elsewhere.mkdir()
+    write_pyramid_tiff(start / "s.tiff", synthetic_he(600, 800), 4.0, (1, 4))
+    out = tmp_path / "deep" / "out"
+    monkeypatch.chdir(start)
+    assert idcmap_main(["run", "s.tiff", "--out", str(out), "--qc", "none", "-q"]) == 0
+    monkeypatch.chdir(elsewhere)
+    catalog = Catalog(out)
+    sf = catalog.get("s")
+    assert sf is not None and sf.slide_path_text == "s.tiff"
+    assert catalog.slide_path(sf) == start / "s.tiff"

@@ -17,7 +17,7 @@ import numpy as np
 from idcmap.io.jpegtorch import tile_decoder
 from idcmap.io.open import open_slide
 from idcmap.io.slide import Slide, SlideInfo
-from idcmap.io.urls import slide_stem
+from idcmap.io.urls import is_url, slide_stem
 from idcmap.model.runtime import IDCModel, load_model
 from idcmap.params import Params
 from idcmap.pipeline.contours import contour_regions
@@ -253,6 +253,9 @@ def build_summary(
     return SlideSummary(
         slide={
             **info.to_dict(),
+            # where the file was, whatever folder the run started in (a viewer started
+            # elsewhere finds the slide by it; the path above is as given)
+            **({} if is_url(info.path) else {"path_resolved": str(Path(info.path).resolve())}),
             "level_read": stats.level,
             "level_read_mpp": stats.level_mpp,
             "level_read_scale": stats.scale,

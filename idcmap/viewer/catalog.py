@@ -164,15 +164,18 @@ class Catalog:
 
     def slide_path(self, sf: SlideFolder) -> Path | None:
         """Where the slide file is: the recorded path if absolute; a relative one is tried from
-        the current folder, the output folder and its parent (runs record the path as given)."""
+        the current folder, the output folder and its parent (runs record the path as given),
+        then as the run resolved it (``path_resolved``, since 0.3)."""
         text = sf.slide_path_text
         if not text:
             return None
         p = Path(text)
         if p.is_absolute():
             return p
-        for base in (Path.cwd(), self.root, self.root.parent):
-            cand = base / p
+        resolved = str((sf.summary.get("slide") or {}).get("path_resolved") or "")
+        for cand in [base / p for base in (Path.cwd(), self.root, self.root.parent)] + (
+            [Path(resolved)] if resolved else []
+        ):
             if cand.exists():
                 return cand
         return Path.cwd() / p
