@@ -374,3 +374,16 @@ def test_ctrl_c_while_a_lock_is_taken_leaves_no_lock_file(
     with locking.file_lock(path, wait=False) as got:
         assert got and path.exists()
     assert not path.exists()
+
+
+def test_a_long_batchs_failures_are_named_again_at_most_twenty() -> None:
+    from idcmap.batch.report import FAILURES_LISTED, failures_lines
+    from idcmap.batch.runner import Outcome
+
+    outs = [Outcome(f"s{i}.svs", "failed", "unreadable") for i in range(25)]
+    outs.insert(3, Outcome("ok.svs", "done", "1 IDC region"))
+    lines = failures_lines(outs)
+    assert lines[0].startswith("idcmap: 25 slide(s) failed")
+    assert lines[1:3] == ["  s0.svs", "  s1.svs"] and len(lines) == 1 + FAILURES_LISTED + 1
+    assert lines[-1] == "  … and 5 more"
+    assert failures_lines(outs[3:4]) == []  # nothing failed: nothing more

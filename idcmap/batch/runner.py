@@ -557,34 +557,6 @@ def run_batch(
     return [by_path[s] for s in items]
 
 
-def totals_line(outcomes: Iterable[Outcome], out_dir: str | os.PathLike[str]) -> str:
-    """The last line of a batch: counts by status and where the outputs are."""
-    n = {s: 0 for s in get_args(Status)}
-    for o in outcomes:
-        n[o.status] += 1
-    return (
-        f"idcmap: {n[DONE]} done, {n[SKIPPED]} skipped, {n[FAILED]} failed; "
-        f"outputs in {os.fspath(out_dir)}"
-    )
-
-
-#: At most this many failed slides are named again at the end of a batch
-FAILURES_LISTED = 20
-
-
-def failures_lines(outcomes: Iterable[Outcome], limit: int = FAILURES_LISTED) -> list[str]:
-    """The failed slides named again at the end of a batch, so a long run's failures do not
-    scroll away: a heading, at most ``limit`` ✗ lines, and how many more (empty if none)."""
-    failed = [o for o in outcomes if o.status == FAILED]
-    if not failed:
-        return []
-    lines = [f"idcmap: {len(failed)} slide(s) failed:"]
-    lines += [format_outcome(o) for o in failed[:limit]]
-    if len(failed) > limit:
-        lines.append(f"… and {len(failed) - limit} more (their ✗ lines are above)")
-    return lines
-
-
 def slide_bar(total: int, progress: bool) -> tqdm:
     """The bar over a batch's slides (disabled without ``progress`` or for one slide)."""
     return tqdm(

@@ -331,14 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from idcmap.batch.inputs import expand_inputs, read_slide_list
-    from idcmap.batch.runner import (
-        FAILED,
-        RunOptions,
-        failures_lines,
-        format_outcome,
-        totals_line,
-        write_line,
-    )
+    from idcmap.batch.report import failures_lines, totals_line
+    from idcmap.batch.runner import FAILED, RunOptions, format_outcome, write_line
 
     # every Params field has the flag flag_of(field): --stride for stride_px, --mpp for mpp...
     params = Params(**{f.name: getattr(args, _dest(f.name)) for f in fields(Params)})

@@ -16,6 +16,8 @@ from typing import Any
 from idcmap.cli.argtypes import positive_int
 from idcmap.errors import UsageError
 
+_DEVICE_HELP = "auto (CUDA when there is one, else CPU), cpu, cuda, cuda:N or mps"
+
 
 def _model_arg(parser: argparse.ArgumentParser, default: str = "idc-v4-glass, the default") -> None:
     help_ = f"model .json or bundled name (default: {default})"
@@ -79,9 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--epochs", type=positive_int, default=20, help="training epochs (default: 20)")
     tr.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     tr.add_argument("--lr", type=float, help="peak of the one-cycle schedule (default: lr_find's)")
-    tr.add_argument(
-        "--batch-size", type=positive_int, default=256, help="patches per batch (default: 256)"
-    )
+    tr.add_argument("--batch-size", type=positive_int, default=256, help="default: 256")
     tr.add_argument(
         "--arch",
         default="idcnet-v1",
@@ -186,12 +186,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     ta.add_argument("--out", "-o", required=True, type=Path, help="model .json to write")
     _model_arg(ta)
-    ta.add_argument(
-        "--train", nargs="+", type=Path, default=None, metavar="SLIDE", help="training slides"
-    )
-    ta.add_argument(
-        "--valid", nargs="+", type=Path, default=None, metavar="SLIDE", help="validation slides"
-    )
+    ta.add_argument("--train", nargs="+", type=Path, metavar="SLIDE", help="training slides")
+    ta.add_argument("--valid", nargs="+", type=Path, metavar="SLIDE", help="validation slides")
     ta.add_argument(
         "--slides-dir", type=Path, default=None, help="folder of <patient>.tiff + .cells.csv"
     )
@@ -221,11 +217,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ta.add_argument("--l2", type=float, default=1e-3, help="L2 penalty (default: 0.001)")
     ta.add_argument("--name", default=None, help="model name (default: the base model's)")
     ta.add_argument("--version", default=None, help="model version (default: the base's)")
-    ta.add_argument(
-        "--device",
-        default="auto",
-        help="auto (CUDA when there is one, else CPU), cpu, cuda, cuda:N or mps",
-    )
+    ta.add_argument("--device", default="auto", help=_DEVICE_HELP)
     ta.add_argument("--debug", action="store_true", help="print tracebacks")
     ta.set_defaults(func=cmd_train_aggregator)
 
@@ -267,12 +259,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evs.required = True
     ep = evs.add_parser("patches", help="ROC AUC, F1, balanced accuracy... on patch folders")
     ep.add_argument(
-        "--data",
-        nargs="+",
-        required=True,
-        type=Path,
-        metavar="DIR",
-        help="patch folders (<patient>/<0|1>/*.png, as the IDC data set)",
+        "--data", nargs="+", required=True, type=Path, metavar="DIR", help="patch folders"
     )
     _model_arg(ep)
     ep.add_argument(
@@ -282,30 +269,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SPLIT_JSON",
         help="only the patients of one split of this split JSON",
     )
-    ep.add_argument(
-        "--split",
-        choices=["train", "valid", "test"],
-        default="test",
-        help="which split of --patients-from (default: test)",
-    )
+    ep.add_argument("--split", choices=["train", "valid", "test"], default="test", help="the split")
     ep.add_argument("--threshold", type=float, default=None, help="default: the model's")
-    ep.add_argument(
-        "--device",
-        default="auto",
-        help="auto (CUDA when there is one, else CPU), cpu, cuda, cuda:N or mps",
-    )
+    ep.add_argument("--device", default="auto", help=_DEVICE_HELP)
     ep.add_argument("--out", "-o", type=Path, default=None, help="report JSON")
     ep.add_argument("--debug", action="store_true", help="print tracebacks")
     ep.set_defaults(func=cmd_evaluate_patches)
 
     es = evs.add_parser("slides", help="Dice / IoU of the IDC mask against ground truth")
-    es.add_argument(
-        "slides",
-        nargs="+",
-        type=Path,
-        metavar="SLIDE",
-        help="slides with a <stem>.cells.csv beside",
-    )
+    es.add_argument("slides", nargs="+", type=Path, metavar="SLIDE", help="with <stem>.cells.csv")
     es.add_argument(
         "--truth",
         nargs="+",
@@ -316,11 +288,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _model_arg(es)
     es.add_argument("--threshold", type=float, default=None, help="default: the model's")
-    es.add_argument(
-        "--device",
-        default="auto",
-        help="auto (CUDA when there is one, else CPU), cpu, cuda, cuda:N or mps",
-    )
+    es.add_argument("--device", default="auto", help=_DEVICE_HELP)
     es.add_argument(
         "--direct",
         action="store_true",
@@ -347,9 +315,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "slides only; --write MODEL_JSON writes the model with that choice (the weights "
         "unchanged) to a path you name.",
     )
-    et.add_argument(
-        "slides", nargs="+", type=Path, metavar="SLIDE", help="validation slides with cells.csv"
-    )
+    et.add_argument("slides", nargs="+", type=Path, metavar="SLIDE", help="with <stem>.cells.csv")
     et.add_argument(
         "--truth",
         nargs="+",
@@ -359,11 +325,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="cells.csv or QuPath .geojson per slide (default: <stem>.cells.csv)",
     )
     _model_arg(et)
-    et.add_argument(
-        "--device",
-        default="auto",
-        help="auto (CUDA when there is one, else CPU), cpu, cuda, cuda:N or mps",
-    )
+    et.add_argument("--device", default="auto", help=_DEVICE_HELP)
     et.add_argument(
         "--write",
         type=Path,
