@@ -141,6 +141,19 @@ def test_a_fold_layer_is_kept_and_says_how_it_was_read(server: ViewerServer, out
     assert qc["review"] is True and any("fold" in r for r in qc["reasons"])
 
 
+def test_slide_page_legend_says_a_fold_is_kept_and_un_folded(
+    server: ViewerServer, browser: Browser
+) -> None:
+    open_page(browser, server, "folded")
+    legend = browser.evaluate(
+        "Array.from(document.querySelectorAll('#qc-legend li'))"
+        ".map(li => [li.dataset.kind, li.innerText])"
+    )
+    assert [k for k, _ in legend] == ["fold"], legend
+    assert "Fold" in legend[0][1] and "optical density halved" in legend[0][1], legend
+    assert "removed from the tissue" not in legend[0][1]
+
+
 def test_slide_page_shows_the_ink_layer_in_its_colour(
     server: ViewerServer, browser: Browser, tmp_path: Path
 ) -> None:
