@@ -228,6 +228,18 @@ def test_bad_inputs_fail_one_line_each_and_batch_goes_on(
     assert assert_no_partial(out, ["s0"], leftovers_ok=False) == ["s0"]
 
 
+def test_an_unknown_argument_is_told_with_its_commands_usage(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rc, _, err = run_cli(["info", "a.svs", "b.svs"], capsys)
+    assert rc == 2 and err.startswith("usage: idcmap info "), err
+    assert err.strip().endswith("idcmap info: error: unrecognized arguments: b.svs"), err
+    rc, _, err = run_cli(["evaluate", "slides", "a.tiff", "--bogus"], capsys)
+    assert rc == 2 and err.startswith("usage: idcmap evaluate slides "), err
+    rc, _, err = run_cli(["--bogus"], capsys)
+    assert rc == 2 and err.startswith("usage: idcmap [-h]"), err
+
+
 def test_only_bad_inputs_exit_nonzero(
     tmp_path: Path, kit: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -474,9 +474,24 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", module=r"(PIL|openslide|tiffslide|tifffile|zarr)(\.|$)")
 
 
+def _leaf_parser(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> argparse.ArgumentParser:
+    """The (sub)parser of the command ``args`` ran: ``idcmap evaluate slides`` → its own."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for key in ("what", "command"):  # the nested subcommand's dest, then the top one's
+                name = getattr(args, key, None)
+                if name in action.choices:
+                    return _leaf_parser(action.choices[name], args)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # told by the subcommand's parser, so its usage line is the one shown
+        _leaf_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
