@@ -488,6 +488,13 @@ def test_output_path_under_a_file_is_refused(
     )
     assert rc == 2 and "cannot write to output folder" in err and "--out" in err
     assert_one_line_errors(out + err)
+    # the file itself as --out (or as the viewer's folder): said so, not "File exists"
+    rc, out, err = run_cli(
+        ["run", str(kit["s0"]), "--out", str(blocker), "--model", str(kit["model"]), "-q"], capsys
+    )
+    assert rc == 2 and f"{blocker} is a file, not a folder; choose another --out" in err, err
+    rc, out, err = run_cli(["view", str(blocker), "--no-browser"], capsys)
+    assert rc == 2 and "a file, not a folder" in err, err
 
 
 @contextmanager
