@@ -67,8 +67,9 @@ def to_flags(text: str) -> str:
             return m.group(0)
         if value == "True":
             return flag_of(name)
-        if value.strip(chr(34) + chr(39)):  # (an empty string value reads as the bare flag)
-            return f"{flag_of(name)} {value.strip(chr(34) + chr(39))}"
+        unquoted = value.strip(chr(34) + chr(39))
+        if unquoted:  # (an empty string value reads as the bare flag)
+            return f"{flag_of(name)} {unquoted}"
         after = m.string[m.end() : m.end() + 1]  # "mpp=0.25" → "--mpp 0.25"; "out_dir=;" → "--out;"
         return flag_of(name) + (
             " " if after and not after.isspace() and after not in ",;:)." else ""
