@@ -16,6 +16,7 @@ from idcmap.params import Params
 from idcmap.pipeline import ink as inkmod
 from idcmap.pipeline.correct import PixelCorrector
 from idcmap.pipeline.inkfield import ink_field
+from idcmap.pipeline.qcverdict import REVIEW_INK_NEAR_IDC
 from idcmap.pipeline.tissue import tissue_mask_from_rgb
 from idcmap.train.artefacts import INK_COLOURS, paint_ink
 from idcmap.train.data import read_level0
@@ -183,6 +184,14 @@ def test_translucent_ink_over_tissue_keeps_the_tissue_area(
     ink = s["all"]["qc"]["ink"]
     assert ink["over_tissue_mm2"] > 1 and ink["on_glass_mm2"] > 1
     assert ink["over_tissue_mm2"] == pytest.approx(ink["uninked_mm2"] + ink["filled_mm2"], abs=1e-3)
+    # the circle round the IDC lies next to it: the verdict says how much IDC was read through
+    # ink, as mm² and as a share of the IDC area, and flags the slide for it
+    idc_mm2 = s["all"]["idc_area_mm2"]
+    assert ink["near_idc_mm2"] > REVIEW_INK_NEAR_IDC * idc_mm2, (ink, idc_mm2)
+    assert ink["near_idc_pct_of_idc"] == pytest.approx(
+        100 * ink["near_idc_mm2"] / idc_mm2, rel=0.05
+    )
+    assert any("read through the ink" in r for r in s["all"]["qc"]["reasons"]), s["all"]["qc"]
 
 
 def test_a_stroke_across_an_idc_region_does_not_split_it(

@@ -474,3 +474,32 @@ def test_a_fold_over_the_idc_is_un_folded(
     assert not (fold & ~found.unfold).any()
     idc = {k: r.summary["idc_area_mm2"] for k, r in (("a", a), ("b", b), ("clean", clean))}
     assert abs(idc["a"] - idc["clean"]) < 0.5 * abs(idc["b"] - idc["clean"]), idc
+
+
+def test_ink_next_to_the_idc_is_measured_and_flagged_and_ink_far_from_it_is_not() -> None:
+    """The verdict measures the ink over tissue within 400 µm of the IDC mask, as mm² and as
+    a share of the IDC area, and flags the slide when it exceeds
+    :data:`~idcmap.pipeline.qc.REVIEW_INK_NEAR_IDC` of it; the same ink 2 mm away is
+    measured as 0 and raises no flag. (A 16-µm thumbnail, 200-µm heatmap cells.)"""
+    from idcmap.pipeline.ink import InkResult
+
+    shape = (250, 250)  # 4 × 4 mm
+    tissue = np.ones(shape, bool)
+    rgb = np.full((*shape, 3), (200, 120, 180), np.uint8)  # mid H&E, in the colour check's range
+    idc = np.zeros((20, 20), bool)
+    idc[2:5, 2:5] = True  # 9 cells, 0.36 mm², 0.4–1.0 mm from the corner
+    for rows, near in ((slice(60, 70), True), (slice(200, 210), False)):
+        over = np.zeros(shape, bool)
+        over[rows, 20:60] = True  # 0.16 × 0.64 mm = 0.1024 mm² of ink over tissue
+        ink = InkResult(np.zeros((*shape, 3), np.float32), tissue, over, np.zeros(shape, bool))
+        masks = qc.QCMasks({"ink": over}, 16.0, 16.0, ink=ink, shape=shape)
+        v = qc.verdict(masks, tissue, rgb, idc_cells=idc).to_dict()
+        got = v["ink"]["near_idc_mm2"]
+        flagged = any("read through the ink" in r for r in v["reasons"])
+        if near:  # 1.12 mm down: within 400 µm of cell row 4's lower edge (1.0 mm)
+            assert got == pytest.approx(0.1024, abs=1e-4), v["ink"]
+            assert v["ink"]["near_idc_pct_of_idc"] == pytest.approx(100 * 0.1024 / 0.36, abs=0.1)
+            assert flagged, v["reasons"]
+        else:  # 3.2 mm down
+            assert got == 0.0 and v["ink"]["near_idc_pct_of_idc"] == 0.0, v["ink"]
+            assert not flagged, v["reasons"]

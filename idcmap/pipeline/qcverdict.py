@@ -27,6 +27,7 @@ __all__ = [
     "REVIEW_EXCLUDED",
     "REVIEW_EXCLUDED_NEAR_IDC_MM2",
     "REVIEW_FLAGGED",
+    "REVIEW_INK_NEAR_IDC",
     "QCMasks",
     "QCVerdict",
     "colour_distance",
@@ -64,6 +65,12 @@ REVIEW_BLUR_NEAR_UM = 400.0
 #: Review when more tissue than this (mm²) is excluded (debris, border) within
 #: :data:`REVIEW_BLUR_NEAR_UM` of the IDC mask: IDC under it is not counted.
 REVIEW_EXCLUDED_NEAR_IDC_MM2 = 0.1
+#: Review when ink over tissue within :data:`REVIEW_BLUR_NEAR_UM` of the IDC mask covers more
+#: than this share of the IDC area (and more than :data:`REVIEW_EXCLUDED_NEAR_IDC_MM2`): the
+#: IDC there was read through the ink, and un-inked tissue is read less reliably (issue 17's
+#: tolerance for ink's change of the IDC area is 15 %; the test battery's inked slides moved
+#: −42 … +29 %: docs/qc.md#ink-in-or-next-to-the-idc).
+REVIEW_INK_NEAR_IDC = 0.15
 
 
 @dataclass(frozen=True)
@@ -153,7 +160,9 @@ class QCVerdict:
     reasons: list[str]
     #: the ink's areas (mm²) and shares of the tissue after QC (%): ``on_glass_mm2``,
     #: ``over_tissue_mm2``, ``over_tissue_pct``, ``uninked_mm2`` (over tissue, taken off the
-    #: pixels), ``filled_mm2`` (over tissue, left: probability from around); None: no ink
+    #: pixels), ``filled_mm2`` (over tissue, left: probability from around) and, given an IDC
+    #: mask, ``near_idc_mm2`` (over tissue within :data:`REVIEW_BLUR_NEAR_UM` of it) and
+    #: ``near_idc_pct_of_idc`` (that area over the IDC area, %); None: no ink
     ink: dict[str, float] | None = None
     #: the glass's OD minus :data:`REF_GLASS_OD` (R, G, B) as the model sees it; None: no glass
     glass_od_offset: tuple[float, float, float] | None = None
@@ -261,6 +270,17 @@ def verdict(
         if blur_cells is not None and (d[blur_cells] <= REVIEW_BLUR_NEAR_UM).any():
             reasons.append("out-of-focus tissue over or near the IDC regions")
         near_mm2 = _near_mm2(removed & tissue, qc, d, cell_um)
+        if ink is not None and qc.ink is not None:
+            idc_mm2 = float(idc_cells.sum()) * cell_mm2
+            ink_near = _near_mm2(qc.ink.over_tissue, qc, d, cell_um)
+            ink["near_idc_mm2"] = ink_near
+            ink["near_idc_pct_of_idc"] = 100 * ink_near / idc_mm2
+            if ink_near > max(REVIEW_INK_NEAR_IDC * idc_mm2, REVIEW_EXCLUDED_NEAR_IDC_MM2):
+                reasons.append(
+                    f"ink over {ink_near:.2f} mm² of tissue in or next to the IDC regions "
+                    f"({ink['near_idc_pct_of_idc']:.0f} % of the IDC area): the IDC there was "
+                    "read through the ink, and its area may be off"
+                )
         if near_mm2 > REVIEW_EXCLUDED_NEAR_IDC_MM2:
             reasons.append(
                 f"{near_mm2:.2f} mm² of tissue excluded over or next to the IDC regions "
