@@ -191,7 +191,7 @@ def test_translucent_ink_over_tissue_keeps_the_tissue_area(
     assert ink["near_idc_pct_of_idc"] == pytest.approx(
         100 * ink["near_idc_mm2"] / idc_mm2, rel=0.05
     )
-    assert any("read through the ink" in r for r in s["all"]["qc"]["reasons"]), s["all"]["qc"]
+    assert any("IDC read through ink" in r for r in s["all"]["qc"]["reasons"]), s["all"]["qc"]
 
 
 def test_a_stroke_across_an_idc_region_does_not_split_it(

@@ -495,7 +495,7 @@ def test_ink_next_to_the_idc_is_measured_and_flagged_and_ink_far_from_it_is_not(
         masks = qc.QCMasks({"ink": over}, 16.0, 16.0, ink=ink, shape=shape)
         v = qc.verdict(masks, tissue, rgb, idc_cells=idc).to_dict()
         got = v["ink"]["near_idc_mm2"]
-        flagged = any("read through the ink" in r for r in v["reasons"])
+        flagged = any("IDC read through ink" in r for r in v["reasons"])
         if near:  # 1.12 mm down: within 400 µm of cell row 4's lower edge (1.0 mm)
             assert got == pytest.approx(0.1024, abs=1e-4), v["ink"]
             assert v["ink"]["near_idc_pct_of_idc"] == pytest.approx(100 * 0.1024 / 0.36, abs=0.1)

@@ -277,9 +277,9 @@ def verdict(
             ink["near_idc_pct_of_idc"] = 100 * ink_near / idc_mm2
             if ink_near > max(REVIEW_INK_NEAR_IDC * idc_mm2, REVIEW_EXCLUDED_NEAR_IDC_MM2):
                 reasons.append(
-                    f"ink over {ink_near:.2f} mm² of tissue in or next to the IDC regions "
-                    f"({ink['near_idc_pct_of_idc']:.0f} % of the IDC area): the IDC there was "
-                    "read through the ink, and its area may be off"
+                    f"ink over {ink_near:.2f} mm² in or next to the IDC regions "
+                    f"({ink['near_idc_pct_of_idc']:.0f} % of the IDC area): IDC read through "
+                    "ink, its area may be off"
                 )
         if near_mm2 > REVIEW_EXCLUDED_NEAR_IDC_MM2:
             reasons.append(
