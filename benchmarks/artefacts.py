@@ -215,6 +215,8 @@ def battery(a: argparse.Namespace, model: Any) -> None:
                 )
                 (a.out / "battery.json").write_text(json.dumps(rows, default=str))
     table(rows)
+    if "ink" in a.kinds:
+        print(ink_reason_line(rows))
 
 
 def _dice(rs: list[dict[str, Any]]) -> float:
@@ -262,6 +264,25 @@ def table(rows: list[dict[str, Any]]) -> None:
             f"{dmax('all', 'idc_mm2'):.0f} % | {prec:.2f} | {rec:.2f} | {reck:.2f} | "
             f"{flagged}/{len(rs)} |"
         )
+
+
+def ink_reason_line(rows: list[dict[str, Any]]) -> str:
+    """How often the verdict says IDC was read through ink, and whether it says so on the
+    slides whose IDC area (QC) moved more than 15 % from the clean slide's (issue 17's goal)."""
+    clean = {r["slide"]: r["all"] for r in rows if r["kind"] == "clean"}
+    rs = [r for r in rows if r["kind"] == "ink"]
+    said = [any("IDC read through ink" in x for x in (r["all"]["qc"] or {}).get("reasons", []))
+            for r in rs]  # fmt: skip
+    moved = [
+        clean[r["slide"]]["idc_mm2"] > 0
+        and abs(r["all"]["idc_mm2"] / clean[r["slide"]]["idc_mm2"] - 1) > 0.15
+        for r in rs
+    ]
+    both = sum(a and b for a, b in zip(said, moved, strict=True))
+    return (
+        f"ink: 'IDC read through ink' on {sum(said)}/{len(rs)} slides; on {both} of the "
+        f"{sum(moved)} whose IDC area moved more than 15 %"
+    )
 
 
 def detail(rows: list[dict[str, Any]], kind: str) -> None:
