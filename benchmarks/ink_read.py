@@ -38,14 +38,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from artefacts import SLIDES, idc_region, paint_case  # noqa: E402
 
 from idcmap.model.runtime import load_model  # noqa: E402
+from idcmap.pipeline.qcpixel import optical_density as od  # noqa: E402
 from idcmap.train.data import read_level0  # noqa: E402
 
 TEST = ("8865", "8913", "8955", "8984", "9035", "14082")
 PATCH = 50
-
-
-def od(x: np.ndarray) -> np.ndarray:
-    return -np.log((x.astype(np.float32) + 1.0) / 256.0)
 
 
 def chroma_smoothed(x: np.ndarray, sigma: float) -> np.ndarray:
