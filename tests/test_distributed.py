@@ -85,7 +85,15 @@ def _stem(path: str) -> str:
 def _same_result(a: Path, b: Path, stem: str, *, source: bool = True) -> None:
     """Same regions (GeoJSON geometry and properties) and the same summary figures."""
     ga, gb = (_features(d / stem / f"{stem}.geojson") for d in (a, b))
-    assert ga == gb and len(ga) > 0
+    assert len(ga) == len(gb) > 0
+    for fa, fb in zip(ga, gb, strict=True):
+        # the network's sums differ in their last bits with the worker's torch threads
+        # (1 per Dask worker here, all cores in this process): measurements to 1e-6
+        ma, mb = (f["properties"].pop("measurements", {}) for f in (fa, fb))
+        assert fa == fb
+        assert ma.keys() == mb.keys() and all(
+            ma[k] == pytest.approx(mb[k], rel=1e-6) for k in ma
+        ), (ma, mb)
     sa = json.loads((a / stem / "summary.json").read_text())
     sb = json.loads((b / stem / "summary.json").read_text())
     for k in FIGURES:
