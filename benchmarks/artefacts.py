@@ -127,8 +127,21 @@ def record(res: Any, sid: str) -> dict[str, Any]:
         "tissue_mm2": s["tissue_area_mm2"],
         "idc_mm2": s["idc_area_mm2"],
         "qc": s.get("qc"),
+        "idc_under_pct": under_pct(s["measurements"]["regions"]),
         "total_s": s["timings_s"]["total"],
         "qc_s": s["timings_s"].get("qc", 0.0) + s["timings_s"].get("qc_blur", 0.0),
+    }
+
+
+def under_pct(regions: list[dict[str, Any]]) -> dict[str, float]:
+    """The share of the IDC regions' area under each kind the QC stage found (%, the regions'
+    ``artefact_pct_of_area`` weighted by their areas)."""
+    total = sum(r["area_mm2"] for r in regions)
+    kinds = {k for r in regions for k in r.get("artefact_pct_of_area", {})}
+    return {
+        k: sum(r["area_mm2"] * r["artefact_pct_of_area"].get(k, 0.0) for r in regions) / total
+        for k in sorted(kinds)
+        if total > 0
     }
 
 
@@ -217,6 +230,9 @@ def battery(a: argparse.Namespace, model: Any) -> None:
     table(rows)
     if "ink" in a.kinds:
         print(ink_reason_line(rows))
+    for kind in ("ink", "fold"):
+        if kind in a.kinds:
+            print(region_share_line(rows, kind))
 
 
 def _dice(rs: list[dict[str, Any]]) -> float:
@@ -282,6 +298,27 @@ def ink_reason_line(rows: list[dict[str, Any]]) -> str:
     return (
         f"ink: 'IDC read through ink' on {sum(said)}/{len(rs)} slides; on {both} of the "
         f"{sum(moved)} whose IDC area moved more than 15 %"
+    )
+
+
+def region_share_line(rows: list[dict[str, Any]], kind: str) -> str:
+    """How much of the IDC regions' area lies under ``kind`` (``<Kind> % of area`` of each
+    region, area-weighted), on the slides whose IDC area moved more than 15 % and the others."""
+    clean = {r["slide"]: r["all"] for r in rows if r["kind"] == "clean"}
+    groups: dict[bool, list[float]] = {True: [], False: []}
+    for r in rows:
+        if r["kind"] != kind or not clean[r["slide"]]["idc_mm2"]:
+            continue
+        moved = abs(r["all"]["idc_mm2"] / clean[r["slide"]]["idc_mm2"] - 1) > 0.15
+        groups[moved].append(r["all"].get("idc_under_pct", {}).get(kind, 0.0))
+
+    def span(v: list[float]) -> str:
+        return f"{min(v):.0f}–{max(v):.0f} % (median {np.median(v):.0f} %)" if v else "—"
+
+    return (
+        f"{kind}: the IDC regions' area under {kind}: {span(groups[True])} on the "
+        f"{len(groups[True])} slides whose IDC area moved more than 15 %, "
+        f"{span(groups[False])} on the other {len(groups[False])}"
     )
 
 

@@ -145,3 +145,24 @@ def test_largest_focus_is_the_longest_region_not_the_first() -> None:
     assert block["largest_focus_greatest_dimension_mm"] == pytest.approx(
         math.hypot(4, 0.2), abs=1e-4
     )
+
+
+def test_artefact_share_is_the_part_of_the_region_under_each_kind() -> None:
+    """Half a region under a stroke is 50 % ink; a ring round it (the region in its hole) is
+    0 %, and so is a kind whose outlines lie elsewhere; QuPath names carry the unit."""
+    from idcmap.pipeline.measure import artefact_measurements, artefact_share_pct
+
+    region = shapely.box(0, 0, 10, 10)
+    stroke = shapely.box(5, -5, 20, 20)
+    ring = shapely.Polygon(
+        [(-10, -10), (20, -10), (20, 20), (-10, 20)], [[(-1, -1), (11, -1), (11, 11), (-1, 11)]]
+    )
+    far = shapely.box(100, 100, 110, 110)
+    got = artefact_share_pct(region, {"ink": [stroke], "fold": [ring], "debris": [far, far]})
+    assert got == {"ink": 50.0, "fold": 0.0, "debris": 0.0}
+    assert artefact_share_pct(region, {"ink": [stroke, ring]}) == {"ink": 50.0}
+    assert artefact_share_pct(region, {"ink": [shapely.box(-5, -5, 15, 15)]}) == {"ink": 100.0}
+    assert artefact_measurements({"ink": 50.0, "blur": 0.0}) == {
+        "Ink % of area": 50.0,
+        "Blur % of area": 0.0,
+    }

@@ -23,7 +23,7 @@ IDC as a percentage of the tissue area.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -34,6 +34,8 @@ __all__ = [
     "NOTE",
     "RegionMeasurements",
     "SlideMeasurements",
+    "artefact_measurements",
+    "artefact_share_pct",
     "caliper_diameters_um",
     "measure_polygon",
     "measure_slide",
@@ -149,6 +151,29 @@ def measure_polygon(
     )
 
 
+def artefact_share_pct(
+    geom: shapely.Geometry, artefacts: Mapping[str, Sequence[shapely.Geometry]]
+) -> dict[str, float]:
+    """How much of ``geom``'s area lies under each kind of ``artefacts`` (kind → polygons in
+    the same frame, e.g. :func:`idcmap.pipeline.qc.artefact_polygons`), in %: one entry per
+    kind given, 0 where none of its polygons touches ``geom``. A ratio of areas, so the
+    same in level-0 px² as in µm², anisotropic pixels included."""
+    area = float(shapely.area(geom)) if geom is not None else 0.0
+    out: dict[str, float] = {}
+    for kind, polys in artefacts.items():
+        if area <= 0 or not polys:
+            out[kind] = 0.0
+            continue
+        under = shapely.intersection(geom, shapely.union_all(list(polys)))
+        out[kind] = min(100.0, 100.0 * float(shapely.area(under)) / area)
+    return out
+
+
+def artefact_measurements(shares: Mapping[str, float]) -> dict[str, float]:
+    """QuPath measurement names of :func:`artefact_share_pct`'s shares (``"Ink % of area"``)."""
+    return {f"{kind.capitalize()} % of area": v for kind, v in shares.items()}
+
+
 def measure_slide(
     regions: Sequence[RegionMeasurements], tissue_area_mm2: float
 ) -> SlideMeasurements:
@@ -178,17 +203,26 @@ def measurements_summary(
     mpp_y: float | None = None,
     *,
     class_name: str = "IDC",
+    artefacts: Mapping[str, Sequence[shapely.Geometry]] | None = None,
 ) -> tuple[list[RegionMeasurements], dict[str, Any]]:
     """Measure every region and the slide: the per-region list (in ``polygons`` order, named
-    ``"<class_name> <k>"`` like the GeoJSON features) and the ``summary.json`` block."""
+    ``"<class_name> <k>"`` like the GeoJSON features) and the ``summary.json`` block. With
+    ``artefacts`` (what the QC stage found, kind → polygons), each region's entry also says
+    how much of it lies under each kind (``artefact_pct_of_area``, :func:`artefact_share_pct`):
+    a region read through ink or a fold may be off in area."""
     per = [measure_polygon(p, mpp_x, mpp_y) for p in polygons]
     slide = measure_slide(per, tissue_area_mm2)
+    regions: list[dict[str, Any]] = []
+    for k, (poly, m) in enumerate(zip(polygons, per, strict=True), start=1):
+        entry: dict[str, Any] = {"name": f"{class_name} {k}"}
+        entry.update({n: round(v, 4) for n, v in asdict(m).items()})
+        if artefacts is not None:
+            shares = artefact_share_pct(poly, artefacts)
+            entry["artefact_pct_of_area"] = {n: round(v, 2) for n, v in shares.items()}
+        regions.append(entry)
     block: dict[str, Any] = {
         "note": NOTE,
         **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in slide.to_dict().items()},
-        "regions": [
-            {"name": f"{class_name} {k}", **{n: round(v, 4) for n, v in asdict(m).items()}}
-            for k, m in enumerate(per, start=1)
-        ],
+        "regions": regions,
     }
     return per, block

@@ -91,7 +91,7 @@ from idcmap.pipeline.qcverdict import (
 )
 from idcmap.pipeline.regions import mask_to_regions
 from idcmap.pipeline.stain import balance_glass
-from idcmap.pipeline.tissue import tissue_mask_from_rgb
+from idcmap.pipeline.tissue import TissueMask, tissue_mask_from_rgb
 
 __all__ = [
     "BLUR_LOGIT_SHIFT",
@@ -110,6 +110,8 @@ __all__ = [
     "QCMasks",
     "QCVerdict",
     "SharpnessGrid",
+    "artefact_outlines",
+    "artefact_polygons",
     "block_sharpness",
     "colour_distance",
     "find_artefacts",
@@ -458,3 +460,22 @@ def artefact_polygons(
         grid = cell_grid if kind == "blur" else thumbnail_grid
         out[kind] = [r.polygon for r in mask_to_regions(m, grid)]
     return out
+
+
+def artefact_outlines(
+    masks: dict[str, np.ndarray], tissue: TissueMask, heatmap: Heatmap
+) -> dict[str, list[Any]]:
+    """:func:`artefact_polygons` of a slide's QC masks (the thumbnail's kinds on ``tissue``'s
+    grid, ``blur`` on ``heatmap``'s cells): what the GeoJSON draws and what each IDC region's
+    share under an artefact is measured against."""
+    thumb = Heatmap(
+        prob=np.zeros(tissue.mask.shape, np.float32),
+        origin_level0_px=tissue.origin_level0_px,
+        cell_level0_px=tissue.px_level0,
+        slide_mpp=heatmap.slide_mpp,
+        model_mpp=heatmap.model_mpp,
+        stride_px=heatmap.stride_px,
+        patch_px=heatmap.patch_px,
+        slide_mpp_y=heatmap.slide_mpp_y,
+    )
+    return artefact_polygons(masks, thumb, heatmap)

@@ -15,8 +15,8 @@ from idcmap.io.urls import slide_stem
 from idcmap.output.export import regions_to_geojson
 from idcmap.output.folder import save_outputs
 from idcmap.pipeline.heatmap import Heatmap
-from idcmap.pipeline.measure import measure_polygon
-from idcmap.pipeline.qc import artefact_polygons
+from idcmap.pipeline.measure import artefact_measurements, artefact_share_pct, measure_polygon
+from idcmap.pipeline.qc import artefact_outlines
 from idcmap.pipeline.regions import Region
 from idcmap.pipeline.summary import SlideSummary
 from idcmap.pipeline.tissue import TissueMask
@@ -72,31 +72,24 @@ class SlideResult:
     def to_geojson(self, tiles: bool = False) -> dict[str, Any]:
         """QuPath FeatureCollection of the IDC regions (and the tiles, with ``tiles=True``);
         each region carries its grading measurements (:mod:`idcmap.measure`)."""
+        arte = (
+            None
+            if self.qc_masks is None
+            else artefact_outlines(self.qc_masks, self.tissue, self.heatmap)
+        )
+        measurements = []
+        for r in self.regions:
+            m = measure_polygon(r.polygon, self.slide.mpp, self.slide.mpp_y).qupath()
+            if arte:  # each region: how much of it lies under each kind the QC stage found
+                m.update(artefact_measurements(artefact_share_pct(r.polygon, arte)))
+            measurements.append(m)
         return regions_to_geojson(
             self.regions,
             tiles=self.heatmap if tiles else None,
             tile_threshold=self.tile_threshold,
-            measurements=[
-                measure_polygon(r.polygon, self.slide.mpp, self.slide.mpp_y).qupath()
-                for r in self.regions
-            ],
-            artefacts=None if self.qc_masks is None else self._artefact_polygons(),
+            measurements=measurements,
+            artefacts=arte,
         )
-
-    def _artefact_polygons(self) -> dict[str, list[Any]]:
-        assert self.qc_masks is not None
-        t = self.tissue
-        thumb = Heatmap(
-            prob=np.zeros(t.mask.shape, np.float32),
-            origin_level0_px=t.origin_level0_px,
-            cell_level0_px=t.px_level0,
-            slide_mpp=self.heatmap.slide_mpp,
-            model_mpp=self.heatmap.model_mpp,
-            stride_px=self.heatmap.stride_px,
-            patch_px=self.heatmap.patch_px,
-            slide_mpp_y=self.heatmap.slide_mpp_y,
-        )
-        return artefact_polygons(self.qc_masks, thumb, self.heatmap)
 
     def save(
         self,

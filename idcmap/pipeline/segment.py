@@ -32,6 +32,7 @@ from idcmap.pipeline.qc import (
     SOFT_P90,
     QCMasks,
     SharpnessGrid,
+    artefact_outlines,
     find_artefacts,
     find_blur,
     lift_blurred,
@@ -174,6 +175,11 @@ def segment_slide(
         ).to_dict()
     timings["total"] = time.perf_counter() - t0
 
+    qc_masks = (
+        None
+        if qc.masks is None
+        else {**qc.masks.masks, **({"blur": blur_cells} if blur_cells is not None else {})}
+    )
     recorded = asdict(p)
     if not cfg.stain_norm:  # no effect without the model's reference: outputs as before
         del recorded["stain_norm"]
@@ -196,6 +202,7 @@ def segment_slide(
         stats=stats,
         tissue_from_tiles=one_pass,
         timings_s=timings,
+        artefacts=None if qc_masks is None else artefact_outlines(qc_masks, tissue, heatmap),
     )
     if qc_verdict is not None:
         summary = replace(summary, qc=qc_verdict)
@@ -214,9 +221,7 @@ def segment_slide(
         smooth_um=smooth_um,
         aggregator=agg.kind_name if agg is not None else "none",
         source=str(path),
-        qc_masks=None
-        if qc.masks is None
-        else {**qc.masks.masks, **({"blur": blur_cells} if blur_cells is not None else {})},
+        qc_masks=qc_masks,
     )
 
 
@@ -232,6 +237,7 @@ def build_summary(
     stats: InferenceStats,
     tissue_from_tiles: bool,
     timings_s: Mapping[str, float],
+    artefacts: Mapping[str, Sequence[Any]] | None = None,
 ) -> SlideSummary:
     """The summary of one slide from the pipeline's pieces.
 
@@ -246,6 +252,8 @@ def build_summary(
         stats: inference statistics (level read, tiles, blocks, busy times).
         tissue_from_tiles: the tissue mask came from the tile pass (:func:`tissue_from_tile_pass`).
         timings_s: wall time per stage, seconds.
+        artefacts: what the QC stage found, kind → polygons (:func:`artefact_outlines`):
+            each region's measurements say how much of it lies under each kind.
     """
     cfg = model.config
     tissue_mm2 = float(heatmap.tissue.sum() * heatmap.cell_area_um2 / 1e6)
@@ -280,7 +288,7 @@ def build_summary(
         idc_fraction_of_tissue=round(idc_mm2 / tissue_mm2, 4) if tissue_mm2 > 0 else 0.0,
         regions=len(regions),
         measurements=measurements_summary(
-            [r.polygon for r in regions], tissue_mm2, info.mpp, info.mpp_y
+            [r.polygon for r in regions], tissue_mm2, info.mpp, info.mpp_y, artefacts=artefacts
         )[1],
         tiles=TilesRecord(stats.tiles, grid.shape, stats.blocks, stats.dense_blocks),
         timings_s={
