@@ -114,6 +114,9 @@ def test_api_gives_the_artefact_layers_and_keeps_them_out_of_the_regions(
     assert classes.count("IDC") == summary["regions"] == len(d["regions"]) == 1
     assert classes.count("Ink") >= 1
     assert [r["name"] for r in d["regions"]] == ["IDC 1"]
+    # the region says how much of it lies under the ink, as summary.json does
+    share = summary["measurements"]["regions"][0]["artefact_pct_of_area"]["ink"]
+    assert d["regions"][0]["measurements"]["Ink % of area"] == pytest.approx(share, abs=0.01)
     qc = d["qc"]
     assert qc["review"] is True and any("ink" in r for r in qc["reasons"])
     assert [layer["kind"] for layer in qc["layers"]] == ["ink"]
@@ -173,6 +176,12 @@ def test_slide_page_shows_the_ink_layer_in_its_colour(
     assert len(legend) == 1 and legend[0][0] == "ink" and legend[0][2] == f"rgb({r}, {g}, {b})"
     assert "Ink" in legend[0][1] and "over tissue" in legend[0][1] and "kept" in legend[0][1]
     assert "Review:" in browser.evaluate("document.getElementById('side').innerText")
+    # a click on the region's row shows its share under the ink with its measurements
+    browser.evaluate("document.querySelector('#regions tbody tr').click()")
+    text = browser.wait_for(
+        "(m => m.classList.contains('hint') ? '' : m.innerText)(document.getElementById('measure'))"
+    )
+    assert "IDC 1" in text and "Ink % of area" in text, text
     # the layer lies over the ink: the screen changes there when it is switched off (key q),
     # and its outline is drawn where the GeoJSON's polygon is
     polys = [shapely.Polygon(p[0], p[1:]) for p in d["qc"]["layers"][0]["polygons"]]
