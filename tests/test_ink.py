@@ -136,17 +136,23 @@ def test_the_corrector_halves_a_folds_od_and_takes_ink_off_with_it() -> None:
 
 def test_blend_inked_mixes_the_network_with_the_tissue_around() -> None:
     """An un-inked cell's probability is 0.7 × its own + 0.3 × the tissue around the ink's
-    (``INK_NET_WEIGHT``); cells off the ink, and a slide whose every cell is inked, are as
-    they were."""
+    (``INK_NET_WEIGHT``), or 0.4 × its own + 0.6 × the tissue around's where that reads more
+    IDC (``INK_NET_WEIGHT_UP``: the un-inked read errs towards losing IDC); cells off the ink,
+    and a slide whose every cell is inked, are as they were."""
     prob = np.full((20, 20), np.nan, np.float32)
     prob[5:15, 2:18] = 0.9
     inked = np.zeros((20, 20), bool)
     inked[5:15, 9:12] = True
     prob[inked] = 0.3
     out = inkmod.blend_inked(prob, inked)
-    assert inkmod.INK_NET_WEIGHT == 0.7
-    assert np.allclose(out[inked], 0.7 * 0.3 + 0.3 * 0.9, atol=1e-5)
+    assert (inkmod.INK_NET_WEIGHT, inkmod.INK_NET_WEIGHT_UP) == (0.7, 0.4)
+    assert np.allclose(out[inked], 0.4 * 0.3 + 0.6 * 0.9, atol=1e-5)
     assert np.array_equal(out[~inked], prob[~inked], equal_nan=True)
+    one = inkmod.blend_inked(prob, inked, weight_up=None)  # the same weight both ways
+    assert np.allclose(one[inked], 0.7 * 0.3 + 0.3 * 0.9, atol=1e-5)
+    low = np.where(np.isfinite(prob), 0.3, np.nan).astype(np.float32)
+    low[inked] = 0.9  # the network reads more IDC than the tissue around: 0.7 on it
+    assert np.allclose(inkmod.blend_inked(low, inked)[inked], 0.7 * 0.9 + 0.3 * 0.3, atol=1e-5)
     every = np.isfinite(prob)
     assert inkmod.blend_inked(prob, every) is prob
 

