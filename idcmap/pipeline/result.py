@@ -48,6 +48,9 @@ class SlideResult:
         qc_masks: what the QC stage found, per kind (bool, on the tissue thumbnail's grid;
             ``blur`` on the heatmap's grid; :data:`idcmap.pipeline.qc.EXCLUDE` says which
             kinds were removed from the tissue); None with ``qc="none"``.
+        qc_outlines: those masks as polygons in level-0 px
+            (:func:`idcmap.pipeline.qc.artefact_outlines`), once for the summary and the
+            GeoJSON; None: made from ``qc_masks`` when needed.
     """
 
     slide: SlideInfo
@@ -63,6 +66,7 @@ class SlideResult:
     aggregator: str = "none"
     source: str | None = None
     qc_masks: dict[str, np.ndarray] | None = None
+    qc_outlines: dict[str, list[Any]] | None = None
 
     @property
     def stem(self) -> str:
@@ -72,11 +76,9 @@ class SlideResult:
     def to_geojson(self, tiles: bool = False) -> dict[str, Any]:
         """QuPath FeatureCollection of the IDC regions (and the tiles, with ``tiles=True``);
         each region carries its grading measurements (:mod:`idcmap.measure`)."""
-        arte = (
-            None
-            if self.qc_masks is None
-            else artefact_outlines(self.qc_masks, self.tissue, self.heatmap)
-        )
+        arte = self.qc_outlines
+        if arte is None and self.qc_masks is not None:
+            arte = artefact_outlines(self.qc_masks, self.tissue, self.heatmap)
         measurements = []
         for r in self.regions:
             m = measure_polygon(r.polygon, self.slide.mpp, self.slide.mpp_y).qupath()

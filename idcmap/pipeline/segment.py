@@ -180,6 +180,7 @@ def segment_slide(
         if qc.masks is None
         else {**qc.masks.masks, **({"blur": blur_cells} if blur_cells is not None else {})}
     )
+    outlines = None if qc_masks is None else artefact_outlines(qc_masks, tissue, heatmap)
     recorded = asdict(p)
     if not cfg.stain_norm:  # no effect without the model's reference: outputs as before
         del recorded["stain_norm"]
@@ -202,7 +203,7 @@ def segment_slide(
         stats=stats,
         tissue_from_tiles=one_pass,
         timings_s=timings,
-        artefacts=None if qc_masks is None else artefact_outlines(qc_masks, tissue, heatmap),
+        artefacts=outlines,
     )
     if qc_verdict is not None:
         summary = replace(summary, qc=qc_verdict)
@@ -222,6 +223,7 @@ def segment_slide(
         aggregator=agg.kind_name if agg is not None else "none",
         source=str(path),
         qc_masks=qc_masks,
+        qc_outlines=outlines,
     )
 
 
