@@ -173,14 +173,18 @@ def segment_slide(
             sharpness_p90=sharp,
             own_glass_od=glass_od(tissue.thumbnail),
         ).to_dict()
-    timings["total"] = time.perf_counter() - t0
-
     qc_masks = (
         None
         if qc.masks is None
         else {**qc.masks.masks, **({"blur": blur_cells} if blur_cells is not None else {})}
     )
-    outlines = None if qc_masks is None else artefact_outlines(qc_masks, tissue, heatmap)
+    outlines = None
+    if qc_masks is not None:  # for the regions' shares (summary) and the GeoJSON, once
+        t = time.perf_counter()
+        outlines = artefact_outlines(qc_masks, tissue, heatmap)
+        timings["qc_outlines"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+
     recorded = asdict(p)
     if not cfg.stain_norm:  # no effect without the model's reference: outputs as before
         del recorded["stain_norm"]
