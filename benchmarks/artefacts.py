@@ -3,6 +3,7 @@ the QC stage, and score Dice, tissue/IDC area change and the QC masks' precision
 
     PYTHONPATH=. python benchmarks/artefacts.py --out /tmp/qc-bench              # battery
     PYTHONPATH=. python benchmarks/artefacts.py --out /tmp/qc-bench --clean      # 28 clean
+    PYTHONPATH=. python benchmarks/artefacts.py --out /tmp/qc-paint --kinds ink --ink-blend paint
 
 Battery: for each test mosaic (idcmap/models/idc-v1.split.json) × kind × seed, one painted
 slide (pyramidal JPEG TIFF, 4 µm/px, levels 1/4/16 like the shared mosaics) with that kind's
@@ -61,12 +62,22 @@ def idc_region(sid: str, shape: tuple[int, int]) -> np.ndarray:
     return reg
 
 
-def paint_case(img: np.ndarray, reg: np.ndarray, kind: str, seed: int, si: int) -> Any:
+def paint_case(
+    img: np.ndarray, reg: np.ndarray, kind: str, seed: int, si: int, ink_blend: str = "dye"
+) -> Any:
     where = PLACES[kind][seed % 3]
     if kind == "ink":
         colour = COLOURS[(seed + si) % 4]
         p1 = paint(
-            img, 4.0, ["ink"], seed=seed, region=reg, where=where, shape="circle", colour=colour
+            img,
+            4.0,
+            ["ink"],
+            seed=seed,
+            region=reg,
+            where=where,
+            shape="circle",
+            colour=colour,
+            blend=ink_blend,
         )
         p2 = paint(
             p1.rgb,
@@ -77,6 +88,7 @@ def paint_case(img: np.ndarray, reg: np.ndarray, kind: str, seed: int, si: int) 
             where=where,
             shape="stroke",
             colour=COLOURS[(seed + si + 1) % 4],
+            blend=ink_blend,
         )
         p3 = paint(
             p2.rgb,
@@ -87,6 +99,7 @@ def paint_case(img: np.ndarray, reg: np.ndarray, kind: str, seed: int, si: int) 
             where="near",
             shape="dots",
             colour=colour,
+            blend=ink_blend,
         )
         p3.masks["ink"] = p1.masks["ink"] | p2.masks["ink"] | p3.masks["ink"]
         p3.specs = p1.specs + p2.specs + p3.specs
@@ -179,7 +192,7 @@ def battery(a: argparse.Namespace, model: Any) -> None:
         for kind in a.kinds:
             for seed in range(a.seeds):
                 t = time.time()
-                p = paint_case(img, reg, kind, seed, si)
+                p = paint_case(img, reg, kind, seed, si, a.ink_blend)
                 tif = a.out / "tiff" / f"{sid}_{kind}_{seed}.tiff"
                 tif.parent.mkdir(parents=True, exist_ok=True)
                 write_pyramid_tiff(tif, p.rgb, 4.0)
@@ -191,7 +204,8 @@ def battery(a: argparse.Namespace, model: Any) -> None:
                     "base": base,
                 }
                 # 0.2.0: the same whatever QC does, so run once per case
-                row["none"] = cached(a.out, f"{sid}_{kind}_{seed}_{si}", tif, model, "none", sid)
+                key = f"{sid}_{kind}_{seed}_{si}" + ("_paint" if a.ink_blend == "paint" else "")
+                row["none"] = cached(a.out, key, tif, model, "none", sid)
                 for m in ("all",):
                     res = run(tif, model, m)
                     row[m] = record(res, sid)
@@ -400,6 +414,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--clean", action="store_true", help="QC on the 28 clean mosaics instead")
     ap.add_argument("--keep-tiffs", action="store_true")
+    ap.add_argument(
+        "--ink-blend",
+        choices=("dye", "paint"),
+        default="dye",
+        help="how ink is painted: dye (multiplicative, as marker ink is) or paint (its colour "
+        "mixed over the pixels, as an image editor's layer)",
+    )
     ap.add_argument("--model", default=None, help="model .json or bundled name (default: bundled)")
     ap.add_argument(
         "--table", type=Path, nargs="*", help="print the tables of battery.json files (merged)"

@@ -73,6 +73,9 @@ INK_AROUND_SIGMAS = (1.0, 2.0)
 #: painted slides within −7…+8 % of the clean slide's with 6 (an OD texture: −14…+10 % or
 #: −3…+22 % at its best thresholds).
 TEXTURE_OVER_TISSUE = 6.0
+#: Under paint, which lets 1 − its opacity of the tissue's texture through, the threshold
+#: scales down with it, but not below this: ink on glass reads 2–4.5 (its 90th percentile).
+TEXTURE_GLASS_FLOOR = 3.0
 #: The core of a mark: the ink eroded by this (µm); its rim takes the core's verdict.
 CORE_EROSION_UM = 80.0
 #: Texture is averaged over the core with a Gaussian of this sigma (µm).
@@ -120,13 +123,19 @@ def texture(rgb: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(ndimage.uniform_filter(hp * hp, 5), 0)).astype(np.float32)
 
 
-def ink_over_tissue(rgb: np.ndarray, ink: np.ndarray, mpp: float) -> np.ndarray:
+def ink_over_tissue(
+    rgb: np.ndarray, ink: np.ndarray, mpp: float, opacity: np.ndarray | None = None
+) -> np.ndarray:
     """bool rows×cols: the pixels of ``ink`` over tissue (textured), the rest being on glass.
 
     Args:
         rgb: uint8 rows×cols×3 thumbnail (the tissue stage's, ~16 µm/px).
         ink: bool rows×cols, ink.
         mpp: µm per thumbnail px.
+        opacity: float rows×cols, the opacity of ink that behaves like paint
+            (:func:`idcmap.pipeline.inkfield.paint_opacity`), which lets 1 − opacity of the
+            tissue's texture through: the threshold scales with it, down to
+            :data:`TEXTURE_GLASS_FLOOR`. None: a dye, :data:`TEXTURE_OVER_TISSUE`.
     """
     if not ink.any():
         return np.zeros(ink.shape, bool)
@@ -145,7 +154,11 @@ def ink_over_tissue(rgb: np.ndarray, ink: np.ndarray, mpp: float) -> np.ndarray:
     t = np.where(core, num / np.maximum(den, 1e-6), 0.0)
     idx = ndimage.distance_transform_edt(~core, return_distances=False, return_indices=True)
     t = t[idx[0], idx[1]]  # the rim: the nearest core pixel's texture
-    over = ink & (t > TEXTURE_OVER_TISSUE)
+    if opacity is None:
+        over = ink & (t > TEXTURE_OVER_TISSUE)
+    else:
+        floor = np.maximum(TEXTURE_OVER_TISSUE * (1.0 - opacity), TEXTURE_GLASS_FLOOR)
+        over = ink & (t > floor)
     glass = ink & ~over
     k = round(GLASS_MARGIN_UM / mpp)
     if k > 0 and glass.any() and over.any():

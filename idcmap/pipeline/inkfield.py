@@ -12,16 +12,27 @@ Mahalanobis distance to the slide's own tissue OD outside the ink, negative OD p
 labels smoothed by a 7×7 majority). Measured on painted mosaics (19 slides, the painted mask):
 mean |OD error| of the un-inked tissue 0.17 with one field per connected mark, 0.12 so.
 
+A mark can also behave like paint rather than a dye: an image editor's translucent layer
+mixes the ink's colour over the pixels (``out = (1 − α)·rgb + α·ink``) and flattens the tissue
+under it by 1 − α, where a dye dims its light and its fine structure alike. At the same edge
+rings, a dye's tissue keeps the share of its texture that it keeps of its light; paint keeps
+less. :func:`paint_opacity` tells them apart and measures paint's opacity, so that the tissue
+under it, flattened, is not taken for glass (:func:`idcmap.pipeline.ink.ink_over_tissue`).
+
 Used by :mod:`idcmap.pipeline.qc`, which takes the field off the pixels
 (:mod:`idcmap.pipeline.ink`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["MAX_INKS", "edge_steps", "ink_field"]
+from idcmap.pipeline.ink import texture
+
+__all__ = ["MAX_INKS", "PAINT_RATIO", "edge_steps", "ink_field", "paint_opacity"]
 
 #: The rings either side of a mark's edge whose mean OD difference is the ink's OD (µm from
 #: the edge): past the soft rim of the mark (measured: rings 32–128 µm gave 80 % of the ink's
@@ -43,6 +54,14 @@ MIN_INK_SHARE = 0.05
 NEAR_WEIGHT = 1.0
 #: Penalty weight of negative OD left under a candidate ink (per 0.05 OD, squared).
 NEGATIVE_PENALTY = 4.0
+#: The ink is paint, not a dye, when the tissue under its edges keeps less than this share of
+#: the texture it would keep as a dye: the median over the edge of (texture ratio / light
+#: ratio), inner ring against outer (:func:`paint_opacity`). Measured on the battery's marks
+#: (4 mosaics × 3 seeds, thumbnails): dye 0.87–1.39; paint 0.36–0.76, and ~0.9 for black
+#: paint, which dims like a dye.
+PAINT_RATIO = 0.8
+#: A paint's opacity (1 − the texture ratio) is kept within this range.
+PAINT_OPACITY = (0.05, 0.9)
 
 
 def edge_steps(
@@ -50,6 +69,21 @@ def edge_steps(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ink's edge over tissue and its OD step there: (bool rows×cols edge px, float32
     N×3 steps, one per edge px in C order)."""
+    edge, ring_means = _rings(ink, tissue, mpp)
+    if edge.sum() < MIN_EDGE_PX:
+        return np.zeros(ink.shape, bool), np.zeros((0, 3), np.float32)
+    steps = np.empty((int(edge.sum()), 3), np.float32)
+    for c in range(3):
+        m_in, m_out = ring_means(od[..., c])
+        steps[:, c] = (m_in - m_out)[edge]
+    return edge, steps
+
+
+def _rings(
+    ink: np.ndarray, tissue: np.ndarray, mpp: float
+) -> tuple[np.ndarray, Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]]:
+    """The ink's edge px over tissue, and a function that gives a map's local means along it:
+    (inner ring, outer ring), rows×cols (:data:`RING_UM`, :data:`STEP_SMOOTH_UM`)."""
     d_in = ndimage.distance_transform_edt(ink)
     d_out = ndimage.distance_transform_edt(~ink)
     r0, r1 = RING_UM[0] / mpp, RING_UM[1] / mpp
@@ -59,14 +93,13 @@ def edge_steps(
     w_out = ndimage.gaussian_filter(outer.astype(np.float32), s)
     w_in = ndimage.gaussian_filter(inner.astype(np.float32), s)
     edge = ink & (d_in <= 1.5) & (w_out > 0.05) & (w_in > 0.05)
-    if edge.sum() < MIN_EDGE_PX:
-        return np.zeros(ink.shape, bool), np.zeros((0, 3), np.float32)
-    steps = np.empty((int(edge.sum()), 3), np.float32)
-    for c in range(3):
-        m_out = ndimage.gaussian_filter(od[..., c] * outer, s) / np.maximum(w_out, 1e-6)
-        m_in = ndimage.gaussian_filter(od[..., c] * inner, s) / np.maximum(w_in, 1e-6)
-        steps[:, c] = (m_in - m_out)[edge]
-    return edge, steps
+
+    def ring_means(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m_in = ndimage.gaussian_filter(x * inner, s) / np.maximum(w_in, 1e-6)
+        m_out = ndimage.gaussian_filter(x * outer, s) / np.maximum(w_out, 1e-6)
+        return m_in, m_out
+
+    return edge, ring_means
 
 
 def _kmeans(x: np.ndarray, k: int, iterations: int = 20) -> tuple[np.ndarray, np.ndarray]:
@@ -198,3 +231,41 @@ def ink_field(rgb: np.ndarray, ink: np.ndarray, tissue: np.ndarray, mpp: float) 
         m = ink & (choice == i)
         out[m] = sum(fields[j][m] for j in cand)
     return out
+
+
+def paint_opacity(
+    rgb: np.ndarray, ink: np.ndarray, tissue: np.ndarray, mpp: float
+) -> np.ndarray | None:
+    """float32 rows×cols: the opacity of ink that behaves like paint (0 off the ink; see the
+    module doc), or None when it behaves like a dye (the usual case) or never crosses
+    ``tissue``. Each edge px's opacity is 1 − its texture ratio (inner ring / outer ring),
+    spread over the ink as :func:`ink_field` spreads its steps.
+
+    Args:
+        rgb: uint8 rows×cols×3 thumbnail (~16 µm/px).
+        ink: bool rows×cols, the ink found.
+        tissue: bool rows×cols, tissue outside the ink.
+        mpp: µm per thumbnail px.
+    """
+    if not ink.any():
+        return None
+    edge, ring_means = _rings(ink, tissue, mpp)
+    if edge.sum() < MIN_EDGE_PX:
+        return None
+    light = rgb[..., 0].astype(np.float32) + rgb[..., 1] + rgb[..., 2]
+    t_in, t_out = ring_means(texture(rgb))
+    l_in, l_out = ring_means(light)
+    tex_ratio = (t_in / np.maximum(t_out, 1e-3))[edge]
+    light_ratio = (l_in / np.maximum(l_out, 1e-3))[edge]
+    if float(np.median(tex_ratio / np.maximum(light_ratio, 1e-3))) >= PAINT_RATIO:
+        return None
+    opacity = np.clip(1.0 - tex_ratio, *PAINT_OPACITY)
+    ys, xs = np.nonzero(edge)
+    spread, _ = _spread(
+        (ys, xs),
+        np.repeat(opacity[:, None], 3, axis=1),
+        np.full(3, np.median(opacity)),
+        ink.shape,
+        SPREAD_UM / mpp,
+    )
+    return np.where(ink, spread[..., 0], 0.0).astype(np.float32)

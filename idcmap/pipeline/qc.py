@@ -56,7 +56,7 @@ from idcmap.pipeline.ink import (
     remove_ink,
     soft_field,
 )
-from idcmap.pipeline.inkfield import ink_field
+from idcmap.pipeline.inkfield import ink_field, paint_opacity
 from idcmap.pipeline.qcblur import (
     BLUR_LOGIT_SHIFT,
     SOFT_LOGIT_SHIFT,
@@ -403,6 +403,8 @@ def _resolve_ink(
     box = _box(ink, math.ceil(INK_MARGIN_UM / min(mpp, mpp_y)))
     rgb_b, tissue_b, ink_b, other_b = rgb[box], tissue[box], ink[box], other[box]
     od = ink_field(rgb_b, ink_b, tissue_b & ~ink_b, mpp) if unink else None
+    # ink that behaves like paint flattens the tissue under it: not glass for that
+    opacity = paint_opacity(rgb_b, ink_b, tissue_b & ~ink_b, mpp)
     tissue2 = tissue
     if od is not None and od.any():
         od = soft_field(od, ink_b)
@@ -423,7 +425,7 @@ def _resolve_ink(
     # over tissue or on glass: by the texture under the ink (un-inked ink on glass, where the
     # ink was darker than over tissue, can keep a tissue-like tint)
     found = ink_b | left
-    over = ink_over_tissue(rgb_b, found, mpp)
+    over = ink_over_tissue(rgb_b, found, mpp, opacity)
     if od is not None:  # pale tissue under ink is tissue only if the tissue rule says so too
         over &= tissue2[box] | left
     rim = glass_rim(rgb_b, found, found & ~over, mpp)
