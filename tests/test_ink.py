@@ -58,6 +58,19 @@ def reduce_mask(m: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(m.astype(np.uint8) * 255).reduce(4)) >= 128
 
 
+def test_texture_is_the_rms_about_the_3x3_median(example: tuple[np.ndarray, np.ndarray]) -> None:
+    """:func:`~idcmap.pipeline.ink.texture`'s median (a sorting network, for speed) is
+    ``ndimage.median_filter``'s, borders included: on a painted thumbnail and on thin strips."""
+    rgb, _ = example
+    out, _, _ = paint_ink(rgb, 4.0, np.random.default_rng(3), colour="blue", alpha=0.6)
+    painted = thumb(out)
+    for img in (painted, painted[:1], painted[:, :2], painted[5:8, 9:10]):
+        c = img[..., 0].astype(np.float32) + img[..., 1] + img[..., 2]
+        hp = c - ndimage.median_filter(c, 3)
+        want = np.sqrt(np.maximum(ndimage.uniform_filter(hp * hp, 5), 0))
+        np.testing.assert_array_equal(inkmod.texture(img), want.astype(np.float32))
+
+
 @pytest.mark.parametrize(("colour", "alpha"), [("blue", 0.6), ("red", 0.45), ("black", 0.5)])
 def test_the_ink_field_is_the_painted_inks_od(
     example: tuple[np.ndarray, np.ndarray], colour: str, alpha: float

@@ -779,3 +779,70 @@ def test_kept_only_blocks_give_the_blur_its_sharpness(he: np.ndarray, tmp_path: 
         cells[r : r + 2, c : c + 2] = True
     np.testing.assert_array_equal(part.ratio[cells], whole.ratio[cells])
     assert not np.array_equal(part.ratio, whole.ratio, equal_nan=True)  # the rest was not read
+
+
+def test_sharpness_measured_by_the_readers_is_the_tile_pass_own(
+    he: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The readers that start before the QC stage measure each block's sharpness as they read
+    it (:meth:`SharpnessGrid.measure_ahead`, on the tiles of the tissue before QC); the tile
+    pass takes those figures for the blocks it gets unchanged, and measures again a block the
+    QC stage corrects. Either way every cell is what the tile pass alone measures."""
+    import threading
+
+    from pipeline_helpers import colour_model
+
+    import idcmap.pipeline.qcblur as qcblur
+    from idcmap.pipeline.infer import predict_grid, start_reads
+    from idcmap.pipeline.tiles import make_grid
+
+    path = _one_um_420(he, tmp_path)
+    model = colour_model()
+    by_thread: list[str] = []
+    measure = qcblur.block_sharpness
+
+    def counted(*a: Any, **k: Any) -> Any:
+        by_thread.append(threading.current_thread().name)
+        return measure(*a, **k)
+
+    monkeypatch.setattr(qcblur, "block_sharpness", counted)
+
+    def darken(row0: int, col0: int, px: np.ndarray) -> np.ndarray:
+        return (px // 2).astype(np.uint8)  # the QC stage's corrector, where it reaches
+
+    with open_slide(path) as slide:
+        full = make_grid(slide, None, model_mpp=4.0, patch_px=50, stride_px=25, min_tissue=0.0)
+        before = _keep_only(full, (0, 0), (-1, -1), (3, 2), (2, 2))  # the tissue before QC
+        after = _keep_only(full, (0, 0), (-1, -1), (3, 2))  # QC took a tile away
+        for transform, measured_again in ((None, 0), (darken, 1)):
+            alone = qcblur.SharpnessGrid(full.shape, full.stride_px, full.patch_px)
+            ahead = qcblur.SharpnessGrid(full.shape, full.stride_px, full.patch_px)
+            reader = start_reads(
+                slide, before, 4.0, on_read=lambda b, g=ahead: g.measure_ahead(b, before.keep)
+            )
+            by_thread.clear()
+            p_ahead, stats = predict_grid(
+                slide,
+                after,
+                model,
+                progress=False,
+                on_block=ahead.add,
+                read_tiles=ahead.tiles_needed(after.keep),
+                transform=transform,
+                reader=reader,
+            )
+            # each block was measured by a reader; the tile pass measures a corrected one again
+            assert by_thread.count(threading.current_thread().name) == measured_again
+            assert sum(n.startswith("idcmap-read") for n in by_thread) == stats.blocks
+            p_alone, _ = predict_grid(
+                slide,
+                after,
+                model,
+                progress=False,
+                on_block=alone.add,
+                read_tiles=alone.tiles_needed(after.keep),
+                transform=transform,
+            )
+            np.testing.assert_array_equal(p_ahead, p_alone)
+            np.testing.assert_array_equal(ahead.ratio, alone.ratio)
+            assert np.isfinite(ahead.ratio).any()

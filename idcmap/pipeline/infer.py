@@ -179,9 +179,11 @@ def start_reads(
     *,
     workers: int = 2,
     decoder: TileDecoder | None = None,
+    on_read: Callable[[Block], None] | None = None,
 ) -> BlockReader:
     """Start reading the kept tiles of ``grid`` (as :func:`predict_grid` would, kept tiles
-    only) before the model is ready for them; hand the reader to :func:`predict_grid`."""
+    only) before the model is ready for them; hand the reader to :func:`predict_grid`.
+    ``on_read``: see :class:`BlockReader`."""
     rl = slide.read_level_for_mpp(model_mpp)
     blocks = plan_blocks(grid, rl.downsample)
     return BlockReader(
@@ -193,6 +195,7 @@ def start_reads(
         decoder=decoder,
         kept_only=True,
         prefetch=max(READ_AHEAD_BLOCKS, workers + 1),
+        on_read=on_read,
     )
 
 

@@ -119,8 +119,25 @@ def texture(rgb: np.ndarray) -> np.ndarray:
     JPEG noise of dark ink on glass is not blown up."""
     # (whole numbers: any order of the sum is exact; a 3-long axis reduction is ~10× slower)
     c = rgb[..., 0].astype(np.float32) + rgb[..., 1] + rgb[..., 2]
-    hp = c - ndimage.median_filter(c, 3)
+    hp = c - _median3(c)
     return np.sqrt(np.maximum(ndimage.uniform_filter(hp * hp, 5), 0)).astype(np.float32)
+
+
+#: A sorting network for the median of 9 (19 exchanges; Paeth, Graphics Gems): after it, the
+#: middle value sits at index 4.
+_MEDIAN9 = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3),
+            (5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2))  # fmt: skip
+
+
+def _median3(c: np.ndarray) -> np.ndarray:
+    """``ndimage.median_filter(c, 3)`` (its border: the edge px repeated, which is what
+    ``reflect`` is one px out), ~3x faster: a sorting network over the 9 shifted arrays."""
+    h, w = c.shape
+    p = np.pad(c, 1, mode="edge")
+    v = [p[i : i + h, j : j + w] for i in range(3) for j in range(3)]
+    for a, b in _MEDIAN9:
+        v[a], v[b] = np.minimum(v[a], v[b]), np.maximum(v[a], v[b])
+    return v[4]
 
 
 def ink_over_tissue(

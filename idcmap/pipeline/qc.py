@@ -90,7 +90,7 @@ from idcmap.pipeline.qcverdict import (
     verdict,
 )
 from idcmap.pipeline.regions import mask_to_regions
-from idcmap.pipeline.stain import balance_glass
+from idcmap.pipeline.stain import balance_glass, glass_od
 from idcmap.pipeline.tissue import TissueMask, tissue_mask_from_rgb
 
 __all__ = [
@@ -226,7 +226,9 @@ def find_artefacts(
         masks = {k: np.zeros(shape, bool) for k in want - {"blur"}}
         return QCMasks(masks, mpp, mpp_y, shape=(int(shape[0]), int(shape[1])))
     tissue = np.asarray(tissue, bool)
-    rgb = balance_glass(rgb, REF_GLASS_OD)
+    scanned_glass = glass_od(rgb)  # (kept for the verdict: measured once)
+    if scanned_glass is not None:  # no glass to go by: the slide keeps its own
+        rgb = balance_glass(rgb, REF_GLASS_OD, own=scanned_glass)
     if "border" in want:
         dark = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]) < BORDER_DARK
         if dark[0].any() or dark[-1].any() or dark[:, 0].any() or dark[:, -1].any():
@@ -264,7 +266,9 @@ def find_artefacts(
     if unfold is not None and not unfold.any():
         unfold = None
     timings["total"] = time.perf_counter() - t0
-    return QCMasks(masks, mpp, mpp_y, timings, ink, (int(shape[0]), int(shape[1])), unfold)
+    return QCMasks(
+        masks, mpp, mpp_y, timings, ink, (int(shape[0]), int(shape[1])), unfold, scanned_glass
+    )
 
 
 def _classify(

@@ -123,23 +123,44 @@ class SharpnessGrid:
         #: them; None: every cell of every block)
         self.need: np.ndarray | None = None
         self.read: np.ndarray | None = None
+        #: figures :meth:`measure_ahead` measured, by block corner: (its px, fine, medium)
+        self._ahead: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def measure_ahead(self, block: Any, keep: np.ndarray) -> None:
+        """Measure ``block``'s cells that its ``keep`` tiles cover, ahead of :meth:`add` (a
+        reader thread's ``on_read`` hook: it runs while the QC stage decides which tiles stay,
+        off the model's path). :meth:`add` takes these figures for the same pixels; a block
+        the QC stage corrects since is measured again."""
+        tiles = keep[block.row0 : block.row1, block.col0 : block.col1]
+        f, m = block_sharpness(block.pixels, self.stride, self._cover(tiles))
+        self._ahead[(block.row0, block.col0)] = (block.pixels, f, m)  # (atomic: one store)
+
+    def _cover(self, tiles: np.ndarray) -> np.ndarray:
+        """The cells ``tiles`` (a block's) cover: one more per axis per extra cell of a tile."""
+        rows, cols = tiles.shape
+        cover = np.zeros((rows + self.k - 1, cols + self.k - 1), bool)
+        for dy in range(self.k):
+            for dx in range(self.k):
+                cover[dy : dy + rows, dx : dx + cols] |= tiles
+        return cover
 
     def add(self, block: Any) -> None:
-        rows, cols = block.row1 - block.row0, block.col1 - block.col0
         want = None
         if self.read is not None and self.need is not None:
             # the cells this block's read tiles cover (their px are the slide's, not white)
             # and find_blur looks at: measured there only, and only written there
-            tiles = self.read[block.row0 : block.row1, block.col0 : block.col1]
-            cover = np.zeros((rows + self.k - 1, cols + self.k - 1), bool)
-            for dy in range(self.k):
-                for dx in range(self.k):
-                    cover[dy : dy + rows, dx : dx + cols] |= tiles
+            cover = self._cover(self.read[block.row0 : block.row1, block.col0 : block.col1])
             need = self.need[block.row0 : block.row0 + cover.shape[0], block.col0 :][
                 :, : cover.shape[1]
             ]
             want = cover[: need.shape[0], : need.shape[1]] & need
-        f, m = block_sharpness(block.pixels, self.stride, want)
+        ahead = self._ahead.pop((block.row0, block.col0), None)
+        if want is not None and ahead is not None and ahead[0] is block.pixels:
+            # measured ahead on a superset of these cells (the tiles read then ⊇ those read
+            # now): a cell's figures depend on its own px only, so they are the same
+            f, m = ahead[1], ahead[2]
+        else:
+            f, m = block_sharpness(block.pixels, self.stride, want)
         r0, c0 = block.row0, block.col0
         hh = min(f.shape[0], self.fine.shape[0] - r0)
         ww = min(f.shape[1], self.fine.shape[1] - c0)

@@ -93,6 +93,9 @@ class QCMasks:
     #: the px whose OD is halved (:mod:`idcmap.pipeline.correct`): the folds found and the
     #: paler parts of their bands (:data:`idcmap.pipeline.qc.FOLD_LOW`); None: no fold
     unfold: np.ndarray | None = None
+    #: the thumbnail's glass OD as scanned (:func:`~idcmap.pipeline.stain.glass_od`; None: no
+    #: glass found or not measured), measured once for the glass balance and the verdict
+    glass_od: np.ndarray | None = None
 
     @property
     def excluded(self) -> np.ndarray:
@@ -131,16 +134,21 @@ class QCMasks:
             return 0.0
         if within is not None:
             m = m & within
-        return float(m.sum()) * self.mpp * self.mpp_y / 1e6
+        return _count(m) * self.mpp * self.mpp_y / 1e6
 
 
 def colour_distance(rgb: np.ndarray, tissue: np.ndarray) -> float:
     """How far the slide's tissue colour is from the training data's: the angle (°) between the
     mean tissue OD vector and :data:`REF_OD`, plus 10 × |log of their magnitude ratio| (NaN
     without tissue). 0 = the training mean (see :data:`COLOUR_FAR`)."""
-    if tissue.sum() < 10:
+    idx = np.flatnonzero(tissue)
+    if len(idx) < 10:
         return math.nan
-    m = optical_density(rgb[tissue]).mean(0)
+    # the mean OD from each channel's histogram (exact, in float64; ~4x faster than the OD
+    # of every pixel)
+    px = np.ascontiguousarray(rgb).reshape(-1, 3).take(idx, axis=0)
+    od = optical_density(np.arange(256, dtype=np.uint8)).astype(np.float64)
+    m = np.array([np.bincount(px[:, c], minlength=256) @ od for c in range(3)]) / len(idx)
     r = np.asarray(REF_OD, np.float64)
     nm, nr = float(np.linalg.norm(m)), float(np.linalg.norm(r))
     cos = float(np.dot(m, r)) / max(nm * nr, 1e-9)
@@ -226,24 +234,24 @@ def verdict(
     Ink/debris/border count where they cover tissue *or* would have been taken for tissue.
     """
     px_mm2 = qc.mpp * qc.mpp_y / 1e6
-    tissue_mm2 = float(tissue.sum()) * px_mm2
+    tissue_mm2 = _count(tissue) * px_mm2
     area = {
-        k: float(m.sum()) * px_mm2 if k != "fold" else float((m & tissue).sum()) * px_mm2
+        k: _count(m) * px_mm2 if k != "fold" else _count(m & tissue) * px_mm2
         for k, m in qc.masks.items()
     }
-    area_on_tissue = {k: float((m & tissue).sum()) * px_mm2 for k, m in qc.masks.items()}
+    area_on_tissue = {k: _count(m & tissue) * px_mm2 for k, m in qc.masks.items()}
     if blur_cells is not None:
-        area["blur"] = area_on_tissue["blur"] = float(blur_cells.sum()) * cell_mm2
+        area["blur"] = area_on_tissue["blur"] = _count(blur_cells) * cell_mm2
     pct = {k: 100 * v / tissue_mm2 if tissue_mm2 else 0.0 for k, v in area_on_tissue.items()}
     reasons: list[str] = []
     # tissue lost: what is removed where the tissue stage saw tissue, but ink on glass was
     # never tissue (it only looked like it to the tissue stage)
     removed = qc.union(EXCLUDE - {"ink"}) if qc.ink is not None else qc.excluded
-    excl_on_tissue = float((removed & tissue).sum()) * px_mm2
+    excl_on_tissue = _count(removed & tissue) * px_mm2
     if "blur" in EXCLUDE:
         excl_on_tissue += area_on_tissue.get("blur", 0.0)
     after = qc.tissue_after(tissue)
-    after_mm2 = float(after.sum()) * px_mm2
+    after_mm2 = _count(after) * px_mm2
     ink = _ink_areas(qc, after, px_mm2)
     if tissue_mm2 <= 0:
         reasons.append("no tissue found")
@@ -259,7 +267,7 @@ def verdict(
     seen = after & ~qc.untrusted
     if tissue_mm2 > 0 and after_mm2 < 0.02 * tissue_mm2:
         reasons.append("no tissue left after QC")
-    elif tissue_mm2 > 0 and float(seen.sum()) * px_mm2 < 0.02 * tissue_mm2:
+    elif tissue_mm2 > 0 and _count(seen) * px_mm2 < 0.02 * tissue_mm2:
         reasons.append("no tissue left after QC to evaluate (all under ink)")
     for k in sorted(set(pct) - EXCLUDE):
         if pct[k] > 100 * REVIEW_FLAGGED:
@@ -271,7 +279,7 @@ def verdict(
             reasons.append("out-of-focus tissue over or near the IDC regions")
         near_mm2 = _near_mm2(removed & tissue, qc, d, cell_um)
         if ink is not None and qc.ink is not None:
-            idc_mm2 = float(idc_cells.sum()) * cell_mm2
+            idc_mm2 = _count(idc_cells) * cell_mm2
             ink_near = _near_mm2(qc.ink.over_tissue, qc, d, cell_um)
             ink["near_idc_mm2"] = ink_near
             ink["near_idc_pct_of_idc"] = 100 * ink_near / idc_mm2
@@ -333,13 +341,18 @@ def _near_mm2(mask: np.ndarray, qc: QCMasks, dist_um: np.ndarray, cell_um: float
     """Area (mm²) of ``mask`` (thumbnail grid) whose pixels lie within
     :data:`REVIEW_BLUR_NEAR_UM` of the IDC mask, given its distance map ``dist_um`` (heatmap
     grid, cells of ``cell_um``; both grids start at the slide's origin)."""
-    ys, xs = np.nonzero(mask)
+    ys, xs = np.divmod(np.flatnonzero(mask), mask.shape[1])  # (2-D nonzero is ~10x slower)
     if not len(ys):
         return 0.0
     rows = np.minimum(((ys + 0.5) * qc.mpp_y / cell_um).astype(int), dist_um.shape[0] - 1)
     cols = np.minimum(((xs + 0.5) * qc.mpp / cell_um).astype(int), dist_um.shape[1] - 1)
     near = dist_um[rows, cols] <= REVIEW_BLUR_NEAR_UM
-    return float(near.sum()) * qc.mpp * qc.mpp_y / 1e6
+    return _count(near) * qc.mpp * qc.mpp_y / 1e6
+
+
+def _count(mask: np.ndarray) -> float:
+    """The pixels of a bool mask (count_nonzero: ~10× faster than a sum of bools)."""
+    return float(np.count_nonzero(mask))
 
 
 def _pct(part: float, whole: float) -> str:
@@ -354,11 +367,11 @@ def _ink_areas(qc: QCMasks, after: np.ndarray, px_mm2: float) -> dict[str, float
     found = qc.masks["ink"]
     over = qc.ink.over_tissue
     filled = over & qc.ink.left
-    after_px = float(after.sum())
+    after_px = _count(after)
     return {
-        "on_glass_mm2": float((found & ~over).sum()) * px_mm2,
-        "over_tissue_mm2": float(over.sum()) * px_mm2,
-        "over_tissue_pct": 100 * float(over.sum()) / after_px if after_px else 0.0,
-        "uninked_mm2": float((over & ~filled).sum()) * px_mm2,
-        "filled_mm2": float(filled.sum()) * px_mm2,
+        "on_glass_mm2": _count(found & ~over) * px_mm2,
+        "over_tissue_mm2": _count(over) * px_mm2,
+        "over_tissue_pct": 100 * _count(over) / after_px if after_px else 0.0,
+        "uninked_mm2": _count(over & ~filled) * px_mm2,
+        "filled_mm2": _count(filled) * px_mm2,
     }

@@ -42,7 +42,7 @@ from idcmap.pipeline.qc import (
 )
 from idcmap.pipeline.regions import Region, idc_mask, mask_to_regions
 from idcmap.pipeline.result import SlideResult
-from idcmap.pipeline.stain import StainMap, StainStats, correct_glass, glass_od, stain_map
+from idcmap.pipeline.stain import StainMap, StainStats, correct_glass, stain_map
 from idcmap.pipeline.summary import ModelRecord, SlideSummary, TilesRecord
 from idcmap.pipeline.thumbnail import BlockThumbnail
 from idcmap.pipeline.tiles import Block, TileGrid, cell_fraction, make_grid
@@ -171,7 +171,7 @@ def segment_slide(
             idc_cells=mask,
             cell_um=heatmap.cell_um[0],
             sharpness_p90=sharp,
-            own_glass_od=glass_od(tissue.thumbnail),
+            own_glass_od=qc.masks.glass_od,  # (the thumbnail's, as scanned)
         ).to_dict()
     qc_masks = (
         None
@@ -460,8 +460,17 @@ def _tissue_and_tiles(
             # the QC stage (single-threaded: a core would idle); QC only takes tiles away,
             # else predict_grid reads afresh
             pre = make_grid(slide, tissue, **grid_kw)
+            on_read = None
+            if "blur" in kinds:  # the readers measure each block's sharpness too
+                qc.sharpness = SharpnessGrid(pre.shape, stride_px, cfg.patch_px)
+                on_read = partial(qc.sharpness.measure_ahead, keep=pre.keep)
             reader = start_reads(
-                slide, pre, cfg.mpp, workers=run_kw["workers"], decoder=run_kw["decoder"]
+                slide,
+                pre,
+                cfg.mpp,
+                workers=run_kw["workers"],
+                decoder=run_kw["decoder"],
+                on_read=on_read,
             )
         try:
             pixel_map = None
@@ -478,8 +487,7 @@ def _tissue_and_tiles(
                 grid = make_grid(slide, tissue, **grid_kw)
                 timings["grid"] = time.perf_counter() - t
             on_block = read_tiles = None
-            if "blur" in kinds:
-                qc.sharpness = SharpnessGrid(grid.shape, stride_px, cfg.patch_px)
+            if qc.sharpness is not None:  # (the grid's shape is the slide's: as pre's)
                 on_block = qc.sharpness.add
                 read_tiles = qc.sharpness.tiles_needed(grid.keep, qc.fill)
             tile_prob, stats = predict_grid(

@@ -143,7 +143,8 @@ def glass_od(rgb: np.ndarray) -> np.ndarray | None:
     lum += px[:, 2]
     counts = np.bincount(lum, minlength=766)[::-1].cumsum()
     floor = 765 - int(np.searchsorted(counts, max(1, round(len(px) * GLASS_TOP))))
-    top = np.median(px[np.flatnonzero(lum >= floor)], axis=0)
+    # (take along the axis: ~4x faster than indexing the rows)
+    top = np.median(px.take(np.flatnonzero(lum >= floor), axis=0), axis=0)
     sat = (top.max() - top.min()) / max(float(top.max()), 1.0)
     od = optical_density(top.round().astype(np.uint8)).astype(np.float64)
     if od.max() > GLASS_MAX_OD or sat > GLASS_MAX_SAT:
@@ -332,11 +333,15 @@ def correct_glass(rgb: np.ndarray, reference: StainStats) -> np.ndarray:
     return rgb if target is None else balance_glass(rgb, target)
 
 
-def balance_glass(rgb: np.ndarray, target_od: Sequence[float]) -> np.ndarray:
-    """``rgb`` with its glass (:func:`glass_od`) brought to the OD ``target_od`` by a gain per
-    channel (clamped, :data:`GLASS_MAX_SHIFT_OD`); ``rgb`` itself when it has no glass to go
-    by. A scanner's white balance is such a gain: this takes it off."""
-    own = glass_od(rgb)
+def balance_glass(
+    rgb: np.ndarray, target_od: Sequence[float], own: np.ndarray | None = None
+) -> np.ndarray:
+    """``rgb`` with its glass (:func:`glass_od`, or ``own`` when measured already) brought to
+    the OD ``target_od`` by a gain per channel (clamped, :data:`GLASS_MAX_SHIFT_OD`); ``rgb``
+    itself when it has no glass to go by. A scanner's white balance is such a gain: this
+    takes it off."""
+    if own is None:
+        own = glass_od(rgb)
     if own is None:
         return rgb
     return _apply_lut(rgb, _lut_of(_glass_od_map(own, np.asarray(target_od, np.float64))))

@@ -338,7 +338,9 @@ class BlockReader:
 
     At most ``prefetch`` blocks (default ``workers + 1``: every worker busy, one block ready)
     are in flight. A read error raises :class:`SlideError` while iterating. ``decoder``: see
-    :meth:`Slide.read_scaled`; ``kept_only``: see :func:`read_block`."""
+    :meth:`Slide.read_scaled`; ``kept_only``: see :func:`read_block`; ``on_read``: called with
+    each block in the worker thread that read it (work that needs its px only, done beside the
+    model)."""
 
     def __init__(
         self,
@@ -352,11 +354,12 @@ class BlockReader:
         decoder: TileDecoder | None = None,
         kept_only: bool = False,
         start: bool = True,
+        on_read: Callable[[Block], None] | None = None,
     ) -> None:
         self.slide, self.grid, self.rl, self.blocks = slide, grid, rl, blocks
         self.workers = workers
         self.prefetch = workers + 1 if prefetch is None else prefetch
-        self.decoder, self.kept_only = decoder, kept_only
+        self.decoder, self.kept_only, self.on_read = decoder, kept_only, on_read
         self._local = threading.local()
         self._handles: list[Slide] = []
         self._lock = threading.Lock()
@@ -374,7 +377,10 @@ class BlockReader:
             with self._lock:
                 self._handles.append(h)
         r0, r1, c0, c1 = b
-        return read_block(h, self.grid, self.rl, (r0, r1), (c0, c1), self.decoder, self.kept_only)
+        block = read_block(h, self.grid, self.rl, (r0, r1), (c0, c1), self.decoder, self.kept_only)
+        if self.on_read is not None:
+            self.on_read(block)
+        return block
 
     def _start(self) -> None:
         if self._pool is not None or self.workers <= 0:
