@@ -280,9 +280,10 @@ def _classify(
     artefacts worth finding are many pixels across). Features are computed on the bounding
     boxes of those pixels and :data:`CONTEXT_PX` around them (what their neighbourhood
     features see)."""
-    c8 = rgb.astype(np.float32)
-    od_sum = -np.log((c8[..., 0] + 1) * (c8[..., 1] + 1) * (c8[..., 2] + 1) / 256.0**3)
-    cand = od_sum > CANDIDATE_OD
+    # summed OD > CANDIDATE_OD, as the product of the transmitted fractions (whole numbers:
+    # exact, and ~3x faster than the logarithm of every px)
+    c32 = [rgb[..., i].astype(np.int32) + 1 for i in range(3)]
+    cand = c32[0] * c32[1] * c32[2] <= _CANDIDATE_PRODUCT
     h, w = cand.shape
     if within is not None:
         cand &= within
@@ -329,6 +330,20 @@ def _classify(
             view = p[box]
             view[sub] = net.proba(x)
     return p
+
+
+def _candidate_product() -> int:
+    """The largest (R + 1)·(G + 1)·(B + 1) whose summed OD, −log(product / 256³) in float32,
+    is above :data:`CANDIDATE_OD` (the test as float32 on the whole numbers near it)."""
+    centre = int(256.0**3 * math.exp(-CANDIDATE_OD))
+    near = np.arange(centre - 64, centre + 65)
+    above = -np.log(near.astype(np.float32) / np.float32(256.0**3)) > CANDIDATE_OD
+    k = int(above.sum())
+    assert 0 < k < len(near) and above[:k].all()  # one threshold, inside the window
+    return int(near[k - 1])
+
+
+_CANDIDATE_PRODUCT = _candidate_product()
 
 
 def _grow(mask: np.ndarray, px: int) -> np.ndarray:

@@ -117,10 +117,12 @@ def pixel_features(
             feats += [wide, f - wide]
     if where is not None:
         idx = np.flatnonzero(where)  # once (a boolean index finds its pixels on every use)
-        out = np.empty((len(idx), len(feats)), np.float32)
+        # into the rows of an F×N array, then one transposing copy: ~2x faster than filling
+        # the (strided) columns of N×F
+        out = np.empty((len(feats), len(idx)), np.float32)
         for i, f in enumerate(feats):
-            out[:, i] = np.take(f, idx)
-        return out
+            out[i] = np.take(f, idx)
+        return np.ascontiguousarray(out.T)
     return np.stack(feats, -1).astype(np.float32, copy=False)
 
 
@@ -336,17 +338,22 @@ class PixelMLP:
         w1 = (self.w1 / self.std[:, None]).astype(np.float32)
         b1 = (self.b1 - (self.mean / self.std) @ self.w1).astype(np.float32)
         with _one_blas_thread():  # these small matmuls only lose to BLAS threads spin-waiting
-            h = np.maximum(x.reshape(-1, x.shape[-1]) @ w1 + b1, 0)
-            o = h @ self.w2.astype(np.float32) + self.b2.astype(np.float32)
-        cols = [o[:, i] for i in range(o.shape[1])]  # softmax column by column (C is small)
+            h = x.reshape(-1, x.shape[-1]) @ w1
+            h += b1  # (in place: the hidden layer is the largest array here)
+            np.maximum(h, 0, out=h)
+            o = h @ self.w2.astype(np.float32)
+            o += self.b2.astype(np.float32)
+        # softmax class by class (C is small), on contiguous rows of the C×N transpose
+        cols = np.ascontiguousarray(o.T)
         top = cols[0]
         for c in cols[1:]:
             top = np.maximum(top, c)
-        e = [np.exp(c - top) for c in cols]
+        e = np.exp(cols - top)
         tot = e[0]
         for c in e[1:]:
             tot = tot + c
-        return np.stack([c / tot for c in e], -1).reshape(*sh, -1)
+        e /= tot
+        return np.ascontiguousarray(e.T).reshape(*sh, -1)
 
     def to_json(self) -> dict[str, Any]:
         return {
