@@ -4,6 +4,7 @@ the QC stage, and score Dice, tissue/IDC area change and the QC masks' precision
     PYTHONPATH=. python benchmarks/artefacts.py --out /tmp/qc-bench              # battery
     PYTHONPATH=. python benchmarks/artefacts.py --out /tmp/qc-bench --clean      # 28 clean
     PYTHONPATH=. python benchmarks/artefacts.py --out /tmp/qc-paint --kinds ink --ink-blend paint
+    PYTHONPATH=. python benchmarks/artefacts.py --out /tmp/pale --kinds ink --ink-glass translucent
 
 Battery: for each test mosaic (idcmap/models/idc-v1.split.json) × kind × seed, one painted
 slide (pyramidal JPEG TIFF, 4 µm/px, levels 1/4/16 like the shared mosaics) with that kind's
@@ -63,7 +64,13 @@ def idc_region(sid: str, shape: tuple[int, int]) -> np.ndarray:
 
 
 def paint_case(
-    img: np.ndarray, reg: np.ndarray, kind: str, seed: int, si: int, ink_blend: str = "dye"
+    img: np.ndarray,
+    reg: np.ndarray,
+    kind: str,
+    seed: int,
+    si: int,
+    ink_blend: str = "dye",
+    ink_glass: str = "opaque",
 ) -> Any:
     where = PLACES[kind][seed % 3]
     if kind == "ink":
@@ -78,6 +85,7 @@ def paint_case(
             shape="circle",
             colour=colour,
             blend=ink_blend,
+            on_glass=ink_glass,
         )
         p2 = paint(
             p1.rgb,
@@ -89,6 +97,7 @@ def paint_case(
             shape="stroke",
             colour=COLOURS[(seed + si + 1) % 4],
             blend=ink_blend,
+            on_glass=ink_glass,
         )
         p3 = paint(
             p2.rgb,
@@ -100,6 +109,7 @@ def paint_case(
             shape="dots",
             colour=colour,
             blend=ink_blend,
+            on_glass=ink_glass,
         )
         p3.masks["ink"] = p1.masks["ink"] | p2.masks["ink"] | p3.masks["ink"]
         p3.specs = p1.specs + p2.specs + p3.specs
@@ -192,7 +202,7 @@ def battery(a: argparse.Namespace, model: Any) -> None:
         for kind in a.kinds:
             for seed in range(a.seeds):
                 t = time.time()
-                p = paint_case(img, reg, kind, seed, si, a.ink_blend)
+                p = paint_case(img, reg, kind, seed, si, a.ink_blend, a.ink_glass)
                 tif = a.out / "tiff" / f"{sid}_{kind}_{seed}.tiff"
                 tif.parent.mkdir(parents=True, exist_ok=True)
                 write_pyramid_tiff(tif, p.rgb, 4.0)
@@ -204,7 +214,11 @@ def battery(a: argparse.Namespace, model: Any) -> None:
                     "base": base,
                 }
                 # 0.2.0: the same whatever QC does, so run once per case
-                key = f"{sid}_{kind}_{seed}_{si}" + ("_paint" if a.ink_blend == "paint" else "")
+                key = (
+                    f"{sid}_{kind}_{seed}_{si}"
+                    + ("_paint" if a.ink_blend == "paint" else "")
+                    + ("_pale" if a.ink_glass == "translucent" else "")
+                )
                 row["none"] = cached(a.out, key, tif, model, "none", sid)
                 for m in ("all",):
                     res = run(tif, model, m)
@@ -420,6 +434,13 @@ def main() -> None:
         default="dye",
         help="how ink is painted: dye (multiplicative, as marker ink is) or paint (its colour "
         "mixed over the pixels, as an image editor's layer)",
+    )
+    ap.add_argument(
+        "--ink-glass",
+        choices=("opaque", "translucent"),
+        default="opaque",
+        help="ink where it crosses glass: opaque (α 0.85–0.97) or translucent (the mark's own "
+        "α, as over tissue)",
     )
     ap.add_argument("--model", default=None, help="model .json or bundled name (default: bundled)")
     ap.add_argument(

@@ -56,8 +56,8 @@ def reduce_mask(m: np.ndarray, k: int = 4) -> np.ndarray:
     return np.asarray(Image.fromarray(m.astype(np.uint8) * 255).reduce(k), np.float32) / 255.0
 
 
-def painted_thumbs(sid: str, seed: int, cache: Path) -> dict[str, np.ndarray]:
-    f = cache / f"{sid}_{seed}.npz"
+def painted_thumbs(sid: str, seed: int, cache: Path, pale: int = 0) -> dict[str, np.ndarray]:
+    f = cache / (f"{sid}_{seed}" + (f"_pale{pale}" if pale else "") + ".npz")
     if f.exists():
         return dict(np.load(f))
     img = read_level0(SLIDES / f"{sid}.tiff")
@@ -65,6 +65,13 @@ def painted_thumbs(sid: str, seed: int, cache: Path) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(5000 + seed)
     kinds = ["fold", "debris", "blur"] + (["border"] if rng.random() < 0.5 else [])
     inked = paint(img, 4.0, ["ink"], seed=100 + seed, region=reg, n_each=3)
+    if pale:  # and marks as translucent on glass as over tissue, centred off the tissue
+        more = paint(
+            inked.rgb, 4.0, ["ink"], seed=300 + seed, where="glass", n_each=pale,
+            on_glass="translucent",
+        )  # fmt: skip
+        more.masks["ink"] |= inked.masks["ink"]
+        inked = more
     p = paint(inked.rgb, 4.0, kinds, seed=200 + seed, region=reg)
     out = {
         "rgb": np.asarray(Image.fromarray(p.rgb).reduce(4)),
@@ -145,6 +152,13 @@ def main() -> None:
     ap.add_argument(
         "--out", type=Path, default=ROOT / "idcmap" / "model" / "weights" / "qc" / "qc-v2.json"
     )
+    ap.add_argument(
+        "--pale",
+        type=int,
+        default=0,
+        help="more ink marks per seed, as translucent on glass as over tissue (qc-v2: 0; 1 was "
+        "tried, docs/qc.md)",
+    )
     ap.add_argument("--reference", action="store_true")
     a = ap.parse_args()
     if a.reference:
@@ -158,7 +172,7 @@ def main() -> None:
     t0 = time.time()
     for sid in train_ids():
         for seed in range(a.seeds):
-            x, y = samples(painted_thumbs(sid, seed, a.cache), rng, a.features)
+            x, y = samples(painted_thumbs(sid, seed, a.cache, a.pale), rng, a.features)
             xs.append(x)
             ys.append(y)
         print(sid, f"{time.time() - t0:.0f} s", flush=True)
@@ -183,6 +197,7 @@ def main() -> None:
             "seeds": a.seeds,
             "samples": len(y),
             "hidden": a.hidden,
+            **({"pale_ink_marks": a.pale} if a.pale else {}),
             "command": "PYTHONPATH=. python benchmarks/qc_train.py",
         },
         features=a.features,

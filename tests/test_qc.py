@@ -88,6 +88,25 @@ def test_blue_ink_over_tissue_and_glass_is_found(mosaic: np.ndarray) -> None:
     assert precision > 0.7, precision
 
 
+@pytest.mark.parametrize(("colour", "alpha"), [("blue", 0.35), ("green", 0.45), ("red", 0.5)])
+def test_pale_ink_on_glass_is_not_tissue(mosaic: np.ndarray, colour: str, alpha: float) -> None:
+    """A mark as translucent where it crosses glass as over tissue (α 0.35–0.5, not the
+    painter's opaque glass ink): the QC stage finds it, and the tissue after QC is about the
+    clean slide's, not the clean slide's plus the mark."""
+    img, m, _ = paint_ink(
+        mosaic, 4.0, np.random.default_rng(7), colour=colour, shape="stroke", where="glass",
+        width_mm=1.0, alpha=alpha, on_glass="translucent",
+    )  # fmt: skip
+    t, tissue = thumb(img)
+    _, tissue0 = thumb(mosaic)
+    found = qc.find_artefacts(t, 16.0, tissue)
+    truth = reduce_mask(m)[: t.shape[0], : t.shape[1]] & ~tissue0
+    assert truth.sum() > 200  # the mark lies mostly on glass
+    assert (found.masks["ink"] & truth).sum() / truth.sum() > 0.8
+    after = found.tissue_after(tissue).sum()
+    assert abs(after / tissue0.sum() - 1) < 0.05, (after, tissue0.sum(), tissue.sum())
+
+
 def test_black_border_is_found(mosaic: np.ndarray) -> None:
     img, m, _ = paint_border(mosaic, 4.0, np.random.default_rng(1), edges=["left"], width_mm=0.8)
     t, tissue = thumb(img)

@@ -7,10 +7,11 @@ what it painted (the ground truth of the QC stage, :mod:`idcmap.pipeline.qc`):
 * **ink** — pathologist's marker (blue, green, black, red): a circle round a given region, a
   stroke, or dots; 0.3–1.5 mm wide. Over tissue it is translucent and multiplicative
   (``out = rgb · (1 − α + α·ink/255)``, α 0.3–0.8): a dye, as marker ink is; over glass it is
-  opaque (α 0.85–0.97). α is modulated by low-frequency noise (uneven marker) and the edges
-  are soft. ``blend="paint"`` mixes the ink's colour over the pixels instead
-  (``out = (1 − α)·rgb + α·ink``, an image editor's translucent layer): it flattens the
-  tissue under it by 1 − α, where a dye keeps its contrast in optical density.
+  opaque (α 0.85–0.97; ``on_glass="translucent"``: the mark's own α there too). α is
+  modulated by low-frequency noise (uneven marker) and the edges are soft. ``blend="paint"``
+  mixes the ink's colour over the pixels instead (``out = (1 − α)·rgb + α·ink``, an image
+  editor's translucent layer): it flattens the tissue under it by 1 − α, where a dye keeps its
+  contrast in optical density.
 * **fold** — tissue folded over tissue: a band where the optical density is multiplied by
   1.6–2.3 (two layers), i.e. darker and more saturated; only over tissue.
 * **blur** — an out-of-focus band (Gaussian blur, σ 6–16 µm) blended in with soft edges;
@@ -182,12 +183,17 @@ def paint_ink(
     width_mm: float | None = None,
     alpha: float | None = None,
     blend: str = "dye",
+    on_glass: str = "opaque",
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Marker ink: ``shape`` ``circle`` (round ``region``, else round a point), ``stroke``
     or ``dots``; ``blend`` ``dye`` (multiplicative) or ``paint`` (the ink's colour mixed
-    over the pixels; see the module doc). Returns (image, bool mask, spec)."""
+    over the pixels; see the module doc); ``on_glass`` ``opaque`` (α 0.85–0.97 where the
+    mark crosses glass) or ``translucent`` (the mark's own α there too). Returns (image, bool
+    mask, spec)."""
     if blend not in ("dye", "paint"):
         raise ValueError(f"unknown ink blend {blend!r}; known: dye, paint")
+    if on_glass not in ("opaque", "translucent"):
+        raise ValueError(f"unknown ink on glass {on_glass!r}; known: opaque, translucent")
     tissue = rough_tissue(rgb) if tissue is None else tissue
     h, w = rgb.shape[:2]
     width_mm = float(rng.uniform(0.3, 1.5)) if width_mm is None else width_mm
@@ -231,7 +237,10 @@ def paint_ink(
     else:
         raise ValueError(f"unknown ink shape {shape!r}")
     cover = _soft(img, wpx * 0.03 + 1)
-    a_map = np.where(tissue, alpha, rng.uniform(0.85, 0.97)).astype(np.float32)
+    glass_alpha = rng.uniform(0.85, 0.97)  # (drawn either way: the same marks otherwise)
+    if on_glass == "translucent":
+        glass_alpha = alpha
+    a_map = np.where(tissue, alpha, glass_alpha).astype(np.float32)
     a_map = _soft(Image.fromarray((a_map * 255).round().astype(np.uint8)), 6)
     a_map = (a_map * (1 + 0.12 * _noise((h, w), rng, 200))).clip(0, 1) * cover
     c = np.asarray(INK_COLOURS[colour], np.float32) / 255.0
@@ -248,6 +257,7 @@ def paint_ink(
         "width_mm": round(width_mm, 2),
         "alpha": round(alpha, 2),
         "blend": blend,
+        "on_glass": on_glass,
     }
     return out.round().clip(0, 255).astype(np.uint8), cover > 0.5, spec
 
