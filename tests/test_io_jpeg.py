@@ -846,3 +846,35 @@ def test_sharpness_measured_by_the_readers_is_the_tile_pass_own(
             np.testing.assert_array_equal(p_ahead, p_alone)
             np.testing.assert_array_equal(ahead.ratio, alone.ratio)
             assert np.isfinite(ahead.ratio).any()
+
+
+def test_a_failing_read_hook_is_not_a_read_error(he: np.ndarray, tmp_path: Path) -> None:
+    """Work done ahead in the readers (``on_read``) that fails is left to its owner: the
+    blocks still arrive, and the tile pass's sharpness is what it measures alone."""
+    from pipeline_helpers import colour_model
+
+    from idcmap.pipeline.infer import predict_grid, start_reads
+    from idcmap.pipeline.qcblur import SharpnessGrid
+    from idcmap.pipeline.tiles import make_grid
+
+    def broken(block: Any) -> None:
+        raise RuntimeError("a bug in work done ahead")
+
+    path = _one_um_420(he, tmp_path)
+    model = colour_model()
+    with open_slide(path) as slide:
+        grid = make_grid(slide, None, model_mpp=4.0, patch_px=50, stride_px=25, min_tissue=0.0)
+        grid = _keep_only(grid, (0, 0), (-1, -1), (3, 2))
+        hooked = SharpnessGrid(grid.shape, grid.stride_px, grid.patch_px)
+        alone = SharpnessGrid(grid.shape, grid.stride_px, grid.patch_px)
+        reader = start_reads(slide, grid, 4.0, on_read=broken)
+        p_hooked, _ = predict_grid(
+            slide, grid, model, progress=False, on_block=hooked.add,
+            read_tiles=hooked.tiles_needed(grid.keep), reader=reader,
+        )  # fmt: skip
+        p_alone, _ = predict_grid(
+            slide, grid, model, progress=False, on_block=alone.add,
+            read_tiles=alone.tiles_needed(grid.keep),
+        )  # fmt: skip
+    np.testing.assert_array_equal(p_hooked, p_alone)
+    np.testing.assert_array_equal(hooked.ratio, alone.ratio)

@@ -16,6 +16,7 @@ not grow with the slide.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -340,7 +341,7 @@ class BlockReader:
     are in flight. A read error raises :class:`SlideError` while iterating. ``decoder``: see
     :meth:`Slide.read_scaled`; ``kept_only``: see :func:`read_block`; ``on_read``: called with
     each block in the worker thread that read it (work that needs its px only, done beside the
-    model)."""
+    model; work ahead: if it fails, its owner must redo it)."""
 
     def __init__(
         self,
@@ -379,7 +380,10 @@ class BlockReader:
         r0, r1, c0, c1 = b
         block = read_block(h, self.grid, self.rl, (r0, r1), (c0, c1), self.decoder, self.kept_only)
         if self.on_read is not None:
-            self.on_read(block)
+            # work done ahead: its owner redoes what is missing, so a failure here surfaces
+            # there as itself, not as a read error of the slide
+            with contextlib.suppress(Exception):
+                self.on_read(block)
         return block
 
     def _start(self) -> None:
