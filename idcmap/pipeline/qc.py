@@ -291,10 +291,7 @@ def _classify(
     artefacts worth finding are many pixels across). Features are computed on the bounding
     boxes of those pixels and :data:`CONTEXT_PX` around them (what their neighbourhood
     features see)."""
-    # summed OD > CANDIDATE_OD, as the product of the transmitted fractions (whole numbers:
-    # exact, and ~3x faster than the logarithm of every px)
-    c32 = [rgb[..., i].astype(np.int32) + 1 for i in range(3)]
-    cand = c32[0] * c32[1] * c32[2] <= _CANDIDATE_PRODUCT
+    cand = _candidates(rgb)
     h, w = cand.shape
     if within is not None:
         cand &= within
@@ -343,13 +340,20 @@ def _classify(
     return p
 
 
+def _candidates(rgb: np.ndarray) -> np.ndarray:
+    """bool: the px whose summed OD is above :data:`CANDIDATE_OD`, as the product of the
+    transmitted fractions (whole numbers: exact, and ~3x faster than the logarithm of every
+    px)."""
+    c = [rgb[..., i].astype(np.int32) + 1 for i in range(3)]
+    return np.asarray(c[0] * c[1] * c[2] <= _CANDIDATE_PRODUCT)
+
+
 def _green(rgb: np.ndarray) -> np.ndarray:
     """float32 1 where a candidate px absorbs green least, by :data:`GREEN_INK_OD` (as
     transmitted fractions: (G + 1) > (R + 1)·e^m and (B + 1)·e^m), else 0."""
     c = [rgb[..., i].astype(np.float32) + 1 for i in range(3)]
     k = math.exp(GREEN_INK_OD)
-    cand = np.asarray(c[0] * c[1] * c[2]) <= _CANDIDATE_PRODUCT
-    return (cand & (c[1] > c[0] * k) & (c[1] > c[2] * k)).astype(np.float32)
+    return (_candidates(rgb) & (c[1] > c[0] * k) & (c[1] > c[2] * k)).astype(np.float32)
 
 
 def _candidate_product() -> int:
