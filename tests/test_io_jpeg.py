@@ -878,3 +878,35 @@ def test_a_failing_read_hook_is_not_a_read_error(he: np.ndarray, tmp_path: Path)
         )  # fmt: skip
     np.testing.assert_array_equal(p_hooked, p_alone)
     np.testing.assert_array_equal(hooked.ratio, alone.ratio)
+
+
+def test_the_readers_threads_go_to_torch_once_every_block_is_read(
+    he: np.ndarray, tmp_path: Path
+) -> None:
+    """``torch_threads`` beside the readers while they read; once every block is read their
+    threads go to torch (at most the cores), and torch's own setting is back afterwards."""
+    import os
+    import time
+
+    import torch
+    from pipeline_helpers import colour_model
+
+    from idcmap.pipeline.infer import predict_grid, start_reads
+    from idcmap.pipeline.tiles import make_grid
+
+    path = _one_um_420(he, tmp_path)
+    model = colour_model()
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    with open_slide(path) as slide:
+        grid = make_grid(slide, None, model_mpp=4.0, patch_px=50, stride_px=25, min_tissue=0.0)
+        reader = start_reads(slide, grid, 4.0, workers=2)
+        while not reader.reads_done:  # the blocks read ahead, as while the QC stage runs
+            time.sleep(0.01)
+        predict_grid(
+            slide, grid, model, progress=False, torch_threads=1, reader=reader,
+            on_block=lambda b: seen.append(torch.get_num_threads()),
+        )  # fmt: skip
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert seen and seen[-1] == min(1 + 2, cores or 1)
+    assert torch.get_num_threads() == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -87,6 +88,10 @@ def predict_grid(
     call and restores torch's process-wide setting afterwards; ``None`` leaves it alone. Give
     the reader workers their cores with :func:`threads_beside_readers` (what the CLI does):
     torch's threads spin-wait for each other, so one pre-empted by a reader stalls the rest.
+    Once every block is read the readers' threads go to torch (``torch_threads`` + the
+    readers, at most the cores): the call never runs more threads than it was given, and the
+    model does not compute on one core while the other idles (the QC stage's reads end
+    before the model starts).
 
     ``decoder`` (optional): the readers decode JPEG tiles with it in batches
     (:class:`~idcmap.io.jpegtorch.TorchTileDecoder`: nvjpeg on CUDA); None: Pillow.
@@ -136,8 +141,12 @@ def predict_grid(
                 kept_only=kept_only,
             )
         stats.blocks = len(reader.blocks)
-        with reader:
+        more_threads = _threads_after_reads(torch_threads, reader.workers, model)
+        with reader, contextlib.ExitStack() as after_reads:
             for block in reader:
+                if more_threads is not None and reader.reads_done:
+                    after_reads.enter_context(use_torch_threads(more_threads))
+                    more_threads = None
                 t0 = time.perf_counter()
                 stats.wait_s += t0 - t_wait
                 if transform is not None:
@@ -211,6 +220,16 @@ def _covers(reader: BlockReader, grid: TileGrid, rl: ReadLevel, kept_only: bool)
         and (kept_only or not reader.kept_only)
         and not (grid.keep & ~r.keep).any()
     )
+
+
+def _threads_after_reads(torch_threads: int | None, workers: int, model: IDCModel) -> int | None:
+    """The torch threads once the readers are done (their threads added, at most the cores);
+    None: no change (torch's own setting, no readers, a GPU model, or no core to gain)."""
+    if torch_threads is None or workers <= 0 or model.device.type != "cpu":
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    n = min(torch_threads + workers, cores or 1)
+    return n if n > torch_threads else None
 
 
 def threads_beside_readers(workers: int) -> int | None:

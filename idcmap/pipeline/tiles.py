@@ -366,6 +366,7 @@ class BlockReader:
         self._lock = threading.Lock()
         self._it = iter(blocks)
         self._pending: list[Future[Block]] = []
+        self._submitted_all = False  # every block handed to a worker
         self._pool: ThreadPoolExecutor | None = None
         if start:
             self._start()
@@ -394,6 +395,13 @@ class BlockReader:
             self._pending.append(self._pool.submit(self._task, b))
             if len(self._pending) >= self.prefetch:
                 break
+        else:
+            self._submitted_all = True
+
+    @property
+    def reads_done(self) -> bool:
+        """Whether every block has been read (the workers have nothing left to do)."""
+        return self._submitted_all and all(f.done() for f in self._pending)
 
     def __iter__(self) -> Iterator[Block]:
         if self.workers <= 0:
@@ -409,6 +417,8 @@ class BlockReader:
             nxt = next(self._it, None)
             if nxt is not None:
                 self._pending.append(self._pool.submit(self._task, nxt))
+            else:
+                self._submitted_all = True
             try:
                 yield fut.result()
             except SlideError:
