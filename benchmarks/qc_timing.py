@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/qc_timing.py --repeats 3
     PYTHONPATH=. python benchmarks/qc_timing.py --repeats 15 --save --paths 8975-40x.tiff
+    PYTHONPATH=. python benchmarks/qc_timing.py --repeats 11 --save --cli-threads --paths ...
 
 For each mosaic: median end-to-end ``segment_slide`` time with ``qc="none"`` (0.2.0) and
 ``qc="all"`` (QC on the thumbnail + sharpness in the tile pass + blur cells), and the QC
@@ -9,7 +10,9 @@ stage's own wall time from ``summary.timings_s`` (``qc`` + ``qc_blur`` + ``qc_fi
 readers decode beside the stage, so on few cores this is longer than its CPU time). With
 ``--save`` each run also writes every output (``SlideResult.save`` into a temporary folder),
 which is what issue 17's "end to end" means, and the two modes alternate which runs first; the
-``paired`` column is the median of the per-repeat ratios all / none.
+``paired`` column is the median of the per-repeat ratios all / none. ``--cli-threads`` gives
+torch the threads ``idcmap run`` gives it (the cores beside the readers: 1 of 2 here) instead
+of torch's own count; 0.2.0's path is much faster so, and QC's share larger (docs/qc.md).
 """
 
 from __future__ import annotations
@@ -27,17 +30,21 @@ sys.path.insert(0, str(ROOT))
 
 from idcmap.model.runtime import load_model  # noqa: E402
 from idcmap.params import Params  # noqa: E402
+from idcmap.pipeline.infer import threads_beside_readers  # noqa: E402
 from idcmap.pipeline.segment import segment_slide  # noqa: E402
 
 SLIDES = ROOT.parent / "shared" / "data" / "idc" / "slides"
 SPLIT = ROOT / "idcmap" / "model" / "weights" / "idc-v1.split.json"
 
 
-def _run(path: Path, model: object, mode: str, save: bool) -> tuple[float, dict[str, float]]:
+def _run(
+    path: Path, model: object, mode: str, save: bool, threads: int | None = None
+) -> tuple[float, dict[str, float]]:
     """Wall seconds of one run (``segment_slide``'s own total, or with ``save`` the whole
-    segment + save) and the run's ``timings_s``."""
+    segment + save) and the run's ``timings_s``; ``threads``: ``Params.torch_threads``."""
     t = time.perf_counter()
-    r = segment_slide(path, model=model, progress=False, params=Params(qc=mode))
+    params = Params(qc=mode, torch_threads=threads)
+    r = segment_slide(path, model=model, progress=False, params=params)
     if save:
         with tempfile.TemporaryDirectory() as out:
             r.save(out)
@@ -51,7 +58,11 @@ def main() -> None:
     ap.add_argument("--slides", nargs="*")
     ap.add_argument("--paths", nargs="*", type=Path, help="slide files instead of mosaics")
     ap.add_argument("--save", action="store_true", help="time segment + save, order alternated")
+    ap.add_argument(
+        "--cli-threads", action="store_true", help="torch's threads as `idcmap run` sets them"
+    )
     a = ap.parse_args()
+    threads = threads_beside_readers(Params().workers) if a.cli_threads else None
     model = load_model(None, device="cpu")
     test = json.loads(SPLIT.read_text())["test"]
     ids = a.slides or [s for s in test if (SLIDES / f"{s}.tiff").is_file()]
@@ -65,11 +76,13 @@ def main() -> None:
         sid = path.stem
         t: dict[str, list[float]] = {"none": [], "all": [], "stage": []}
         for mode in ("none", "all"):  # warm
-            segment_slide(path, model=model, progress=False, params=Params(qc=mode))
+            segment_slide(
+                path, model=model, progress=False, params=Params(qc=mode, torch_threads=threads)
+            )
         for i in range(a.repeats):
             order = ("none", "all") if not a.save or i % 2 == 0 else ("all", "none")
             for mode in order:
-                wall, ts = _run(path, model, mode, a.save)
+                wall, ts = _run(path, model, mode, a.save, threads)
                 t[mode].append(wall)
                 if mode == "all":
                     stage = ts.get("qc", 0.0) + ts.get("qc_blur", 0.0) + ts.get("qc_fill", 0.0)
