@@ -180,10 +180,7 @@ class SharpnessGrid:
         so read for those tiles only, those cells' sharpness is a whole read's."""
         rows, cols = keep.shape
         k = self.k
-        need = np.zeros(self.fine.shape, bool)  # the cells find_blur looks at
-        for dy in range(k):
-            for dx in range(k):
-                need[dy : dy + rows, dx : dx + cols] |= keep
+        need = self._cover(keep)  # the cells find_blur looks at (the heatmap grid's shape)
         tiles = keep.copy()  # and every tile covering a fill cell
         if fill is not None and fill.any():
             need |= fill
