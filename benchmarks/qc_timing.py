@@ -13,6 +13,9 @@ which is what issue 17's "end to end" means, and the two modes alternate which r
 ``paired`` column is the median of the per-repeat ratios all / none. ``--cli-threads`` gives
 torch the threads ``idcmap run`` gives it (the cores beside the readers: 1 of 2 here) instead
 of torch's own count; 0.2.0's path is much faster so, and QC's share larger (docs/qc.md).
+``--process`` times what a user who types the command waits for: each run is a whole
+``python -m idcmap run SLIDE --out TMP --qc MODE --overwrite -q`` process (start-up, imports,
+the model's load, the slide, every output), the two modes alternated.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +56,14 @@ def _run(
     return (time.perf_counter() - t if save else ts["total"]), ts
 
 
+def _run_process(path: Path, mode: str, out: Path) -> float:
+    """Wall seconds of one whole ``idcmap run`` process on ``path`` with ``--qc mode``."""
+    cmd = [sys.executable, "-m", "idcmap", "run", str(path), "--out", str(out), "--qc", mode]
+    t = time.perf_counter()
+    subprocess.run([*cmd, "--overwrite", "-q"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
@@ -61,7 +73,11 @@ def main() -> None:
     ap.add_argument(
         "--cli-threads", action="store_true", help="torch's threads as `idcmap run` sets them"
     )
+    ap.add_argument("--process", action="store_true", help="whole `idcmap run` processes")
     a = ap.parse_args()
+    if a.process:
+        _processes(a)
+        return
     threads = threads_beside_readers(Params().workers) if a.cli_threads else None
     model = load_model(None, device="cpu")
     test = json.loads(SPLIT.read_text())["test"]
@@ -102,6 +118,30 @@ def main() -> None:
         f"| all | {s['none']:.2f} | {s['all']:.2f} | {100 * (s['all'] / s['none'] - 1):+.1f} | | "
         f"{s['stage']:.3f} | {100 * s['stage'] / s['none']:.1f} |"
     )
+
+
+def _processes(a: argparse.Namespace) -> None:
+    """``--process``: median wall time of whole ``idcmap run`` processes per slide."""
+    test = json.loads(SPLIT.read_text())["test"]
+    ids = a.slides or [s for s in test if (SLIDES / f"{s}.tiff").is_file()]
+    paths = a.paths or [SLIDES / f"{sid}.tiff" for sid in ids]
+    print("| slide | `idcmap run --qc none` s | `--qc all` s | Δ % | paired Δ % |")
+    print("|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in paths:
+            t: dict[str, list[float]] = {"none": [], "all": []}
+            for mode in ("none", "all"):  # warm the file cache
+                _run_process(path, mode, Path(tmp) / mode)
+            for i in range(a.repeats):
+                for mode in ("none", "all") if i % 2 == 0 else ("all", "none"):
+                    t[mode].append(_run_process(path, mode, Path(tmp) / mode))
+            m = {k: statistics.median(v) for k, v in t.items()}
+            paired = statistics.median(y / x for x, y in zip(t["none"], t["all"], strict=True))
+            print(
+                f"| {path.stem} | {m['none']:.2f} | {m['all']:.2f} "
+                f"| {100 * (m['all'] / m['none'] - 1):+.1f} | {100 * (paired - 1):+.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
