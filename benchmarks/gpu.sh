@@ -6,7 +6,8 @@
 #  2. benchmarks/run.py --device cuda (float16) on one 40x slide with each decode, and a
 #     reader-thread sweep on the slide without a 4 µm/px level (is the GPU path bound by
 #     decoding?), GPU utilisation from nvidia-smi;
-#  3. tests/test_cuda.py (the nvjpeg path against the CPU decode included).
+#  3. QC's cost on the GPU (benchmarks/qc_timing.py: whole processes and in-process);
+#  4. tests/test_cuda.py (the nvjpeg path against the CPU decode included).
 # Everything it prints goes to $OUT/gpu.log (and the JSON files beside it).
 #
 # On the lent GPU machine (device tool), from the repo root, carrying the wheels and the mosaic:
@@ -105,6 +106,11 @@ EOF
         --decode "$dec" --json "$OUT/sweep-$dec-w$w.json" | grep -E "^\| (l1l4|40x) "
     done
   done
+  echo "== QC's cost on $DEV (QC on against --qc none): whole idcmap run processes, in-process"
+  timeout 100 $PY benchmarks/qc_timing.py --process --device $DEV --repeats 3 \
+    --paths "$DATA/$SLIDE_ID-40x.tiff" | tail -1
+  timeout 60 $PY benchmarks/qc_timing.py --device $DEV --save --repeats 5 \
+    --paths "$DATA/$SLIDE_ID-40x.tiff" | tail -1
   if [ -f tests/test_cuda.py ]; then
     echo "== tests/test_cuda.py"
     timeout 120 $PY -m pytest -q -s -p no:cacheprovider tests/test_cuda.py 2>&1 \
@@ -119,5 +125,7 @@ else
     --json "$OUT/results-smoke.json" | tail -8
   $PY benchmarks/cohort.py --cohort "smoke:$DATA/$SLIDE_ID.tiff" --repeat 2 --device cpu \
     --modes "$MODES" --decodes "$DECODES" --rounds 1 --json "$OUT/cohort-smoke.json" | tail -12
+  $PY benchmarks/qc_timing.py --process --device cpu --repeats 1 --paths "$DATA/$SLIDE_ID.tiff" \
+    | tail -1
 fi
 echo "== done $(date -u +%FT%TZ)"

@@ -56,9 +56,10 @@ def _run(
     return (time.perf_counter() - t if save else ts["total"]), ts
 
 
-def _run_process(path: Path, mode: str, out: Path) -> float:
+def _run_process(path: Path, mode: str, out: Path, device: str = "cpu") -> float:
     """Wall seconds of one whole ``idcmap run`` process on ``path`` with ``--qc mode``."""
     cmd = [sys.executable, "-m", "idcmap", "run", str(path), "--out", str(out), "--qc", mode]
+    cmd += ["--device", device]
     t = time.perf_counter()
     subprocess.run([*cmd, "--overwrite", "-q"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t
@@ -74,12 +75,13 @@ def main() -> None:
         "--cli-threads", action="store_true", help="torch's threads as `idcmap run` sets them"
     )
     ap.add_argument("--process", action="store_true", help="whole `idcmap run` processes")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
     a = ap.parse_args()
     if a.process:
         _processes(a)
         return
     threads = threads_beside_readers(Params().workers) if a.cli_threads else None
-    model = load_model(None, device="cpu")
+    model = load_model(None, device=a.device)
     test = json.loads(SPLIT.read_text())["test"]
     ids = a.slides or [s for s in test if (SLIDES / f"{s}.tiff").is_file()]
     paths = a.paths or [SLIDES / f"{sid}.tiff" for sid in ids]
@@ -131,10 +133,10 @@ def _processes(a: argparse.Namespace) -> None:
         for path in paths:
             t: dict[str, list[float]] = {"none": [], "all": []}
             for mode in ("none", "all"):  # warm the file cache
-                _run_process(path, mode, Path(tmp) / mode)
+                _run_process(path, mode, Path(tmp) / mode, a.device)
             for i in range(a.repeats):
                 for mode in ("none", "all") if i % 2 == 0 else ("all", "none"):
-                    t[mode].append(_run_process(path, mode, Path(tmp) / mode))
+                    t[mode].append(_run_process(path, mode, Path(tmp) / mode, a.device))
             m = {k: statistics.median(v) for k, v in t.items()}
             paired = statistics.median(y / x for x, y in zip(t["none"], t["all"], strict=True))
             print(
