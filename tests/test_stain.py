@@ -159,6 +159,28 @@ def test_od_map_is_exact_for_a_gain_and_leaves_the_reference_alone() -> None:
     )
 
 
+def test_a_table_map_is_the_same_px_by_px_whatever_the_array_shape() -> None:
+    """A table map (the glass gain, per channel) gives every px the same value whether it is
+    given a block, the block's tiles stacked (the tile pass's N×50×50×3), a strided view or a
+    flat list of px, and a writable array each time (the network reads it in place)."""
+    rng = np.random.default_rng(3)
+    block = rng.integers(0, 256, (150, 200, 3), dtype=np.uint8)
+    src = StainStats.from_dict("glass", {"glass": [0.08, 0.05, 0.11]})
+    ref = StainStats.from_dict("glass", {"glass": [0.04, 0.045, 0.042]})
+    smap = StainMap(src, ref)
+    whole = smap(block)
+    assert whole.shape == block.shape and whole.dtype == np.uint8 and whole.flags.writeable
+    assert not np.array_equal(whole, block)  # (the gain moves the colours)
+    tiles = np.stack([block[r : r + 50, c : c + 50] for r in (0, 100) for c in (0, 50, 150)])
+    mapped = smap(tiles)
+    assert mapped.flags.writeable
+    for i, (r, c) in enumerate((r, c) for r in (0, 100) for c in (0, 50, 150)):
+        assert np.array_equal(mapped[i], whole[r : r + 50, c : c + 50])
+    assert np.array_equal(smap(block[::3, 5::2]), whole[::3, 5::2])
+    assert np.array_equal(smap(block.reshape(-1, 3)), whole.reshape(-1, 3))
+    assert smap(block[:0]).shape == (0, 200, 3)
+
+
 def test_a_slide_without_glass_keeps_its_own_white() -> None:
     """All tissue, no glass (the brightest pixels are pink stroma): no glass gain is made up
     (the map leaves the colour alone) and the record says why."""

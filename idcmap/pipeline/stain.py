@@ -379,10 +379,19 @@ def _lut_of(od: np.ndarray) -> np.ndarray:
 
 
 def _apply_lut(rgb: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    out = np.empty_like(rgb)
-    for c in range(3):  # np.take into the output: no temporaries (5 ms per Mpx)
-        np.take(lut[c], rgb[..., c], out=out[..., c])
-    return out
+    """``rgb`` (uint8 …×3) through a 3×256 table per channel: Pillow's ``point`` on the px as
+    rows of an image (the same bytes as ``np.take`` per channel, 2.5 against 5.6 ms per Mpx:
+    the tile pass maps every block it reads)."""
+    from PIL import Image
+
+    if rgb.ndim < 3 or rgb.size == 0:  # (a flat list of px: one px per image row is slow)
+        out = np.empty_like(rgb)
+        for c in range(3):
+            np.take(lut[c], rgb[..., c], out=out[..., c])
+        return out
+    rows = np.ascontiguousarray(rgb).reshape(-1, rgb.shape[-2], 3)
+    mapped = Image.fromarray(rows).point(lut.reshape(-1).tolist())
+    return np.array(mapped).reshape(rgb.shape)  # (a writable copy: np.asarray's is not)
 
 
 def _from_od(od: np.ndarray) -> np.ndarray:
