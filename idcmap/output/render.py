@@ -277,8 +277,14 @@ def heatmap_picture(
         tj = np.minimum((np.arange(pw) * tw) // pw, tw - 1)
         # soften the 16-µm mask's edge by one picture pixel
         a = a * ndimage.uniform_filter(t[np.ix_(ti, tj)].astype(np.float32), 3)
-    out = base * (1 - a[..., None]) + lut[idx] * a[..., None]
-    picture = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "RGB")
+    # base · (1 − a) + colour · a, in place (the same float32 operations, no temporaries)
+    w = a[..., None]
+    colour = lut[idx]
+    colour *= w
+    base *= 1 - w
+    base += colour
+    np.clip(np.rint(base, out=base), 0, 255, out=base)
+    picture = Image.fromarray(base.astype(np.uint8), "RGB")
 
     # outlines and numbers
     draw = ImageDraw.Draw(picture)
