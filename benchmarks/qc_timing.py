@@ -15,7 +15,8 @@ torch the threads ``idcmap run`` gives it (the cores beside the readers: 1 of 2 
 of torch's own count; 0.2.0's path is much faster so, and QC's share larger (docs/qc.md).
 ``--process`` times what a user who types the command waits for: each run is a whole
 ``python -m idcmap run SLIDE --out TMP --qc MODE --overwrite -q`` process (start-up, imports,
-the model's load, the slide, every output), the two modes alternated.
+the model's load, the slide, every output), the two modes alternated. ``--device`` runs the
+model there (default ``cpu``; ``benchmarks/gpu.sh`` passes ``cuda``).
 """
 
 from __future__ import annotations
@@ -59,10 +60,21 @@ def _run(
 def _run_process(path: Path, mode: str, out: Path, device: str = "cpu") -> float:
     """Wall seconds of one whole ``idcmap run`` process on ``path`` with ``--qc mode``."""
     cmd = [sys.executable, "-m", "idcmap", "run", str(path), "--out", str(out), "--qc", mode]
-    cmd += ["--device", device]
     t = time.perf_counter()
-    subprocess.run([*cmd, "--overwrite", "-q"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [*cmd, "--device", device, "--overwrite", "-q"],
+        check=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
     return time.perf_counter() - t
+
+
+def _slide_paths(a: argparse.Namespace) -> list[Path]:
+    """``--paths``, else the ``--slides`` mosaics, else the test split's mosaics that are here."""
+    test = json.loads(SPLIT.read_text())["test"]
+    ids = a.slides or [s for s in test if (SLIDES / f"{s}.tiff").is_file()]
+    return a.paths or [SLIDES / f"{sid}.tiff" for sid in ids]
 
 
 def main() -> None:
@@ -82,9 +94,7 @@ def main() -> None:
         return
     threads = threads_beside_readers(Params().workers) if a.cli_threads else None
     model = load_model(None, device=a.device)
-    test = json.loads(SPLIT.read_text())["test"]
-    ids = a.slides or [s for s in test if (SLIDES / f"{s}.tiff").is_file()]
-    paths = a.paths or [SLIDES / f"{sid}.tiff" for sid in ids]
+    paths = _slide_paths(a)
     what = "end to end (segment + save)" if a.save else "total"
     # the stage's wall time: the tile readers decode beside it (2 cores: they slow each other)
     print(f"| mosaic | 0.2.0 {what} s | QC {what} s | Δ % | paired Δ % | QC stage wall s | % |")
@@ -124,9 +134,7 @@ def main() -> None:
 
 def _processes(a: argparse.Namespace) -> None:
     """``--process``: median wall time of whole ``idcmap run`` processes per slide."""
-    test = json.loads(SPLIT.read_text())["test"]
-    ids = a.slides or [s for s in test if (SLIDES / f"{s}.tiff").is_file()]
-    paths = a.paths or [SLIDES / f"{sid}.tiff" for sid in ids]
+    paths = _slide_paths(a)
     print("| slide | `idcmap run --qc none` s | `--qc all` s | Δ % | paired Δ % |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
