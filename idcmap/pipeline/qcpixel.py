@@ -378,14 +378,16 @@ class PixelMLP:
         )
 
 
-_MODEL: PixelMLP | None = None
-
-
 def load_pixel_model(path: str | Path | None = None) -> PixelMLP:
-    global _MODEL
-    if path is None and _MODEL is not None:
-        return _MODEL
-    m = PixelMLP.from_json(json.loads(Path(path or _MODEL_PATH).read_text()))
-    if path is None:
-        _MODEL = m
-    return m
+    """The pixel classifier in ``path`` (default: the bundled ``qc-v2``, read once per process:
+    it is immutable, and every slide's QC stage asks for it)."""
+    return _bundled_pixel_model() if path is None else _read_pixel_model(Path(path))
+
+
+@functools.cache
+def _bundled_pixel_model() -> PixelMLP:
+    return _read_pixel_model(_MODEL_PATH)
+
+
+def _read_pixel_model(path: Path) -> PixelMLP:
+    return PixelMLP.from_json(json.loads(path.read_text()))
