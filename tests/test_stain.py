@@ -24,7 +24,8 @@ from idcmap.model.modelfile import (
 )
 from idcmap.model.runtime import load_model
 from idcmap.params import Params
-from idcmap.pipeline.segment import segment_slide, stain_reference
+from idcmap.pipeline.front import stain_reference
+from idcmap.pipeline.segment import segment_slide
 from idcmap.pipeline.stain import (
     METHODS,
     StainMap,

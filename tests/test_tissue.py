@@ -178,7 +178,7 @@ def test_one_pass_only_when_the_tissue_read_is_the_tile_read(
     """The tissue mask comes from the tile pass's blocks only when a read of its own would
     decode the same level at the same scale; a cheaper read (a coarser level, or a smaller
     scaled decode) spares the model every glass tile."""
-    from idcmap.pipeline.segment import tissue_from_tile_pass
+    from idcmap.pipeline.front import tissue_from_tile_pass
 
     he = synthetic_he(128, 160, seed=3)
     if kind == "png":

@@ -36,6 +36,7 @@ from typing import Literal, get_args
 
 from tqdm.auto import tqdm
 
+from idcmap.batch.ahead import FrontAhead
 from idcmap.batch.inputs import same_slide, slide_path
 from idcmap.batch.lane import Lane
 from idcmap.batch.resume import finished_with_other_settings
@@ -206,6 +207,7 @@ def process_slide(
     params: Params,
     options: RunOptions = RunOptions(),
     wait_for_lock: bool = True,
+    ahead: FrontAhead | None = None,
 ) -> Outcome:
     """Segment one slide into ``out_dir/<stem>/``, safely alongside other runs on that folder.
 
@@ -218,7 +220,7 @@ def process_slide(
 
     ``options.debug`` puts the traceback of every failure in ``Outcome.detail`` (an internal
     error's is always there; an :class:`IDCMapError`'s detail is otherwise its ``detail``).
-    """
+    ``ahead``: where the slide's front may be computed already (:mod:`idcmap.batch.ahead`)."""
     out = Path(out_dir)
     s = path if is_url(path) else Path(path)  # Path() would merge the // of a URL
     stem = slide_stem(s)
@@ -228,7 +230,7 @@ def process_slide(
         # recorded under the slide's lock: a slide's rows are written in the order of its runs
         return record_outcome(
             out,
-            _locked_process_slide(s, out, model=model, params=params, options=options),
+            _locked_process_slide(s, out, model=model, params=params, options=options, ahead=ahead),
         )
 
 
@@ -274,6 +276,7 @@ def _segment(
     model: IDCModel,
     params: Params,
     options: RunOptions,
+    ahead: FrontAhead | None = None,
 ) -> Outcome | _Segmented:
     """The first half of :func:`process_slide` (the slide's lock held): leftovers removed, a
     finished slide skipped, the slide segmented; a failure comes back as its Outcome."""
@@ -283,7 +286,8 @@ def _segment(
         return _finished(out, s, model.config, params)
     t0 = time.perf_counter()
     try:
-        result = segment_slide(s, model=model, progress=options.progress, params=params)
+        f = ahead.take(s, params, model.config) if ahead is not None else None
+        result = segment_slide(s, model=model, progress=options.progress, params=params, front=f)
     except Exception as e:
         return _failure(s, e, t0, options)
     return _Segmented(s, result, t0)
@@ -316,9 +320,10 @@ def _locked_process_slide(
     model: IDCModel,
     params: Params,
     options: RunOptions,
+    ahead: FrontAhead | None = None,
 ) -> Outcome:
     """The work of :func:`process_slide` once the slide's lock is held."""
-    seg = _segment(s, out, model=model, params=params, options=options)
+    seg = _segment(s, out, model=model, params=params, options=options, ahead=ahead)
     return seg if isinstance(seg, Outcome) else _save(seg, out, options)
 
 
@@ -415,12 +420,13 @@ def run_slides(
     model: IDCModel,
     params: Params,
     options: RunOptions = RunOptions(),
+    ahead: FrontAhead | None = None,
 ) -> Iterator[Outcome]:
     """The in-process runner: segment every slide into ``out_dir`` with :func:`process_slide`'s
     steps in this process; yields one :class:`Outcome` per input as each finishes (``Outcome.path``
     says which). A slide busy in another run is taken again at the end, waiting for that run:
     skipped if it finished it, redone if it died. With ``options.progress`` and several
-    slides, a bar over the slides.
+    slides, a bar over the slides. ``ahead``: ``idcmap run``'s first slide's front.
 
     With ``options.stream`` (the default), a slide's outputs are written by a background
     thread while the next slide is segmented (:func:`_streamed`): the same outcomes in the
@@ -436,7 +442,7 @@ def run_slides(
     unit = replace(options, progress=options.progress and bar.disable)  # tile bars: no slide bar
     deferred: list[str] = []
     run = _streamed if options.stream and len(queue) > 1 else _one_by_one
-    outcomes = run(queue, out, model=model, params=params, options=unit, busy=deferred)
+    outcomes = run(queue, out, model=model, params=params, options=unit, busy=deferred, ahead=ahead)
     try:
         for o in early:
             bar.update(1)
@@ -461,11 +467,14 @@ def _one_by_one(
     params: Params,
     options: RunOptions,
     busy: list[str],
+    ahead: FrontAhead | None = None,
 ) -> Generator[Outcome, None, None]:
     """:func:`process_slide` over ``queue``, one after the other; slides busy in another run
     are appended to ``busy``."""
     for s in queue:
-        o = process_slide(s, out, model=model, params=params, options=options, wait_for_lock=False)
+        o = process_slide(
+            s, out, model=model, params=params, options=options, wait_for_lock=False, ahead=ahead
+        )
         if o.status == BUSY:
             busy.append(s)
             continue
@@ -480,6 +489,7 @@ def _streamed(
     params: Params,
     options: RunOptions,
     busy: list[str],
+    ahead: FrontAhead | None = None,
 ) -> Generator[Outcome, None, None]:
     """:func:`_one_by_one` with each slide's save (pictures, GeoJSON, NPZ, summary, its cohort
     row) in a background :class:`~idcmap.batch.lane.Lane` while the next slide is segmented.
@@ -498,7 +508,7 @@ def _streamed(
                 if not held.enter_context(slide_lock(out, slide_stem(s), wait=False)):
                     busy.append(s)
                     continue
-                seg = _segment(s, out, model=model, params=params, options=options)
+                seg = _segment(s, out, model=model, params=params, options=options, ahead=ahead)
                 previous = lane.take()  # the slide before: saved, its row recorded
                 if isinstance(seg, Outcome):  # skipped or failed: recorded after the one before
                     mine: Outcome | None = record_outcome(out, seg)

@@ -14,6 +14,7 @@ import signal
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from idcmap.params import AGGREGATORS, DECODES, OUTLINES, STAIN_NORMS, Params
 from idcmap.version import __version__
 
 if TYPE_CHECKING:
+    from idcmap.batch.ahead import FrontAhead
     from idcmap.batch.runner import Outcome, RunOptions
 
 #: Python-API names (``Params`` fields, keyword arguments) whose CLI flag is not ``--name``.
@@ -331,22 +333,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from idcmap.batch.ahead import FrontAhead
     from idcmap.batch.inputs import expand_inputs, read_slide_list
-    from idcmap.batch.report import failures_lines, totals_line
-    from idcmap.batch.runner import FAILED, RunOptions, format_outcome, write_line
 
     # every Params field has the flag flag_of(field): --stride for stride_px, --mpp for mpp...
     params = Params(**{f.name: getattr(args, _dest(f.name)) for f in fields(Params)})
     params.validate()
+    if not args.slides and not args.lists:
+        raise UsageError("no slides: give slide files or folders, or --list FILE")
+    inputs = [*args.slides, *(p for lf in args.lists for p in read_slide_list(lf))]
+    slides = expand_inputs(inputs, recursive=args.recursive)
+    # before torch is imported (~2 s on one core): the first slide's tissue and QC stages in
+    # a second process meanwhile (nothing here has imported torch yet)
+    ahead = None
+    if not args.scheduler:
+        ahead = FrontAhead.start(slides, params, args.model, args.out, overwrite=args.overwrite)
+    with ahead or nullcontext():
+        return _run(args, params, slides, ahead)
+
+
+def _run(
+    args: argparse.Namespace, params: Params, slides: list[str | Path], ahead: FrontAhead | None
+) -> int:
+    from idcmap.batch.report import failures_lines, totals_line
+    from idcmap.batch.runner import FAILED, RunOptions, format_outcome, write_line
+
     # the CLI owns its process: readers get their cores (on a cluster, each worker's nthreads)
     if params.torch_threads is None and not args.scheduler:
         from idcmap.pipeline.infer import threads_beside_readers
 
         params = replace(params, torch_threads=threads_beside_readers(params.workers))
-    if not args.slides and not args.lists:
-        raise UsageError("no slides: give slide files or folders, or --list FILE")
-    inputs = [*args.slides, *(p for lf in args.lists for p in read_slide_list(lf))]
-    slides = expand_inputs(inputs, recursive=args.recursive)
     # in a log (stderr not a terminal) redrawn bars are noise: one numbered line per slide instead
     interactive = sys.stderr.isatty()
     options = RunOptions(
@@ -357,7 +373,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         stream=args.stream,
     )
     outcomes: list[Outcome] = []
-    for o in _outcomes(args, slides, params, options):
+    for o in _outcomes(args, slides, params, options, ahead):
         outcomes.append(o)
         line = to_flags(format_outcome(o, detail=args.debug))
         write_line(
@@ -379,9 +395,14 @@ def _extra_outputs(args: argparse.Namespace) -> frozenset[str]:
 
 
 def _outcomes(
-    args: argparse.Namespace, slides: list[str | Path], params: Params, options: RunOptions
+    args: argparse.Namespace,
+    slides: list[str | Path],
+    params: Params,
+    options: RunOptions,
+    ahead: FrontAhead | None = None,
 ) -> Iterator[Outcome]:
-    """The batch's outcomes as they come: in this process, or one Dask task per slide."""
+    """The batch's outcomes as they come: in this process (with ``ahead``: the first slide's
+    front computed meanwhile), or one Dask task per slide."""
     if not args.scheduler:
         from idcmap.batch.runner import run_slides
         from idcmap.model.runtime import load_model
@@ -390,7 +411,9 @@ def _outcomes(
         model = load_model(args.model, device=args.device)
         if params.stride_px is not None:
             check_stride(params.stride_px, model.config.patch_px)
-        yield from run_slides(slides, args.out, model=model, params=params, options=options)
+        yield from run_slides(
+            slides, args.out, model=model, params=params, options=options, ahead=ahead
+        )
         return
     from idcmap.batch.cluster import connect, dashboard_link, segment_slides
 

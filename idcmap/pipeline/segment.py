@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from idcmap.errors import UsageError
 from idcmap.io.jpegtorch import tile_decoder
 from idcmap.io.open import open_slide
 from idcmap.io.slide import Slide, SlideInfo
@@ -22,6 +23,14 @@ from idcmap.model.runtime import IDCModel, load_model
 from idcmap.params import Params
 from idcmap.pipeline.contours import contour_regions
 from idcmap.pipeline.correct import PixelCorrector, fold_gain
+from idcmap.pipeline.front import (
+    Front,
+    artefacts_of,
+    front_key,
+    stain_reference,
+    tissue_from_tile_pass,
+    tissue_of,
+)
 from idcmap.pipeline.heatmap import Heatmap, smooth, stitch
 from idcmap.pipeline.infer import InferenceStats, predict_grid, start_reads
 from idcmap.pipeline.ink import blend_inked, fill_cells
@@ -33,7 +42,6 @@ from idcmap.pipeline.qc import (
     QCMasks,
     SharpnessGrid,
     artefact_outlines,
-    find_artefacts,
     find_blur,
     lift_blurred,
     parse_kinds,
@@ -42,11 +50,11 @@ from idcmap.pipeline.qc import (
 )
 from idcmap.pipeline.regions import Region, idc_mask, mask_to_regions
 from idcmap.pipeline.result import SlideResult
-from idcmap.pipeline.stain import StainMap, StainStats, correct_glass, stain_map
+from idcmap.pipeline.stain import StainMap, StainStats, stain_map
 from idcmap.pipeline.summary import ModelRecord, SlideSummary, TilesRecord
 from idcmap.pipeline.thumbnail import BlockThumbnail
 from idcmap.pipeline.tiles import Block, TileGrid, cell_fraction, make_grid
-from idcmap.pipeline.tissue import TissueMask, detect_tissue
+from idcmap.pipeline.tissue import TissueMask
 
 
 def segment_slide(
@@ -59,6 +67,7 @@ def segment_slide(
     mpp: float | None = None,
     progress: bool = True,
     params: Params | None = None,
+    front: Front | None = None,
 ) -> SlideResult:
     """Find the IDC regions of one whole slide.
 
@@ -74,6 +83,10 @@ def segment_slide(
         progress: show a tqdm bar over the tiles.
         params: every other knob (:class:`Params`); the keyword arguments above, when given
             (not None), override it.
+        front: this slide's tissue and artefact masks computed beforehand
+            (:func:`~idcmap.pipeline.front.compute_front` with the same path, parameters and
+            model), e.g. in another process while this one loaded the model; None: computed
+            here. The result is the same either way.
 
     Raises:
         SlideError, ResolutionError, UnsupportedImageError, ModelError, UsageError.
@@ -94,6 +107,10 @@ def segment_slide(
     smooth_um = 0.0 if agg is not None else cfg.smooth_um if p.smooth_um is None else p.smooth_um
     decoder = tile_decoder(p.decode, net.device)  # None: Pillow's scaled IDCT
     stain_ref = stain_reference(cfg.stain_norm) if p.stain_norm == "auto" else None
+    if front is not None and front.key != front_key(path, p, cfg):
+        raise UsageError(
+            f"the front given was computed for another slide or other settings than {path}'s run"
+        )
     timings["load_model"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -108,7 +125,7 @@ def segment_slide(
             "decoder": decoder,
         }
         tissue, grid, tile_prob, stats, one_pass, qc = _tissue_and_tiles(
-            slide, p, net, stride_px, run_kw, timings, stain_ref
+            slide, p, net, stride_px, run_kw, timings, stain_ref, front
         )
         timings["tiles_wall"] = stats.wall_s
         info = slide.info
@@ -334,24 +351,19 @@ QC_MAX_TILE_ARTEFACT = 0.5
 def _apply_qc(
     slide: Slide,
     tissue: TissueMask,
-    kinds: frozenset[str],
+    p: Params,
     grid_kw: dict[str, Any],
     qc: _QC,
     *,
     unink: bool = True,
+    masks: QCMasks | None = None,
 ) -> tuple[TissueMask, TileGrid]:
     """Remove the artefacts from the tissue; the grid keeps tiles of clean tissue only (ink
     over tissue, un-inked, included) and ``qc.corrector`` un-inks and un-folds their pixels:
-    ``unink`` False where the tile pass ran already (neither is corrected then)."""
+    ``unink`` False where the tile pass ran already (neither is corrected then). ``masks``:
+    the artefacts found already (a :class:`Front`'s)."""
     qc.tissue_before = tissue.mask
-    qc.masks = find_artefacts(
-        tissue.thumbnail,
-        tissue.mpp,
-        tissue.mask,
-        kinds=kinds - {"blur"},
-        mpp_y=tissue.mpp_y,
-        unink=unink,
-    )
+    qc.masks = masks if masks is not None else artefacts_of(tissue, p, unink=unink)
     clean = replace(tissue, mask=qc.masks.tissue_after(tissue.mask))
     grid = make_grid(slide, clean, **grid_kw)
     untrusted = qc.masks.untrusted
@@ -411,16 +423,6 @@ def _blurred_cells_by(
     return np.where(use, second, heatmap.prob).astype(np.float32)
 
 
-def tissue_from_tile_pass(slide: Slide, tissue_mpp: float, model_mpp: float) -> bool:
-    """Whether the tissue mask is drawn from the tile pass's own blocks (one pass) rather than
-    from a read of its own: when both reads, by the same rule (:meth:`Slide.read_level_for_mpp`),
-    decode the same level at the same scale, a separate tissue read would decode the whole level
-    a second time. A coarser level, or the same level decoded at a smaller scale (1/8 where the
-    tiles take 1/4), costs less than evaluating every glass tile of a one-pass grid."""
-    tissue, tiles = slide.read_level_for_mpp(tissue_mpp), slide.read_level_for_mpp(model_mpp)
-    return (tissue.level, tissue.scale) == (tiles.level, tiles.scale)
-
-
 def _tissue_and_tiles(
     slide: Slide,
     p: Params,
@@ -429,13 +431,15 @@ def _tissue_and_tiles(
     run_kw: dict[str, Any],
     timings: dict[str, float],
     stain_ref: StainStats | None = None,
+    front: Front | None = None,
 ) -> tuple[TissueMask, TileGrid, np.ndarray, InferenceStats, bool, _QC]:
     """Tissue mask (after QC), tile grid and tile probabilities (NaN off tissue); True when
     the mask came from the tile pass (:class:`BlockThumbnail`, see
     :func:`tissue_from_tile_pass`); what the QC stage found.
 
     With ``stain_ref`` the tissue is found first (the one-pass path is not taken: the map needs
-    the slide's colour before the first tile), and every block is stain-normalised to it."""
+    the slide's colour before the first tile), and every block is stain-normalised to it. With
+    ``front`` (found for this slide: never a one-pass one) its tissue and artefacts are taken."""
     cfg = net.config
     grid_kw: dict[str, Any] = {
         "model_mpp": cfg.mpp,
@@ -445,15 +449,16 @@ def _tissue_and_tiles(
     }
     kinds = parse_kinds(p.qc)
     qc = _QC()
-    if not tissue_from_tile_pass(slide, p.tissue_mpp, cfg.mpp) or stain_ref is not None:
-        t = time.perf_counter()
-        recolour = None
-        if stain_ref is not None and "glass" in stain_ref.values:
-            # a tinted glass passes the saturation test: the mask is drawn on the corrected
-            # thumbnail (the tiles follow it)
-            recolour = partial(correct_glass, reference=stain_ref)
-        tissue = detect_tissue(slide, target_mpp=p.tissue_mpp, recolour=recolour)
-        timings["tissue"] = time.perf_counter() - t
+    two_pass = stain_ref is not None or not tissue_from_tile_pass(slide, p.tissue_mpp, cfg.mpp)
+    if front is not None or two_pass:
+        if front is not None:  # its stages' times, where they ran
+            tissue = front.tissue
+            timings.update(front.seconds)
+            timings["front_ahead"] = sum(front.seconds.values())
+        else:
+            t = time.perf_counter()
+            tissue = tissue_of(slide, p, stain_ref)
+            timings["tissue"] = time.perf_counter() - t
         reader = None
         if kinds:
             # the readers start on the tissue's tiles while this thread runs the stain map and
@@ -481,8 +486,9 @@ def _tissue_and_tiles(
                 timings["stain_norm"] = time.perf_counter() - t
             t = time.perf_counter()
             if kinds:  # the QC stage makes the grid of the tissue it leaves (timed with it)
-                tissue, grid = _apply_qc(slide, tissue, kinds, grid_kw, qc)
-                timings["qc"] = time.perf_counter() - t
+                ahead = front.qc_masks if front is not None else None
+                tissue, grid = _apply_qc(slide, tissue, p, grid_kw, qc, masks=ahead)
+                timings["qc"] = time.perf_counter() - t + timings.pop("qc_artefacts", 0.0)
             else:
                 grid = make_grid(slide, tissue, **grid_kw)
                 timings["grid"] = time.perf_counter() - t
@@ -523,7 +529,7 @@ def _tissue_and_tiles(
     tissue = thumbnail.tissue(slide.info)
     if kinds:
         t_qc = time.perf_counter()
-        tissue, grid = _apply_qc(slide, tissue, kinds, grid_kw, qc, unink=False)
+        tissue, grid = _apply_qc(slide, tissue, p, grid_kw, qc, unink=False)
         timings["qc"] = time.perf_counter() - t_qc
     else:
         grid = make_grid(slide, tissue, **grid_kw)
@@ -543,13 +549,6 @@ def _stain(tissue: TissueMask, ref: StainStats) -> tuple[StainMap | None, dict[s
         else {"method": ref.method, "slide": None, "why": "too little tissue"}
     )
     return smap, record
-
-
-def stain_reference(section: Mapping[str, Any]) -> StainStats | None:
-    """The reference statistics of a model file's ``stain_norm`` section (None: empty)."""
-    if not section:
-        return None
-    return StainStats.from_dict(str(section["method"]), section["ref"])
 
 
 __all__ = ["segment_slide", "stain_reference"]

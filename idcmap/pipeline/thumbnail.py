@@ -1,7 +1,7 @@
 """The tissue mask from the tile pass itself, for slides whose tissue read would be the tile
 read (the same level at the same scale, e.g. a PNG or a level-0-only slide read at 1/8: there
 :func:`~idcmap.pipeline.tissue.detect_tissue` would decode that whole level a second time; see
-:func:`idcmap.pipeline.segment.tissue_from_tile_pass`)."""
+:func:`idcmap.pipeline.front.tissue_from_tile_pass`)."""
 
 from __future__ import annotations
 
