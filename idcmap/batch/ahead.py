@@ -102,14 +102,16 @@ class FrontAhead:
         except (EOFError, OSError):  # the process died before it sent anything
             return None
         finally:
-            self.close()
+            self.close(wait_s=1.0)
         return got if isinstance(got, Front) and got.key == mine else None
 
-    def close(self) -> None:
-        """Stop the process (if it still runs) and free its pipe; idempotent."""
+    def close(self, wait_s: float = 0.0) -> None:
+        """Stop the process (after ``wait_s`` for it to end by itself, if it still runs) and free
+        its pipe; idempotent."""
         if not self._open:
             return
         self._open = False
+        self._proc.join(timeout=wait_s)
         self._conn.close()
         if self._proc.is_alive():
             self._proc.terminate()
@@ -125,6 +127,7 @@ class FrontAhead:
 def _compute(conn: Connection, path: str, params: Params, config: ModelConfig) -> None:
     """The forked process: the front, or None for any error (this process reports it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the CLI's handler: close() ends it quietly
     try:
         from idcmap.pipeline.front import compute_front
 
