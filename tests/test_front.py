@@ -102,7 +102,7 @@ def test_a_failing_front_is_nothing_the_slide_is_run_as_usual(tmp_path: Path) ->
     bad = tmp_path / "bad.tiff"
     bad.write_bytes(b"II*\x00 not a tiff")
     recv, send = multiprocessing.Pipe(duplex=False)
-    ahead._compute(send, str(bad), Params(), load_model(device="cpu").config)
+    ahead.serve(send, [str(bad)], Params(), load_model(device="cpu").config)
     assert recv.recv() is None
 
 
@@ -113,16 +113,18 @@ def test_no_process_is_forked_once_torch_is_loaded(inked: Path) -> None:
     assert ahead.FrontAhead.start([inked], Params(), None, inked.parent, overwrite=True) is None
 
 
-def test_idcmap_run_computes_its_first_slide_front_while_torch_loads(
-    inked: Path, tmp_path: Path
-) -> None:
-    """A real ``idcmap run`` process (torch not yet loaded: the front is computed in a forked
-    process) writes what a run in this process (no fork) writes; a bad slide after it still
-    gets its one line and the run its exit code."""
+def test_idcmap_run_computes_the_fronts_in_a_second_process(inked: Path, tmp_path: Path) -> None:
+    """A real ``idcmap run`` process (torch not yet loaded: the fronts are computed in a
+    forked process, one slide ahead) writes what a run in this process (no fork) writes; a bad
+    slide between two good ones gets its one line, the next one its front, the run its exit
+    code."""
     bad = tmp_path / "bad.tiff"
     bad.write_bytes(b"II*\x00 not a tiff")
+    again = tmp_path / "again.tiff"
+    again.write_bytes(inked.read_bytes())
     forked, here = tmp_path / "forked", tmp_path / "here"
-    cmd = [sys.executable, "-m", "idcmap", "run", str(inked), str(bad), "--out", str(forked)]
+    slides = [str(inked), str(bad), str(again)]
+    cmd = [sys.executable, "-m", "idcmap", "run", *slides, "--out", str(forked)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr + done.stdout
@@ -130,6 +132,8 @@ def test_idcmap_run_computes_its_first_slide_front_while_torch_loads(
     assert main(["run", str(inked), "--out", str(here), "-q"]) == 0
     a, b = (json.loads((d / "inked" / "summary.json").read_text()) for d in (forked, here))
     assert "front_ahead" in a["timings_s"] and "front_ahead" not in b["timings_s"]
+    c = json.loads((forked / "again" / "summary.json").read_text())
+    assert "front_ahead" in c["timings_s"] and c["regions"] == a["regions"]
     assert a["idc_area_mm2"] == b["idc_area_mm2"] and a["qc"] == b["qc"]
     assert a["tissue_area_mm2"] == b["tissue_area_mm2"] and a["regions"] == b["regions"]
     za, zb = (np.load(d / "inked" / "heatmap.npz") for d in (forked, here))
