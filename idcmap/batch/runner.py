@@ -426,7 +426,7 @@ def run_slides(
     steps in this process; yields one :class:`Outcome` per input as each finishes (``Outcome.path``
     says which). A slide busy in another run is taken again at the end, waiting for that run:
     skipped if it finished it, redone if it died. With ``options.progress`` and several
-    slides, a bar over the slides. ``ahead``: ``idcmap run``'s first slide's front.
+    slides, a bar over the slides. ``ahead``: ``idcmap run``'s fronts, one slide ahead.
 
     With ``options.stream`` (the default), a slide's outputs are written by a background
     thread while the next slide is segmented (:func:`_streamed`): the same outcomes in the

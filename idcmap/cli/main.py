@@ -343,8 +343,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("no slides: give slide files or folders, or --list FILE")
     inputs = [*args.slides, *(p for lf in args.lists for p in read_slide_list(lf))]
     slides = expand_inputs(inputs, recursive=args.recursive)
-    # before torch is imported (~2 s on one core): the first slide's tissue and QC stages in
-    # a second process meanwhile (nothing here has imported torch yet)
+    # before torch is imported (~2 s on one core; nothing here has imported it yet): the slides'
+    # tissue and QC stages in a second process, one slide ahead, the first one meanwhile
     ahead = None
     if not args.scheduler:
         ahead = FrontAhead.start(slides, params, args.model, args.out, overwrite=args.overwrite)

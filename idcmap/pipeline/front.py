@@ -2,10 +2,10 @@
 stage's artefact masks — with nothing of torch.
 
 :func:`~idcmap.pipeline.segment.segment_slide` computes it itself unless given one
-(``front=``). ``idcmap run`` computes its first slide's front in a second process while its
-own process imports torch and loads the model (:mod:`idcmap.batch.ahead`): on a 2-core machine
-the import keeps one core busy for ~2 s and leaves the other idle, and the tissue and QC stages
-are the slide's costliest steps before the model.
+(``front=``). ``idcmap run`` computes the fronts in a second process, one slide ahead, the first
+while its own process imports torch and loads the model (:mod:`idcmap.batch.ahead`): on a
+2-core machine the import keeps one core busy for ~2 s and leaves the other idle, and the
+tissue and QC stages are the slide's costliest steps before the model.
 """
 
 from __future__ import annotations

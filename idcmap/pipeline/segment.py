@@ -85,8 +85,8 @@ def segment_slide(
             (not None), override it.
         front: this slide's tissue and artefact masks computed beforehand
             (:func:`~idcmap.pipeline.front.compute_front` with the same path, parameters and
-            model), e.g. in another process while this one loaded the model; None: computed
-            here. The result is the same either way.
+            model), e.g. in another process (``idcmap run``: :mod:`idcmap.batch.ahead`); None:
+            computed here. The result is the same either way.
 
     Raises:
         SlideError, ResolutionError, UnsupportedImageError, ModelError, UsageError.
