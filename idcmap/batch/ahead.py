@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import signal
 import sys
+from collections import deque
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,8 +50,10 @@ class FrontAhead:
 
     def __init__(self, paths: list[str], params: Params, config: ModelConfig) -> None:
         ctx = multiprocessing.get_context("fork")
-        #: the slides whose fronts the process sends, in its order, not yet received
-        self._pending = list(paths)
+        #: the slides whose fronts the process sends, in its order, not yet received (and the
+        #: same as a set: a cohort may be long)
+        self._pending = deque(paths)
+        self._pending_set = set(paths)
         self._settings = (params, config)
         self._conn, send = ctx.Pipe(duplex=False)
         for stream in (sys.stdout, sys.stderr):  # else the child writes their buffers again
@@ -101,14 +104,15 @@ class FrontAhead:
         from idcmap.pipeline.front import Front, front_key
 
         mine = front_key(str(path), *self._settings)
-        if not self._open or str(path) not in self._pending:
+        if not self._open or str(path) not in self._pending_set:
             return None
         if front_key(path, params, config) != mine:
             return None
         got: object = None
         try:
             while self._pending:
-                ahead = self._pending.pop(0)
+                ahead = self._pending.popleft()
+                self._pending_set.discard(ahead)
                 if not self._conn.poll(WAIT_S):
                     self.close()
                     return None
