@@ -3,6 +3,7 @@
     PYTHONPATH=. python benchmarks/qc_timing.py --repeats 3
     PYTHONPATH=. python benchmarks/qc_timing.py --repeats 15 --save --paths 8975-40x.tiff
     PYTHONPATH=. python benchmarks/qc_timing.py --repeats 11 --save --cli-threads --paths ...
+    PYTHONPATH=. python benchmarks/qc_timing.py --process --cohort --repeats 5 --paths COHORT/*.tiff
 
 For each mosaic: median end-to-end ``segment_slide`` time with ``qc="none"`` (0.2.0) and
 ``qc="all"`` (QC on the thumbnail + sharpness in the tile pass + blur cells), and the QC
@@ -15,7 +16,8 @@ torch the threads ``idcmap run`` gives it (the cores beside the readers: 1 of 2 
 of torch's own count; 0.2.0's path is much faster so, and QC's share larger (docs/qc.md).
 ``--process`` times what a user who types the command waits for: each run is a whole
 ``python -m idcmap run SLIDE --out TMP --qc MODE --overwrite -q`` process (start-up, imports,
-the model's load, the slide, every output), the two modes alternated. ``--device`` runs the
+the model's load, the slide, every output), the two modes alternated; with ``--cohort``, one
+such run over all the slides (``--paths`` in that order). ``--device`` runs the
 model there (default ``cpu``; ``benchmarks/gpu.sh`` passes ``cuda``).
 """
 
@@ -57,9 +59,11 @@ def _run(
     return (time.perf_counter() - t if save else ts["total"]), ts
 
 
-def _run_process(path: Path, mode: str, out: Path, device: str = "cpu") -> float:
-    """Wall seconds of one whole ``idcmap run`` process on ``path`` with ``--qc mode``."""
-    cmd = [sys.executable, "-m", "idcmap", "run", str(path), "--out", str(out), "--qc", mode]
+def _run_process(path: Path | list[Path], mode: str, out: Path, device: str = "cpu") -> float:
+    """Wall seconds of one whole ``idcmap run`` process on ``path`` (or a list of slides: one
+    run over them all) with ``--qc mode``."""
+    slides = [str(q) for q in (path if isinstance(path, list) else [path])]
+    cmd = [sys.executable, "-m", "idcmap", "run", *slides, "--out", str(out), "--qc", mode]
     t = time.perf_counter()
     subprocess.run(
         [*cmd, "--device", device, "--overwrite", "-q"],
@@ -87,6 +91,9 @@ def main() -> None:
         "--cli-threads", action="store_true", help="torch's threads as `idcmap run` sets them"
     )
     ap.add_argument("--process", action="store_true", help="whole `idcmap run` processes")
+    ap.add_argument(
+        "--cohort", action="store_true", help="with --process: one run over all the slides"
+    )
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
     a = ap.parse_args()
     if a.process:
@@ -133,12 +140,14 @@ def main() -> None:
 
 
 def _processes(a: argparse.Namespace) -> None:
-    """``--process``: median wall time of whole ``idcmap run`` processes per slide."""
+    """``--process``: median wall time of whole ``idcmap run`` processes per slide, or with
+    ``--cohort`` of one run over all the slides."""
     paths = _slide_paths(a)
     print("| slide | `idcmap run --qc none` s | `--qc all` s | Δ % | paired Δ % |")
     print("|---|---|---|---|---|")
+    runs: list[Path | list[Path]] = [list(paths)] if a.cohort else list(paths)
     with tempfile.TemporaryDirectory() as tmp:
-        for path in paths:
+        for path in runs:
             t: dict[str, list[float]] = {"none": [], "all": []}
             for mode in ("none", "all"):  # warm the file cache
                 _run_process(path, mode, Path(tmp) / mode, a.device)
@@ -147,8 +156,9 @@ def _processes(a: argparse.Namespace) -> None:
                     t[mode].append(_run_process(path, mode, Path(tmp) / mode, a.device))
             m = {k: statistics.median(v) for k, v in t.items()}
             paired = statistics.median(y / x for x, y in zip(t["none"], t["all"], strict=True))
+            name = f"{len(path)} slides" if isinstance(path, list) else path.stem
             print(
-                f"| {path.stem} | {m['none']:.2f} | {m['all']:.2f} "
+                f"| {name} | {m['none']:.2f} | {m['all']:.2f} "
                 f"| {100 * (m['all'] / m['none'] - 1):+.1f} | {100 * (paired - 1):+.1f} |",
                 flush=True,
             )
