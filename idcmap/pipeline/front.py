@@ -26,7 +26,15 @@ from idcmap.pipeline.qc import QCMasks, find_artefacts, parse_kinds
 from idcmap.pipeline.stain import StainStats, correct_glass
 from idcmap.pipeline.tissue import TissueMask, detect_tissue
 
-__all__ = ["Front", "compute_front", "front_key", "stain_reference", "tissue_from_tile_pass"]
+__all__ = [
+    "Front",
+    "artefacts_of",
+    "compute_front",
+    "front_key",
+    "stain_reference",
+    "tissue_from_tile_pass",
+    "tissue_of",
+]
 
 
 @dataclass(frozen=True)
