@@ -156,8 +156,11 @@ def _child(conn: Connection, paths: list[str], params: Params, config: ModelConf
 def serve(conn: Connection, paths: list[str], params: Params, config: ModelConfig) -> None:
     """Send the front of each of ``paths`` in turn, or None for any error (the run computes
     that slide itself, and reports it); each send waits for the run to take the one before."""
-    from idcmap.pipeline.front import compute_front
-
+    try:
+        from idcmap.pipeline.front import compute_front
+    except Exception:  # (cannot happen in a sound install) the run computes every slide itself
+        conn.close()
+        return
     try:
         for path in paths:
             try:
