@@ -142,3 +142,32 @@ def test_idcmap_run_computes_the_fronts_in_a_second_process(inked: Path, tmp_pat
     assert (forked / "inked" / "mask.png").read_bytes() == (
         here / "inked" / "mask.png"
     ).read_bytes()
+
+
+_TAKE_IN_ORDER = """
+import sys
+from idcmap.batch.ahead import FrontAhead
+from idcmap.model.modelfile import bundled_model_path, read_config
+from idcmap.params import Params
+
+a, b, c, out = sys.argv[1:]
+params, config = Params(), read_config(bundled_model_path())
+ahead = FrontAhead.start([a, b, c], params, None, out, overwrite=False)
+assert ahead is not None, "no process started"
+with ahead:
+    later = ahead.take(c, params, config)  # a's and b's fronts, not taken, are dropped
+    print(later is not None and later.key.startswith('["' + c), ahead.take(a, params, config))
+"""
+
+
+def test_a_front_taken_out_of_order_drops_those_before_it(inked: Path, tmp_path: Path) -> None:
+    """In a fresh process (no torch: the process is forked), the run taking a later slide
+    first (the ones before were done or busy) gets its front; the dropped ones are gone."""
+    copies = []
+    for name in ("a", "b", "c"):
+        copies.append(tmp_path / f"{name}.tiff")
+        copies[-1].write_bytes(inked.read_bytes())
+    cmd = [sys.executable, "-c", _TAKE_IN_ORDER, *map(str, copies), str(tmp_path / "out")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "None"]
