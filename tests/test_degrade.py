@@ -113,6 +113,37 @@ def test_scanner_augment_od_offset_is_opt_in(patches: np.ndarray) -> None:
     assert np.linalg.norm(per_patch, axis=1).max() <= 0.3 + 0.02
 
 
+def test_scanner_augment_ink_is_opt_in_and_lays_a_marker_over_the_patch(
+    patches: np.ndarray,
+) -> None:
+    """Off by default and drawing nothing then; on, each patch gets a marker's colour over it
+    (dye or paint): darker, its colour pulled towards one of the markers', its tissue kept."""
+    from idcmap.train.artefacts import INK_COLOURS, ink_over_patch
+
+    aug = dg.ScannerAugment(p_hed=0, p_gain=0, p_blur=0, p_jpeg=0)
+    assert np.array_equal(aug(patches[:32], np.random.default_rng(0)), patches[:32])
+    on = dg.ScannerAugment(p_hed=0, p_gain=0, p_blur=0, p_jpeg=0, p_ink=1.0)
+    out = on(patches[:32], np.random.default_rng(0))
+    assert out.shape == patches[:32].shape and out.dtype == np.uint8
+    x, y = patches[:32].astype(float), out.astype(float)
+    assert (y.mean((1, 2, 3)) < x.mean((1, 2, 3))).mean() > 0.9  # ink absorbs
+    # the same generator draws the same marks; another draws others
+    again = on(patches[:32], np.random.default_rng(0))
+    assert np.array_equal(out, again)
+    assert not np.array_equal(out, on(patches[:32], np.random.default_rng(1)))
+    # one patch under 200 marks: every marker colour shows (the channel that drops least)
+    rng = np.random.default_rng(2)
+    kept = {
+        int(np.argmax(ink_over_patch(patches[0], rng).mean((0, 1)) / x[0].mean((0, 1))))
+        for _ in range(200)
+    }
+    assert kept >= {1, 2}  # green ink keeps green, blue ink blue (red ink: red)
+    assert len(INK_COLOURS) == 4
+    # the tissue's texture survives under it (the network is to read through the mark)
+    one = ink_over_patch(patches[0], np.random.default_rng(3)).astype(float)
+    assert np.corrcoef(one.sum(2).ravel(), x[0].sum(2).ravel())[0, 1] > 0.3
+
+
 def test_hed_shift_identity_and_direction(patches: np.ndarray) -> None:
     from skimage.color import rgb2hed
 

@@ -426,3 +426,23 @@ def test_a_mistyped_bundled_name_gets_the_closest_one_and_the_list() -> None:
     assert "did you mean" not in str(e.value)
     with pytest.raises(ModelError, match="written by 'idcmap train'"):  # a path: no names
         load_model("no/such/model.json")
+
+
+def test_the_ink_model_section_round_trips_and_is_checked() -> None:
+    """``ink_model`` names the second network for tissue under marker ink: the default carries
+    it, it survives to_json/from_dict, a file without it writes none, and a malformed one is a
+    ModelError. The named model is bundled, loaded once per model."""
+    path = bundled_model_path()
+    d = json.loads(path.read_text())
+    cfg = ModelConfig.from_dict(d)
+    assert cfg.ink_model == {"model": "idc-v4ink"}
+    assert ModelConfig.from_dict(json.loads(cfg.to_json())).ink_model == cfg.ink_model
+    assert "ink_model" not in json.loads(cfg.replace(ink_model={}).to_json())
+    for bad in ({"model": ""}, {"weight": 1.0}, [1], "idc-v4ink"):
+        with pytest.raises(ModelError, match="ink_model"):
+            ModelConfig.from_dict({**d, "ink_model": bad})
+    m = load_model(device="cpu")
+    ink = m.ink_model()
+    assert ink is not None and ink.config.version == "4.0.0+ink" and m.ink_model() is ink
+    assert not ink.config.ink_model and not ink.config.blur_model  # no third network
+    assert load_model("idc-v2", device="cpu").ink_model() is None

@@ -458,9 +458,12 @@ def test_scanner_augment_blur_options(tmp_path: Path) -> None:
     assert dflt.p_od == 0.0  # the OD offset is opt-in
     od = _scanner_augment(parser.parse_args([*argv, "--od-p", "0.3", "--od-max", "0.2"]))
     assert (od.p_od, od.od_max, od.p_blur) == (0.3, 0.2, ScannerAugment.p_blur)
+    assert dflt.p_ink == 0.0  # so is marker ink
+    assert _scanner_augment(parser.parse_args([*argv, "--ink-p", "0.8"])).p_ink == 0.8
     no_refs = parser.parse_args(["train", "--data", "p", "--out", "m.json", "--blur-p", "0.5"])
     assert _scanner_augment(no_refs) is None  # no --scanner-augment: no degradation
-    for bad in (["--blur-p", "1.5"], ["--blur-max-px", "0.1"], ["--od-p", "2"], ["--od-max", "0"]):
+    bads = (["--blur-p", "1.5"], ["--blur-max-px", "0.1"], ["--od-p", "2"], ["--od-max", "0"])
+    for bad in (*bads, ["--ink-p", "-0.1"]):
         with pytest.raises(UsageError):
             _scanner_augment(parser.parse_args([*argv, *bad]))
     # p 1: every patch of a batch is blurred (sigma ≥ 0.2 px), so high frequencies drop

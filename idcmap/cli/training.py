@@ -163,6 +163,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--od-p", type=float, help="its OD offset's probability per patch (0)")
     tr.add_argument("--od-max", type=float, help="its largest OD offset, natural log (0.2)")
     tr.add_argument(
+        "--ink-p", type=float, help="its marker ink's probability per patch (0; ink_over_patch)"
+    )
+    tr.add_argument(
         "--distill-from",
         metavar="MODEL",
         help="teacher: match its p(IDC) of the clean patch (idcmap.train.distill)",
@@ -349,13 +352,19 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def _scanner_augment(args: argparse.Namespace) -> Any:
     """The ScannerAugment of ``--scanner-augment`` (train() measures its source statistics),
-    with ``--blur-p``/``--blur-max-px`` and ``--od-p``/``--od-max`` where given."""
+    with ``--blur-p``/``--blur-max-px``, ``--od-p``/``--od-max`` and ``--ink-p`` where given."""
     if args.scanner_augment is None:
         return None
     from idcmap.train.degrade import ScannerAugment, load_refs
 
     aug = ScannerAugment(refs=list(load_refs(args.scanner_augment).values()))
-    for flag, field in (("blur_p", "p_blur"), ("blur_max_px", "blur_max"), ("od_p", "p_od")):
+    flags = (
+        ("blur_p", "p_blur"),
+        ("blur_max_px", "blur_max"),
+        ("od_p", "p_od"),
+        ("ink_p", "p_ink"),
+    )
+    for flag, field in flags:
         if getattr(args, flag) is not None:
             setattr(aug, field, getattr(args, flag))
     aug.od_max = aug.od_max if args.od_max is None else args.od_max
@@ -363,6 +372,8 @@ def _scanner_augment(args: argparse.Namespace) -> Any:
         raise UsageError("--blur-p must be in [0, 1] and --blur-max-px > 0.2 (U(0.2, it) px)")
     if not (0.0 <= aug.p_od <= 1.0 and aug.od_max > 0):
         raise UsageError("--od-p must be in [0, 1] and --od-max > 0")
+    if not 0.0 <= aug.p_ink <= 1.0:
+        raise UsageError("--ink-p must be in [0, 1]")
     return aug
 
 

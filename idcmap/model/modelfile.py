@@ -72,6 +72,10 @@ class ModelConfig:
             ``{"model": <a bundled model's name>, "logit_shift": <float>}``. The tissue cells the
             QC stage finds blurred get its probability, plus ``logit_shift`` on the logit,
             instead of this network's lifted one. Empty: none.
+        ink_model: a second network for tissue under marker ink (:mod:`idcmap.pipeline.segment`):
+            ``{"model": <a bundled model's name>}``. The tissue cells under ink over tissue get
+            its probability of the tiles as scanned (ink and all) instead of this network's
+            probability of the un-inked tiles. Empty: none.
     """
 
     name: str
@@ -92,6 +96,7 @@ class ModelConfig:
     aggregator: dict[str, Any] = field(default_factory=dict)
     stain_norm: dict[str, Any] = field(default_factory=dict)
     blur_model: dict[str, Any] = field(default_factory=dict)
+    ink_model: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
 
     def __post_init__(self) -> None:
@@ -104,7 +109,8 @@ class ModelConfig:
 
     def to_json(self) -> str:
         d = asdict(self)
-        for key in ("stain_norm", "blur_model"):  # files without them stay as they were
+        # files without them stay as they were
+        for key in ("stain_norm", "blur_model", "ink_model"):
             if not d[key]:
                 del d[key]
         return json.dumps(d, indent=2, sort_keys=False) + "\n"
@@ -139,6 +145,7 @@ class ModelConfig:
                 aggregator=dict(d.get("aggregator") or {}),
                 stain_norm=_stain_norm(d.get("stain_norm")),
                 blur_model=_blur_model(d.get("blur_model")),
+                ink_model=_ink_model(d.get("ink_model")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(
@@ -167,6 +174,15 @@ def _blur_model(v: Any) -> dict[str, Any]:
     if not math.isfinite(float(v.get("logit_shift", 0.0))):
         raise ValueError(f"blur_model logit_shift must be finite, got {v!r}")
     return {"model": v["model"], "logit_shift": float(v.get("logit_shift", 0.0))}
+
+
+def _ink_model(v: Any) -> dict[str, Any]:
+    """The ``ink_model`` section, checked (a model name)."""
+    if not v:
+        return {}
+    if not isinstance(v, dict) or not isinstance(v.get("model"), str) or not v["model"]:
+        raise ValueError(f"ink_model must be {{'model': <name>}}, got {v!r}")
+    return {"model": v["model"]}
 
 
 def _rgb(v: Any) -> tuple[float, float, float]:

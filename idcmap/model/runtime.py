@@ -171,6 +171,7 @@ class IDCModel:
                 )
         self._fast: Engine | None = None
         self._blur_net: IDCModel | None = None
+        self._ink_net: IDCModel | None = None
 
     def blur_model(self) -> IDCModel | None:
         """The second network of ``config.blur_model`` for out-of-focus tissue, loaded on the
@@ -178,6 +179,13 @@ class IDCModel:
         if self._blur_net is None and self.config.blur_model:
             self._blur_net = load_model(self.config.blur_model["model"], device=self.device.type)
         return self._blur_net
+
+    def ink_model(self) -> IDCModel | None:
+        """The second network of ``config.ink_model`` for tissue under marker ink, loaded on
+        the first call on this model's device (a bundled model's name); None when it has none."""
+        if self._ink_net is None and self.config.ink_model:
+            self._ink_net = load_model(self.config.ink_model["model"], device=self.device.type)
+        return self._ink_net
 
     def _engine(self) -> Engine | None:
         """The architecture's inference-only engine (built on first use, from the weights as

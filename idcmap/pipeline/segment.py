@@ -144,7 +144,11 @@ def segment_slide(
     if qc.fill is not None:  # ink over tissue: (part) the probability of the tissue around it
         t = time.perf_counter()
         fill = qc.fill & np.isnan(heatmap.prob)
-        # the un-inked cells' read, part network and part the tissue around them
+        if (qc.fill & ~fill).any() and (ink_net := net.ink_model()) is not None:
+            # a network that reads tissue under ink as scanned (the tiles, not un-inked)
+            raw = _cells_read_by(ink_net, path, p, grid, qc.fill, run_kw, qc.pixel_map)
+            heatmap = replace(heatmap, prob=_where_read(qc.fill, raw, heatmap.prob))
+        # the inked cells' read, part network and part the tissue around them
         heatmap = replace(heatmap, prob=blend_inked(heatmap.prob, qc.fill))
         if fill.any():
             heatmap = replace(heatmap, prob=fill_cells(heatmap.prob, fill))
@@ -158,7 +162,10 @@ def segment_slide(
             heatmap = replace(heatmap, prob=np.where(blur_cells, np.nan, heatmap.prob))
         elif blur_cells.any() and (blur_net := net.blur_model()) is not None:
             # a network that reads blurred tissue better, lifted less (loaded on first use)
-            prob = _blurred_cells_by(blur_net, path, p, grid, qc, blur_cells, heatmap, run_kw)
+            second = _cells_read_by(
+                blur_net, path, p, grid, blur_cells, run_kw, qc.pixel_map, qc.corrector
+            )
+            prob = _where_read(blur_cells, second, heatmap.prob)
             shift = float(cfg.blur_model["logit_shift"])
             heatmap = replace(heatmap, prob=lift_blurred(prob, blur_cells, shift))
         elif blur_cells.any():  # blurred IDC reads paler: lift it before the aggregator
@@ -393,34 +400,38 @@ def _apply_qc(
     return clean, grid
 
 
-def _blurred_cells_by(
-    blur_net: IDCModel,
+def _cells_read_by(
+    second_net: IDCModel,
     path: str | Path,
     p: Params,
     grid: TileGrid,
-    qc: _QC,
-    blur_cells: np.ndarray,
-    heatmap: Heatmap,
+    cells: np.ndarray,
     run_kw: dict[str, Any],
+    pixel_map: StainMap | None,
+    transform: PixelCorrector | None = None,
 ) -> np.ndarray:
-    """``heatmap.prob`` with the ``blur_cells`` given ``blur_net``'s probability: a second,
-    short pass over the tiles that cover them (the same pixels as the first: stain map and
-    un-inking included), stitched the same way."""
+    """``second_net``'s probability of the heatmap's cells (NaN where no tile was read): a
+    second, short pass over the tiles that cover ``cells``, through the same stain map and,
+    where given, the same ``transform`` as the first, stitched the same way."""
     k = grid.cells_per_tile
     rows, cols = grid.keep.shape
     covering = np.zeros_like(grid.keep)
     for dy in range(k):  # tile (r, c) covers cells r..r+k-1, c..c+k-1
         for dx in range(k):
-            covering |= blur_cells[dy : dy + rows, dx : dx + cols]
+            covering |= cells[dy : dy + rows, dx : dx + cols]
     sub = replace(grid, keep=grid.keep & covering)
     kw = {**run_kw, "progress": False}
     with open_slide(path, backend=p.backend, mpp=p.mpp, allow_non_rgb=p.force_rgb) as slide:
         tile_prob, _ = predict_grid(
-            slide, sub, blur_net, transform=qc.corrector, pixel_map=qc.pixel_map, **kw
+            slide, sub, second_net, transform=transform, pixel_map=pixel_map, **kw
         )
-    second = stitch(tile_prob, sub.keep, k)
-    use = blur_cells & np.isfinite(second)
-    return np.where(use, second, heatmap.prob).astype(np.float32)
+    return stitch(tile_prob, sub.keep, k)
+
+
+def _where_read(cells: np.ndarray, second: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """``prob`` with ``cells`` given the ``second`` read, where it read them."""
+    use = cells & np.isfinite(second)
+    return np.where(use, second, prob).astype(np.float32)
 
 
 def _tissue_and_tiles(

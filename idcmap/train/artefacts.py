@@ -47,6 +47,7 @@ __all__ = [
     "KINDS",
     "PLACES",
     "Painted",
+    "ink_over_patch",
     "paint",
     "paint_blur",
     "paint_border",
@@ -260,6 +261,32 @@ def paint_ink(
         "on_glass": on_glass,
     }
     return out.round().clip(0, 255).astype(np.uint8), cover > 0.5, spec
+
+
+def ink_over_patch(patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``patch`` (uint8 H×W×3, 4 µm/px) under marker ink as :func:`paint_ink` lays it: a
+    mark wider than the patch (or its soft edge across it, one time in three), a marker colour
+    ±12 per channel, α U(0.25, 0.85) over tissue and U(0.85, 0.97) (or the same α) where the
+    rough tissue mask sees glass, dye or paint with equal odds. For training a network that
+    reads the cells under ink as they are (:class:`idcmap.train.degrade.ScannerAugment`'s
+    ``p_ink``)."""
+    h, w = patch.shape[:2]
+    cols = np.array(list(INK_COLOURS.values()), np.float32)
+    c = (cols[rng.integers(len(cols))] + rng.normal(0, 12, 3)).clip(0, 255) / 255.0
+    a_tissue = rng.uniform(0.25, 0.85)
+    a_glass = rng.uniform(0.85, 0.97) if rng.random() < 0.6 else a_tissue
+    a_map = np.where(rough_tissue(patch), a_tissue, a_glass).astype(np.float32)
+    a_map = _soft(Image.fromarray((a_map * 255).round().astype(np.uint8)), 6)
+    a_map = a_map * (1 + 0.12 * rng.uniform(-1, 1))  # (the uneven marker, over a patch)
+    if rng.random() < 0.35:  # the mark's soft edge crosses the patch
+        theta = rng.uniform(0, 2 * np.pi)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        d = (xx - rng.uniform(0, w)) * np.cos(theta) + (yy - rng.uniform(0, h)) * np.sin(theta)
+        a_map = a_map / (1 + np.exp(-d / rng.uniform(1.5, 6)))
+    a = a_map.clip(0, 1)[..., None]
+    x = patch.astype(np.float32)
+    out = x * (1 - a + a * c) if rng.random() < 0.5 else x * (1 - a) + a * c * 255
+    return out.round().clip(0, 255).astype(np.uint8)
 
 
 def paint_fold(

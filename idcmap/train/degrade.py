@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from idcmap.train.artefacts import ink_over_patch
+
 __all__ = [
     "SUBSAMPLING",
     "LabStats",
@@ -266,7 +268,8 @@ def load_refs(paths: Sequence[str | Path]) -> dict[str, LabStats]:
 class ScannerAugment:
     """Random "another lab, another scanner" degradation of a batch of uint8 N×H×W×3 patches.
 
-    In the order the physics applies them, each with its own probability per image: stain
+    In the order the physics applies them, each with its own probability per image: marker ink
+    over the patch (:func:`idcmap.train.artefacts.ink_over_patch`; off unless ``p_ink`` > 0), stain
     amount (HED scale ``1 ± hed_scale`` and shift ``± hed_shift`` per stain), colour transfer to
     one of ``refs`` at strength U(0, ``transfer_max``) from ``source`` (the training data's
     lαβ statistics), an OD offset of a random direction and size U(0, ``od_max``) (what
@@ -287,6 +290,7 @@ class ScannerAugment:
     od_max: float = 0.2
     p_gain: float = 0.5
     gain_range: tuple[float, float] = (0.91, 1.05)
+    p_ink: float = 0.0
     p_blur: float = 0.15
     blur_max: float = 0.8
     p_jpeg: float = 0.8
@@ -309,6 +313,10 @@ class ScannerAugment:
         n = len(x)
         if n == 0:
             return x
+        # marker ink on the glass, scanned with the rest (no draw when off, as p_od)
+        if self.p_ink > 0:
+            for i in np.flatnonzero(rng.random(n) < self.p_ink):
+                x[i] = ink_over_patch(x[i], rng)
         # stain amount
         sel = np.flatnonzero(rng.random(n) < self.p_hed)
         if len(sel):
