@@ -1,8 +1,7 @@
 """The training-side subcommands of the CLI: ``prepare-data``, ``train``, ``train-aggregator``,
 ``train-stain-norm``, ``evaluate``.
 
-:func:`register` adds them to the main parser's subparsers (see :mod:`idcmap.cli.main`). Heavy
-imports (fastai, the data) happen inside the handlers.
+:func:`register` adds them to :mod:`idcmap.cli.main`'s parser; heavy imports stay in handlers.
 """
 
 from __future__ import annotations
@@ -162,9 +161,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--blur-max-px", type=float, help="its top blur sigma: U(0.2, it) px (0.8)")
     tr.add_argument("--od-p", type=float, help="its OD offset's probability per patch (0)")
     tr.add_argument("--od-max", type=float, help="its largest OD offset, natural log (0.2)")
-    tr.add_argument(
-        "--ink-p", type=float, help="its marker ink's probability per patch (0; ink_over_patch)"
-    )
+    tr.add_argument("--ink-p", type=float, help="its marker ink's probability per patch (0)")
     tr.add_argument(
         "--distill-from",
         metavar="MODEL",
@@ -351,29 +348,21 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _scanner_augment(args: argparse.Namespace) -> Any:
-    """The ScannerAugment of ``--scanner-augment`` (train() measures its source statistics),
-    with ``--blur-p``/``--blur-max-px``, ``--od-p``/``--od-max`` and ``--ink-p`` where given."""
+    """``--scanner-augment``'s ScannerAugment with its ``--blur-*``, ``--od-*``, ``--ink-p``."""
     if args.scanner_augment is None:
         return None
     from idcmap.train.degrade import ScannerAugment, load_refs
 
     aug = ScannerAugment(refs=list(load_refs(args.scanner_augment).values()))
-    flags = (
-        ("blur_p", "p_blur"),
-        ("blur_max_px", "blur_max"),
-        ("od_p", "p_od"),
-        ("ink_p", "p_ink"),
-    )
-    for flag, field in flags:
+    for flag, field in (("blur_p", "p_blur"), ("blur_max_px", "blur_max"), ("od_p", "p_od")):
         if getattr(args, flag) is not None:
             setattr(aug, field, getattr(args, flag))
     aug.od_max = aug.od_max if args.od_max is None else args.od_max
+    aug.p_ink = aug.p_ink if args.ink_p is None else args.ink_p
     if not (0.0 <= aug.p_blur <= 1.0 and aug.blur_max > 0.2):
         raise UsageError("--blur-p must be in [0, 1] and --blur-max-px > 0.2 (U(0.2, it) px)")
-    if not (0.0 <= aug.p_od <= 1.0 and aug.od_max > 0):
-        raise UsageError("--od-p must be in [0, 1] and --od-max > 0")
-    if not 0.0 <= aug.p_ink <= 1.0:
-        raise UsageError("--ink-p must be in [0, 1]")
+    if not (0.0 <= aug.p_od <= 1.0 and aug.od_max > 0 and 0.0 <= aug.p_ink <= 1.0):
+        raise UsageError("--od-p and --ink-p must be in [0, 1], --od-max > 0")
     return aug
 
 
