@@ -333,9 +333,9 @@ def test_train_stain_norm_cli_writes_a_loadable_model(
 def test_bundled_glass_models_are_their_base_plus_the_map(base: str) -> None:
     """idc-v2-glass / idc-v3-glass (opt-in) and idc-v4-glass (the default) are the base
     model's own file (same weights file and sha256, same aggregator) plus a glass reference
-    fitted on the 19 training mosaics (idc-v4-glass also names its network for blurred cells,
-    which a clean mosaic never calls); with --stain-norm none they give the base model's
-    heatmap exactly."""
+    fitted on the 19 training mosaics (idc-v4-glass also names its networks for blurred cells
+    and for cells under ink, which a clean mosaic never calls); with --stain-norm none they give
+    the base model's heatmap exactly."""
     from idcmap.model.modelfile import bundled_models
 
     assert f"{base}-glass" in bundled_models()
@@ -346,7 +346,8 @@ def test_bundled_glass_models_are_their_base_plus_the_map(base: str) -> None:
     assert glass.weights_file == plain.weights_file and glass.weights_sha256 == plain.weights_sha256
     assert (
         glass.aggregator == plain.aggregator
-        and glass.replace(version=plain.version, stain_norm={}, blur_model={}) == plain
+        and glass.replace(version=plain.version, stain_norm={}, blur_model={}, ink_model={})
+        == plain
     )
     sn = glass.stain_norm
     assert sn["method"] == "glass" and len(sn["fitted_on"]) == 19 and "8917" not in sn["fitted_on"]
