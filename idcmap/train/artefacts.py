@@ -107,6 +107,13 @@ def _soft(mask_l: Image.Image, px: float) -> np.ndarray:
     return np.asarray(mask_l, dtype=np.float32) / 255.0
 
 
+def _ink_alpha(tissue: np.ndarray, a_tissue: float, a_glass: float) -> np.ndarray:
+    """A marker's opacity: ``a_tissue`` over ``tissue``, ``a_glass`` elsewhere, the step
+    softened over 6 px (a marker runs on across a lumen's edge)."""
+    a_map = np.where(tissue, a_tissue, a_glass).astype(np.float32)
+    return _soft(Image.fromarray((a_map * 255).round().astype(np.uint8)), 6)
+
+
 def _pick_point(
     rng: np.random.Generator,
     where: str,
@@ -241,8 +248,7 @@ def paint_ink(
     glass_alpha = rng.uniform(0.85, 0.97)  # (drawn either way: the same marks otherwise)
     if on_glass == "translucent":
         glass_alpha = alpha
-    a_map = np.where(tissue, alpha, glass_alpha).astype(np.float32)
-    a_map = _soft(Image.fromarray((a_map * 255).round().astype(np.uint8)), 6)
+    a_map = _ink_alpha(tissue, alpha, glass_alpha)
     a_map = (a_map * (1 + 0.12 * _noise((h, w), rng, 200))).clip(0, 1) * cover
     c = np.asarray(INK_COLOURS[colour], np.float32) / 255.0
     a = a_map[..., None]
@@ -275,8 +281,7 @@ def ink_over_patch(patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     c = (cols[rng.integers(len(cols))] + rng.normal(0, 12, 3)).clip(0, 255) / 255.0
     a_tissue = rng.uniform(0.25, 0.85)
     a_glass = rng.uniform(0.85, 0.97) if rng.random() < 0.6 else a_tissue
-    a_map = np.where(rough_tissue(patch), a_tissue, a_glass).astype(np.float32)
-    a_map = _soft(Image.fromarray((a_map * 255).round().astype(np.uint8)), 6)
+    a_map = _ink_alpha(rough_tissue(patch), a_tissue, a_glass)
     a_map = a_map * (1 + 0.12 * rng.uniform(-1, 1))  # (the uneven marker, over a patch)
     if rng.random() < 0.35:  # the mark's soft edge crosses the patch
         theta = rng.uniform(0, 2 * np.pi)
